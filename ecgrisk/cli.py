@@ -1,0 +1,95 @@
+"""``ecgrisk``: the plain command line for work that is not training.
+
+    ecgrisk download ptbxl --root data/ptb-xl --records 1000 --fs 100
+    ecgrisk inspect data/ptb-xl/records100/00000/00001_lr [--plot ecg.png]
+
+Training stages are Hydra apps of their own (``ecgrisk-pretrain``, ``ecgrisk-finetune``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _download(args) -> int:
+    from ecgrisk.data.download import PTBXL_URL, DownloadError, download_ptbxl
+
+    if args.dataset != "ptbxl":
+        print(f"unknown dataset {args.dataset!r}; available: ptbxl", file=sys.stderr)
+        return 2
+    try:
+        root = download_ptbxl(args.root, records=args.records, fs=args.fs,
+                              base_url=args.base_url or PTBXL_URL, progress=not args.quiet)
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"PTB-XL files are in {root}")
+    return 0
+
+
+def _inspect(args) -> int:
+    import numpy as np
+
+    from ecgrisk.io import ECGReadError, read_ecg
+
+    status = 0
+    for path in args.files:
+        try:
+            ecg = read_ecg(path, fs=args.fs)
+        except ECGReadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 1
+            continue
+        sig = ecg.signal
+        summary = {
+            "path": ecg.path, "record_id": ecg.record_id, "fs": ecg.fs, "samples": sig.shape[1],
+            "duration_s": round(ecg.duration_s, 3),
+            "leads_present": [l for l, m in zip(ecg.leads, ecg.lead_mask) if m],
+            "amplitude_mV": {"min": float(sig.min()), "max": float(sig.max()),
+                             "std_per_lead": [round(float(s), 4) for s in sig.std(axis=1)]},
+            "flat_leads": [l for l, s, m in zip(ecg.leads, sig.std(axis=1), ecg.lead_mask) if m and s < 1e-3],
+            "meta": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ecg.meta.items()},
+        }
+        print(json.dumps(summary, indent=1, default=str))
+        if args.plot:
+            from ecgrisk.plotting import plot_12lead
+
+            out = args.plot if len(args.files) == 1 else f"{ecg.record_id}_{args.plot}"
+            plot_12lead(sig, ecg.fs, title=f"{ecg.record_id}  {ecg.fs:g} Hz", path=out, lead_mask=ecg.lead_mask)
+            print(f"plot written to {out}")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecgrisk", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("download", help="download a PhysioNet dataset (resumable, checksummed)")
+    d.add_argument("dataset", choices=["ptbxl"])
+    d.add_argument("--root", required=True, help="destination folder")
+    d.add_argument("--records", type=int, default=None, help="only the first N records (default: all)")
+    d.add_argument("--fs", type=int, choices=[100, 500], default=100)
+    d.add_argument("--base-url", default=None, help="a mirror in PhysioNet's layout")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=_download)
+
+    i = sub.add_parser("inspect", help="read ECG files and print what ecgrisk sees")
+    i.add_argument("files", nargs="+")
+    i.add_argument("--fs", type=float, default=None, help="resample to / rate of a raw array")
+    i.add_argument("--plot", default=None, help="write a 12-lead PNG")
+    i.set_defaults(func=_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The LightningDataModule every stage trains from: cache -> crops (train) / windows (eval)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import ConcatDataset, DataLoader
+
+from ecgrisk.data.base import RecordSet
+from ecgrisk.data.cache import ECGCache, get_or_build
+from ecgrisk.data.splits import (TEST_FOLDS, TRAIN_FOLDS, VAL_FOLDS, fold_indices,
+                                 label_fraction_subset, stable_folds)
+from ecgrisk.data.windows import CropDataset, WindowDataset
+from ecgrisk.preprocess import Preprocessing, Scaler
+
+log = logging.getLogger(__name__)
+
+
+class ECGDataModule(L.LightningDataModule):
+    """Train on random crops, evaluate on sliding windows, from compiled caches.
+
+    Parameters
+    ----------
+    sources : one RecordSet (labelled: fine-tuning) or several (pooled, labels ignored:
+        pretraining). Sources without folds get stable hash folds 1-10.
+    cache_dir : where cache entries live.
+    preprocessing : resampling/filter settings baked into the cache.
+    crop_s, window_s, stride_s : train crop length; eval window length and stride, in seconds.
+    label_fraction, seed : a seeded stratified fraction of the training records.
+    scaler : a fitted Scaler to reuse (e.g. the fine-tuned bundle's); fitted on the training
+        records when None.
+    """
+
+    def __init__(self, sources: RecordSet | list[RecordSet], cache_dir: str | Path,
+                 preprocessing: Preprocessing = Preprocessing(), batch_size: int = 128,
+                 crop_s: float = 2.5, window_s: float = 2.5, stride_s: float = 1.25,
+                 num_workers: int = 0, label_fraction: float = 1.0, seed: int = 0,
+                 train_folds=TRAIN_FOLDS, val_folds=VAL_FOLDS, test_folds=TEST_FOLDS,
+                 cache_workers: int = 2, scaler: Scaler | None = None, progress: bool = True):
+        super().__init__()
+        self.sources = [sources] if isinstance(sources, RecordSet) else list(sources)
+        if not self.sources:
+            raise ValueError("ECGDataModule needs at least one source")
+        self.labelled = len(self.sources) == 1 and self.sources[0].labels is not None
+        self.cache_dir, self.prep = Path(cache_dir), preprocessing
+        self.batch_size, self.num_workers = batch_size, num_workers
+        fs = preprocessing.fs
+        self.crop, self.window, self.stride = round(crop_s * fs), round(window_s * fs), round(stride_s * fs)
+        self.label_fraction, self.seed = label_fraction, seed
+        self.folds = {"train": tuple(train_folds), "val": tuple(val_folds), "test": tuple(test_folds)}
+        self.cache_workers, self.progress = cache_workers, progress
+        self.scaler = scaler
+        self.caches: list[ECGCache] = []
+
+    # -- setup --------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        for s in self.sources:
+            get_or_build(s, self.cache_dir, self.prep, self.cache_workers, self.progress)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.caches:
+            return
+        self.caches = [get_or_build(s, self.cache_dir, self.prep, self.cache_workers, self.progress)
+                       for s in self.sources]
+        self.split = {name: [self._indices(c, name) for c in self.caches] for name in self.folds}
+        if self.labelled and self.label_fraction < 1:
+            c, idx = self.caches[0], self.split["train"][0]
+            self.split["train"][0] = idx[label_fraction_subset(c.labels[idx], self.label_fraction, self.seed)]
+        n = {k: sum(len(i) for i in v) for k, v in self.split.items()}
+        if n["train"] == 0:
+            raise ValueError(f"no training records in folds {self.folds['train']} of "
+                             f"{[s.name for s in self.sources]}")
+        if self.scaler is None:
+            self.scaler = Scaler.fit(c.record(int(i)) for c, idx in zip(self.caches, self.split["train"]) for i in idx)
+        log.info("records: %d train, %d val, %d test; scaler mean %.4f std %.4f",
+                 n["train"], n["val"], n["test"], self.scaler.mean, self.scaler.std)
+
+    def _indices(self, cache: ECGCache, split: str) -> np.ndarray:
+        folds = cache.folds if cache.folds is not None else stable_folds(cache.record_ids)
+        return fold_indices(folds, self.folds[split])
+
+    # -- what the stages read -----------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return self.caches[0].classes if self.labelled else []
+
+    def eval_dataset(self, split: str) -> WindowDataset:
+        """The windows of ``split`` ('val' or 'test') of the first source."""
+        return WindowDataset(self.caches[0], self.split[split][0], self.window, self.stride, self.scaler)
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.caches[0].labels[self.split[split][0]]
+
+    def record_ids(self, split: str) -> list[str]:
+        c = self.caches[0]
+        return [c.record_ids[i] for i in self.split[split][0]]
+
+    # -- loaders ------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        parts = [CropDataset(c, idx, self.crop, self.scaler)
+                 for c, idx in zip(self.caches, self.split["train"]) if len(idx)]
+        ds = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        return self._loader(ds, shuffle=True, drop_last=len(ds) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_dataset("test"), shuffle=False)
+
+    def _loader(self, ds, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)

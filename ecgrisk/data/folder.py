@@ -1,0 +1,119 @@
+"""Unlabeled ECG files from any folders, and pooling of several sources for pretraining."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from ecgrisk.data.base import RecordSet
+
+NUMPY_SUFFIXES = (".npy", ".npz")
+
+
+def _candidates(root: Path, pattern: str | None) -> list[tuple[str, Path]]:
+    """``(id, path)`` of every ECG under ``root``; WFDB records once, by their header."""
+    found: list[tuple[str, str, Path]] = []  # (relative stem, suffix, path given to read_ecg)
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        # hidden folders hold caches and checkpoints, not recordings
+        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+            continue
+        if pattern is not None and not fnmatch.fnmatch(rel.as_posix(), pattern):
+            continue
+        suffix = f.suffix.lower()
+        if suffix == ".hea":
+            # the signal file (.dat, .mat, ...) is named inside the header: one entry per record
+            found.append((rel.with_suffix("").as_posix(), suffix, f.with_suffix("")))
+        elif suffix in NUMPY_SUFFIXES:
+            found.append((rel.with_suffix("").as_posix(), suffix, f))
+    counts = Counter(stem for stem, _, _ in found)
+    # a stem shared by two files (x.hea and x.npy) keeps its suffix so both ids stay unique
+    return [
+        (stem if counts[stem] == 1 else stem + suffix, path) for stem, suffix, path in found
+    ]
+
+
+class ECGFolder(RecordSet):
+    """Every readable ECG file under one or several folders, without labels.
+
+    Signals are not read here; ``read_ecg`` reports unreadable files when they are used.
+
+    Parameters
+    ----------
+    roots : a folder or several; each is scanned recursively (hidden folders skipped).
+    pattern : optional glob matched against each file's path relative to its root, such as
+        ``"*_lr.hea"`` or ``"records100/*"`` (``*`` also crosses ``/``).
+    name : source name used by :func:`pool` to prefix ids.
+
+    Attributes
+    ----------
+    record_ids : ``[n]`` path relative to its root without extension
+        (``records100/00000/00001_lr``); with several roots prefixed by the root's folder name.
+    paths : ``[n]`` WFDB records without extension, ``.npy``/``.npz`` files as they are.
+    """
+
+    def __init__(
+        self,
+        roots: str | Path | Sequence[str | Path],
+        pattern: str | None = None,
+        name: str = "folder",
+    ):
+        if isinstance(roots, (str, Path)):
+            roots = [roots]
+        roots = [Path(r).expanduser().resolve() for r in roots]
+        if not roots:
+            raise ValueError("ECGFolder needs at least one folder")
+        for r in roots:
+            if not r.is_dir():
+                raise FileNotFoundError(f"ECG folder {r} does not exist or is not a folder")
+        ids: list[str] = []
+        paths: list[str] = []
+        for r in roots:
+            for rid, path in _candidates(r, pattern):
+                ids.append(f"{r.name}/{rid}" if len(roots) > 1 else rid)
+                paths.append(str(path))
+        dupes = [i for i, n in Counter(ids).items() if n > 1]
+        if dupes:
+            raise ValueError(
+                f"ECGFolder: roots {[str(r) for r in roots]} share folder names, so ids collide "
+                f"(e.g. {dupes[0]!r}); pass them as separate ECGFolder sources to pool()"
+            )
+        if not ids:
+            where = ", ".join(str(r) for r in roots)
+            what = f" matching {pattern!r}" if pattern else ""
+            raise FileNotFoundError(
+                f"no ECG file{what} under {where} (looked for WFDB .hea, .npy, .npz recursively)"
+            )
+        self.roots = roots
+        super().__init__(name=name, record_ids=ids, paths=paths)
+
+
+def pool(*recordsets: RecordSet) -> RecordSet:
+    """Concatenate sources into one unlabeled set, e.g. for self-supervised pretraining.
+
+    Parameters
+    ----------
+    *recordsets : sources with distinct ``name``; their labels are dropped.
+
+    Returns
+    -------
+    RecordSet
+        ``name="pool"``; ids ``"<source name>/<id>"``; paths in source order; ``missing``
+        prefixed the same way.
+    """
+    if not recordsets:
+        raise ValueError("pool() needs at least one record set")
+    names = [rs.name for rs in recordsets]
+    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+    if repeated:
+        raise ValueError(
+            f"pool(): sources must have distinct names to keep ids unique; repeated: {repeated}"
+        )
+    ids, paths, missing = [], [], []
+    for rs in recordsets:
+        ids += [f"{rs.name}/{i}" for i in rs.record_ids]
+        paths += [str(p) for p in rs.paths]
+        missing += [f"{rs.name}/{i}" for i in rs.missing]
+    return RecordSet(name="pool", record_ids=ids, paths=paths, missing=missing)

@@ -1,0 +1,209 @@
+"""PTB-XL index with labels built exactly as the published benchmark builds them.
+
+The label rules follow Strodthoff et al. 2021 (helme/ecg_ptbxl_benchmarking,
+``code/utils/utils.py``: ``compute_label_aggregations`` then ``select_data`` with
+``min_samples=0``): every key of ``scp_codes`` counts whatever its likelihood (0.0 included),
+statements are mapped through ``scp_statements.csv``, records left without a label are dropped
+and the classes are the sorted label names (``MultiLabelBinarizer`` order).
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ecgrisk.data.base import RecordSet
+
+log = logging.getLogger(__name__)
+
+TASKS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
+DATABASE_CSV = "ptbxl_database.csv"
+STATEMENTS_CSV = "scp_statements.csv"
+FILENAME_COLUMN = {100: "filename_lr", 500: "filename_hr"}
+TRAIN_FOLDS = tuple(range(1, 9))
+VAL_FOLDS = (9,)
+TEST_FOLDS = (10,)
+
+
+def _is_set(value) -> bool:
+    # scp_statements.csv marks membership with 1.0 and leaves the cell empty otherwise
+    return value == 1.0
+
+
+def statement_labels(scp_codes: dict, statements: pd.DataFrame, task: str) -> list[str]:
+    """Labels of one record for ``task``, as the benchmark's ``compute_label_aggregations``.
+
+    Parameters
+    ----------
+    scp_codes : ``{statement: likelihood}`` of one record; only the keys matter.
+    statements : ``scp_statements.csv`` indexed by statement code.
+    task : one of :data:`TASKS`.
+
+    Returns
+    -------
+    list of str
+        Sorted, de-duplicated labels; empty when the record has none for this task.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown PTB-XL task {task!r}; choose one of {TASKS}")
+    if task == "all":
+        return sorted(set(scp_codes))
+    column = "diagnostic" if task in ("diagnostic", "subdiagnostic", "superdiagnostic") else task
+    labels = set()
+    for key in scp_codes:
+        if key not in statements.index or not _is_set(statements.at[key, column]):
+            continue
+        if task == "subdiagnostic":
+            value = statements.at[key, "diagnostic_subclass"]
+        elif task == "superdiagnostic":
+            value = statements.at[key, "diagnostic_class"]
+        else:
+            value = key
+        if isinstance(value, str) and value:
+            labels.add(value)
+    return sorted(labels)
+
+
+def _read_csvs(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    db_path, st_path = root / DATABASE_CSV, root / STATEMENTS_CSV
+    absent = [p.name for p in (db_path, st_path) if not p.is_file()]
+    if absent:
+        raise FileNotFoundError(
+            f"PTB-XL root {root} lacks {' and '.join(absent)}; expected the PhysioNet layout "
+            f"(ptbxl_database.csv, scp_statements.csv, records100/, records500/). "
+            f"Fetch it with `ecgrisk download ptbxl --root {root}`."
+        )
+    db = pd.read_csv(db_path)
+    needed = {"ecg_id", "scp_codes", "strat_fold", *FILENAME_COLUMN.values()}
+    lacking = needed - set(db.columns)
+    if lacking:
+        raise ValueError(f"{db_path}: missing columns {sorted(lacking)}")
+    statements = pd.read_csv(st_path, index_col=0)
+    lacking = {"diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"} - set(
+        statements.columns
+    )
+    if lacking:
+        raise ValueError(f"{st_path}: missing columns {sorted(lacking)}")
+    return db, statements
+
+
+class PTBXL(RecordSet):
+    """The PTB-XL records present under ``root``, labelled for one benchmark task.
+
+    Parameters
+    ----------
+    root : folder in PhysioNet's layout (``ptbxl_database.csv``, ``scp_statements.csv``,
+        ``records100/``, ``records500/``). A partial copy is fine: rows whose ``.hea``/``.dat``
+        are absent are listed in ``missing`` and skipped.
+    task : one of :data:`TASKS`.
+    fs : 100 (``filename_lr``) or 500 (``filename_hr``).
+
+    Attributes
+    ----------
+    record_ids : ``[n]`` ``ecg_id`` as strings, in CSV order.
+    paths : ``[n]`` absolute record paths without extension.
+    classes : ``[C]`` sorted label names of this task seen on the present records.
+    labels : ``[n, C]`` uint8 multi-hot.
+    folds : ``[n]`` int ``strat_fold`` (1-10).
+    meta : the kept rows of ``ptbxl_database.csv`` (``scp_codes`` parsed to dicts), ``[n]`` rows.
+    unlabeled : ids present on disk but without any label for this task (dropped, as the
+        benchmark drops them).
+    """
+
+    TASKS = TASKS
+
+    def __init__(self, root: str | Path, task: str = "superdiagnostic", fs: int = 100):
+        if task not in TASKS:
+            raise ValueError(f"unknown PTB-XL task {task!r}; choose one of {TASKS}")
+        if fs not in FILENAME_COLUMN:
+            raise ValueError(f"PTB-XL fs must be 100 or 500, got {fs!r}")
+        root = Path(root).expanduser().resolve()
+        db, statements = _read_csvs(root)
+        column = FILENAME_COLUMN[fs]
+
+        paths = [root / str(f) for f in db[column]]
+        present = np.array(
+            [Path(f"{p}.hea").is_file() and Path(f"{p}.dat").is_file() for p in paths],
+            dtype=bool,
+        )
+        ids = db["ecg_id"].astype(int).astype(str).to_numpy()
+        missing = ids[~present].tolist()
+        if not present.any():
+            raise FileNotFoundError(
+                f"PTB-XL root {root}: none of the {len(db)} records listed in {DATABASE_CSV} "
+                f"has its {column} files (<path>.hea and <path>.dat, e.g. {paths[0]}.hea)"
+                if paths else f"PTB-XL root {root}: {DATABASE_CSV} lists no records"
+            )
+        if missing:
+            log.warning(
+                "PTB-XL %s: %d of %d records listed in %s are absent (%s files); using the %d present",
+                root, len(missing), len(db), DATABASE_CSV, column, int(present.sum()),
+            )
+
+        kept = db[present].reset_index(drop=True)
+        kept["scp_codes"] = [_parse_codes(s, i) for s, i in zip(kept["scp_codes"], kept["ecg_id"], strict=True)]
+        per_record = [statement_labels(c, statements, task) for c in kept["scp_codes"]]
+        has_label = np.array([len(x) > 0 for x in per_record], dtype=bool)
+        kept_paths = [str(p) for p, ok in zip(paths, present, strict=True) if ok]
+
+        meta = kept[has_label].reset_index(drop=True)
+        per_record = [x for x, ok in zip(per_record, has_label, strict=True) if ok]
+        classes = sorted({c for x in per_record for c in x})
+        col = {c: j for j, c in enumerate(classes)}
+        labels = np.zeros((len(per_record), len(classes)), dtype=np.uint8)
+        for i, x in enumerate(per_record):
+            labels[i, [col[c] for c in x]] = 1
+
+        self.root = root
+        self.task = task
+        self.fs = fs
+        self.meta = meta
+        self.unlabeled = kept.loc[~has_label, "ecg_id"].astype(int).astype(str).tolist()
+        super().__init__(
+            name="ptbxl",
+            record_ids=meta["ecg_id"].astype(int).astype(str).tolist(),
+            paths=[p for p, ok in zip(kept_paths, has_label, strict=True) if ok],
+            classes=classes,
+            labels=labels,
+            folds=meta["strat_fold"].astype(int).to_numpy(),
+            missing=missing,
+        )
+
+    def split_indices(
+        self,
+        train_folds: tuple[int, ...] = TRAIN_FOLDS,
+        val_folds: tuple[int, ...] = VAL_FOLDS,
+        test_folds: tuple[int, ...] = TEST_FOLDS,
+    ) -> dict[str, np.ndarray]:
+        """Positions of the official splits (folds 1-8 train, 9 validation, 10 test).
+
+        Returns
+        -------
+        dict
+            ``{"train", "val", "test"}`` -> ``[n_split]`` int64 positions into this set.
+        """
+        folds = np.asarray(self.folds)
+        return {
+            name: np.flatnonzero(np.isin(folds, list(which))).astype(np.int64)
+            for name, which in (("train", train_folds), ("val", val_folds), ("test", test_folds))
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"PTBXL(root={str(self.root)!r}, task={self.task!r}, fs={self.fs}, "
+            f"records={len(self)}, classes={len(self.classes)}, missing={len(self.missing)})"
+        )
+
+
+def _parse_codes(text: str, ecg_id) -> dict:
+    try:
+        codes = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"{DATABASE_CSV}: ecg_id {ecg_id} has unreadable scp_codes {text!r}") from err
+    if not isinstance(codes, dict):
+        raise ValueError(f"{DATABASE_CSV}: ecg_id {ecg_id} scp_codes is not a dict: {text!r}")
+    return codes

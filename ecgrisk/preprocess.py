@@ -1,0 +1,94 @@
+"""Pure preprocessing functions on signals shaped ``[leads, samples]`` (numpy, float32 out).
+
+The PTB-XL benchmark applies none of the filters: it feeds raw 100 Hz signals through one
+standard scaler fitted on the training values. The filters exist for other sources (Holter,
+Challenge data with strong wander) and are off by default in the configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+import numpy as np
+from scipy import signal as sps
+
+
+def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
+    """Polyphase resampling along the last axis; exact when the rate ratio is rational."""
+    if fs_in <= 0 or fs_out <= 0:
+        raise ValueError(f"sampling rates must be positive, got {fs_in} -> {fs_out}")
+    if fs_in == fs_out:
+        return np.asarray(x, dtype=np.float32)
+    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    y = sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
+    return y.astype(np.float32, copy=False)
+
+
+def bandpass(x: np.ndarray, fs: float, low: float = 0.5, high: float = 40.0, order: int = 3) -> np.ndarray:
+    """Zero-phase Butterworth band-pass; ``low`` removes baseline wander. ``high`` is capped below Nyquist."""
+    nyq = fs / 2.0
+    high = min(high, 0.95 * nyq)
+    sos = sps.butter(order, [low / nyq, high / nyq], btype="bandpass", output="sos")
+    return sps.sosfiltfilt(sos, x, axis=-1).astype(np.float32, copy=False)
+
+
+def notch(x: np.ndarray, fs: float, freq: float = 50.0, quality: float = 30.0) -> np.ndarray:
+    """Zero-phase notch at the mains frequency (50 or 60 Hz); a no-op when ``freq`` is above Nyquist."""
+    if freq >= fs / 2.0:
+        return np.asarray(x, dtype=np.float32)
+    b, a = sps.iirnotch(freq, quality, fs)
+    return sps.filtfilt(b, a, x, axis=-1).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Settings applied when a record enters the cache (and, identically, when it is scored)."""
+
+    fs: float = 100.0
+    bandpass: tuple[float, float] | None = None
+    notch: float | None = None
+
+    def apply(self, x: np.ndarray, fs_in: float) -> np.ndarray:
+        y = resample(x, fs_in, self.fs)
+        if self.bandpass is not None:
+            y = bandpass(y, self.fs, *self.bandpass)
+        if self.notch is not None:
+            y = notch(y, self.fs, self.notch)
+        return np.ascontiguousarray(y, dtype=np.float32)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["bandpass"] = list(self.bandpass) if self.bandpass is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        bp = d.get("bandpass")
+        return cls(fs=float(d["fs"]), bandpass=tuple(bp) if bp else None, notch=d.get("notch"))
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """One mean and one standard deviation over all training values, as the benchmark fits it."""
+
+    mean: float
+    std: float
+
+    def __call__(self, x):
+        return (x - self.mean) / self.std
+
+    @classmethod
+    def fit(cls, chunks) -> Scaler:
+        """Fit from an iterable of arrays without holding them all (streaming sums in float64)."""
+        n, s, ss = 0, 0.0, 0.0
+        for c in chunks:
+            c = np.asarray(c, dtype=np.float64)
+            n += c.size
+            s += float(c.sum())
+            ss += float(np.square(c).sum())
+        if n == 0:
+            raise ValueError("cannot fit a scaler on no data")
+        mean = s / n
+        var = max(ss / n - mean * mean, 0.0)
+        return cls(mean=mean, std=float(np.sqrt(var)) or 1.0)

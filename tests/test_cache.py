@@ -1,0 +1,185 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import wfdb
+
+from ecgrisk.data.base import RecordSet
+from ecgrisk.data.cache import ECGCache, build_cache, cache_key, get_or_build
+from ecgrisk.data.datamodule import ECGDataModule
+from ecgrisk.data.splits import label_fraction_subset, stable_folds
+from ecgrisk.data.windows import aggregate_windows, window_starts
+from ecgrisk.io import STANDARD_LEADS, read_ecg
+from ecgrisk.preprocess import Preprocessing, Scaler
+
+WFDB_NAMES = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+
+
+def _write_records(folder, n, fs=100, seconds=10, seed=0):
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        sig = (rng.normal(0, 0.3, (int(fs * seconds), 12)) + i * 0.01).astype(np.float64)
+        name = f"r{i:03d}"
+        wfdb.wrsamp(name, fs=fs, units=["mV"] * 12, sig_name=WFDB_NAMES, p_signal=sig,
+                    fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+        paths.append(str(folder / name))
+    return paths
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    paths = _write_records(src, 12)
+    labels = np.zeros((12, 2), np.uint8)
+    labels[::2, 0] = 1
+    labels[1::2, 1] = 1
+    folds = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 10, 10])
+    rs = RecordSet("tiny", [f"{i}" for i in range(12)], paths, ["A", "B"], labels, folds)
+    return rs, tmp_path / "cache"
+
+
+def test_cache_holds_exactly_what_read_ecg_reads(tiny):
+    rs, root = tiny
+    cache = build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False)
+    assert len(cache) == 12 and cache.fs == 100
+    for i in (0, 5, 11):
+        np.testing.assert_array_equal(cache.record(i), read_ecg(rs.paths[i]).signal)
+    np.testing.assert_array_equal(cache.labels, rs.labels)
+    np.testing.assert_array_equal(cache.folds, rs.folds)
+    assert cache.classes == ["A", "B"]
+    # a window past the end is zero-padded, not wrapped
+    w = cache.window(3, 900, 250)
+    np.testing.assert_array_equal(w[:, :100], read_ecg(rs.paths[3]).signal[:, 900:])
+    assert not w[:, 100:].any()
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_cache_resamples_at_build_time(tiny):
+    rs, root = tiny
+    cache = build_cache(rs, root, Preprocessing(fs=50), workers=1, progress=False)
+    assert cache.record(0).shape == (12, 500)
+
+
+def test_cache_is_reused_then_rebuilt_when_damaged_or_stale(tiny):
+    rs, root = tiny
+    prep = Preprocessing(fs=100)
+    first = get_or_build(rs, root, prep, workers=1, progress=False)
+    stamp = (first.path / "meta.json").stat().st_mtime_ns
+    again = get_or_build(rs, root, prep, workers=1, progress=False)
+    assert (again.path / "meta.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+    # damaged: bytes overwritten inside the signal file -> checksum mismatch -> rebuilt
+    sig = first.path / "signals.f32"
+    with open(sig, "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff" * 64)
+    rebuilt = get_or_build(rs, root, prep, workers=1, progress=False)
+    np.testing.assert_array_equal(rebuilt.record(0), read_ecg(rs.paths[0]).signal)
+
+    # truncated signal file -> rebuilt
+    with open(sig, "r+b") as f:
+        f.truncate(1000)
+    rebuilt = get_or_build(rs, root, prep, workers=1, progress=False)
+    assert sig.stat().st_size == 12 * 1000 * 12 * 4
+
+    # stale: a source file changes -> a different key
+    key = cache_key(rs, prep)
+    st = os.stat(rs.paths[0] + ".dat")
+    os.utime(rs.paths[0] + ".dat", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cache_key(rs, prep) != key
+    # other settings -> a different key
+    assert cache_key(rs, Preprocessing(fs=100, bandpass=(0.5, 40.0))) != cache_key(rs, prep)
+
+
+def test_unreadable_records_are_recorded_and_left_out(tiny):
+    rs, root = tiny
+    with open(rs.paths[2] + ".dat", "r+b") as f:
+        f.truncate(10)
+    cache = build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False)
+    assert len(cache) == 11 and "2" not in cache.record_ids
+    failures = json.loads((cache.path / "meta.json").read_text())["failures"]
+    assert list(failures) == ["2"]
+    assert "r002" in failures["2"]
+
+
+def test_parallel_build_matches_serial(tiny, tmp_path):
+    rs, root = tiny
+    a = build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False)
+    b = build_cache(rs, tmp_path / "cache2", Preprocessing(fs=100), workers=2, progress=False)
+    np.testing.assert_array_equal(np.asarray(a.signals), np.asarray(b.signals))
+
+
+def test_window_starts_follow_the_benchmark():
+    # 10 s at 100 Hz, 2.5 s windows, 1.25 s stride -> 7 windows
+    np.testing.assert_array_equal(window_starts(1000, 250, 125), [0, 125, 250, 375, 500, 625, 750])
+    np.testing.assert_array_equal(window_starts(200, 250, 125), [0])
+
+
+def test_aggregate_windows_max_mean_and_duplicates():
+    positions = np.array([0, 0, 1, 1, 1])
+    logits = torch.tensor([[0.0, 1.0], [2.0, -1.0], [-3.0, 0.5], [1.0, 0.0], [-1.0, 4.0]])
+    k = torch.tensor([0, 1, 2, 3, 4, 4])  # window 4 seen twice (DDP padding)
+    logits_dup = torch.cat([logits, logits[4:5]])
+    out = aggregate_windows(k, logits_dup, positions, 2, "max")
+    np.testing.assert_allclose(out.numpy(), [[2.0, 1.0], [1.0, 4.0]])
+    mean = aggregate_windows(k, logits_dup, positions, 2, "mean")
+    p = torch.sigmoid(logits)
+    expect = torch.stack([p[:2].mean(0), p[2:].mean(0)])
+    np.testing.assert_allclose(torch.sigmoid(mean).numpy(), expect.numpy(), atol=1e-6)
+
+
+def test_label_fraction_is_stratified_nested_and_seeded():
+    rng = np.random.default_rng(1)
+    y = (rng.random((400, 5)) < [0.5, 0.2, 0.1, 0.05, 0.02]).astype(np.uint8)
+    small = label_fraction_subset(y, 0.1, seed=3)
+    large = label_fraction_subset(y, 0.25, seed=3)
+    assert set(small) <= set(large)
+    assert (y[small].sum(0) > 0).all()  # the rarest class survives 10%
+    np.testing.assert_array_equal(small, label_fraction_subset(y, 0.1, seed=3))
+    assert not np.array_equal(small, label_fraction_subset(y, 0.1, seed=4))
+    assert 0.08 * 400 <= len(small) <= 0.14 * 400
+    with pytest.raises(ValueError):
+        label_fraction_subset(y, 0.0)
+
+
+def test_stable_folds_are_deterministic_and_cover_1_to_10():
+    ids = [f"rec{i}" for i in range(500)]
+    f = stable_folds(ids)
+    np.testing.assert_array_equal(f, stable_folds(ids))
+    assert set(f) == set(range(1, 11))
+
+
+def test_datamodule_on_shared_ptbxl(ptbxl_root, tmp_path):
+    from ecgrisk.data.ptbxl import PTBXL
+
+    rs = PTBXL(ptbxl_root, task="superdiagnostic")
+    dm = ECGDataModule(rs, tmp_path / "cache", batch_size=16, progress=False)
+    dm.setup()
+    assert [len(dm.split[s][0]) for s in ("train", "val", "test")] == [352, 72, 64]
+    # the scaler sees the training folds only
+    train_ids = set(dm.record_ids("train"))
+    vals = np.concatenate([read_ecg(p).signal.ravel() for r, p in zip(rs.record_ids, rs.paths) if r in train_ids])
+    assert dm.scaler.mean == pytest.approx(vals.mean(), abs=1e-6)
+    assert dm.scaler.std == pytest.approx(vals.std(), rel=1e-5)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 12, 250) and y.shape == (16, 5)
+    ds = dm.eval_dataset("test")
+    assert len(ds) == 64 * 7
+    x, y, k = ds[8]
+    i = ds.indices[ds.positions[8]]
+    raw = dm.caches[0].record(i)[:, ds.starts[8]: ds.starts[8] + 250]
+    np.testing.assert_allclose(x.numpy(), Scaler(dm.scaler.mean, dm.scaler.std)(raw), rtol=1e-6)
+    assert list(rs.classes) == dm.classes == ["CD", "HYP", "MI", "NORM", "STTC"]
+    assert STANDARD_LEADS[0] == "I"
+
+
+def test_cache_never_loads_the_whole_array(tiny):
+    rs, root = tiny
+    cache = build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False)
+    assert isinstance(cache.signals, np.memmap)
+    reopened = ECGCache(cache.path)
+    assert reopened._signals is None  # opened lazily, per process

@@ -1,0 +1,140 @@
+"""PTB-XL index: labels checked against an independent plain-csv computation of the benchmark rules."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from ecgrisk.data.ptbxl import PTBXL, TASKS
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def expected_labels(root, task):
+    """{ecg_id: set(labels)} for records with >= 1 label, via plain loops over csv rows."""
+    statements = {}
+    with open(root / "scp_statements.csv", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        for row in reader:
+            statements[row[0]] = dict(zip(header[1:], row[1:], strict=True))
+    out = {}
+    for row in _rows(root / "ptbxl_database.csv"):
+        got = set()
+        for key in ast.literal_eval(row["scp_codes"]):
+            st = statements.get(key)
+            if st is None:
+                continue
+            if task == "superdiagnostic" and st["diagnostic"] == "1.0" and st["diagnostic_class"]:
+                got.add(st["diagnostic_class"])
+            if task == "rhythm" and st["rhythm"] == "1.0":
+                got.add(key)
+        if got:
+            out[str(int(row["ecg_id"]))] = got
+    return out
+
+
+@pytest.mark.parametrize("task", ["superdiagnostic", "rhythm"])
+def test_labels_match_independent_computation(ptbxl_root, task):
+    ds = PTBXL(ptbxl_root, task=task)
+    expected = expected_labels(ptbxl_root, task)
+    assert ds.record_ids == sorted(expected, key=int)
+    assert ds.classes == sorted({c for s in expected.values() for c in s})
+    assert ds.labels.dtype == np.uint8 and ds.labels.shape == (len(expected), len(ds.classes))
+    for i, rid in enumerate(ds.record_ids):
+        assert {ds.classes[j] for j in np.flatnonzero(ds.labels[i])} == expected[rid]
+    counts = Counter(c for s in expected.values() for c in s)
+    assert dict(zip(ds.classes, ds.labels.sum(0).tolist(), strict=True)) == dict(counts)
+    assert ds.missing == []
+
+
+def test_superdiagnostic_subset_figures(ptbxl_root):
+    # the figures the shared data README gives for this subset
+    ds = PTBXL(ptbxl_root)
+    assert len(ds) == 488
+    assert dict(zip(ds.classes, ds.labels.sum(0).tolist(), strict=True)) == {
+        "NORM": 297, "STTC": 96, "CD": 78, "MI": 73, "HYP": 40}
+    assert len(ds.unlabeled) == 12 and not set(ds.unlabeled) & set(ds.record_ids)
+    first = ds.record_ids.index("1")
+    assert ds.labels[first].tolist() == [0, 0, 0, 1, 0]  # ecg_id 1 is NORM only
+    assert ds.meta.loc[first, "scp_codes"] == {"NORM": 100.0, "LVOLT": 0.0, "SR": 0.0}
+
+
+def test_official_folds(ptbxl_root):
+    rows = _rows(ptbxl_root / "ptbxl_database.csv")
+    # task "all" keeps every record: the README's 353/81/66
+    split = PTBXL(ptbxl_root, task="all").split_indices()
+    assert {k: len(v) for k, v in split.items()} == {"train": 353, "val": 81, "test": 66}
+    ds = PTBXL(ptbxl_root)
+    split = ds.split_indices()
+    fold_of = {str(int(r["ecg_id"])): int(r["strat_fold"]) for r in rows}
+    for name, folds in (("train", range(1, 9)), ("val", [9]), ("test", [10])):
+        want = [i for i, rid in enumerate(ds.record_ids) if fold_of[rid] in folds]
+        assert split[name].tolist() == want
+    assert sum(len(v) for v in split.values()) == len(ds)
+    assert np.array_equal(ds.folds, [fold_of[r] for r in ds.record_ids])
+
+
+def test_zero_likelihood_codes_count(ptbxl_root):
+    # ecg_id 1 lists LVOLT and SR with likelihood 0.0: the benchmark keeps them
+    ds = PTBXL(ptbxl_root, task="all")
+    i = ds.record_ids.index("1")
+    assert {ds.classes[j] for j in np.flatnonzero(ds.labels[i])} == {"NORM", "LVOLT", "SR"}
+
+
+def test_all_task_class_order_follows_benchmark(ptbxl_root, shared):
+    bench = json.loads((shared / "ptbxl-benchmark-peer" / "classes.json").read_text())
+    assert len(bench) == 71 and bench == sorted(bench)
+    ds = PTBXL(ptbxl_root, task="all")
+    assert set(ds.classes) <= set(bench)
+    assert ds.classes == [c for c in bench if c in set(ds.classes)]
+
+
+def test_paths_per_sampling_rate(ptbxl_root):
+    lo, hi = PTBXL(ptbxl_root, fs=100), PTBXL(ptbxl_root, fs=500)
+    assert lo.record_ids == hi.record_ids
+    assert lo.paths[0] == str(ptbxl_root.resolve() / "records100/00000/00001_lr")
+    assert hi.paths[0] == str(ptbxl_root.resolve() / "records500/00000/00001_hr")
+    assert (ptbxl_root / "records500/00000/00001_hr.dat").is_file()
+    with pytest.raises(ValueError, match="100 or 500"):
+        PTBXL(ptbxl_root, fs=250)
+    with pytest.raises(ValueError, match="unknown PTB-XL task"):
+        PTBXL(ptbxl_root, task="diagnosis")
+    assert PTBXL.TASKS == TASKS and len(TASKS) == 6
+
+
+def test_partial_copy_reports_missing(ptbxl_root, tmp_path, caplog):
+    for name in ("ptbxl_database.csv", "scp_statements.csv"):
+        shutil.copy(ptbxl_root / name, tmp_path / name)
+    (tmp_path / "records100/00000").mkdir(parents=True)
+    for k in range(1, 11):
+        for ext in (".hea", ".dat"):
+            shutil.copy(ptbxl_root / f"records100/00000/{k:05d}_lr{ext}", tmp_path / "records100/00000")
+    # a record with its header but no signal file is not usable
+    shutil.copy(ptbxl_root / "records100/00000/00011_lr.hea", tmp_path / "records100/00000")
+    with caplog.at_level("WARNING"):
+        ds = PTBXL(tmp_path, task="rhythm")
+    assert len(ds.missing) == 490 and "11" in ds.missing and "1" not in ds.missing
+    assert "490 of 500" in caplog.text
+    expected = {k: v for k, v in expected_labels(ptbxl_root, "rhythm").items() if int(k) <= 10}
+    assert ds.record_ids == sorted(expected, key=int)
+    # classes come from the present rows only
+    assert ds.classes == sorted({c for s in expected.values() for c in s})
+    with pytest.raises(FileNotFoundError, match="none of the 500 records"):
+        PTBXL(tmp_path, fs=500)
+
+
+def test_empty_root_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ptbxl_database.csv and scp_statements.csv"):
+        PTBXL(tmp_path)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        PTBXL(tmp_path / "nowhere")

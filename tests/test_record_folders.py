@@ -1,0 +1,125 @@
+"""Challenge folders, arbitrary ECG folders and pooling: indexes only, no signal reading."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import wfdb
+
+from ecgrisk.data.base import RecordSet
+from ecgrisk.data.challenge import ChallengeFolder, parse_challenge_header
+from ecgrisk.data.folder import ECGFolder, pool
+
+
+def test_challenge_sample_labels(shared):
+    root = shared / "cinc2021-sample"
+    ds = ChallengeFolder(root)
+    assert len(ds) == 50 and ds.missing == [] and ds.folds is None
+    assert ds.record_ids[:2] == ["E07500", "E07501"] and ds.record_ids[-1] == "JS20019"
+    assert ds.paths[0] == str(root.resolve() / "E07500")
+    # classes: every code seen, sorted; counted independently from the header text
+    seen = set()
+    for hea in root.glob("*.hea"):
+        for line in hea.read_text().splitlines():
+            if line.startswith("# Dx:"):
+                seen |= {c.strip() for c in line[5:].split(",")}
+    assert ds.classes == sorted(seen)
+    i = ds.record_ids.index("E07500")
+    assert {ds.classes[j] for j in np.flatnonzero(ds.labels[i])} == {"67741000119109", "426177001"}
+    assert ds.meta.loc[i, "age"] == "78" and ds.meta.loc[i, "sex"] == "Male"
+
+
+def test_challenge_fixed_classes_and_missing(shared, tmp_path):
+    src = shared / "cinc2021-sample"
+    (tmp_path / "georgia").mkdir()
+    for stem in ("E07500", "E07501"):
+        for ext in (".hea", ".mat"):
+            shutil.copy(src / f"{stem}{ext}", tmp_path / "georgia")
+    shutil.copy(src / "HR06000.hea", tmp_path)  # header without its .mat
+    ds = ChallengeFolder(tmp_path, classes=["426177001", "164889003"])
+    assert ds.record_ids == ["E07500", "E07501"] and ds.missing == ["HR06000"]
+    want = [[int("426177001" in d), int("164889003" in d)] for d in ds.meta["dx"]]
+    assert ds.labels.tolist() == want and ds.labels[0].tolist() == [1, 0]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no record found"):
+        ChallengeFolder(tmp_path / "empty")
+
+
+def test_parse_header_without_dx(tmp_path):
+    hea = tmp_path / "x.hea"
+    hea.write_text("x 1 500 10\nx.mat 16 1000/mV 16 0 0 0 0 I\n# Age: 50\n")
+    assert parse_challenge_header(hea) == {"dx": [], "age": "50", "sex": None}
+
+
+def _wfdb(folder, name, fmt="16"):
+    folder.mkdir(parents=True, exist_ok=True)
+    sig = np.zeros((20, 2))
+    sig[:, 0] = np.linspace(0, 1, 20)
+    wfdb.wrsamp(name, fs=100, units=["mV", "mV"], sig_name=["I", "II"], p_signal=sig,
+                fmt=[fmt, fmt], write_dir=str(folder))
+
+
+@pytest.fixture
+def ecg_tree(tmp_path, shared):
+    root = tmp_path / "ecgs"
+    _wfdb(root / "records100/00000", "00001_lr")
+    (root / "challenge").mkdir()
+    for ext in (".hea", ".mat"):  # a Challenge record: its .mat is named by the header
+        shutil.copy(shared / "cinc2021-sample" / f"E07500{ext}", root / "challenge")
+    (root / "arrays").mkdir()
+    np.save(root / "arrays" / "a.npy", np.zeros((12, 10)))
+    np.savez(root / "arrays" / "b.npz", signal=np.zeros((12, 10)))
+    (root / "arrays" / "notes.txt").write_text("not an ECG")
+    (root / ".cache").mkdir()
+    np.save(root / ".cache" / "hidden.npy", np.zeros(3))
+    return root
+
+
+def test_ecg_folder_lists_each_record_once(ecg_tree):
+    ds = ECGFolder(ecg_tree)
+    assert ds.record_ids == ["arrays/a", "arrays/b", "challenge/E07500", "records100/00000/00001_lr"]
+    assert ds.paths == [str(ecg_tree / "arrays/a.npy"), str(ecg_tree / "arrays/b.npz"),
+                        str(ecg_tree / "challenge/E07500"),
+                        str(ecg_tree / "records100/00000/00001_lr")]
+    assert ds.labels is None and ds.classes == [] and ds.name == "folder"
+    only_wfdb = ECGFolder(ecg_tree, pattern="*.hea")
+    assert only_wfdb.record_ids == ["challenge/E07500", "records100/00000/00001_lr"]
+
+
+def test_ecg_folder_ids_unique(ecg_tree, tmp_path):
+    np.save(ecg_tree / "records100/00000/00001_lr.npy", np.zeros((12, 10)))
+    ds = ECGFolder(ecg_tree)
+    assert "records100/00000/00001_lr.hea" in ds.record_ids
+    assert "records100/00000/00001_lr.npy" in ds.record_ids
+    assert len(set(ds.record_ids)) == len(ds)
+    other = tmp_path / "more"
+    _wfdb(other, "00001_lr")
+    two = ECGFolder([ecg_tree, other])
+    assert "more/00001_lr" in two.record_ids and "ecgs/arrays/a" in two.record_ids
+    assert len(two) == len(ds) + 1
+
+
+def test_ecg_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ECGFolder(tmp_path / "absent")
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(FileNotFoundError, match="no ECG file"):
+        ECGFolder(tmp_path)
+
+
+def test_pool_prefixes_sources(ecg_tree, shared):
+    folder = ECGFolder(ecg_tree)
+    challenge = ChallengeFolder(shared / "cinc2021-sample")
+    extra = RecordSet(name="extra", record_ids=["1"], paths=["/x/1"], missing=["2"])
+    pooled = pool(folder, challenge, extra)
+    assert len(pooled) == len(folder) + len(challenge) + 1
+    assert pooled.record_ids[0] == "folder/arrays/a"
+    assert pooled.record_ids[len(folder)] == "challenge/E07500"
+    assert pooled.paths[len(folder)] == challenge.paths[0]
+    assert pooled.labels is None and pooled.missing == ["extra/2"]
+    with pytest.raises(ValueError, match="distinct names"):
+        pool(folder, ECGFolder(ecg_tree))
+    renamed = pool(folder, ECGFolder(ecg_tree, name="again"))
+    assert len(set(renamed.record_ids)) == 2 * len(folder)
