@@ -124,12 +124,18 @@ def test_aggregate_windows_max_mean_and_duplicates():
     logits = torch.tensor([[0.0, 1.0], [2.0, -1.0], [-3.0, 0.5], [1.0, 0.0], [-1.0, 4.0]])
     k = torch.tensor([0, 1, 2, 3, 4, 4])  # window 4 seen twice (DDP padding)
     logits_dup = torch.cat([logits, logits[4:5]])
-    out = aggregate_windows(k, logits_dup, positions, 2, "max")
+    out, seen = aggregate_windows(k, logits_dup, positions, 2, "max")
     np.testing.assert_allclose(out.numpy(), [[2.0, 1.0], [1.0, 4.0]])
-    mean = aggregate_windows(k, logits_dup, positions, 2, "mean")
+    assert seen.all()
+    mean, _ = aggregate_windows(k, logits_dup, positions, 2, "mean")
     p = torch.sigmoid(logits)
     expect = torch.stack([p[:2].mean(0), p[2:].mean(0)])
     np.testing.assert_allclose(torch.sigmoid(mean).numpy(), expect.numpy(), atol=1e-6)
+
+
+def test_aggregate_windows_reports_records_without_windows():
+    out, seen = aggregate_windows(torch.tensor([0, 1]), torch.zeros(2, 3), np.array([0, 0, 1, 2]), 3)
+    assert seen.tolist() == [True, False, False]
 
 
 def test_label_fraction_is_stratified_nested_and_seeded():

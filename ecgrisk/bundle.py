@@ -1,0 +1,160 @@
+"""Files that cross stage boundaries: the model bundle (``model.pt``) and the encoder file (``encoder.pt``).
+
+Both are plain dicts of tensors, strings and numbers, so ``torch.load(path, weights_only=True)``
+reads them: loading a bundle never runs code from the file. A SHA-256 digest over the weights
+and the metadata is stored inside; a bundle whose tensors or metadata were altered after it was
+written is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ecgrisk.models import create_encoder
+from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.preprocess import Preprocessing, Scaler
+
+BUNDLE_FORMAT = 1
+ENCODER_FORMAT = 1
+
+
+class BundleError(ValueError):
+    """A model bundle or encoder file cannot be used; the message names the file and why."""
+
+
+def _digest(meta: dict, state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: str | os.PathLike, kind: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: no such {kind} file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise BundleError(f"{path}: refused: not loadable with weights_only=True, so it may run "
+                          f"code on load ({str(e).splitlines()[0]})") from e
+    except Exception as e:
+        raise BundleError(f"{path}: not a readable {kind} file ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or "meta" not in obj or "state_dict" not in obj:
+        raise BundleError(f"{path}: not an ecgrisk {kind} file (missing meta/state_dict)")
+    if obj.get("sha256") != _digest(obj["meta"], obj["state_dict"]):
+        raise BundleError(f"{path}: refused: its weights or metadata were altered after it was "
+                          f"written (SHA-256 digest mismatch)")
+    return obj
+
+
+# -- encoder files (pretraining -> fine-tuning) ----------------------------------------------
+def save_encoder(path: str | os.PathLike, encoder: torch.nn.Module, extra: dict | None = None) -> None:
+    """Write ``encoder.pt``: weights + the spec that rebuilds the architecture."""
+    meta = {"kind": "encoder", "format": ENCODER_FORMAT, "spec": dict(encoder.spec), **(extra or {})}
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    _atomic_save({"meta": meta, "state_dict": state, "sha256": _digest(meta, state)}, Path(path))
+
+
+def load_encoder_weights(encoder: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load ``encoder.pt`` into ``encoder``; a different architecture is a clear error."""
+    obj = _load(path, "encoder")
+    spec = obj["meta"].get("spec", {})
+    if spec.get("name") != encoder.spec.get("name"):
+        raise BundleError(f"{path}: holds a {spec.get('name')!r} encoder but the model is "
+                          f"{encoder.spec.get('name')!r}; set model={spec.get('name')}")
+    result = encoder.load_state_dict(obj["state_dict"], strict=False)
+    bad = [k for k, v in obj["state_dict"].items()
+           if k in encoder.state_dict() and encoder.state_dict()[k].shape != v.shape]
+    if result.missing_keys or result.unexpected_keys or bad:
+        raise BundleError(f"{path}: encoder weights do not fit the model (spec in file {spec}, "
+                          f"model {encoder.spec}); missing {result.missing_keys[:5]}, "
+                          f"unexpected {result.unexpected_keys[:5]}")
+
+
+def load_encoder(path: str | os.PathLike) -> torch.nn.Module:
+    obj = _load(path, "encoder")
+    spec = dict(obj["meta"]["spec"])
+    enc = create_encoder(spec.pop("name"), **spec)
+    enc.load_state_dict(obj["state_dict"])
+    return enc
+
+
+# -- model bundles (fine-tuning/refinement -> scoring) -----------------------------------------
+@dataclass
+class Bundle:
+    """Everything scoring needs to turn an ECG into calibrated per-statement risk."""
+
+    model: ECGClassifier
+    classes: list[str]
+    preprocessing: Preprocessing
+    scaler: Scaler
+    temperature: np.ndarray
+    window_s: float = 2.5
+    stride_s: float = 1.25
+    aggregation: str = "max"
+    risk_bands: tuple[float, float] = (0.2, 0.5)
+    name: str = "ecgrisk"
+    version: str = "0"
+    config: str = ""
+    base: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def meta(self) -> dict:
+        return {
+            "kind": "bundle", "format": BUNDLE_FORMAT, "encoder": dict(self.model.encoder.spec),
+            "head": dict(self.model.config),
+            "classes": list(self.classes), "preprocessing": self.preprocessing.to_dict(),
+            "scaler": {"mean": self.scaler.mean, "std": self.scaler.std},
+            "temperature": [float(t) for t in self.temperature],
+            "window_s": self.window_s, "stride_s": self.stride_s, "aggregation": self.aggregation,
+            "risk_bands": list(self.risk_bands), "name": self.name, "version": self.version,
+            "config": self.config, "base": self.base, "extra": self.extra,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        meta = self.meta()
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        _atomic_save({"meta": meta, "state_dict": state, "sha256": _digest(meta, state)}, Path(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Bundle:
+        obj = _load(path, "model bundle")
+        m = obj["meta"]
+        if m.get("kind") != "bundle":
+            raise BundleError(f"{path}: is a {m.get('kind')!r} file, not a model bundle")
+        if m.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{path}: bundle format {m.get('format')} is not supported "
+                              f"(this ecgrisk reads format {BUNDLE_FORMAT})")
+        spec = dict(m["encoder"])
+        try:
+            model = ECGClassifier(create_encoder(spec.pop("name"), **spec), **m["head"])
+            model.load_state_dict(obj["state_dict"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:
+            raise BundleError(f"{path}: weights do not match the architecture it names: {e}") from e
+        model.eval()
+        return cls(model=model, classes=list(m["classes"]),
+                   preprocessing=Preprocessing.from_dict(m["preprocessing"]),
+                   scaler=Scaler(**m["scaler"]), temperature=np.asarray(m["temperature"], np.float64),
+                   window_s=m["window_s"], stride_s=m["stride_s"], aggregation=m["aggregation"],
+                   risk_bands=tuple(m["risk_bands"]), name=m["name"], version=m["version"],
+                   config=m["config"], base=m["base"], extra=m.get("extra", {}))

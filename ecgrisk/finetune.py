@@ -1,0 +1,181 @@
+"""``ecgrisk-finetune``: fine-tune an encoder on labelled ECGs into a calibrated model bundle.
+
+    ecgrisk-finetune data.root=/data/ptb-xl model=xresnet1d101 data.task=all
+    python -m ecgrisk.finetune model=vit1d finetune.mode=linear model.pretrained=RUN/encoder.pt
+
+The run directory receives ``.hydra/``, ``checkpoints/``, ``logs/metrics.csv``, ``curves.png``,
+``metrics.json``, ``predictions/test.csv`` and ``model.pt`` (the bundle scoring uses).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from ecgrisk.bundle import Bundle, load_encoder_weights
+from ecgrisk.calibration import apply_temperature, fit_temperature
+from ecgrisk.data.datamodule import ECGDataModule
+from ecgrisk.data.sources import load_source
+from ecgrisk.lit_classifier import ClassifierModule
+from ecgrisk.metrics import evaluate
+from ecgrisk.models import create_encoder
+from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.paths import config_dir
+from ecgrisk.preprocess import Preprocessing
+from ecgrisk.runs import make_trainer, plot_curves, run_dir, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(data: DictConfig, seed: int, scaler=None, progress: bool = True) -> ECGDataModule:
+    """The labelled DataModule a ``data`` config node describes."""
+    records = load_source(**OmegaConf.to_container(data, resolve=True))
+    prep = data.preprocessing
+    return ECGDataModule(
+        records, cache_dir=data.cache_dir,
+        preprocessing=Preprocessing(fs=float(prep.fs), bandpass=tuple(prep.bandpass) if prep.bandpass else None,
+                                    notch=prep.notch),
+        batch_size=data.batch_size, crop_s=data.crop_s, window_s=data.window_s, stride_s=data.stride_s,
+        num_workers=data.num_workers, label_fraction=data.label_fraction, seed=seed,
+        cache_workers=data.cache_workers, scaler=scaler, progress=progress)
+
+
+def build_classifier(model_cfg: DictConfig, num_classes: int) -> ECGClassifier:
+    encoder = create_encoder(model_cfg.name, **OmegaConf.to_container(model_cfg.kwargs, resolve=True))
+    if model_cfg.get("pretrained"):
+        load_encoder_weights(encoder, model_cfg.pretrained)
+        log.info("encoder weights from %s", model_cfg.pretrained)
+    return ECGClassifier(encoder, num_classes, dropout=model_cfg.dropout, head=model_cfg.get("head", "linear"))
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, pick the best epoch on validation, calibrate on validation, test once, write the run."""
+    out = run_dir(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg.data, cfg.seed)
+    dm.setup()
+    classes = dm.classes
+    model = build_classifier(cfg.model, len(classes))
+    ft = cfg.finetune
+    pos_weight = None
+    if ft.pos_weight:
+        y = dm.labels("train").astype(np.float64)
+        pos_weight = torch.tensor((len(y) - y.sum(0)) / np.maximum(y.sum(0), 1), dtype=torch.float32)
+    module = ClassifierModule(model, lr=ft.lr, weight_decay=ft.weight_decay,
+                              encoder_lr_mult=ft.encoder_lr_mult, mode=ft.mode,
+                              partial_blocks=ft.partial_blocks, pos_weight=pos_weight,
+                              aggregation=ft.aggregation, pct_start=ft.pct_start)
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:02d}",
+                           monitor="val/macro_auroc", mode="max", save_last=True)
+    callbacks = [ckpt]
+    if cfg.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val/macro_auroc", mode="max",
+                                       patience=cfg.early_stopping_patience))
+    trainer = make_trainer(cfg, out, callbacks)
+
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
+    fit_s = time.perf_counter() - t0
+    samples = torch.tensor([float(module.train_samples)], device=module.device)
+    per_rank = trainer.strategy.all_gather(samples).reshape(-1).tolist() if trainer.world_size > 1 else [samples.item()]
+
+    best = ckpt.best_model_path or None
+    t1 = time.perf_counter()
+    trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
+    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    eval_s = time.perf_counter() - t1
+    if not trainer.is_global_zero:
+        return {}
+
+    val, test = module.eval_result["val"], module.eval_result["test"]
+    temps = fit_temperature(val["logits"], val["labels"]) if cfg.calibrate else np.ones(len(classes))
+    metrics = evaluate(val["labels"], apply_temperature(val["logits"], temps), prefix="val/", classes=classes)
+    test_prob = apply_temperature(test["logits"], temps)
+    metrics.update(evaluate(test["labels"], test_prob, prefix="test/", classes=classes,
+                            bootstrap=cfg.bootstrap, seed=cfg.seed))
+    metrics.update({
+        "train/records": int(len(dm.split["train"][0])), "val/records": int(len(val["labels"])),
+        "test/records": int(len(test["labels"])), "test/windows": test["windows"],
+        "train/epochs": int(trainer.current_epoch), "train/best_checkpoint": str(best or ""),
+        "train/wall_s": fit_s, "train/samples_per_s": sum(per_rank) / max(fit_s, 1e-9),
+        "train/samples_per_rank": per_rank, "eval/wall_s": eval_s,
+        "eval/windows_per_s": (val["windows"] + test["windows"]) / max(eval_s, 1e-9),
+        "world_size": trainer.world_size, "classes": classes,
+    })
+    test_ids = [r for r, seen in zip(dm.record_ids("test"), test["seen"]) if seen]
+    _write_predictions(out / "predictions" / "test.csv", test_ids, classes, test["labels"], test_prob)
+    bundle = Bundle(model=_best_model(module, best), classes=classes, preprocessing=dm.prep,
+                    scaler=dm.scaler, temperature=temps, window_s=cfg.data.window_s,
+                    stride_s=cfg.data.stride_s, aggregation=ft.aggregation,
+                    risk_bands=tuple(cfg.risk_bands), name=f"{cfg.model.name}-{cfg.data.task}",
+                    version=time.strftime("%Y%m%d-%H%M%S"), config=OmegaConf.to_yaml(cfg, resolve=True))
+    bundle.save(out / "model.pt")
+    write_metrics(out / "metrics.json", metrics)
+    plot_curves(out)
+    _print_table(metrics, classes, out)
+    return metrics
+
+
+def _best_model(module: ClassifierModule, best: str | None) -> ECGClassifier:
+    # trainer.test(ckpt_path=best) restored the best weights into module already
+    model = module.model.cpu().eval()
+    return model
+
+
+def _write_predictions(path: Path, ids, classes, labels, probs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame({"record": ids})
+    for j, c in enumerate(classes):
+        df[f"true/{c}"] = labels[:, j]
+    for j, c in enumerate(classes):
+        df[f"prob/{c}"] = probs[:, j]
+    tmp = path.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _print_table(m: dict, classes: list[str], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"test fold: {m['test/records']} records")
+    for col in ("metric", "value", "90% CI"):
+        t.add_column(col)
+    ci = (f"{m['test/macro_auroc/lower']:.3f}-{m['test/macro_auroc/upper']:.3f}"
+          if "test/macro_auroc/lower" in m else "")
+    t.add_row("macro AUROC", f"{m['test/macro_auroc']:.3f}", ci)
+    for k in ("macro_auprc", "fmax", "brier", "ece"):
+        t.add_row(k, f"{m[f'test/{k}']:.3f}", "")
+    for c in classes:
+        v = m.get(f"test/auroc/{c}")
+        t.add_row(f"AUROC {c}", "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}", "")
+    Console().print(t)
+    Console().print(f"run directory: {out}")
+
+
+@hydra.main(version_base="1.3", config_path=None, config_name="finetune")
+def _hydra_main(cfg: DictConfig) -> float:
+    metrics = train(cfg)
+    return float(metrics.get("val/macro_auroc", float("nan")))
+
+
+def main() -> None:
+    """Console entry point; the config folder is found whether installed from a wheel or a checkout."""
+    import sys
+
+    if not any(a.startswith(("--config-dir", "-cd")) for a in sys.argv[1:]):
+        sys.argv.insert(1, f"--config-dir={config_dir()}")
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

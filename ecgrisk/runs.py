@@ -1,0 +1,96 @@
+"""What every stage's run directory gets: resolved config, loggers, metrics.json, curves PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """``cfg.output_dir`` when set (tests, scripts), else Hydra's run directory."""
+    if cfg.get("output_dir"):
+        d = Path(cfg.output_dir)
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        d = Path(HydraConfig.get().runtime.output_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    hydra_dir = d / ".hydra"
+    if not (hydra_dir / "config.yaml").is_file():
+        # runs started without Hydra's launcher still keep their resolved config
+        hydra_dir.mkdir(exist_ok=True)
+        atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    return d
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    """metrics.json with flat keys; NaN becomes null so any JSON reader accepts it."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    atomic_write_text(path, json.dumps(clean, indent=1, sort_keys=True))
+
+
+def make_loggers(cfg: DictConfig, out: Path) -> list:
+    """CSV always (the curves PNG reads it); TensorBoard or MLflow on top when configured."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(save_dir=str(out), name="logs", version="")]
+    extra = cfg.logger.get("extra")
+    if extra == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="tensorboard", version=""))
+    elif extra == "mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger(experiment_name=cfg.logger.experiment,
+                                    tracking_uri=cfg.logger.tracking_uri))
+    elif extra:
+        raise ValueError(f"unknown logger {extra!r}: use csv, tensorboard or mlflow")
+    return loggers
+
+
+def make_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list | None = None) -> L.Trainer:
+    kw = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    return L.Trainer(default_root_dir=str(out), callbacks=callbacks,
+                     logger=loggers if loggers is not None else make_loggers(cfg, out), **kw)
+
+
+def plot_curves(out: Path, metrics_csv: Path | None = None, keys=("train/loss_epoch", "val/macro_auroc")) -> Path | None:
+    """``curves.png``: one panel per logged key, by epoch, from the CSV logger's metrics.csv."""
+    import pandas as pd
+
+    metrics_csv = metrics_csv or out / "logs" / "metrics.csv"
+    if not metrics_csv.is_file():
+        return None
+    df = pd.read_csv(metrics_csv)
+    keys = [k for k in keys if k in df.columns and df[k].notna().any()]
+    if not keys or "epoch" not in df.columns:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        s = df[["epoch", k]].dropna().groupby("epoch")[k].mean()
+        ax.plot(s.index, s.values, marker="o", ms=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(k)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,157 @@
+import json
+import subprocess
+import sys
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ecgrisk.bundle import Bundle, BundleError
+from ecgrisk.config import compose
+from ecgrisk.finetune import train
+
+SMALL_MODEL = ["model=xresnet1d18", "model.kwargs.base_channels=8"]
+TINY = ["data.batch_size=32",
+        "trainer.enable_progress_bar=false", "bootstrap=10", "early_stopping_patience=null"]
+
+
+def _cfg(tmp_path, ptbxl_root, *extra, out="run", model=SMALL_MODEL):
+    return compose("finetune", [f"data.root={ptbxl_root}", f"data.cache_dir={tmp_path / 'cache'}",
+                                f"output_dir={tmp_path / out}", *model, *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, ptbxl_root):
+    tmp = tmp_path_factory.mktemp("ft")
+    cfg = _cfg(tmp, ptbxl_root, "trainer.max_epochs=2")
+    return tmp, train(cfg)
+
+
+def test_run_directory_holds_everything(finished_run):
+    tmp, metrics = finished_run
+    run = tmp / "run"
+    for f in (".hydra/config.yaml", "metrics.json", "model.pt", "curves.png", "predictions/test.csv",
+              "checkpoints/last.ckpt", "logs/metrics.csv"):
+        assert (run / f).is_file(), f
+    saved = json.loads((run / "metrics.json").read_text())
+    for k in ("val/macro_auroc", "test/macro_auroc", "test/macro_auprc", "test/fmax", "test/brier",
+              "test/ece", "test/auroc/NORM", "test/macro_auroc/lower", "test/macro_auroc/upper",
+              "train/wall_s", "train/samples_per_s"):
+        assert k in saved, k
+    assert saved["test/records"] == 64 and saved["val/records"] == 72
+    assert 0.0 <= saved["test/macro_auroc"] <= 1.0
+    assert saved["test/macro_auroc/lower"] <= saved["test/macro_auroc"] <= saved["test/macro_auroc/upper"]
+    preds = pd.read_csv(run / "predictions" / "test.csv")
+    assert len(preds) == 64 and preds["record"].is_unique
+    assert {"prob/NORM", "true/NORM"} <= set(preds.columns)
+
+
+def test_bundle_is_weights_only_and_predicts_like_the_checkpoint(finished_run):
+    tmp, metrics = finished_run
+    run = tmp / "run"
+    raw = torch.load(run / "model.pt", weights_only=True)
+    assert raw["meta"]["classes"] == ["CD", "HYP", "MI", "NORM", "STTC"]
+    bundle = Bundle.load(run / "model.pt")
+    best = metrics["train/best_checkpoint"]
+    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    for k, v in bundle.model.state_dict().items():
+        torch.testing.assert_close(v, model_state[k], rtol=0, atol=0)
+    assert len(bundle.temperature) == 5 and (bundle.temperature > 0).all()
+    assert bundle.preprocessing.fs == 100 and bundle.window_s == 2.5 and bundle.stride_s == 1.25
+
+
+def test_altered_bundle_is_refused(finished_run, tmp_path):
+    run = finished_run[0] / "run"
+    obj = torch.load(run / "model.pt", weights_only=True)
+    k = next(iter(obj["state_dict"]))
+    obj["state_dict"][k] = obj["state_dict"][k] + 1
+    torch.save(obj, tmp_path / "tensors.pt")
+    with pytest.raises(BundleError, match="altered"):
+        Bundle.load(tmp_path / "tensors.pt")
+    obj = torch.load(run / "model.pt", weights_only=True)
+    obj["meta"]["classes"] = ["NORM", "CD", "HYP", "MI", "STTC"]
+    torch.save(obj, tmp_path / "meta.pt")
+    with pytest.raises(BundleError, match="altered"):
+        Bundle.load(tmp_path / "meta.pt")
+
+
+class _NotWeightsOnly:
+    pass
+
+
+def test_bundle_that_needs_pickle_is_refused(tmp_path):
+    torch.save({"meta": {}, "state_dict": {}, "x": _NotWeightsOnly()}, tmp_path / "evil.pt")
+    with pytest.raises(BundleError, match="weights_only"):
+        Bundle.load(tmp_path / "evil.pt")
+
+
+class _Interrupt(L.Callback):
+    """Stops training after two epochs, as a killed job would leave it (last.ckpt at epoch 2)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            trainer.should_stop = True
+
+
+def test_resume_continues_from_checkpoint(tmp_path, ptbxl_root, monkeypatch):
+    import ecgrisk.finetune as ft
+
+    make = ft.make_trainer
+    monkeypatch.setattr(ft, "make_trainer", lambda cfg, out, cbs: make(cfg, out, cbs + [_Interrupt()]))
+    first = train(_cfg(tmp_path, ptbxl_root, "trainer.max_epochs=3", out="first"))
+    assert first["train/epochs"] == 2
+    monkeypatch.setattr(ft, "make_trainer", make)
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    metrics = train(_cfg(tmp_path, ptbxl_root, "trainer.max_epochs=3", f"resume={last}", out="resumed"))
+    # the third epoch only, on top of the restored two (optimizer and one-cycle state included)
+    log = pd.read_csv(tmp_path / "resumed" / "logs" / "metrics.csv")
+    trained = log.dropna(subset=["train/loss_epoch"])["epoch"].astype(int)
+    assert sorted(trained.unique()) == [2]
+    assert metrics["train/epochs"] == 3
+
+
+def test_override_changes_what_runs(tmp_path, ptbxl_root):
+    cfg = _cfg(tmp_path, ptbxl_root, "data.task=rhythm", "trainer.fast_dev_run=true",
+               model=["model=inception1d", "model.kwargs.depth=3", "model.kwargs.nb_filters=8"])
+    assert cfg.model.name == "inception1d" and cfg.data.task == "rhythm"
+    metrics = train(cfg)
+    bundle = Bundle.load(tmp_path / "run" / "model.pt")
+    assert bundle.model.encoder.spec["name"] == "inception1d"
+    assert "SR" in bundle.classes and "NORM" not in bundle.classes
+    assert metrics["test/n_classes"] == len(bundle.classes)
+
+
+def test_linear_probe_keeps_encoder_frozen(tmp_path, ptbxl_root):
+    from ecgrisk.finetune import build_classifier
+    from ecgrisk.lit_classifier import ClassifierModule
+
+    cfg = _cfg(tmp_path, ptbxl_root)
+    module = ClassifierModule(build_classifier(cfg.model, 5), mode="linear")
+    assert not any(p.requires_grad for p in module.model.encoder.parameters())
+    assert all(p.requires_grad for p in module.model.head.parameters())
+    partial = ClassifierModule(build_classifier(cfg.model, 5), mode="partial", partial_blocks=1)
+    flags = [p.requires_grad for p in partial.model.encoder.parameters()]
+    assert any(flags) and not all(flags)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_gather_the_whole_evaluation_set(tmp_path, ptbxl_root):
+    """Lightning DDP over 2 gloo CPU processes: both ranks train, metrics cover every record."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "ecgrisk.finetune", f"data.root={ptbxl_root}",
+           f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={out}", *SMALL_MODEL, *TINY,
+           "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2
+    per_rank = m["train/samples_per_rank"]
+    assert len(per_rank) == 2 and all(n > 0 for n in per_rank)
+    assert m["test/records"] == 64 and m["test/windows"] == 64 * 7
+    preds = pd.read_csv(out / "predictions" / "test.csv")
+    assert len(preds) == 64 and preds["record"].is_unique
+    assert np.isfinite(preds.filter(like="prob/").to_numpy()).all()
