@@ -45,6 +45,7 @@ def find_data() -> tuple[list[str], str]:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)  # Lightning logs INFO on its own handler
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     t0 = time.perf_counter()
     data_overrides, what = find_data()

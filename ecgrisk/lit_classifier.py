@@ -137,6 +137,8 @@ class ClassifierModule(L.LightningModule):
             self._eval_outputs.clear()
             return
         r = self._finish_eval("val")
+        if self.trainer.state.fn != "fit":
+            return  # the final re-evaluation of the best checkpoint is not another epoch's curve point
         auroc = macro_auroc(r["labels"], _sigmoid(r["logits"]), skip_degenerate=True)
         # every rank holds the same gathered value, so no further reduction is needed
         self.log("val/macro_auroc", auroc, prog_bar=True, sync_dist=False)
