@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--fs", type=float, default=None, help="resample to / rate of a raw array")
     i.add_argument("--plot", default=None, help="write a 12-lead PNG")
     i.set_defaults(func=_inspect)
+
+    from ecgrisk.preference.cli import add_parsers as add_feedback_parsers
+    from ecgrisk.review.cli import add_parsers as add_review_parsers
+
+    add_feedback_parsers(sub)
+    add_review_parsers(sub)
     return p
 
 

@@ -1,0 +1,248 @@
+"""``ecgrisk-refine``: the policy, the guard, DPO, and whole rounds on the shared PTB-XL subset."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ecgrisk.bundle import Bundle
+from ecgrisk.config import compose
+from ecgrisk.models import create_encoder
+from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.preference.feedback import Verdict
+from ecgrisk.preference.loop import (
+    BernoulliPolicy,
+    FeedbackData,
+    RoundContext,
+    candidate_readings,
+    evaluate_policy,
+    guard_accepts,
+    guarded_update,
+    logprob_margin,
+)
+from ecgrisk.preference.store import FeedbackStore
+from ecgrisk.refine import WindowSet, dpo_refine, prepare_sets, refine
+
+CLASSES = ["CD", "HYP", "MI", "NORM", "STTC"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, ptbxl_root):
+    """A 1-epoch tiny fine-tune on the shared subset: (tmp dir, model.pt path)."""
+    from ecgrisk.finetune import train
+
+    tmp = tmp_path_factory.mktemp("refine")
+    train(compose("finetune", [
+        f"data.root={ptbxl_root}", f"data.cache_dir={tmp / 'cache'}", f"output_dir={tmp / 'ft'}",
+        "model=xresnet1d18", "model.kwargs.base_channels=8", "data.batch_size=64",
+        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "bootstrap=0",
+        "early_stopping_patience=null"]))
+    return tmp, tmp / "ft" / "model.pt"
+
+
+def _cfg(base, ptbxl_root, out, *extra):
+    tmp, model = base
+    return compose("refine", [f"data.root={ptbxl_root}", f"data.cache_dir={tmp / 'cache'}",
+                              f"output_dir={out}", f"base={model}", "progress=false",
+                              "bootstrap=10", *extra])
+
+
+# --------------------------------------------------------------------------- unit checks
+
+
+def _tiny_policy(num_classes=3, temperature=(1.0, 2.0, 0.5)):
+    torch.manual_seed(0)
+    enc = create_encoder("xresnet1d18", base_channels=8)
+    model = ECGClassifier(enc, num_classes, head="linear", dropout=0.0)
+    return BernoulliPolicy(model, np.asarray(temperature), "max", "head"), enc.embed_dim
+
+
+def test_policy_logits_are_window_max_over_temperature():
+    policy, dim = _tiny_policy()
+    emb = torch.randn(5, dim)
+    # record 0 has windows 0, 2, 4; record 1 has windows 1, 3
+    ws = WindowSet(["a", "b"], np.zeros((2, 3)), np.array([0, 1, 0, 1, 0]), emb)
+    with torch.no_grad():
+        head = policy.model.head(emb)
+        expected = torch.stack([head[[0, 2, 4]].max(0).values, head[[1, 3]].max(0).values])
+        expected = expected / torch.tensor([1.0, 2.0, 0.5])
+        torch.testing.assert_close(policy.logits(ws), expected)
+        torch.testing.assert_close(policy.logits(ws, np.array([1])), expected[[1]])
+    np.testing.assert_allclose(ws.record_embeddings()[1], emb[[1, 3]].mean(0).numpy(), rtol=1e-6)
+    # only the head trains by default
+    assert {id(p) for p in policy.parameters()} == {id(p) for p in policy.model.head.parameters()}
+
+
+def test_guard_accepts_within_tolerance_only():
+    assert guard_accepts(0.800, 0.803, 0.005)
+    assert guard_accepts(0.900, 0.803, 0.005)
+    assert not guard_accepts(0.797, 0.803, 0.005)
+    assert not guard_accepts(float("nan"), 0.8, 0.005)
+    with pytest.raises(ValueError, match="tolerance"):
+        guard_accepts(0.8, 0.8, -0.1)
+
+
+def test_candidate_readings_show_two_different_readings():
+    probs = np.array([[0.9, 0.1, 0.6], [0.5, 0.5, 0.5]])
+    a, b = candidate_readings("threshold", probs, probs, 0.5, np.random.default_rng(0))
+    np.testing.assert_array_equal(a, [[1, 0, 1], [1, 1, 1]])
+    assert b is None
+    base = np.array([[0.9, 0.9, 0.6], [0.5, 0.5, 0.5]])
+    a, b = candidate_readings("versions", probs, base, 0.5, np.random.default_rng(0))
+    np.testing.assert_array_equal(b[0], [1, 1, 1])  # the base's reading where it differs
+    assert (a[1] != b[1]).any()  # a policy sample where base and current agree
+
+
+def test_dpo_increases_the_log_prob_margin_of_chosen_over_rejected():
+    policy, dim = _tiny_policy()
+    rng = np.random.default_rng(0)
+    ws = WindowSet([str(i) for i in range(12)], np.zeros((12, 3)), np.repeat(np.arange(12), 2),
+                   torch.randn(24, dim))
+    chosen = rng.integers(0, 2, (12, 3)).astype(np.float32)
+    rejected = chosen.copy()
+    rejected[:, 0] = 1 - chosen[:, 0]
+    rejected[::2, 2] = 1 - chosen[::2, 2]
+    data = FeedbackData(np.arange(12), chosen, rejected, np.zeros(12, bool), np.zeros(0, int),
+                        np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), 12)
+    with torch.no_grad():
+        ref_logits = policy.logits(ws)
+    before = logprob_margin(policy, ws, data)
+    cfg = compose("refine", ["refine=dpo", "refine.lr=1e-2", "refine.steps=30"]).refine
+    ctx = RoundContext(ws, ref_logits, data, None, ws.record_embeddings(), seed=0)
+    stats = dpo_refine(policy, ctx, cfg)
+    after = logprob_margin(policy, ws, data)
+    assert after > before + 0.5, (before, after)
+    # the implicit reward beta * (log pi - log pi_ref) now prefers the chosen reading
+    assert stats["reward_accuracy"] > 0.5 and stats["margin"] > 0
+
+
+# --------------------------------------------------------------------------- on real data
+
+
+@pytest.fixture(scope="module")
+def prepared(base, ptbxl_root):
+    from ecgrisk.finetune import build_datamodule
+    from ecgrisk.refine import data_for_bundle
+
+    tmp, model = base
+    bundle = Bundle.load(model)
+    cfg = _cfg(base, ptbxl_root, tmp / "unused")
+    dm = build_datamodule(data_for_bundle(cfg.data, bundle), 0, scaler=bundle.scaler,
+                          progress=False)
+    dm.setup()
+    return bundle, dm, prepare_sets(bundle.model, dm, "val_half", seed=0, batch_size=64)
+
+
+def test_guard_rejects_a_worse_refinement_and_keeps_the_base(prepared):
+    bundle, _, sets = prepared
+    assert len(sets.pool) == 36 and len(sets.guard) == 36 and len(sets.test) == 64
+    assert not set(sets.pool.record_ids) & set(sets.guard.record_ids)
+    policy = BernoulliPolicy(bundle.model, bundle.temperature, bundle.aggregation)
+    base_val, _ = evaluate_policy(policy, sets.guard, "val/", CLASSES)
+    before = policy.snapshot()
+    with torch.no_grad():  # a "refinement" that flips every statement's evidence
+        last = policy.model.head[-1]
+        last.weight.neg_()
+        last.bias.neg_()
+    accepted, worse = guarded_update(policy, before, sets.guard, base_val["val/macro_auroc"],
+                                     0.005, CLASSES)
+    assert worse["val/macro_auroc"] < base_val["val/macro_auroc"] - 0.005
+    assert not accepted
+    for k, v in policy.model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root, tmp_path,
+                                                                monkeypatch):
+    import ecgrisk.refine as rf
+
+    def harmful(policy, ctx, cfg):
+        with torch.no_grad():
+            policy.model.head[-1].weight.neg_()
+        return {"loss": 0.0}
+
+    monkeypatch.setitem(rf.REFINERS, "dpo", harmful)
+    metrics = refine(_cfg(base, ptbxl_root, tmp_path / "run", "rounds=2",
+                          "queries_per_round=8"))
+    assert metrics["round_1/accepted"] is False and metrics["round_2/accepted"] is False
+    assert metrics["rounds/accepted"] == 0
+    assert metrics["test/macro_auroc"] == metrics["base/test/macro_auroc"]
+    refined, original = Bundle.load(tmp_path / "run" / "model.pt"), Bundle.load(base[1])
+    for k, v in refined.model.state_dict().items():
+        torch.testing.assert_close(v, original.model.state_dict()[k], rtol=0, atol=0)
+    assert refined.extra["refine"]["accepted_rounds"] == []
+
+
+def test_command_line_round_writes_the_run_directory(base, ptbxl_root, tmp_path, monkeypatch):
+    from ecgrisk.refine import main
+
+    tmp, model = base
+    out = tmp_path / "run"
+    # the documented command line, run in-process (a subprocess would double the test's time)
+    argv = ["ecgrisk-refine", "data=ptbxl", f"data.root={ptbxl_root}", f"base={model}",
+            "feedback=simulated", "refine=dpo", "rounds=1", "queries_per_round=16",
+            f"data.cache_dir={tmp / 'cache'}", f"output_dir={out}", "progress=false",
+            "bootstrap=10", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+
+    with FeedbackStore(out / "feedback.db") as store:
+        verdicts = store.verdicts()
+    assert len(verdicts) == 16 and {v.annotator for v in verdicts} == {"sim-1"}
+    queries = [json.loads(line) for line in (out / "queries" / "round_1.jsonl").open()]
+    assert [q["ecg_id"] for q in queries] == [v.ecg_id for v in verdicts]
+
+    refined, original = Bundle.load(out / "model.pt"), Bundle.load(model)
+    assert refined.base == str(model.resolve()) and refined.version != original.version
+    assert refined.version.startswith(original.version + "+refine.")
+    assert refined.classes == CLASSES
+    np.testing.assert_array_equal(refined.temperature, original.temperature)
+    Bundle.load(out / "checkpoints" / "round_1.pt")
+
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("base/test/macro_auroc", "test/macro_auroc", "test/brier", "test/ece",
+                "reward/pair_accuracy", "round_1/val/macro_auroc", "round_1/accepted",
+                "round_1/reward/pair_accuracy", "round_1/refine/loss",
+                "test/macro_auroc/lower"):
+        assert key in m, key
+    assert m["feedback/count"] == 16 and m["round_1/queries"] == 16
+    assert m["pool/records"] == 36 and m["guard/records"] == 36 and m["test/records"] == 64
+    # 16 ECGs, 20 % held out by ECG -> 3 ECGs whose pairs score the reward model
+    assert m["round_1/reward/heldout_pairs"] > 0 and 0.0 <= m["reward/pair_accuracy"] <= 1.0
+
+
+def test_store_feedback_reads_judgements_imported_from_jsonl(base, ptbxl_root, prepared,
+                                                              tmp_path):
+    _, dm, _ = prepared
+    val_ids, test_ids = dm.record_ids("val"), dm.record_ids("test")
+    labels = dm.labels("val")
+    records = [Verdict(ecg_id=rid, reading=dict(zip(CLASSES, labels[i].tolist(), strict=True)),
+                       marks={c: "right" for c, y in zip(CLASSES, labels[i], strict=True) if y},
+                       annotator="dr-a") for i, rid in enumerate(val_ids[:10])]
+    records.append(Verdict(ecg_id=test_ids[0], reading={"NORM": 1}, marks={"NORM": "wrong"},
+                           annotator="dr-a"))
+    src = tmp_path / "batch.jsonl"
+    src.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    with FeedbackStore(tmp_path / "real.db") as real:
+        real.import_file(src)
+
+    out = tmp_path / "run"
+    metrics = refine(_cfg(base, ptbxl_root, out, "feedback=store",
+                          f"feedback.store={tmp_path / 'real.db'}", "pool=val", "refine=pg",
+                          "refine.algo=ppo", "refine.steps=3", "rounds=2",
+                          "queries_per_round=4"))
+    # round 1 copies the 10 judgements about validation ECGs; round 2 finds nothing new
+    assert metrics["rounds/completed"] == 1 and "round_2/accepted" not in metrics
+    assert metrics["feedback/count"] == 10 and metrics["feedback/skipped"] == 1
+    with FeedbackStore(out / "feedback.db") as store:
+        got = store.verdicts()
+    assert sorted(r.content_key() for r in got) == sorted(r.content_key() for r in records[:10])
+    assert "round_1/refine/clip_fraction" in metrics and "round_1/refine/kl" in metrics
+
+    with pytest.raises(FileNotFoundError, match="no-such.db"):
+        refine(_cfg(base, ptbxl_root, tmp_path / "run2", "feedback=store",
+                    f"feedback.store={tmp_path / 'no-such.db'}"))
