@@ -82,13 +82,17 @@ def load_encoder_weights(encoder: torch.nn.Module, path: str | os.PathLike) -> N
     if spec.get("name") != encoder.spec.get("name"):
         raise BundleError(f"{path}: holds a {spec.get('name')!r} encoder but the model is "
                           f"{encoder.spec.get('name')!r}; set model={spec.get('name')}")
-    result = encoder.load_state_dict(obj["state_dict"], strict=False)
-    bad = [k for k, v in obj["state_dict"].items()
-           if k in encoder.state_dict() and encoder.state_dict()[k].shape != v.shape]
-    if result.missing_keys or result.unexpected_keys or bad:
+    own = encoder.state_dict()
+    theirs = obj["state_dict"]
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    bad = [f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}"
+           for k in own if k in theirs and theirs[k].shape != own[k].shape]
+    if missing or unexpected or bad:
         raise BundleError(f"{path}: encoder weights do not fit the model (spec in file {spec}, "
-                          f"model {encoder.spec}); missing {result.missing_keys[:5]}, "
-                          f"unexpected {result.unexpected_keys[:5]}")
+                          f"model {encoder.spec}); missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}, shape mismatches {bad[:3]}")
+    encoder.load_state_dict(theirs)
 
 
 def load_encoder(path: str | os.PathLike) -> torch.nn.Module:

@@ -1,0 +1,65 @@
+"""Self-supervised objectives on unlabeled ECGs: masked reconstruction and contrastive views.
+
+`build_objective` turns an ``ssl`` config node (``conf/ssl/*.yaml``) and an encoder into the
+objective module that `ecgrisk.lit_pretrain.PretrainModule` trains; every objective keeps the
+encoder as ``.encoder`` and returns ``(loss, info)`` from ``forward(x [B, L, T], generator)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from ecgrisk.ssl.augment import build_augment
+from ecgrisk.ssl.contrastive import ContrastiveModel, nt_xent
+from ecgrisk.ssl.masked import MaskedAutoencoder, MaskedSignalModel
+
+__all__ = ["OBJECTIVES", "ContrastiveModel", "MaskedAutoencoder", "MaskedSignalModel",
+           "build_augment", "build_objective", "nt_xent"]
+
+OBJECTIVES = ("masked", "contrastive")
+
+
+def build_objective(ssl: Mapping, encoder: nn.Module, fs: float = 100.0) -> nn.Module:
+    """The objective an ``ssl`` config node describes, wrapped around ``encoder``.
+
+    Parameters
+    ----------
+    ssl : mapping
+        ``name: masked`` with ``kind`` (``auto``: the patch MAE for ``vit1d``, masked signal
+        spans otherwise; or ``patch``/``signal``), ``masking``, ``mask_ratio``, ``norm_target``,
+        ``decoder`` {dim, depth, heads}, ``signal`` {mask_ratio, span_s, channels}; or
+        ``name: contrastive`` with ``temperature``, ``proj_dim``, ``hidden_dim``, ``view_s``
+        and ``augment`` (see `build_augment`).
+    encoder : Encoder
+    fs : sampling rate the encoder sees, for settings given in seconds.
+    """
+    from ecgrisk.models.vit1d import ViT1d
+
+    name = ssl.get("name")
+    if name == "masked":
+        kind = ssl.get("kind", "auto")
+        if kind == "auto":
+            kind = "patch" if isinstance(encoder, ViT1d) else "signal"
+        if kind == "patch":
+            dec = ssl.get("decoder") or {}
+            return MaskedAutoencoder(encoder, masking=ssl.get("masking", "random"),
+                                     mask_ratio=float(ssl.get("mask_ratio", 0.75)),
+                                     decoder_dim=int(dec.get("dim", 64)),
+                                     decoder_depth=int(dec.get("depth", 2)),
+                                     decoder_heads=int(dec.get("heads", 4)),
+                                     norm_target=bool(ssl.get("norm_target", False)))
+        if kind == "signal":
+            sig = ssl.get("signal") or {}
+            return MaskedSignalModel(encoder, mask_ratio=float(sig.get("mask_ratio", 0.5)),
+                                     span=max(1, round(float(sig.get("span_s", 0.25)) * fs)),
+                                     decoder_channels=int(sig.get("channels", 64)))
+        raise ValueError(f"ssl.kind must be auto, patch or signal, got {kind!r}")
+    if name == "contrastive":
+        spec = {"crop": {"seconds": float(ssl.get("view_s", 2.5))}, **(ssl.get("augment") or {})}
+        return ContrastiveModel(encoder, build_augment(spec, fs),
+                                proj_dim=int(ssl.get("proj_dim", 128)),
+                                hidden_dim=int(ssl.get("hidden_dim", 256)),
+                                temperature=float(ssl.get("temperature", 0.1)))
+    raise ValueError(f"unknown ssl objective {name!r}; choose one of {OBJECTIVES}")
