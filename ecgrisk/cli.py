@@ -2,6 +2,10 @@
 
     ecgrisk download ptbxl --root data/ptb-xl --records 1000 --fs 100
     ecgrisk inspect data/ptb-xl/records100/00000/00001_lr [--plot ecg.png]
+    ecgrisk score data/incoming/ --model runs/finetune/.../model.pt --out scores.csv
+    ecgrisk export model.pt --onnx model.onnx
+    ecgrisk feedback import|export|stats ...
+    ecgrisk review --db feedback.db --model model.pt --data DIR
 
 Training stages are Hydra apps of their own (``ecgrisk-pretrain``, ``ecgrisk-finetune``, ...).
 """
@@ -85,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ecgrisk.preference.cli import add_parsers as add_feedback_parsers
     from ecgrisk.review.cli import add_parsers as add_review_parsers
+    from ecgrisk.scoring.cli import add_parsers as add_scoring_parsers
 
+    add_scoring_parsers(sub)
     add_feedback_parsers(sub)
     add_review_parsers(sub)
     return p

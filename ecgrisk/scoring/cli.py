@@ -1,0 +1,138 @@
+"""``ecgrisk score`` and ``ecgrisk export``: argparse sub-commands registered by :func:`add_parsers`.
+
+    ecgrisk score data/ecgs/ more/*.hea manifest.csv --model model.pt --out scores.csv
+    ecgrisk score data/ --model model.pt --out scores.parquet --resume --report report/
+    ecgrisk export model.pt --onnx model.onnx
+
+Exit codes of ``score``: 0 when at least one record scored (or all were already in the output
+with ``--resume``), 1 when nothing could be scored, 2 for invalid arguments or an unusable model
+bundle, 130 when interrupted (rerun with ``--resume`` to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_parsers", "main"]
+
+
+def _bands(text: str) -> tuple[float, float]:
+    try:
+        b = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bands {text!r}: expected two numbers such as 0.2,0.5") from None
+    if len(b) != 2 or not 0.0 <= b[0] <= b[1] <= 1.0:
+        raise argparse.ArgumentTypeError(f"--bands {text!r}: need low,high with 0 <= low <= high <= 1")
+    return b
+
+
+def _score(args) -> int:
+    from rich.console import Console
+
+    from ecgrisk.bundle import BundleError
+    from ecgrisk.scoring.batch import InputError, OutputError, score_files
+    from ecgrisk.scoring.report import print_summary, write_report
+
+    console = Console(stderr=True)
+    try:
+        if args.devices:
+            from ecgrisk.scoring.distributed import score_distributed
+
+            summary = score_distributed(args.inputs, args.model, args.out, devices=args.devices,
+                                        num_nodes=args.num_nodes, accelerator=args.accelerator,
+                                        strategy=args.strategy, workers=args.workers,
+                                        batch_size=args.batch_size, bands=args.bands,
+                                        missing_leads=args.missing_leads, npy_fs=args.npy_fs)
+            if summary is None:  # a non-zero rank: rank 0 merges and reports
+                return 0
+        else:
+            summary = score_files(args.inputs, args.model, args.out, workers=args.workers,
+                                  batch_size=args.batch_size, resume=args.resume, bands=args.bands,
+                                  backend=args.backend, onnx_path=args.onnx,
+                                  missing_leads=args.missing_leads, npy_fs=args.npy_fs,
+                                  progress=not args.quiet, top_n=args.report_top)
+    except (BundleError, InputError, OutputError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: rows scored so far are kept; rerun with "
+                      "--resume to continue")
+        return 130
+    except Exception as e:  # e.g. OnnxBackendError: the chosen backend cannot run
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
+        return 2
+    print_summary(summary, args.out, console)
+    if args.report:
+        from ecgrisk.bundle import Bundle
+
+        bundle = Bundle.load(args.model)
+        files = write_report(summary, args.report, args.bands or bundle.risk_bands,
+                             model_name=f"({bundle.name} {bundle.version})")
+        console.print(f"report: {len(files)} files in {args.report}")
+    if summary.scored == 0 and summary.resumed == 0:
+        console.print("[red]no record could be scored[/red]")
+        return 1
+    return 0
+
+
+def _export(args) -> int:
+    from ecgrisk.bundle import Bundle, BundleError
+    from ecgrisk.scoring.onnx_backend import OnnxBackendError, export_onnx
+
+    try:
+        bundle = Bundle.load(args.model)
+        path = export_onnx(bundle, args.onnx, bundle_path=args.model, opset=args.opset)
+    except (BundleError, OnnxBackendError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"ONNX model written to {path}")
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``score`` and ``export`` on the ``ecgrisk`` CLI's sub-parsers."""
+    s = subparsers.add_parser("score", help="score ECG files with a model bundle into a table",
+                              description=__doc__.split("\n\n")[0])
+    s.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="ECG files, folders (recursive), globs or manifest .csv with a path column")
+    s.add_argument("--model", required=True, help="model bundle (model.pt)")
+    s.add_argument("--out", required=True, help="output table: .csv or .parquet")
+    s.add_argument("--workers", type=int, default=2, help="reader processes (0: none)")
+    s.add_argument("--batch-size", type=int, default=512, help="windows per model call")
+    s.add_argument("--resume", action="store_true", help="keep rows already in --out")
+    s.add_argument("--bands", type=_bands, default=None,
+                   help="risk band thresholds low,high (default: the bundle's)")
+    s.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    s.add_argument("--onnx", default=None, help="ONNX file from `ecgrisk export` (backend onnx)")
+    s.add_argument("--missing-leads", choices=["pad", "refuse"], default="pad",
+                   help="pad: score records with absent leads (flagged); refuse: fail them")
+    s.add_argument("--npy-fs", type=float, default=None, help="sampling rate of bare .npy files")
+    s.add_argument("--report", default=None, metavar="DIR",
+                   help="write a risk histogram and 12-lead plots of the highest-risk ECGs")
+    s.add_argument("--report-top", type=int, default=5, metavar="N")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = s.add_argument_group("scale-out (Lightning predict, one shard per rank, then a merge)")
+    g.add_argument("--devices", type=int, default=0, help="run through Lightning on N devices")
+    g.add_argument("--num-nodes", type=int, default=1)
+    g.add_argument("--accelerator", default="auto")
+    g.add_argument("--strategy", default="ddp")
+    s.set_defaults(func=_score)
+
+    e = subparsers.add_parser("export", help="export a model bundle's network to ONNX")
+    e.add_argument("model", help="model bundle (model.pt)")
+    e.add_argument("--onnx", required=True, help="destination .onnx file")
+    e.add_argument("--opset", type=int, default=17)
+    e.set_defaults(func=_export)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m ecgrisk.scoring.cli score ...``) until ``ecgrisk`` wires it."""
+    p = argparse.ArgumentParser(prog="ecgrisk")
+    add_parsers(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Scale-out scoring: the same evaluation as :mod:`ecgrisk.scoring.batch` as a Lightning ``predict``.
+
+Each rank reads its share of the records (``DistributedSampler``; DataLoader workers do the
+reading), scores them with the bundle's model and writes its rows to its own shard,
+``<out dir>/.<out name>.shards/shard-<rank>.csv``, through :class:`ShardWriter` (a
+``BasePredictionWriter``). After a barrier rank 0 merges the shards into ``out`` in input order,
+each record once (Lightning's predict sampler repeats none, but a padding sampler would), and
+removes them. With several nodes the output folder must be on a filesystem they share.
+
+    ecgrisk score /data/ecgs --model model.pt --out scores.parquet --devices 8 --num-nodes 2
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from ecgrisk.scoring.batch import (
+    TableWriter,
+    check_bands,
+    collect_records,
+    make_rows,
+    output_columns,
+    read_chunk,
+    read_rows,
+)
+from ecgrisk.scoring.predict import InputSpec, aggregate_logits, calibrate, record_windows
+from ecgrisk.scoring.report import ScoreSummary
+
+__all__ = ["RecordDataset", "ScoringModule", "ShardWriter", "merge_shards", "score_distributed"]
+
+
+class RecordDataset(Dataset):
+    """Item ``i``: record ``i`` read and prepared by :func:`read_chunk` (``x`` None on error)."""
+
+    def __init__(self, records: list[tuple[str, str]], spec: InputSpec,
+                 missing_leads: str = "pad", npy_fs: float | None = None):
+        self.records, self.spec = records, spec
+        self.missing_leads, self.npy_fs = missing_leads, npy_fs
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        item = read_chunk([self.records[i]], self.spec, self.missing_leads, self.npy_fs)[0]
+        item["index"] = i
+        return item
+
+
+class _Collate:
+    """Records -> ``{"windows": [W, 12, window], "positions": [W], "items": [...]}``."""
+
+    def __init__(self, spec: InputSpec):
+        self.spec = spec
+
+    def __call__(self, items: list[dict]) -> dict:
+        wins, pos, k = [], [], 0
+        for it in items:
+            if it["x"] is not None:
+                w = record_windows(it["x"], self.spec.window, self.spec.stride)
+                wins.append(w)
+                pos.append(np.full(len(w), k, dtype=np.int64))
+                k += 1
+        windows = (torch.from_numpy(np.concatenate(wins)) if wins
+                   else torch.zeros(0, 12, self.spec.window))
+        positions = torch.from_numpy(np.concatenate(pos)) if pos else torch.zeros(0, dtype=torch.long)
+        meta = [{**{k2: v for k2, v in it.items() if k2 != "x"}, "x": None,
+                 "length": None if it["x"] is None else it["x"].shape[1]} for it in items]
+        return {"windows": windows, "positions": positions, "n_ok": k, "items": meta}
+
+
+class ScoringModule(L.LightningModule):
+    """``predict_step`` -> output rows (dicts with the table's columns) of one batch of records."""
+
+    def __init__(self, bundle, bands: tuple[float, float]):
+        super().__init__()
+        self.model = bundle.model.eval()
+        self.bundle, self.bands = bundle, bands
+        self.spec = InputSpec.from_bundle(bundle)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        probs = None
+        if batch["n_ok"]:
+            logits = self.model(batch["windows"]).float().cpu().numpy()
+            agg = aggregate_logits(logits, batch["positions"].cpu().numpy(), batch["n_ok"],
+                                   self.bundle.aggregation)
+            probs = calibrate(agg, self.bundle.temperature)
+        items = batch["items"]
+        rows = make_rows(items, probs, self.spec, list(self.bundle.classes), self.bands, self.bundle)
+        for row, it in zip(rows, items, strict=True):
+            row["_index"] = it["index"]
+        return rows
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each rank's rows to ``shard_dir/shard-<rank>.csv`` as batches finish."""
+
+    def __init__(self, shard_dir: str | os.PathLike, columns: list[str]):
+        super().__init__(write_interval="batch")
+        self.shard_dir, self.columns = Path(shard_dir), ["_index", *columns]
+        self._writer: TableWriter | None = None
+
+    def shard_path(self, rank: int) -> Path:
+        return self.shard_dir / f"shard-{rank:03d}.csv"
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
+                           batch_idx, dataloader_idx=0) -> None:
+        if self._writer is None:
+            self._writer = TableWriter(self.shard_path(trainer.global_rank), self.columns)
+        self._writer.write(prediction)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self._writer is None:  # a rank with no batch still leaves an (empty) shard
+            self._writer = TableWriter(self.shard_path(trainer.global_rank), self.columns)
+        self._writer.commit()
+        self._writer = None
+
+
+def merge_shards(shards: list[Path], out: str | os.PathLike, columns: list[str],
+                 classes: list[str], top_n: int = 5) -> ScoreSummary:
+    """Stream-merge shards (each sorted by ``_index``) into ``out``; each record once."""
+    summary = ScoreSummary(top_n=top_n)
+
+    def counted(shard: Path):
+        for row in read_rows([shard], ["_index", *columns], "csv"):
+            summary.shard_rows[shard.name] = summary.shard_rows.get(shard.name, 0) + 1
+            yield row
+
+    for s in shards:
+        summary.shard_rows[s.name] = 0
+    streams = [counted(s) for s in shards]
+    writer = TableWriter(Path(out), columns)
+    last = None
+    try:
+        for row in heapq.merge(*streams, key=lambda r: int(r["_index"])):
+            if row["_index"] == last:
+                continue
+            last = row["_index"]
+            row = {c: row[c] for c in columns}
+            writer.write([row])
+            summary.add(row, classes)
+    except BaseException:
+        writer.close()
+        raise
+    writer.commit()
+    return summary
+
+
+def score_distributed(inputs: list[str], bundle_path, out, *, devices: int = 1,
+                      num_nodes: int = 1, accelerator: str = "auto", strategy: str = "ddp",
+                      workers: int = 2, batch_size: int = 512, bands=None,
+                      missing_leads: str = "pad", npy_fs: float | None = None,
+                      top_n: int = 5) -> ScoreSummary | None:
+    """Score with ``Trainer.predict`` on ``devices`` x ``num_nodes`` ranks; rank 0 merges.
+
+    ``batch_size`` counts windows as in :func:`score_files`; a DataLoader batch holds
+    ``batch_size // 8`` records (a 10 s record gives 7 windows at the default 2.5 s / 1.25 s).
+
+    Returns
+    -------
+    The merged table's summary on global rank 0, None on the other ranks.
+    """
+    import time
+
+    from ecgrisk.bundle import Bundle
+
+    t0 = time.perf_counter()
+    bundle = Bundle.load(bundle_path)
+    bands = check_bands(bands if bands is not None else bundle.risk_bands)
+    spec = InputSpec.from_bundle(bundle)
+    records = collect_records(inputs)
+    columns = output_columns(list(bundle.classes))
+    out = Path(out)
+    shard_dir = out.parent / f".{out.name}.shards"
+    writer = ShardWriter(shard_dir, columns)
+    loader = DataLoader(RecordDataset(records, spec, missing_leads, npy_fs),
+                        batch_size=max(1, batch_size // 8), num_workers=workers,
+                        collate_fn=_Collate(spec), persistent_workers=False)
+    trainer = L.Trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator,
+                        strategy=strategy if devices * num_nodes > 1 else "auto",
+                        callbacks=[writer], logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=False)
+    trainer.predict(ScoringModule(bundle, bands), dataloaders=loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return None
+    shards = [writer.shard_path(r) for r in range(trainer.world_size)]
+    missing = [str(s) for s in shards if not s.is_file()]
+    if missing:
+        raise RuntimeError(f"ranks did not write their shards: {missing}")
+    summary = merge_shards(shards, out, columns, list(bundle.classes), top_n)
+    for s in shards:
+        s.unlink()
+    shard_dir.rmdir()
+    summary.wall_s = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,167 @@
+"""What a person sees after a scoring run: a bounded running summary, a rich table, a PNG report.
+
+:class:`ScoreSummary` accumulates counts, failures by reason, a fixed-bin risk histogram and the
+N highest-risk records while rows stream past, so its memory does not grow with the number of
+files; :func:`write_report` re-reads only those N records to plot them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ScoreSummary", "print_summary", "risk_band", "write_report"]
+
+BANDS = ("low", "moderate", "high")
+_HIST_BINS = 20
+
+
+def risk_band(risk: float, bands: tuple[float, float]) -> str:
+    """``"low"`` below ``bands[0]``, ``"moderate"`` below ``bands[1]``, else ``"high"``."""
+    return BANDS[0] if risk < bands[0] else BANDS[1] if risk < bands[1] else BANDS[2]
+
+
+def error_reason(error: str) -> str:
+    """The reason class of an ``error`` cell (``"TruncatedSignalError: ..."`` -> its class name)."""
+    return error.split(":", 1)[0].strip() or "error"
+
+
+@dataclass
+class ScoreSummary:
+    """Running totals of one scoring run.
+
+    Attributes
+    ----------
+    total, scored, failed, resumed : record counts (``resumed``: rows carried over by --resume).
+    failures : reason -> count.
+    bands : band name -> count.
+    quality : quality issue -> count of scored records showing it.
+    hist : ``[20]`` counts of risk over equal bins of [0, 1].
+    top : up to ``top_n`` ``(risk, record, path, title)`` with the highest risk.
+    """
+
+    top_n: int = 5
+    total: int = 0
+    scored: int = 0
+    failed: int = 0
+    resumed: int = 0
+    failures: Counter = field(default_factory=Counter)
+    bands: Counter = field(default_factory=Counter)
+    quality: Counter = field(default_factory=Counter)
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(_HIST_BINS, dtype=np.int64))
+    top: list = field(default_factory=list)
+    wall_s: float = 0.0
+    shard_rows: dict = field(default_factory=dict)  # scale-out only: rows each rank wrote
+    _seq: int = 0
+
+    def add(self, row: dict, classes: list[str], resumed: bool = False) -> None:
+        """Count one output row (a dict with the table's columns)."""
+        self.total += 1
+        self.resumed += int(resumed)
+        err = row.get("error") or ""
+        if err:
+            self.failed += 1
+            self.failures[error_reason(str(err))] += 1
+            return
+        self.scored += 1
+        risk = float(row["risk"])
+        self.bands[str(row["risk_band"])] += 1
+        for issue in str(row.get("quality") or "ok").split(","):
+            if issue != "ok":
+                self.quality[issue] += 1
+        self.hist[min(int(risk * _HIST_BINS), _HIST_BINS - 1)] += 1
+        if self.top_n > 0:
+            probs = sorted(((float(row[f"prob/{c}"]), c) for c in classes), reverse=True)[:3]
+            title = ", ".join(f"{c} {p:.2f}" for p, c in probs)
+            self._seq += 1  # tie-breaker so equal risks never compare the strings after them
+            item = (risk, -self._seq, str(row["record"]), str(row["path"]), title)
+            if len(self.top) < self.top_n:
+                heapq.heappush(self.top, item)
+            else:
+                heapq.heappushpop(self.top, item)
+
+    def highest(self) -> list[tuple[float, str, str, str]]:
+        """``(risk, record, path, title)`` by decreasing risk."""
+        return [(r, rec, p, t) for r, _, rec, p, t in sorted(self.top, reverse=True)]
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "scored": self.scored, "failed": self.failed,
+                "resumed": self.resumed, "failures": dict(self.failures),
+                "bands": dict(self.bands), "quality": dict(self.quality),
+                "risk_hist": self.hist.tolist(), "wall_s": self.wall_s,
+                "shard_rows": dict(self.shard_rows)}
+
+
+def print_summary(summary: ScoreSummary, out: str | Path, console=None) -> None:
+    """Counts, failures by reason, risk distribution and quality issues as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(stderr=True)
+    rate = summary.total / summary.wall_s if summary.wall_s > 0 else float("nan")
+    t = Table(title=f"scored {summary.scored} of {summary.total} records -> {out}")
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    t.add_row("scored", str(summary.scored))
+    t.add_row("failed", str(summary.failed))
+    if summary.resumed:
+        t.add_row("carried over (--resume)", str(summary.resumed))
+    for reason, n in summary.failures.most_common():
+        t.add_row(f"  failed: {reason}", str(n))
+    for band in BANDS:
+        t.add_row(f"risk {band}", str(summary.bands.get(band, 0)))
+    for issue, n in summary.quality.most_common():
+        t.add_row(f"quality: {issue}", str(n))
+    for shard, n in summary.shard_rows.items():
+        t.add_row(f"rows in {shard}", str(n))
+    console.print(t)
+    if summary.scored:
+        edges = np.linspace(0, 1, _HIST_BINS + 1)
+        peak = max(int(summary.hist.max()), 1)
+        lines = [f"{edges[i]:.2f}-{edges[i + 1]:.2f} {'#' * round(30 * n / peak)} {n}"
+                 for i, n in enumerate(summary.hist) if n]
+        console.print("risk distribution\n" + "\n".join(lines))
+    console.print(f"{summary.wall_s:.1f} s, {rate:.1f} records/s")
+
+
+def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[float, float],
+                 model_name: str = "") -> list[Path]:
+    """``risk_hist.png`` and a 12-lead plot per highest-risk record; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ecgrisk.io import ECGReadError, read_ecg
+    from ecgrisk.plotting import plot_12lead
+
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    edges = np.linspace(0, 1, _HIST_BINS + 1)
+    ax.bar(edges[:-1], summary.hist, width=np.diff(edges), align="edge", color="0.35")
+    for b in bands:
+        ax.axvline(b, color="tab:red", ls="--", lw=1)
+    ax.set_xlabel("risk")
+    ax.set_ylabel("records")
+    ax.set_title(f"risk of {summary.scored} records {model_name}".strip())
+    fig.tight_layout()
+    fig.savefig(report_dir / "risk_hist.png", dpi=100)
+    plt.close(fig)
+    written.append(report_dir / "risk_hist.png")
+    for rank, (risk, record, path, title) in enumerate(summary.highest(), start=1):
+        try:
+            ecg = read_ecg(path)
+        except ECGReadError:  # the file changed since it was scored; the table still stands
+            continue
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in record)
+        png = report_dir / f"top{rank:02d}_{safe}.png"
+        plot_12lead(ecg.signal, ecg.fs, title=f"#{rank} {record}  risk {risk:.2f}  |  {title}",
+                    path=png, lead_mask=ecg.lead_mask)
+        written.append(png)
+    return written

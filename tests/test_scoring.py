@@ -1,0 +1,297 @@
+"""Batch scoring: agreement with the model's direct evaluation, bad files as rows, resume, refusal."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ecgrisk.bundle import Bundle
+from ecgrisk.io import read_ecg
+from ecgrisk.models import create_encoder
+from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.preprocess import Preprocessing, Scaler
+from ecgrisk.scoring.batch import collect_records, score_files
+from ecgrisk.scoring.cli import main as cli_main
+from ecgrisk.scoring.predict import Predictor, predict_proba
+from ecgrisk.scoring.quality import quality_flags
+from ecgrisk.scoring.report import risk_band
+
+CLASSES = ["NORM", "MI", "STTC", "CD", "HYP"]
+TEMPS = np.array([1.0, 2.0, 0.5, 1.5, 0.8])
+
+
+def _make_bundle(path, seed=0, version="1"):
+    torch.manual_seed(seed)
+    model = ECGClassifier(create_encoder("xresnet1d18", base_channels=8), num_classes=5).eval()
+    Bundle(model=model, classes=CLASSES, preprocessing=Preprocessing(fs=100.0),
+           scaler=Scaler(mean=0.01, std=0.2), temperature=TEMPS, name="tiny",
+           version=version).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    return _make_bundle(tmp_path_factory.mktemp("bundle") / "model.pt")
+
+
+def direct_probs(bundle: Bundle, path) -> np.ndarray:
+    """Hand evaluation: read, preprocess, pad, window by window through the model, max, T, sigmoid."""
+    ecg = read_ecg(path)
+    x = bundle.preprocessing.apply(ecg.signal, ecg.fs)
+    fs = bundle.preprocessing.fs
+    w, s = round(bundle.window_s * fs), round(bundle.stride_s * fs)
+    if x.shape[1] < w:
+        x = np.pad(x, ((0, 0), (0, w - x.shape[1])))
+    starts = [0] if x.shape[1] <= w else list(range(0, x.shape[1] - w + 1, s))
+    with torch.no_grad():
+        logits = [bundle.model(torch.from_numpy(bundle.scaler(x[:, a:a + w]))[None])[0].numpy()
+                  for a in starts]
+    z = np.max(np.stack(logits), axis=0).astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-z / TEMPS))
+
+
+def read_table(path) -> dict[str, dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({r["path"] for r in rows}) == len(rows), "a record appears twice"
+    return {r["record"]: r for r in rows}
+
+
+def probs_of(row) -> np.ndarray:
+    return np.array([float(row[f"prob/{c}"]) for c in CLASSES])
+
+
+def _copy_record(src_base, dst_dir, name=None):
+    """Copy a WFDB record's files (header + signal) under a new folder, keeping its name."""
+    name = name or src_base.name
+    for f in src_base.parent.glob(src_base.name + ".*"):
+        shutil.copy(f, dst_dir / (name + f.suffix))
+    return dst_dir / name
+
+
+def test_scores_equal_direct_predictions(ptbxl_root, bundle_path, tmp_path):
+    bundle = Bundle.load(bundle_path)
+    recs = [ptbxl_root / "records100" / "00000" / f"{i:05d}_lr" for i in (1, 2, 3, 7, 11)]
+    recs.append(ptbxl_root / "records500" / "00000" / "00001_hr")  # 500 Hz, resampled to 100
+    out = tmp_path / "scores.csv"
+    summary = score_files([str(r) + ".hea" for r in recs], bundle_path, out, workers=0,
+                          batch_size=16, progress=False)
+    table = read_table(out)
+    assert summary.scored == 6 and summary.failed == 0 and len(table) == 6
+    for r in recs:
+        row = table[r.name]
+        want = direct_probs(bundle, r)
+        np.testing.assert_allclose(probs_of(row), want, atol=1e-5, rtol=0)
+        assert float(row["risk"]) == pytest.approx(1 - want[0], abs=1e-5)
+        assert row["n_windows"] == "7" and row["error"] == "" and row["model_name"] == "tiny"
+        assert row["resampled"] == str(r.name.endswith("_hr"))
+    # the one-record function gives the same numbers
+    ecg = read_ecg(recs[0])
+    np.testing.assert_allclose(predict_proba(bundle, ecg.signal, ecg.fs),
+                               probs_of(table[recs[0].name]), atol=1e-6)
+
+
+def _write_wfdb(folder, name, sig, fs, leads):
+    import wfdb
+
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * len(leads), sig_name=list(leads), p_signal=sig,
+                fmt=["16"] * len(leads), adc_gain=[1000.0] * len(leads),
+                baseline=[0] * len(leads), write_dir=str(folder))
+
+
+def test_broken_files_are_rows_not_crashes(ptbxl_root, shared, bundle_path, tmp_path):
+    src = ptbxl_root / "records100" / "00000"
+    d = tmp_path / "in"
+    d.mkdir()
+    good = [_copy_record(src / "00001_lr", d), _copy_record(src / "00002_lr", d)]
+    trunc = _copy_record(src / "00003_lr", d)
+    dat = trunc.with_suffix(".dat")
+    dat.write_bytes(dat.read_bytes()[:5000])
+    shutil.copy(src / "00004_lr.hea", d / "00004_lr.hea")  # header without its .dat
+    (d / "garbage.hea").write_bytes(b"\x00" + np.random.default_rng(0).bytes(300))
+    (d / "empty.hea").write_bytes(b"")
+    t = np.arange(1000) / 100.0
+    _write_wfdb(d, "flat", np.full((1000, 12), 0.5), 100, [
+        "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"])
+    np.savez(d / "allnan.npz", signal=np.full((12, 1000), np.nan, np.float32), fs=100.0)
+    two = np.stack([np.sin(2 * np.pi * 1.2 * t), 0.8 * np.sin(2 * np.pi * 1.2 * t + 0.3)], 1)
+    _write_wfdb(d, "twolead", two, 100, ["I", "II"])
+    hr = _copy_record(ptbxl_root / "records500" / "00000" / "00001_hr", d)
+    mat = _copy_record(shared / "cinc2021-sample" / "E07500", d)
+
+    out = tmp_path / "scores.csv"
+    rc = cli_main(["score", str(d), "--model", str(bundle_path), "--out", str(out),
+                   "--workers", "2", "--quiet"])
+    assert rc == 0
+    table = read_table(out)
+    assert len(table) == 11
+    errors = {k: r["error"].split(":")[0] for k, r in table.items() if r["error"]}
+    assert errors == {"00003_lr": "TruncatedSignalError", "00004_lr": "MissingSignalFileError",
+                      "garbage": "HeaderParseError", "empty": "EmptyFileError",
+                      "flat": "InvalidSignalError", "allnan": "InvalidSignalError"}
+    for k in errors:
+        assert table[k]["prob/NORM"] == "" and table[k]["risk"] == ""
+    bundle = Bundle.load(bundle_path)
+    for rec in [*good, hr, mat, d / "twolead"]:
+        row = table[rec.name]
+        np.testing.assert_allclose(probs_of(row), direct_probs(bundle, rec), atol=1e-5, rtol=0)
+    assert table["twolead"]["missing_leads"] == "III;aVR;aVL;aVF;V1;V2;V3;V4;V5;V6"
+    assert table["twolead"]["quality"] == "missing"
+    assert table["00001_hr"]["resampled"] == "True" and table["00001_hr"]["fs_in"] == "500.0"
+    assert table["E07500"]["resampled"] == "True"
+    assert table["00001_lr"]["resampled"] == "False"
+    # nothing scorable at all -> exit 1, and the table still lists every failure
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(d / "empty.hea", bad / "empty.hea")
+    shutil.copy(d / "garbage.hea", bad / "garbage.hea")
+    out2 = tmp_path / "bad.csv"
+    assert cli_main(["score", str(bad), "--model", str(bundle_path), "--out", str(out2),
+                     "--workers", "0", "--quiet"]) == 1
+    assert len(read_table(out2)) == 2
+
+
+def test_interrupted_run_resumes_without_duplicates(ptbxl_root, bundle_path, tmp_path,
+                                                    monkeypatch):
+    inputs = [str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr") for i in range(1, 13)]
+    inputs.append(str(tmp_path / "missing_record"))  # an error row, scored again on resume
+    full = tmp_path / "full.csv"
+    score_files(inputs, bundle_path, full, workers=0, batch_size=8, progress=False)
+    want = read_table(full)
+
+    out = tmp_path / "scores.csv"
+    real = Predictor.window_logits
+    calls = {"n": 0}
+
+    def dying(self, windows):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, windows)
+
+    monkeypatch.setattr(Predictor, "window_logits", dying)
+    with pytest.raises(KeyboardInterrupt):
+        score_files(inputs, bundle_path, out, workers=0, batch_size=8, progress=False)
+    monkeypatch.setattr(Predictor, "window_logits", real)
+    assert not out.exists()  # the output is only ever replaced whole
+    partial = list(tmp_path.glob(".scores.csv.*.partial"))
+    assert len(partial) == 1
+    n_done = len(read_table(partial[0]))
+    assert 0 < n_done < len(inputs)
+    # a hard kill can cut the last line: that row alone is lost and scored again
+    text = partial[0].read_text()
+    partial[0].write_text(text[:-25])
+
+    summary = score_files(inputs, bundle_path, out, resume=True, workers=0, batch_size=8,
+                          progress=False)
+    assert summary.resumed == n_done - 1 and summary.total == len(inputs)
+    got = read_table(out)
+    assert set(got) == set(want)
+    for k in want:
+        if want[k]["error"]:
+            assert got[k]["error"] == want[k]["error"]
+        else:
+            np.testing.assert_allclose(probs_of(got[k]), probs_of(want[k]), atol=1e-6)
+    assert not list(tmp_path.glob(".scores.csv.*.partial"))
+    # resuming a complete table scores nothing new and keeps it intact
+    again = score_files(inputs, bundle_path, out, resume=True, workers=0, progress=False)
+    assert again.resumed == 12 and len(read_table(out)) == len(inputs)
+
+
+class NotAWeight:  # a custom class: torch.load(weights_only=True) must refuse it
+    def __init__(self):
+        self.payload = "code could run here"
+
+
+def test_unsafe_and_tampered_bundles_are_refused(bundle_path, tmp_path, ptbxl_root, capsys):
+    rec = str(ptbxl_root / "records100" / "00000" / "00001_lr")
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"meta": {}, "state_dict": {}, "obj": NotAWeight()}, unsafe)
+    out = tmp_path / "s.csv"
+    assert cli_main(["score", rec, "--model", str(unsafe), "--out", str(out), "--quiet"]) == 2
+    assert "weights_only" in capsys.readouterr().err
+    tampered = tmp_path / "tampered.pt"
+    obj = torch.load(bundle_path, weights_only=True)
+    key = next(iter(obj["state_dict"]))
+    obj["state_dict"][key] = obj["state_dict"][key] + 1.0
+    torch.save(obj, tampered)
+    assert cli_main(["score", rec, "--model", str(tampered), "--out", str(out), "--quiet"]) == 2
+    assert "altered" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bands_quality_and_inputs(ptbxl_root, bundle_path, tmp_path):
+    assert [risk_band(r, (0.2, 0.5)) for r in (0.0, 0.19, 0.2, 0.49, 0.5, 1.0)] == [
+        "low", "low", "moderate", "moderate", "high", "high"]
+    # quality: lead I flat, II clipped, III 50 Hz mains, V6 absent; the rest clean
+    fs, t = 500.0, np.arange(5000) / 500.0
+    sig = np.tile(0.5 * np.sin(2 * np.pi * 1.1 * t), (12, 1)).astype(np.float32)
+    sig[0] = 0.001
+    sig[1] = np.clip(3 * np.sin(2 * np.pi * 1.1 * t), -1, 1)
+    sig[2] += 1.0 * np.sin(2 * np.pi * 50 * t)
+    sig[11] = 0
+    mask = np.ones(12, bool)
+    mask[11] = False
+    q = quality_flags(sig, fs, mask, model_fs=100.0)
+    assert (q["flat_leads"], q["saturated_leads"], q["noisy_leads"], q["missing_leads"]) == (
+        "I", "II", "III", "V6")
+    assert q["quality"] == "flat,saturated,noisy,missing" and q["resampled"] is True
+    # inputs: a glob matching .hea and .dat names each record once; a manifest with relative paths
+    src = ptbxl_root / "records100" / "00000"
+    recs = collect_records([str(src / "0000[12]_lr.*")])
+    assert [r for r, _ in recs] == ["00001_lr", "00002_lr"]
+    man = tmp_path / "m.csv"
+    rel = src.relative_to(tmp_path.anchor)
+    man.write_text(f"record,path\na,{'../' * (len(tmp_path.parts) - 1)}{rel}/00001_lr.hea\n")
+    assert collect_records([str(man)]) == [("a", str(src / "00001_lr"))]
+    # --bands overrides the bundle's thresholds
+    out = tmp_path / "s.csv"
+    assert cli_main(["score", str(src / "00001_lr"), str(src / "00002_lr"), "--model",
+                     str(bundle_path), "--out", str(out), "--bands", "0.3,0.32", "--workers",
+                     "0", "--quiet"]) == 0
+    for row in read_table(out).values():
+        assert row["risk_band"] == risk_band(float(row["risk"]), (0.3, 0.32))
+    with pytest.raises(SystemExit):
+        cli_main(["score", str(src), "--model", str(bundle_path), "--out", str(out),
+                  "--bands", "0.6,0.2"])
+
+
+def test_onnx_backend_agrees_with_torch(ptbxl_root, bundle_path, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    recs = [str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr") for i in range(1, 9)]
+    onnx_file = tmp_path / "model.onnx"
+    assert cli_main(["export", str(bundle_path), "--onnx", str(onnx_file)]) == 0
+    a, b = tmp_path / "torch.csv", tmp_path / "onnx.csv"
+    score_files(recs, bundle_path, a, workers=0, progress=False)
+    score_files(recs, bundle_path, b, workers=0, progress=False, backend="onnx",
+                onnx_path=onnx_file)
+    ta, tb = read_table(a), read_table(b)
+    assert set(ta) == set(tb) and len(ta) == 8
+    for k in ta:
+        np.testing.assert_allclose(probs_of(tb[k]), probs_of(ta[k]), atol=1e-5, rtol=0)
+    # an ONNX file exported from another bundle is refused
+    other = _make_bundle(tmp_path / "other.pt", seed=1)
+    rc = cli_main(["score", recs[0], "--model", str(other), "--out", str(tmp_path / "x.csv"),
+                   "--backend", "onnx", "--onnx", str(onnx_file), "--quiet"])
+    assert rc == 2
+
+
+def test_parquet_output_and_resume(ptbxl_root, bundle_path, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    recs = [str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr") for i in range(1, 6)]
+    out = tmp_path / "s.parquet"
+    score_files(recs[:3], bundle_path, out, workers=0, progress=False)
+    summary = score_files(recs, bundle_path, out, resume=True, workers=0, progress=False)
+    assert summary.resumed == 3 and summary.scored == 5
+    table = pq.read_table(out)
+    assert table.num_rows == 5 and table.schema.field("prob/NORM").type == "double"
+    csv_out = tmp_path / "s.csv"
+    score_files(recs, bundle_path, csv_out, workers=0, progress=False)
+    want = read_table(csv_out)
+    for row in table.to_pylist():
+        assert row["prob/MI"] == pytest.approx(float(want[row["record"]]["prob/MI"]), abs=1e-12)
