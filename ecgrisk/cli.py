@@ -51,10 +51,11 @@ def _inspect(args) -> int:
         summary = {
             "path": ecg.path, "record_id": ecg.record_id, "fs": ecg.fs, "samples": sig.shape[1],
             "duration_s": round(ecg.duration_s, 3),
-            "leads_present": [l for l, m in zip(ecg.leads, ecg.lead_mask) if m],
+            "leads_present": [lead for lead, m in zip(ecg.leads, ecg.lead_mask, strict=True) if m],
             "amplitude_mV": {"min": float(sig.min()), "max": float(sig.max()),
                              "std_per_lead": [round(float(s), 4) for s in sig.std(axis=1)]},
-            "flat_leads": [l for l, s, m in zip(ecg.leads, sig.std(axis=1), ecg.lead_mask) if m and s < 1e-3],
+            "flat_leads": [lead for lead, s, m in zip(ecg.leads, sig.std(axis=1), ecg.lead_mask, strict=True)
+                           if m and s < 1e-3],
             "meta": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ecg.meta.items()},
         }
         print(json.dumps(summary, indent=1, default=str))

@@ -14,3 +14,19 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose(config_name=name, overrides=list(overrides))
+
+
+def run_app(hydra_main) -> None:
+    """Console entry of a Hydra app: find the shipped config folder (wheel or checkout), then run.
+
+    The folder goes on the command line rather than in ``@hydra.main(config_path=...)`` because
+    an installed wheel and a checkout keep it in different places. A DDP child process inherits
+    the parent's argv, which already carries it.
+    """
+    import sys
+
+    from ecgrisk.paths import config_dir
+
+    if not any(a.startswith(("--config-dir", "-cd")) for a in sys.argv[1:]):
+        sys.argv.insert(1, f"--config-dir={config_dir()}")
+    hydra_main()

@@ -23,13 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ecgrisk.bundle import Bundle, load_encoder_weights
 from ecgrisk.calibration import apply_temperature, fit_temperature
+from ecgrisk.config import run_app
 from ecgrisk.data.datamodule import ECGDataModule
 from ecgrisk.data.sources import load_source
 from ecgrisk.lit_classifier import ClassifierModule
 from ecgrisk.metrics import evaluate
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
-from ecgrisk.paths import config_dir
 from ecgrisk.preprocess import Preprocessing
 from ecgrisk.runs import make_trainer, plot_curves, run_dir, write_metrics
 
@@ -111,7 +111,7 @@ def train(cfg: DictConfig) -> dict:
         "eval/windows_per_s": (val["windows"] + test["windows"]) / max(eval_s, 1e-9),
         "world_size": trainer.world_size, "classes": classes,
     })
-    test_ids = [r for r, seen in zip(dm.record_ids("test"), test["seen"]) if seen]
+    test_ids = [r for r, seen in zip(dm.record_ids("test"), test["seen"], strict=True) if seen]
     _write_predictions(out / "predictions" / "test.csv", test_ids, classes, test["labels"], test_prob)
     bundle = Bundle(model=_best_model(module, best), classes=classes, preprocessing=dm.prep,
                     scaler=dm.scaler, temperature=temps, window_s=cfg.data.window_s,
@@ -169,12 +169,8 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console entry point; the config folder is found whether installed from a wheel or a checkout."""
-    import sys
-
-    if not any(a.startswith(("--config-dir", "-cd")) for a in sys.argv[1:]):
-        sys.argv.insert(1, f"--config-dir={config_dir()}")
-    _hydra_main()
+    """Console entry point (``ecgrisk-finetune``)."""
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":

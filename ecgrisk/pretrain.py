@@ -22,12 +22,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ecgrisk.bundle import save_encoder
+from ecgrisk.config import run_app
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.datamodule import ECGDataModule
 from ecgrisk.data.sources import load_source
 from ecgrisk.lit_pretrain import PretrainModule
 from ecgrisk.models import create_encoder
-from ecgrisk.paths import config_dir
 from ecgrisk.preprocess import Preprocessing
 from ecgrisk.runs import make_trainer, plot_curves, run_dir, write_metrics
 from ecgrisk.ssl import build_objective
@@ -185,12 +185,8 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console entry point; the config folder is found whether installed from a wheel or a checkout."""
-    import sys
-
-    if not any(a.startswith(("--config-dir", "-cd")) for a in sys.argv[1:]):
-        sys.argv.insert(1, f"--config-dir={config_dir()}")
-    _hydra_main()
+    """Console entry point (``ecgrisk-pretrain``)."""
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
 from ecgrisk.bundle import Bundle
+from ecgrisk.config import run_app
 from ecgrisk.preference.loop import BernoulliPolicy, RoundContext, make_feedback, run_loop
 from ecgrisk.preference.losses import (
     bernoulli_kl,
@@ -399,15 +400,8 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console entry point; the config folder is found whether installed from a wheel or a
-    checkout."""
-    import sys
-
-    from ecgrisk.paths import config_dir
-
-    if not any(a.startswith(("--config-dir", "-cd")) for a in sys.argv[1:]):
-        sys.argv.insert(1, f"--config-dir={config_dir()}")
-    _hydra_main()
+    """Console entry point (``ecgrisk-refine``)."""
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":

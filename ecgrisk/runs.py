@@ -83,7 +83,7 @@ def plot_curves(out: Path, metrics_csv: Path | None = None, keys=("train/loss_ep
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
-    for ax, k in zip(axes[0], keys):
+    for ax, k in zip(axes[0], keys, strict=True):
         s = df[["epoch", k]].dropna().groupby("epoch")[k].mean()
         ax.plot(s.index, s.values, marker="o", ms=3)
         ax.set_xlabel("epoch")

@@ -52,7 +52,7 @@ def cache_key(records: RecordSet, prep: Preprocessing) -> str:
     """Hash of everything the cached arrays depend on."""
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "name": records.name, "prep": prep.to_dict()}).encode())
-    for rid, path in zip(records.record_ids, records.paths):
+    for rid, path in zip(records.record_ids, records.paths, strict=True):
         h.update(rid.encode())
         for f in _source_files(path):
             st = f.stat()

@@ -11,8 +11,14 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.cache import ECGCache, get_or_build
-from ecgrisk.data.splits import (TEST_FOLDS, TRAIN_FOLDS, VAL_FOLDS, fold_indices,
-                                 label_fraction_subset, stable_folds)
+from ecgrisk.data.splits import (
+    TEST_FOLDS,
+    TRAIN_FOLDS,
+    VAL_FOLDS,
+    fold_indices,
+    label_fraction_subset,
+    stable_folds,
+)
 from ecgrisk.data.windows import CropDataset, WindowDataset
 from ecgrisk.preprocess import Preprocessing, Scaler
 
@@ -35,7 +41,7 @@ class ECGDataModule(L.LightningDataModule):
     """
 
     def __init__(self, sources: RecordSet | list[RecordSet], cache_dir: str | Path,
-                 preprocessing: Preprocessing = Preprocessing(), batch_size: int = 128,
+                 preprocessing: Preprocessing | None = None, batch_size: int = 128,
                  crop_s: float = 2.5, window_s: float = 2.5, stride_s: float = 1.25,
                  num_workers: int = 0, label_fraction: float = 1.0, seed: int = 0,
                  train_folds=TRAIN_FOLDS, val_folds=VAL_FOLDS, test_folds=TEST_FOLDS,
@@ -45,9 +51,9 @@ class ECGDataModule(L.LightningDataModule):
         if not self.sources:
             raise ValueError("ECGDataModule needs at least one source")
         self.labelled = len(self.sources) == 1 and self.sources[0].labels is not None
-        self.cache_dir, self.prep = Path(cache_dir), preprocessing
+        self.cache_dir, self.prep = Path(cache_dir), preprocessing or Preprocessing()
         self.batch_size, self.num_workers = batch_size, num_workers
-        fs = preprocessing.fs
+        fs = self.prep.fs
         self.crop, self.window, self.stride = round(crop_s * fs), round(window_s * fs), round(stride_s * fs)
         self.label_fraction, self.seed = label_fraction, seed
         self.folds = {"train": tuple(train_folds), "val": tuple(val_folds), "test": tuple(test_folds)}
@@ -74,7 +80,7 @@ class ECGDataModule(L.LightningDataModule):
             raise ValueError(f"no training records in folds {self.folds['train']} of "
                              f"{[s.name for s in self.sources]}")
         if self.scaler is None:
-            self.scaler = Scaler.fit(c.record(int(i)) for c, idx in zip(self.caches, self.split["train"]) for i in idx)
+            self.scaler = Scaler.fit(c.record(int(i)) for c, idx in zip(self.caches, self.split["train"], strict=True) for i in idx)
         log.info("records: %d train, %d val, %d test; scaler mean %.4f std %.4f",
                  n["train"], n["val"], n["test"], self.scaler.mean, self.scaler.std)
 
@@ -101,7 +107,7 @@ class ECGDataModule(L.LightningDataModule):
     # -- loaders ------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         parts = [CropDataset(c, idx, self.crop, self.scaler)
-                 for c, idx in zip(self.caches, self.split["train"]) if len(idx)]
+                 for c, idx in zip(self.caches, self.split["train"], strict=True) if len(idx)]
         ds = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         return self._loader(ds, shuffle=True, drop_last=len(ds) > self.batch_size)
 

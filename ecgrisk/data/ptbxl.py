@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ecgrisk.data.base import RecordSet
+from ecgrisk.data.splits import TEST_FOLDS, TRAIN_FOLDS, VAL_FOLDS, fold_indices
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,6 @@ TASKS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhyth
 DATABASE_CSV = "ptbxl_database.csv"
 STATEMENTS_CSV = "scp_statements.csv"
 FILENAME_COLUMN = {100: "filename_lr", 500: "filename_hr"}
-TRAIN_FOLDS = tuple(range(1, 9))
-VAL_FOLDS = (9,)
-TEST_FOLDS = (10,)
 
 
 def _is_set(value) -> bool:
@@ -186,11 +184,8 @@ class PTBXL(RecordSet):
         dict
             ``{"train", "val", "test"}`` -> ``[n_split]`` int64 positions into this set.
         """
-        folds = np.asarray(self.folds)
-        return {
-            name: np.flatnonzero(np.isin(folds, list(which))).astype(np.int64)
-            for name, which in (("train", train_folds), ("val", val_folds), ("test", test_folds))
-        }
+        return {name: fold_indices(self.folds, which).astype(np.int64)
+                for name, which in (("train", train_folds), ("val", val_folds), ("test", test_folds))}
 
     def __repr__(self) -> str:
         return (
