@@ -168,7 +168,7 @@ def test_datamodule_on_shared_ptbxl(ptbxl_root, tmp_path):
     assert [len(dm.split[s][0]) for s in ("train", "val", "test")] == [352, 72, 64]
     # the scaler sees the training folds only
     train_ids = set(dm.record_ids("train"))
-    vals = np.concatenate([read_ecg(p).signal.ravel() for r, p in zip(rs.record_ids, rs.paths) if r in train_ids])
+    vals = np.concatenate([read_ecg(p).signal.ravel() for r, p in zip(rs.record_ids, rs.paths, strict=True) if r in train_ids])
     assert dm.scaler.mean == pytest.approx(vals.mean(), abs=1e-6)
     assert dm.scaler.std == pytest.approx(vals.std(), rel=1e-5)
     x, y = next(iter(dm.train_dataloader()))
