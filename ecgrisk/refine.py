@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.config import run_app
-from ecgrisk.preference.loop import BernoulliPolicy, RoundContext, make_feedback, run_loop
+from ecgrisk.preference.loop import RoundContext, make_feedback, run_loop
 from ecgrisk.preference.losses import (
     bernoulli_kl,
     dpo_loss,
@@ -47,6 +47,7 @@ from ecgrisk.preference.losses import (
     rloo_pg_loss,
     sample_bernoulli,
 )
+from ecgrisk.preference.policy import BernoulliPolicy
 from ecgrisk.preference.store import FeedbackStore
 from ecgrisk.runs import run_dir, write_metrics
 

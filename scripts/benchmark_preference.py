@@ -86,7 +86,7 @@ def scores(y: np.ndarray, probs: np.ndarray, base: np.ndarray, truth: np.ndarray
            ) -> dict:
     """Test-fold metrics of one model, with CIs over shared bootstrap resamples."""
     from ecgrisk.metrics import bootstrap_ci, brier, ece, macro_auroc
-    from ecgrisk.preference.loop import statement_agreement
+    from ecgrisk.preference.policy import statement_agreement
 
     def auroc(a, b):
         return macro_auroc(a, b, skip_degenerate=True)

@@ -14,15 +14,12 @@ from ecgrisk.config import compose
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preference.feedback import Verdict
-from ecgrisk.preference.loop import (
+from ecgrisk.preference.loop import FeedbackData, RoundContext, candidate_readings, logprob_margin
+from ecgrisk.preference.policy import (
     BernoulliPolicy,
-    FeedbackData,
-    RoundContext,
-    candidate_readings,
     evaluate_policy,
     guard_accepts,
     guarded_update,
-    logprob_margin,
 )
 from ecgrisk.preference.store import FeedbackStore
 from ecgrisk.refine import WindowSet, dpo_refine, prepare_sets, refine
