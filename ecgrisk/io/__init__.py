@@ -14,7 +14,8 @@ Formats read
 
 A record path may be given with or without extension (``00001_lr``, ``00001_lr.hea``,
 ``00001_lr.dat``, ``E07500.mat``). Headers are parsed here rather than by ``wfdb.rdheader``
-(which costs ~3 ms a header through pandas) so ``read_header`` stays cheap over 20,000 files.
+(which costs ~3 ms a header through pandas; see ``ecgrisk.io.header``) so ``read_header`` stays
+cheap over 20,000 files.
 Every failure raises a subclass of ``ECGReadError`` naming the file and the reason.
 """
 
@@ -28,6 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ecgrisk.io.errors import (
+    ECGReadError,
+    EmptyFileError,
+    HeaderParseError,
+    HeaderSignalMismatchError,
+    InvalidSignalError,
+    MissingLeadsError,
+    MissingSignalFileError,
+    SamplingRateError,
+    TruncatedSignalError,
+    UnknownFormatError,
+)
+from ecgrisk.io.header import Header, header_meta, parse_header
 
 # fmt: off
 STANDARD_LEADS: tuple[str, ...] = (
@@ -45,57 +60,6 @@ _BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160":
                      "212": 1.5, "310": 4 / 3, "311": 4 / 3}
 # fmt: on
 MIN_FS = 50.0
-
-
-class ECGReadError(Exception):
-    """A file could not be read as an ECG. ``str(err)`` is ``"<path>: <reason>"``."""
-
-    def __init__(self, path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-    def __reduce__(self):  # survive pickling across worker processes
-        return (type(self), (self.path, self.reason))
-
-
-class MissingSignalFileError(ECGReadError, FileNotFoundError):
-    """The record, its header or a signal file it names does not exist."""
-
-
-class TruncatedSignalError(ECGReadError):
-    """The signal file holds fewer samples than its header declares."""
-
-
-class HeaderSignalMismatchError(ECGReadError):
-    """The signal file's content disagrees with its header (shape, layout)."""
-
-
-class HeaderParseError(ECGReadError):
-    """The header (or .npy/.npz container) is not parseable."""
-
-
-class UnknownFormatError(ECGReadError):
-    """The file exists but is not a format this module reads."""
-
-
-class EmptyFileError(ECGReadError):
-    """A header or signal file is 0 bytes."""
-
-
-class InvalidSignalError(ECGReadError):
-    """The signal is unusable: all NaN, flat in every lead, no samples, or not a 12-lead array."""
-
-
-class SamplingRateError(ECGReadError):
-    """The sampling rate is missing, or not finite and >= ``MIN_FS`` Hz."""
-
-
-class MissingLeadsError(ECGReadError):
-    """Fewer than 12 standard leads and ``missing_leads="refuse"`` (or none recognised at all)."""
 
 
 @dataclass
@@ -137,129 +101,6 @@ def normalise_lead_name(name: str) -> str | None:
     if key.startswith("LEAD") and len(key) > 4:
         key = key[4:]
     return _ALIASES.get(key)
-
-
-# ----------------------------------------------------------------------------- header parsing
-
-
-@dataclass
-class _Header:
-    path: Path
-    fs: float | None
-    n_samples: int | None
-    names: list[str]
-    files: list[str]
-    fmts: list[str]
-    spf: list[int]
-    offsets: list[int]
-    gains: np.ndarray
-    baselines: np.ndarray
-    units: list[str]
-    comments: list[str] = field(default_factory=list)
-    skewed: bool = False
-
-    @property
-    def source_format(self) -> str:
-        return "challenge-mat" if any(f.lower().endswith(".mat") for f in self.files) else "wfdb"
-
-
-_FMT_RE = re.compile(r"^(\d+)(?:x(\d+))?(?::(-?\d+))?(?:\+(\d+))?$")
-_GAIN_RE = re.compile(r"^([-+]?[0-9.]+(?:[eE][-+]?\d+)?)(?:\(([-+]?\d+)\))?(?:/(\S+))?$")
-
-
-def _parse_header(path: Path) -> _Header:
-    """Parse a WFDB ``.hea`` (single-segment) following the WFDB header specification."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise HeaderParseError(path, f"cannot read header ({exc.strerror or exc})") from exc
-    if not data:
-        raise EmptyFileError(path, "file is empty (0 bytes)")
-    if b"\x00" in data:
-        raise HeaderParseError(path, "not a WFDB header (binary content)")
-    text = data.decode("utf-8", errors="replace")
-    comments, lines = [], []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("#"):
-            comments.append(line[1:].strip())
-        elif line:
-            lines.append(line.split("#", 1)[0].strip())
-    if not lines:
-        raise HeaderParseError(path, "no record line in header")
-    rec = lines[0].split()
-    if len(rec) < 2 or not rec[1].isdigit() or int(rec[1]) < 1:
-        raise HeaderParseError(path, f"invalid record line {lines[0][:60]!r}")
-    if "/" in rec[0]:
-        raise UnknownFormatError(path, "multi-segment WFDB records are not supported")
-    n_sig = int(rec[1])
-    fs = None
-    if len(rec) > 2:
-        m = re.match(r"^([0-9.]+(?:[eE][-+]?\d+)?)", rec[2])
-        if m is None:
-            raise HeaderParseError(path, f"invalid sampling frequency {rec[2]!r}")
-        fs = float(m.group(1))
-    n_samples = int(rec[3]) if len(rec) > 3 and rec[3].isdigit() else None
-    if len(lines) < 1 + n_sig:
-        raise HeaderParseError(path, f"{n_sig} signals declared, {len(lines) - 1} signal lines")
-    h = _Header(path, fs, n_samples, [], [], [], [], [], np.ones(n_sig), np.zeros(n_sig), [])
-    h.comments = comments
-    for i, line in enumerate(lines[1 : 1 + n_sig]):
-        f = line.split(maxsplit=8)
-        m = _FMT_RE.match(f[1]) if len(f) > 1 else None
-        if m is None:
-            raise HeaderParseError(path, f"invalid signal line {i + 1}: {line[:60]!r}")
-        h.files.append(f[0])
-        h.fmts.append(m.group(1))
-        h.spf.append(int(m.group(2) or 1))
-        h.skewed = h.skewed or bool(int(m.group(3) or 0))
-        h.offsets.append(int(m.group(4) or 0))
-        adc_zero = int(f[4]) if len(f) > 4 and f[4].lstrip("-").isdigit() else 0
-        gain, baseline, unit = 0.0, adc_zero, "mV"
-        if len(f) > 2:
-            g = _GAIN_RE.match(f[2])
-            if g is None:
-                raise HeaderParseError(path, f"invalid gain {f[2]!r} on signal line {i + 1}")
-            gain = float(g.group(1))
-            baseline = int(g.group(2)) if g.group(2) is not None else adc_zero
-            unit = g.group(3) or "mV"
-        h.gains[i] = gain if gain != 0 else 200.0  # WFDB: gain 0 means uncalibrated, use 200
-        h.baselines[i] = baseline
-        h.units.append(unit)
-        h.names.append(f[8].strip() if len(f) > 8 else "")
-    return h
-
-
-def _parse_comments(comments: list[str]) -> dict:
-    """Challenge ``Key: value`` comments -> meta; MIT-BIH ``69 M ...`` -> age/sex."""
-    meta: dict = {"age": None, "sex": None, "dx": []}
-    for c in comments:
-        if ":" in c:
-            key, value = (s.strip() for s in c.split(":", 1))
-            key = key.lower()
-            if key == "age":
-                try:
-                    age = float(value)
-                    meta["age"] = age if math.isfinite(age) else None
-                except ValueError:
-                    meta["age"] = None
-            elif key == "sex":
-                meta["sex"] = {"m": "M", "male": "M", "f": "F", "female": "F"}.get(value.lower())
-            elif key == "dx":
-                meta["dx"] = [d.strip() for d in value.split(",") if d.strip()]
-            elif key and key not in meta:
-                meta[key] = value
-        elif m := re.match(r"^(\d+|\?)\s+([MF?])(?:\s|$)", c):  # MIT-BIH: "69 M 1085 ..."
-            meta["age"] = float(m.group(1)) if m.group(1).isdigit() else meta["age"]
-            meta["sex"] = m.group(2) if m.group(2) in "MF" else meta["sex"]
-    meta["comments"] = list(comments)
-    return meta
-
-
-def _meta(kind: str, h: _Header | None) -> dict:
-    if h is None:
-        return {"age": None, "sex": None, "dx": [], "source_format": kind}
-    return _parse_comments(h.comments) | {"source_format": h.source_format}
 
 
 # ----------------------------------------------------------------------------- path resolution
@@ -304,7 +145,7 @@ def _check_fs(path, fs, what: str) -> float:
 # ----------------------------------------------------------------------------- signal readers
 
 
-def _read_wfdb_signal(h: _Header) -> np.ndarray:
+def _read_wfdb_signal(h: Header) -> np.ndarray:
     """Physical signal ``[n_sig, samples]`` float32 in the header's units (NaN = invalid sample)."""
     folder = h.path.parent
     n_sig = len(h.files)
@@ -322,7 +163,7 @@ def _read_wfdb_signal(h: _Header) -> np.ndarray:
     return _rdrecord(h)
 
 
-def _check_signal_file(h: _Header, fname: str) -> None:
+def _check_signal_file(h: Header, fname: str) -> None:
     sig_path = h.path.parent / fname
     try:
         size = sig_path.stat().st_size
@@ -336,7 +177,7 @@ def _check_signal_file(h: _Header, fname: str) -> None:
         raise TruncatedSignalError(sig_path, f"signal file has {size} bytes, header needs {need}")
 
 
-def _expected_bytes(h: _Header, fname: str) -> int | None:
+def _expected_bytes(h: Header, fname: str) -> int | None:
     idx = [i for i, f in enumerate(h.files) if f == fname]
     bps = [_BYTES_PER_SAMPLE.get(h.fmts[i]) for i in idx]
     if h.n_samples is None or None in bps:
@@ -345,7 +186,7 @@ def _expected_bytes(h: _Header, fname: str) -> int | None:
     return h.offsets[idx[0]] + int(per_frame * h.n_samples)
 
 
-def _digital_to_physical(digital: np.ndarray, h: _Header, invalid: int | None) -> np.ndarray:
+def _digital_to_physical(digital: np.ndarray, h: Header, invalid: int | None) -> np.ndarray:
     """``(d - baseline) / gain`` per channel, as wfdb does; WFDB's invalid-sample code -> NaN."""
     x = digital.astype(np.float32)
     x -= h.baselines[:, None].astype(np.float32)
@@ -357,7 +198,7 @@ def _digital_to_physical(digital: np.ndarray, h: _Header, invalid: int | None) -
     return x
 
 
-def _rdrecord(h: _Header) -> np.ndarray:
+def _rdrecord(h: Header) -> np.ndarray:
     """The one place wfdb is called; its exceptions become ECGReadErrors."""
     import wfdb  # deferred: importing wfdb pulls in pandas
 
@@ -377,7 +218,7 @@ def _rdrecord(h: _Header) -> np.ndarray:
     return np.ascontiguousarray(sig.T, dtype=np.float32)
 
 
-def _read_challenge_mat(h: _Header) -> np.ndarray:
+def _read_challenge_mat(h: Header) -> np.ndarray:
     import scipy.io
 
     mat_path = h.path.parent / h.files[0]
@@ -498,14 +339,14 @@ def read_header(path, fs: float | None = None) -> dict:
     """
     kind, file = _resolve(path)
     if kind == "wfdb":
-        h = _parse_header(file)
+        h = parse_header(file)
         names, rec_fs, n = h.names, h.fs, h.n_samples
     else:
         h = None
         shape, rec_fs, names = _read_array(kind, file, header_only=True)
         rec_fs = rec_fs if rec_fs is not None else fs
         n = int(shape[1]) if len(shape) == 2 else None
-    meta = _meta(kind, h)
+    meta = header_meta(kind, h)
     _, rows, unknown, _ = _lead_order(names)
     mask = np.zeros(len(STANDARD_LEADS), dtype=bool)
     mask[rows] = True
@@ -541,7 +382,7 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         fs = _check_fs(path, fs, "requested sampling rate")
     kind, file = _resolve(path)
     if kind == "wfdb":
-        h = _parse_header(file)
+        h = parse_header(file)
         if h.fs is None:
             raise SamplingRateError(file, "header gives no sampling frequency")
         rec_fs = _check_fs(file, h.fs, "header sampling rate")
@@ -549,7 +390,7 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         scale = np.array([_UNIT_TO_MV.get(u.lower(), 1.0) for u in h.units], dtype=np.float32)
         if (scale != 1.0).any():
             raw *= scale[:, None]
-        names, meta = h.names, _meta(kind, h)
+        names, meta = h.names, header_meta(kind, h)
         odd_units = sorted({u for u in h.units if u.lower() not in _UNIT_TO_MV})
         if odd_units:
             meta["units_assumed_mv"] = odd_units
@@ -558,7 +399,7 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         if file_fs is None and fs is None:
             raise SamplingRateError(file, f"a .{kind} file carries no sampling rate; pass fs=")
         rec_fs = _check_fs(file, file_fs, "sampling rate in file") if file_fs is not None else fs
-        meta = _meta(kind, None)
+        meta = header_meta(kind, None)
     return _assemble(file, raw, names, rec_fs, fs, missing_leads, meta)
 
 
