@@ -113,7 +113,8 @@ def train(cfg: DictConfig) -> dict:
     })
     test_ids = [r for r, seen in zip(dm.record_ids("test"), test["seen"], strict=True) if seen]
     _write_predictions(out / "predictions" / "test.csv", test_ids, classes, test["labels"], test_prob)
-    bundle = Bundle(model=_best_model(module, best), classes=classes, preprocessing=dm.prep,
+    # trainer.test(ckpt_path=best) restored the best epoch's weights into the module
+    bundle = Bundle(model=module.model.cpu().eval(), classes=classes, preprocessing=dm.prep,
                     scaler=dm.scaler, temperature=temps, window_s=cfg.data.window_s,
                     stride_s=cfg.data.stride_s, aggregation=ft.aggregation,
                     risk_bands=tuple(cfg.risk_bands), name=f"{cfg.model.name}-{cfg.data.task}",
@@ -123,12 +124,6 @@ def train(cfg: DictConfig) -> dict:
     plot_curves(out)
     _print_table(metrics, classes, out)
     return metrics
-
-
-def _best_model(module: ClassifierModule, best: str | None) -> ECGClassifier:
-    # trainer.test(ckpt_path=best) restored the best weights into module already
-    model = module.model.cpu().eval()
-    return model
 
 
 def _write_predictions(path: Path, ids, classes, labels, probs) -> None:

@@ -55,7 +55,7 @@ def test_bundle_is_weights_only_and_predicts_like_the_checkpoint(finished_run):
     assert raw["meta"]["classes"] == ["CD", "HYP", "MI", "NORM", "STTC"]
     bundle = Bundle.load(run / "model.pt")
     best = metrics["train/best_checkpoint"]
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]  # ckpts too
     model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     for k, v in bundle.model.state_dict().items():
         torch.testing.assert_close(v, model_state[k], rtol=0, atol=0)

@@ -1,0 +1,35 @@
+import json
+import socket
+
+from ecgrisk.cli import build_parser, main
+
+
+def test_every_documented_command_is_registered():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"download", "inspect", "score", "export", "feedback", "review"} <= set(sub.choices)
+
+
+def test_inspect_prints_what_ecgrisk_reads_and_plots(ptbxl_root, tmp_path, capsys):
+    png = tmp_path / "ecg.png"
+    assert main(["inspect", str(ptbxl_root / "records100/00000/00001_lr"), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[: out.rindex("}") + 1])
+    assert summary["fs"] == 100 and summary["samples"] == 1000 and len(summary["leads_present"]) == 12
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inspect_names_a_bad_file_and_fails(tmp_path, capsys):
+    bad = tmp_path / "junk.hea"
+    bad.write_bytes(b"\x00\xff garbage")
+    assert main(["inspect", str(bad)]) == 1
+    assert "junk.hea" in capsys.readouterr().err
+
+
+def test_download_offline_is_a_clear_error(tmp_path, capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["download", "ptbxl", "--root", str(tmp_path / "ptb-xl"), "--records", "2", "--quiet",
+                 "--base-url", f"http://127.0.0.1:{port}/ptb-xl/1.0.3/"])
+    assert code == 1
+    assert "cannot reach" in capsys.readouterr().err
