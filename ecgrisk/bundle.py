@@ -113,6 +113,7 @@ class Bundle:
     preprocessing: Preprocessing
     scaler: Scaler
     temperature: np.ndarray
+    bias: np.ndarray | None = None  # per-label calibration bias; zeros when None
     window_s: float = 2.5
     stride_s: float = 1.25
     aggregation: str = "max"
@@ -123,6 +124,11 @@ class Bundle:
     base: str = ""
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.temperature = np.asarray(self.temperature, dtype=np.float64)
+        self.bias = (np.zeros_like(self.temperature) if self.bias is None
+                     else np.asarray(self.bias, dtype=np.float64))
+
     def meta(self) -> dict:
         return {
             "kind": "bundle", "format": BUNDLE_FORMAT, "encoder": dict(self.model.encoder.spec),
@@ -130,6 +136,7 @@ class Bundle:
             "classes": list(self.classes), "preprocessing": self.preprocessing.to_dict(),
             "scaler": {"mean": self.scaler.mean, "std": self.scaler.std},
             "temperature": [float(t) for t in self.temperature],
+            "bias": [float(b) for b in self.bias],
             "window_s": self.window_s, "stride_s": self.stride_s, "aggregation": self.aggregation,
             "risk_bands": list(self.risk_bands), "name": self.name, "version": self.version,
             "config": self.config, "base": self.base, "extra": self.extra,
@@ -159,6 +166,7 @@ class Bundle:
         return cls(model=model, classes=list(m["classes"]),
                    preprocessing=Preprocessing.from_dict(m["preprocessing"]),
                    scaler=Scaler(**m["scaler"]), temperature=np.asarray(m["temperature"], np.float64),
+                   bias=np.asarray(m["bias"], np.float64),
                    window_s=m["window_s"], stride_s=m["stride_s"], aggregation=m["aggregation"],
                    risk_bands=tuple(m["risk_bands"]), name=m["name"], version=m["version"],
                    config=m["config"], base=m["base"], extra=m.get("extra", {}))

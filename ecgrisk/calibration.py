@@ -3,15 +3,20 @@
 The classifier reads a record as sliding windows and aggregates the window probabilities (by
 max, as the PTB-XL benchmark does). Temperature scaling acts on one logit per record and label:
 the logit of the *aggregated* probability, ``logit(p_record)`` (see :func:`prob_to_logit`), not on
-window logits. A label's calibrated probability is ``sigmoid(logit / T)``; dividing by a positive
-T is monotone, so ranking metrics (AUROC, AUPRC) are unchanged and only the probabilities move.
+window logits. A label's calibrated probability is ``sigmoid(logit / T + b)``; with T > 0 this is
+monotone, so ranking metrics (AUROC, AUPRC) are unchanged and only the probabilities move.
+
+The bias ``b`` is there because the max over a record's windows shifts every logit upwards (the
+more windows, the more): a temperature alone can only shrink such logits towards 0.5, which
+leaves rare statements badly over-predicted. :func:`fit_calibration` fits both per label;
+:func:`fit_temperature` is the bias-free special case.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["apply_temperature", "fit_temperature", "prob_to_logit"]
+__all__ = ["apply_temperature", "fit_calibration", "fit_temperature", "prob_to_logit"]
 
 _LOG_T_BOUNDS = (np.log(1e-3), np.log(1e3))  # past these, T says "no signal", not a calibration
 
@@ -55,11 +60,12 @@ def prob_to_logit(prob, eps: float = 1e-7) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def fit_temperature(logits, y_true, max_iter: int = 200) -> np.ndarray:
-    """Per-label temperatures minimising the BCE of ``sigmoid(logits / T)`` on held-out data.
+def fit_calibration(logits, y_true, max_iter: int = 200, bias: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label temperature and bias minimising the BCE of ``sigmoid(logits / T + b)``.
 
-    Each label's loss depends on its own T only, so the summed loss is minimised jointly with
-    L-BFGS-B over log T (which keeps T > 0), with T bounded to [1e-3, 1e3].
+    Each label's loss depends on its own (T, b) only, so the summed loss is minimised jointly
+    with L-BFGS-B over (log T, b), which keeps T > 0, with T bounded to [1e-3, 1e3].
 
     Parameters
     ----------
@@ -68,11 +74,13 @@ def fit_temperature(logits, y_true, max_iter: int = 200) -> np.ndarray:
     y_true : array [N, C] of 0/1
     max_iter : int
         Iteration limit of the optimiser.
+    bias : bool
+        Fit ``b`` too; False keeps ``b = 0`` (plain temperature scaling).
 
     Returns
     -------
-    np.ndarray [C] float64
-        Temperatures > 0; 1.0 for a label whose labels take one value only (nothing to fit).
+    temperature, bias : np.ndarray [C] float64 each
+        (1, 0) for a label whose labels take one value only (nothing to fit).
     """
     from scipy.optimize import minimize
 
@@ -88,42 +96,53 @@ def fit_temperature(logits, y_true, max_iter: int = 200) -> np.ndarray:
     if int(max_iter) != max_iter or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}")
 
-    temps = np.ones(z.shape[1])
+    temps, biases = np.ones(z.shape[1]), np.zeros(z.shape[1])
     pos = y.sum(axis=0)
     fit = (pos > 0) & (pos < y.shape[0])
     if not fit.any():
-        return temps
-    zf, yf, n = z[:, fit], y[:, fit], z.shape[0]
+        return temps, biases
+    zf, yf, n, k = z[:, fit], y[:, fit], z.shape[0], int(fit.sum())
 
-    def loss_grad(log_t: np.ndarray):
-        a = np.exp(-log_t)  # 1 / T
-        s = zf * a
+    def loss_grad(params: np.ndarray):
+        log_t, b = params[:k], params[k:] if bias else np.zeros(k)
+        s = zf * np.exp(-log_t) + b
         # BCE with logits, stable for large |s|: softplus(s) - y * s
         loss = np.logaddexp(0.0, s) - yf * s
-        # d loss / d log T = (sigmoid(s) - y) * z * d a / d log T = -(sigmoid(s) - y) * s
-        grad = -((_sigmoid(s) - yf) * s).sum(axis=0) / n
-        return loss.sum() / n, grad
+        r = _sigmoid(s) - yf
+        # d s / d log T = -(s - b); d s / d b = 1
+        grad = [-(r * (s - b)).sum(axis=0) / n]
+        if bias:
+            grad.append(r.sum(axis=0) / n)
+        return loss.sum() / n, np.concatenate(grad)
 
     res = minimize(
         loss_grad,
-        np.zeros(int(fit.sum())),
+        np.zeros(2 * k if bias else k),
         jac=True,
         method="L-BFGS-B",
-        bounds=[_LOG_T_BOUNDS] * int(fit.sum()),
+        bounds=[_LOG_T_BOUNDS] * k + [(None, None)] * (k if bias else 0),
         options={"maxiter": int(max_iter), "ftol": 1e-12, "gtol": 1e-9},
     )
-    temps[fit] = np.exp(res.x)
-    return temps
+    temps[fit] = np.exp(res.x[:k])
+    if bias:
+        biases[fit] = res.x[k:]
+    return temps, biases
 
 
-def apply_temperature(logits, temperatures) -> np.ndarray:
-    """Calibrated probabilities ``sigmoid(logits / T)``, one temperature per label.
+def fit_temperature(logits, y_true, max_iter: int = 200) -> np.ndarray:
+    """Per-label temperatures ``[C]`` minimising the BCE of ``sigmoid(logits / T)`` (no bias)."""
+    return fit_calibration(logits, y_true, max_iter=max_iter, bias=False)[0]
+
+
+def apply_temperature(logits, temperatures, bias=None) -> np.ndarray:
+    """Calibrated probabilities ``sigmoid(logits / T + b)``, one (T, b) per label.
 
     Parameters
     ----------
     logits : array [N, C]
         Per-record logits (logit of the aggregated probability).
     temperatures : array [C] of positive floats
+    bias : array [C], optional (0 when None)
 
     Returns
     -------
@@ -138,5 +157,8 @@ def apply_temperature(logits, temperatures) -> np.ndarray:
         raise ValueError(
             f"temperatures must be finite and > 0; got {t[~(np.isfinite(t) & (t > 0))][:5]}"
         )
-    p = _sigmoid(z / t)
+    b = np.zeros_like(t) if bias is None else np.asarray(bias, dtype=np.float64).ravel()
+    if b.shape != t.shape or not np.all(np.isfinite(b)):
+        raise ValueError(f"bias must be {t.size} finite values, got {b[:5]}")
+    p = _sigmoid(z / t + b)
     return p[:, 0] if vector else p

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ecgrisk.bundle import Bundle, load_encoder_weights
-from ecgrisk.calibration import apply_temperature, fit_temperature
+from ecgrisk.calibration import apply_temperature, fit_calibration
 from ecgrisk.config import run_app
 from ecgrisk.data.datamodule import ECGDataModule
 from ecgrisk.data.sources import load_source
@@ -97,9 +97,11 @@ def train(cfg: DictConfig) -> dict:
         return {}
 
     val, test = module.eval_result["val"], module.eval_result["test"]
-    temps = fit_temperature(val["logits"], val["labels"]) if cfg.calibrate else np.ones(len(classes))
-    metrics = evaluate(val["labels"], apply_temperature(val["logits"], temps), prefix="val/", classes=classes)
-    test_prob = apply_temperature(test["logits"], temps)
+    temps, bias = (fit_calibration(val["logits"], val["labels"]) if cfg.calibrate
+                   else (np.ones(len(classes)), np.zeros(len(classes))))
+    metrics = evaluate(val["labels"], apply_temperature(val["logits"], temps, bias), prefix="val/",
+                       classes=classes)
+    test_prob = apply_temperature(test["logits"], temps, bias)
     metrics.update(evaluate(test["labels"], test_prob, prefix="test/", classes=classes,
                             bootstrap=cfg.bootstrap, seed=cfg.seed))
     metrics.update({
@@ -115,7 +117,7 @@ def train(cfg: DictConfig) -> dict:
     _write_predictions(out / "predictions" / "test.csv", test_ids, classes, test["labels"], test_prob)
     # trainer.test(ckpt_path=best) restored the best epoch's weights into the module
     bundle = Bundle(model=module.model.cpu().eval(), classes=classes, preprocessing=dm.prep,
-                    scaler=dm.scaler, temperature=temps, window_s=cfg.data.window_s,
+                    scaler=dm.scaler, temperature=temps, bias=bias, window_s=cfg.data.window_s,
                     stride_s=cfg.data.stride_s, aggregation=ft.aggregation,
                     risk_bands=tuple(cfg.risk_bands), name=f"{cfg.model.name}-{cfg.data.task}",
                     version=time.strftime("%Y%m%d-%H%M%S"), config=OmegaConf.to_yaml(cfg, resolve=True))

@@ -361,7 +361,7 @@ def refine(cfg: DictConfig) -> dict:
         feedback = make_feedback(cfg.feedback, sets.pool, store, bundle.classes)
         result = run_loop(cfg, bundle.model, bundle.temperature, bundle.aggregation,
                           bundle.classes, sets, store, feedback, REFINERS[cfg.refine.method],
-                          out, bundle.version, on_round=save_round)
+                          out, bundle.version, on_round=save_round, bias=bundle.bias)
     finally:
         store.close()
     metrics = {**result.metrics, "feedback/skipped": getattr(feedback, "skipped", 0),

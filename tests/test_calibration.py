@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgrisk.calibration import apply_temperature, fit_temperature, prob_to_logit
+from ecgrisk.calibration import apply_temperature, fit_calibration, fit_temperature, prob_to_logit
 from ecgrisk.metrics import binary_cross_entropy, ece, per_class_auroc
 
 PLANTED = np.array([3.0, 1.0, 0.5])  # over-confident, calibrated, under-confident
@@ -98,3 +98,27 @@ def test_bad_input_is_an_error():
         apply_temperature(logits, np.array([1.0, 0.0, 2.0]))
     with pytest.raises(ValueError, match="probabilities"):
         prob_to_logit(np.array([1.5]))
+
+
+def test_fit_calibration_recovers_a_planted_temperature_and_shift():
+    # max-aggregation over windows shifts logits upwards; the bias must undo it
+    rng = np.random.default_rng(7)
+    true_logit = rng.normal(-1.5, 1.5, size=(20000, 2))
+    y = (rng.random(true_logit.shape) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    observed = (true_logit - np.array([-1.0, 0.5])) * np.array([2.0, 0.5])  # z = (l - b) * T
+    temps, bias = fit_calibration(observed, y)
+    np.testing.assert_allclose(temps, [2.0, 0.5], rtol=0.08)
+    np.testing.assert_allclose(bias, [-1.0, 0.5], atol=0.08)
+    calibrated = apply_temperature(observed, temps, bias)
+    plain = apply_temperature(observed, fit_temperature(observed, y))
+    assert ece(y, calibrated) < 0.02 < ece(y, plain)
+    np.testing.assert_allclose(per_class_auroc(y, calibrated), per_class_auroc(y, observed), atol=1e-12)
+
+
+def test_fit_calibration_degenerate_label_is_identity_and_bad_bias_refused():
+    z = np.array([[0.5, 1.0], [1.0, -1.0], [2.0, 0.0]])
+    y = np.array([[1, 0], [1, 1], [1, 0]])
+    temps, bias = fit_calibration(z, y)
+    assert temps[0] == 1.0 and bias[0] == 0.0
+    with pytest.raises(ValueError, match="bias"):
+        apply_temperature(z, temps, [0.0, np.nan])

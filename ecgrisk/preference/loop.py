@@ -347,7 +347,8 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, aggregat
              classes: Sequence[str], sets: Sets, store: FeedbackStore,
              feedback: SimulatedFeedback | StoreFeedback, refiner: Refiner,
              out: Path | None = None, version: str = "0",
-             on_round: Callable[[int, BernoulliPolicy, bool], None] | None = None) -> LoopResult:
+             on_round: Callable[[int, BernoulliPolicy, bool], None] | None = None,
+             bias: np.ndarray | None = None) -> LoopResult:
     """``cfg.rounds`` rounds of ask -> judge -> reward -> refine -> guard.
 
     Parameters
@@ -356,8 +357,8 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, aggregat
         The ``refine.yaml`` config (``rounds``, ``queries_per_round``, ``ask``, ``reward``,
         ``refine``, ``guard``, ``bootstrap``, ``evaluate_test_each_round``, ``seed``).
     model, temperature, aggregation
-        The base bundle's classifier (copied, never changed), ``[C]`` temperatures and window
-        aggregation.
+        The base bundle's classifier (copied, never changed), its ``[C]`` temperatures (and
+        ``bias``, the calibration biases) and window aggregation.
     sets
         Pool, guard and test windows.
     store
@@ -382,8 +383,8 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, aggregat
         ``round_k/test/*`` with ``evaluate_test_each_round``), and for the kept model
         ``val/*``, ``test/*``, ``reward/pair_accuracy``, ``feedback/count``, ``rounds/*``.
     """
-    policy = BernoulliPolicy(copy.deepcopy(model), temperature, aggregation, cfg.refine.train)
-    reference = BernoulliPolicy(copy.deepcopy(model), temperature, aggregation, "head")
+    policy = BernoulliPolicy(copy.deepcopy(model), temperature, aggregation, cfg.refine.train, bias)
+    reference = BernoulliPolicy(copy.deepcopy(model), temperature, aggregation, "head", bias)
     with torch.no_grad():
         ref_logits = reference.logits(sets.pool)
     base_probs = torch.sigmoid(ref_logits).double().cpu().numpy()

@@ -41,16 +41,20 @@ class BernoulliPolicy:
         ``"max"`` or ``"mean"`` over a record's windows, as the bundle scores.
     train
         ``"head"`` (only the head's weights change) or ``"all"``.
+    bias
+        ``[C]`` per-statement calibration biases of the bundle (zeros when None).
     """
 
     def __init__(self, model: torch.nn.Module, temperature: np.ndarray, aggregation: str = "max",
-                 train: str = "head"):
+                 train: str = "head", bias: np.ndarray | None = None):
         if train not in ("head", "all"):
             raise ValueError(f"refine.train must be 'head' or 'all', got {train!r}")
         self.model, self.aggregation, self.train = model.eval(), aggregation, train
         param = next(model.parameters())
         self.temperature = torch.as_tensor(np.asarray(temperature), dtype=param.dtype,
                                            device=param.device)
+        self.bias = (torch.zeros_like(self.temperature) if bias is None else
+                     torch.as_tensor(np.asarray(bias), dtype=param.dtype, device=param.device))
         for p in model.parameters():
             p.requires_grad_(train == "all")
         for p in model.head.parameters():
@@ -61,7 +65,7 @@ class BernoulliPolicy:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def logits(self, ws: WindowSet, records: np.ndarray | None = None) -> Tensor:
-        """Calibrated per-record logits ``[n, C]`` (window-aggregated, divided by T)."""
+        """Calibrated per-record logits ``[n, C]`` (window-aggregated, divided by T, plus b)."""
         records = np.arange(len(ws)) if records is None else np.asarray(records, dtype=np.int64)
         win, pos = ws.windows_of(records)
         if self.train == "head":
@@ -74,7 +78,7 @@ class BernoulliPolicy:
             z = torch.cat([self.model(ws.inputs[index[i:i + 1024]])
                            for i in range(0, len(index), 1024)])
         rec, _ = aggregate_windows(torch.arange(len(win)), z, pos, len(records), self.aggregation)
-        return rec / self.temperature
+        return rec / self.temperature + self.bias
 
     @torch.no_grad()
     def probs(self, ws: WindowSet) -> np.ndarray:

@@ -91,7 +91,7 @@ class ScoringModule(L.LightningModule):
             logits = self.model(batch["windows"]).float().cpu().numpy()
             agg = aggregate_logits(logits, batch["positions"].cpu().numpy(), batch["n_ok"],
                                    self.bundle.aggregation)
-            probs = calibrate(agg, self.bundle.temperature)
+            probs = calibrate(agg, self.bundle.temperature, self.bundle.bias)
         items = batch["items"]
         rows = make_rows(items, probs, self.spec, list(self.bundle.classes), self.bands, self.bundle)
         for row, it in zip(rows, items, strict=True):

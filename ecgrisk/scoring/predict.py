@@ -8,7 +8,7 @@ A record is evaluated exactly as :mod:`ecgrisk.finetune` evaluates its test fold
    (:func:`ecgrisk.data.windows.window_starts`), a record shorter than one window zero-padded at
    its end as ``ECGCache.window`` pads it; each window scaled with ``bundle.scaler``;
 3. the model's window logits aggregated per record (:func:`aggregate_windows`, max by default);
-4. per-label temperature on the aggregated logits and a sigmoid (:func:`apply_temperature`).
+4. per-label temperature and bias on the aggregated logits, then a sigmoid (:func:`apply_temperature`).
 
 Steps 1-2 need only numpy/scipy (:class:`InputSpec`, picklable, run in reader processes);
 steps 3-4 need the model (:class:`Predictor`, main process). torch is imported lazily so reader
@@ -108,11 +108,11 @@ def aggregate_logits(logits: np.ndarray, positions: np.ndarray, n_records: int,
     return out.numpy()
 
 
-def calibrate(record_logits: np.ndarray, temperature) -> np.ndarray:
-    """Per-label temperature then sigmoid: ``[N, C]`` logits -> ``[N, C]`` float64 probabilities."""
+def calibrate(record_logits: np.ndarray, temperature, bias=None) -> np.ndarray:
+    """Per-label temperature and bias, then sigmoid: ``[N, C]`` logits -> ``[N, C]`` probabilities."""
     from ecgrisk.calibration import apply_temperature
 
-    return apply_temperature(record_logits, np.asarray(temperature, dtype=np.float64))
+    return apply_temperature(record_logits, np.asarray(temperature, dtype=np.float64), bias)
 
 
 class Predictor:
@@ -134,7 +134,6 @@ class Predictor:
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.bundle, self.backend, self.device = bundle, backend, device
         self.spec = InputSpec.from_bundle(bundle)
-        self.temperature = np.asarray(bundle.temperature, dtype=np.float64)
         self._session = None
         if backend == "onnx":
             from ecgrisk.scoring.onnx_backend import OnnxLogits
@@ -159,7 +158,7 @@ class Predictor:
 
     def calibrate(self, record_logits: np.ndarray) -> np.ndarray:
         """Record logits ``[N, C]`` -> calibrated probabilities ``[N, C]`` float64."""
-        return calibrate(record_logits, self.temperature)
+        return calibrate(record_logits, self.bundle.temperature, self.bundle.bias)
 
     def predict_prepared(self, prepared: list[np.ndarray], batch_size: int = 512) -> np.ndarray:
         """Probabilities ``[N, C]`` for records already through :meth:`InputSpec.prepare`."""
