@@ -129,6 +129,17 @@ def positives(reading: Mapping[str, int]) -> list[str]:
     return sorted(s for s, v in reading.items() if v)
 
 
+def _check_common(item) -> None:
+    """Validate and normalise the fields every kind of feedback has, in place."""
+    item.ecg_id = _check_text("ecg_id", item.ecg_id)
+    item.ecg_path = _check_text("ecg_path", item.ecg_path or "", allow_empty=True)
+    item.annotator = _check_text("annotator", item.annotator)
+    item.created_at = _check_time(item.created_at)
+    item.model_version = _check_text("model_version", item.model_version or "", allow_empty=True)
+    if item.note is not None:
+        item.note = _check_text("note", item.note, allow_empty=True)
+
+
 @dataclass(kw_only=True)
 class Verdict:
     """A cardiologist's correction of one shown reading.
@@ -172,14 +183,7 @@ class Verdict:
     note: str | None = None
 
     def __post_init__(self) -> None:
-        self.ecg_id = _check_text("ecg_id", self.ecg_id)
-        self.ecg_path = _check_text("ecg_path", self.ecg_path or "", allow_empty=True)
-        self.annotator = _check_text("annotator", self.annotator)
-        self.created_at = _check_time(self.created_at)
-        self.model_version = _check_text("model_version", self.model_version or "",
-                                         allow_empty=True)
-        if self.note is not None:
-            self.note = _check_text("note", self.note, allow_empty=True)
+        _check_common(self)
         self.reading = normalise_reading("reading", self.reading)
         if not isinstance(self.marks, Mapping):
             raise FeedbackError(f"marks must be a dict statement -> 'right'/'wrong', "
@@ -296,14 +300,7 @@ class Preference:
     note: str | None = None
 
     def __post_init__(self) -> None:
-        self.ecg_id = _check_text("ecg_id", self.ecg_id)
-        self.ecg_path = _check_text("ecg_path", self.ecg_path or "", allow_empty=True)
-        self.annotator = _check_text("annotator", self.annotator)
-        self.created_at = _check_time(self.created_at)
-        self.model_version = _check_text("model_version", self.model_version or "",
-                                         allow_empty=True)
-        if self.note is not None:
-            self.note = _check_text("note", self.note, allow_empty=True)
+        _check_common(self)
         if self.choice not in CHOICES:
             raise FeedbackError(f"choice must be one of {CHOICES}, got {self.choice!r}")
         self.reading_a = positives(normalise_reading("reading_a", self.reading_a))
