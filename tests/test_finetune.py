@@ -155,3 +155,21 @@ def test_ddp_two_cpu_processes_gather_the_whole_evaluation_set(tmp_path, ptbxl_r
     preds = pd.read_csv(out / "predictions" / "test.csv")
     assert len(preds) == 64 and preds["record"].is_unique
     assert np.isfinite(preds.filter(like="prob/").to_numpy()).all()
+
+
+@pytest.mark.parametrize("logger,module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow")])
+def test_tensorboard_and_mlflow_loggers_by_config(tmp_path, ptbxl_root, logger, module, monkeypatch):
+    pytest.importorskip(module)
+    monkeypatch.chdir(tmp_path)  # mlflow's default store is ./mlflow.db
+    cfg = _cfg(tmp_path, ptbxl_root, f"logger={logger}", "trainer.max_epochs=1",
+               "+trainer.limit_train_batches=2")
+    train(cfg)
+    if logger == "tensorboard":
+        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    else:
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = mlflow.search_runs(experiment_names=["ecgrisk"])
+        assert len(runs) == 1 and runs["metrics.val/macro_auroc"].notna().all()
+    assert (tmp_path / "run" / "logs" / "metrics.csv").is_file()  # CSV is always kept
