@@ -359,9 +359,9 @@ def refine(cfg: DictConfig) -> dict:
     store = FeedbackStore(out / "feedback.db")
     try:
         feedback = make_feedback(cfg.feedback, sets.pool, store, bundle.classes)
-        result = run_loop(cfg, bundle.model, bundle.temperature, bundle.aggregation,
+        result = run_loop(cfg, bundle.model, bundle.temperature, bundle.bias, bundle.aggregation,
                           bundle.classes, sets, store, feedback, REFINERS[cfg.refine.method],
-                          out, bundle.version, on_round=save_round, bias=bundle.bias)
+                          out, bundle.version, on_round=save_round)
     finally:
         store.close()
     metrics = {**result.metrics, "feedback/skipped": getattr(feedback, "skipped", 0),

@@ -127,7 +127,7 @@ def run_arm(name: str, seed: int, args, bundle, sets, work: Path) -> list[dict]:
     t0 = time.perf_counter()
     with FeedbackStore(folder / "feedback.db") as store:
         feedback = make_feedback(cfg.feedback, sets.pool, store, bundle.classes)
-        res = run_loop(cfg, bundle.model, bundle.temperature, bundle.aggregation,
+        res = run_loop(cfg, bundle.model, bundle.temperature, bundle.bias, bundle.aggregation,
                        bundle.classes, sets, store, feedback, REFINERS[cfg.refine.method],
                        out=folder, version=bundle.version)
     wall = time.perf_counter() - t0

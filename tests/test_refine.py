@@ -51,14 +51,14 @@ def _cfg(base, ptbxl_root, out, *extra):
 # --------------------------------------------------------------------------- unit checks
 
 
-def _tiny_policy(num_classes=3, temperature=(1.0, 2.0, 0.5)):
+def _tiny_policy(num_classes=3, temperature=(1.0, 2.0, 0.5), bias=(0.0, -1.0, 0.5)):
     torch.manual_seed(0)
     enc = create_encoder("xresnet1d18", base_channels=8)
     model = ECGClassifier(enc, num_classes, head="linear", dropout=0.0)
-    return BernoulliPolicy(model, np.asarray(temperature), "max", "head"), enc.embed_dim
+    return BernoulliPolicy(model, np.asarray(temperature), np.asarray(bias), "max", "head"), enc.embed_dim
 
 
-def test_policy_logits_are_window_max_over_temperature():
+def test_policy_logits_are_calibrated_window_max():
     policy, dim = _tiny_policy()
     emb = torch.randn(5, dim)
     # record 0 has windows 0, 2, 4; record 1 has windows 1, 3
@@ -66,7 +66,7 @@ def test_policy_logits_are_window_max_over_temperature():
     with torch.no_grad():
         head = policy.model.head(emb)
         expected = torch.stack([head[[0, 2, 4]].max(0).values, head[[1, 3]].max(0).values])
-        expected = expected / torch.tensor([1.0, 2.0, 0.5])
+        expected = expected / torch.tensor([1.0, 2.0, 0.5]) + torch.tensor([0.0, -1.0, 0.5])
         torch.testing.assert_close(policy.logits(ws), expected)
         torch.testing.assert_close(policy.logits(ws, np.array([1])), expected[[1]])
     np.testing.assert_allclose(ws.record_embeddings()[1], emb[[1, 3]].mean(0).numpy(), rtol=1e-6)
@@ -138,7 +138,7 @@ def test_guard_rejects_a_worse_refinement_and_keeps_the_base(prepared):
     bundle, _, sets = prepared
     assert len(sets.pool) == 36 and len(sets.guard) == 36 and len(sets.test) == 64
     assert not set(sets.pool.record_ids) & set(sets.guard.record_ids)
-    policy = BernoulliPolicy(bundle.model, bundle.temperature, bundle.aggregation)
+    policy = BernoulliPolicy(bundle.model, bundle.temperature, bundle.bias, bundle.aggregation)
     base_val, _ = evaluate_policy(policy, sets.guard, "val/", CLASSES)
     before = policy.snapshot()
     with torch.no_grad():  # a "refinement" that flips every statement's evidence

@@ -343,12 +343,12 @@ class LoopResult:
     test_probs: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, aggregation: str,
+def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, bias: np.ndarray,
+             aggregation: str,
              classes: Sequence[str], sets: Sets, store: FeedbackStore,
              feedback: SimulatedFeedback | StoreFeedback, refiner: Refiner,
              out: Path | None = None, version: str = "0",
-             on_round: Callable[[int, BernoulliPolicy, bool], None] | None = None,
-             bias: np.ndarray | None = None) -> LoopResult:
+             on_round: Callable[[int, BernoulliPolicy, bool], None] | None = None) -> LoopResult:
     """``cfg.rounds`` rounds of ask -> judge -> reward -> refine -> guard.
 
     Parameters
@@ -356,9 +356,9 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, aggregat
     cfg
         The ``refine.yaml`` config (``rounds``, ``queries_per_round``, ``ask``, ``reward``,
         ``refine``, ``guard``, ``bootstrap``, ``evaluate_test_each_round``, ``seed``).
-    model, temperature, aggregation
-        The base bundle's classifier (copied, never changed), its ``[C]`` temperatures (and
-        ``bias``, the calibration biases) and window aggregation.
+    model, temperature, bias, aggregation
+        The base bundle's classifier (copied, never changed), its ``[C]`` calibration
+        (logits / temperature + bias) and window aggregation.
     sets
         Pool, guard and test windows.
     store
@@ -383,8 +383,8 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, aggregat
         ``round_k/test/*`` with ``evaluate_test_each_round``), and for the kept model
         ``val/*``, ``test/*``, ``reward/pair_accuracy``, ``feedback/count``, ``rounds/*``.
     """
-    policy = BernoulliPolicy(copy.deepcopy(model), temperature, aggregation, cfg.refine.train, bias)
-    reference = BernoulliPolicy(copy.deepcopy(model), temperature, aggregation, "head", bias)
+    policy = BernoulliPolicy(copy.deepcopy(model), temperature, bias, aggregation, cfg.refine.train)
+    reference = BernoulliPolicy(copy.deepcopy(model), temperature, bias, aggregation, "head")
     with torch.no_grad():
         ref_logits = reference.logits(sets.pool)
     base_probs = torch.sigmoid(ref_logits).double().cpu().numpy()

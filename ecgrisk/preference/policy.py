@@ -35,26 +35,23 @@ class BernoulliPolicy:
     ----------
     model
         The classifier; trained in place (pass a copy to keep the original).
-    temperature
-        ``[C]`` per-statement temperatures of the bundle.
+    temperature, bias
+        ``[C]`` per-statement calibration of the bundle: logits / temperature + bias.
     aggregation
         ``"max"`` or ``"mean"`` over a record's windows, as the bundle scores.
     train
         ``"head"`` (only the head's weights change) or ``"all"``.
-    bias
-        ``[C]`` per-statement calibration biases of the bundle (zeros when None).
     """
 
-    def __init__(self, model: torch.nn.Module, temperature: np.ndarray, aggregation: str = "max",
-                 train: str = "head", bias: np.ndarray | None = None):
+    def __init__(self, model: torch.nn.Module, temperature: np.ndarray, bias: np.ndarray,
+                 aggregation: str = "max", train: str = "head"):
         if train not in ("head", "all"):
             raise ValueError(f"refine.train must be 'head' or 'all', got {train!r}")
         self.model, self.aggregation, self.train = model.eval(), aggregation, train
         param = next(model.parameters())
         self.temperature = torch.as_tensor(np.asarray(temperature), dtype=param.dtype,
                                            device=param.device)
-        self.bias = (torch.zeros_like(self.temperature) if bias is None else
-                     torch.as_tensor(np.asarray(bias), dtype=param.dtype, device=param.device))
+        self.bias = torch.as_tensor(np.asarray(bias), dtype=param.dtype, device=param.device)
         for p in model.parameters():
             p.requires_grad_(train == "all")
         for p in model.head.parameters():
