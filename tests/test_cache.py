@@ -189,3 +189,22 @@ def test_cache_never_loads_the_whole_array(tiny):
     assert isinstance(cache.signals, np.memmap)
     reopened = ECGCache(cache.path)
     assert reopened._signals is None  # opened lazily, per process
+
+
+def test_concurrent_builds_of_one_entry_both_succeed(tiny):
+    """Two processes (e.g. DDP ranks started together) building the same entry: one wins, both read it."""
+    import multiprocessing as mp
+
+    rs, root = tiny
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        paths = pool.starmap(_build_path, [(rs, str(root))] * 2)
+    assert paths[0] == paths[1]
+    cache = ECGCache(paths[0])
+    cache.verify()
+    np.testing.assert_array_equal(cache.record(4), read_ecg(rs.paths[4]).signal)
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
+
+
+def _build_path(rs, root):
+    return str(build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False).path)

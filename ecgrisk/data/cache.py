@@ -216,9 +216,15 @@ def build_cache(records: RecordSet, cache_root: str | os.PathLike, prep: Preproc
         }
         # meta.json last: its presence marks a complete entry
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if final.exists():  # a damaged entry being rebuilt
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # another process (a DDP rank, a parallel job) completed the same entry first
+            if not (final / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
