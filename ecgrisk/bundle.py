@@ -95,6 +95,11 @@ def load_encoder_weights(encoder: torch.nn.Module, path: str | os.PathLike) -> N
     encoder.load_state_dict(theirs)
 
 
+def encoder_meta(path: str | os.PathLike) -> dict:
+    """The metadata of ``encoder.pt`` (spec, objective, preprocessing, scaler, ...), verified."""
+    return _load(path, "encoder")["meta"]
+
+
 def load_encoder(path: str | os.PathLike) -> torch.nn.Module:
     obj = _load(path, "encoder")
     spec = dict(obj["meta"]["spec"])

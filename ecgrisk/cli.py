@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 
 def _download(args) -> int:
@@ -62,7 +63,10 @@ def _inspect(args) -> int:
         if args.plot:
             from ecgrisk.plotting import plot_12lead
 
-            out = args.plot if len(args.files) == 1 else f"{ecg.record_id}_{args.plot}"
+            out = Path(args.plot)
+            if len(args.files) > 1:
+                out = out.with_name(f"{ecg.record_id}_{out.name}")
+            out.parent.mkdir(parents=True, exist_ok=True)
             plot_12lead(sig, ecg.fs, title=f"{ecg.record_id}  {ecg.fs:g} Hz", path=out, lead_mask=ecg.lead_mask)
             print(f"plot written to {out}")
     return status

@@ -20,8 +20,9 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from scipy.special import expit
 
-from ecgrisk.bundle import Bundle, load_encoder_weights
+from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
 from ecgrisk.calibration import apply_temperature, fit_calibration
 from ecgrisk.config import run_app
 from ecgrisk.data.datamodule import ECGDataModule
@@ -30,7 +31,7 @@ from ecgrisk.lit_classifier import ClassifierModule
 from ecgrisk.metrics import evaluate
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
-from ecgrisk.preprocess import Preprocessing
+from ecgrisk.preprocess import Preprocessing, Scaler
 from ecgrisk.runs import make_trainer, plot_curves, run_dir, write_metrics
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,10 @@ log = logging.getLogger(__name__)
 
 def build_datamodule(data: DictConfig, seed: int, scaler=None, progress: bool = True) -> ECGDataModule:
     """The labelled DataModule a ``data`` config node describes."""
-    records = load_source(**OmegaConf.to_container(data, resolve=True))
-    prep = data.preprocessing
+    node = OmegaConf.to_container(data, resolve=True)
     return ECGDataModule(
-        records, cache_dir=data.cache_dir,
-        preprocessing=Preprocessing(fs=float(prep.fs), bandpass=tuple(prep.bandpass) if prep.bandpass else None,
-                                    notch=prep.notch),
+        load_source(**node), cache_dir=data.cache_dir,
+        preprocessing=Preprocessing.from_dict(node["preprocessing"]),
         batch_size=data.batch_size, crop_s=data.crop_s, window_s=data.window_s, stride_s=data.stride_s,
         num_workers=data.num_workers, label_fraction=data.label_fraction, seed=seed,
         cache_workers=data.cache_workers, scaler=scaler, progress=progress)
@@ -61,7 +60,13 @@ def train(cfg: DictConfig) -> dict:
     """Fit, pick the best epoch on validation, calibrate on validation, test once, write the run."""
     out = run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg.data, cfg.seed)
+    # a pretrained encoder learnt on inputs scaled by its own scaler: keep it, rather than
+    # refitting one on what may be a small labelled fraction
+    scaler = None
+    if cfg.model.get("pretrained"):
+        saved = encoder_meta(cfg.model.pretrained).get("scaler")
+        scaler = Scaler(**saved) if saved else None
+    dm = build_datamodule(cfg.data, cfg.seed, scaler=scaler)
     dm.setup()
     classes = dm.classes
     model = build_classifier(cfg.model, len(classes))
@@ -99,11 +104,17 @@ def train(cfg: DictConfig) -> dict:
     val, test = module.eval_result["val"], module.eval_result["test"]
     temps, bias = (fit_calibration(val["logits"], val["labels"]) if cfg.calibrate
                    else (np.ones(len(classes)), np.zeros(len(classes))))
-    metrics = evaluate(val["labels"], apply_temperature(val["logits"], temps, bias), prefix="val/",
-                       classes=classes)
-    test_prob = apply_temperature(test["logits"], temps, bias)
-    metrics.update(evaluate(test["labels"], test_prob, prefix="test/", classes=classes,
+    # ranking metrics and F-max on the model's own probabilities, as the benchmark reports them
+    # (F-max compares labels across a record, so calibration would change it); validation
+    # metrics stay uncalibrated because the calibration was fitted there
+    metrics = evaluate(val["labels"], expit(val["logits"]), prefix="val/", classes=classes)
+    metrics.update(evaluate(test["labels"], expit(test["logits"]), prefix="test/", classes=classes,
                             bootstrap=cfg.bootstrap, seed=cfg.seed))
+    test_prob = apply_temperature(test["logits"], temps, bias)
+    calibrated = evaluate(test["labels"], test_prob, prefix="test/", classes=classes)
+    for k in ("brier", "ece", "nll"):  # the probabilities the bundle reports are the calibrated ones
+        metrics[f"test/{k}_uncalibrated"] = metrics[f"test/{k}"]
+        metrics[f"test/{k}"] = calibrated[f"test/{k}"]
     metrics.update({
         "train/records": int(len(dm.split["train"][0])), "val/records": int(len(val["labels"])),
         "test/records": int(len(test["labels"])), "test/windows": test["windows"],

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
 
 from ecgrisk.data.windows import aggregate_windows
 from ecgrisk.metrics import macro_auroc
@@ -44,6 +44,9 @@ class ClassifierModule(L.LightningModule):
         self.mode, self.aggregation, self.pct_start = mode, aggregation, pct_start
         self.register_buffer("pos_weight", pos_weight if pos_weight is not None else torch.empty(0))
         self._freeze(partial_blocks)
+        self._frozen_norms = [m for m in model.encoder.modules()
+                              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                              and not any(p.requires_grad for p in m.parameters())]
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.eval_result: dict[str, dict] = {}  # split -> {"logits", "labels"} per record
         self.train_samples = 0
@@ -55,14 +58,24 @@ class ClassifierModule(L.LightningModule):
         for p in enc.parameters():
             p.requires_grad_(False)
         if self.mode == "partial":
-            for group in enc.layer_groups()[-partial_blocks:]:
+            groups = enc.layer_groups()
+            if not 1 <= partial_blocks <= len(groups):
+                raise ValueError(f"finetune.partial_blocks must be in 1..{len(groups)} for "
+                                 f"{enc.spec.get('name')}, got {partial_blocks}")
+            for group in groups[-partial_blocks:]:
                 for p in group:
                     p.requires_grad_(True)
 
     def on_train_epoch_start(self) -> None:
-        # a frozen encoder keeps its BatchNorm statistics: the probe must not drift them
-        if self.mode == "linear":
-            self.model.encoder.eval()
+        # frozen layers keep their BatchNorm statistics: a probe must not drift them
+        for m in self._frozen_norms:
+            m.eval()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from ecgrisk.schedule import check_resumed_schedule
+
+        if self._trainer is not None:
+            check_resumed_schedule(checkpoint, self.trainer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -139,13 +152,10 @@ class ClassifierModule(L.LightningModule):
         r = self._finish_eval("val")
         if self.trainer.state.fn != "fit":
             return  # the final re-evaluation of the best checkpoint is not another epoch's curve point
-        auroc = macro_auroc(r["labels"], _sigmoid(r["logits"]), skip_degenerate=True)
+        auroc = macro_auroc(r["labels"], expit(r["logits"]), skip_degenerate=True)
         # every rank holds the same gathered value, so no further reduction is needed
         self.log("val/macro_auroc", auroc, prog_bar=True, sync_dist=False)
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
 
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))

@@ -51,8 +51,26 @@ class PretrainModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         # created once the module sits on its device; re-seeding later would repeat masks
+        state = self._generator.get_state() if self._generator is not None else None
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(self.seed * 7919 + self.global_rank)
+        if state is not None:  # restored from a checkpoint: continue the mask stream
+            self._generator.set_state(state)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ecgrisk"] = {"epoch_losses": list(self.epoch_losses),
+                                 "generator": self._train_generator().get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from ecgrisk.schedule import check_resumed_schedule
+
+        if self._trainer is not None:
+            check_resumed_schedule(checkpoint, self.trainer)
+        saved = checkpoint.get("ecgrisk", {})
+        self.epoch_losses = list(saved.get("epoch_losses", []))
+        if "generator" in saved:
+            self._generator = torch.Generator(device="cpu")
+            self._generator.set_state(saved["generator"])
 
     def _train_generator(self) -> torch.Generator:
         if self._generator is None:  # training_step called outside a Trainer

@@ -17,13 +17,12 @@ def plot_12lead(signal: np.ndarray, fs: float, title: str = "", path: str | Path
                 lead_mask: np.ndarray | None = None, dpi: int = 100):
     """Draw ``signal [12, samples]`` (mV, standard lead order) as a clinical 12-lead sheet.
 
-    Returns the matplotlib Figure; writes a PNG when ``path`` is given (and closes the figure).
+    Returns the matplotlib Figure (not registered with pyplot, so the process's backend and open
+    figures are left alone); writes a PNG when ``path`` is given.
     Columns show consecutive 2.5 s segments as a paper ECG does; the bottom strip is 10 s of II.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     signal = np.asarray(signal, dtype=np.float32)
     if signal.ndim != 2 or signal.shape[0] != len(STANDARD_LEADS):
@@ -32,7 +31,8 @@ def plot_12lead(signal: np.ndarray, fs: float, title: str = "", path: str | Path
     strip = min(signal.shape[1], int(round(10 * fs)))
     width_mm, row_mm = 4 * 2.5 * _MM_PER_S, 30.0
     height_mm = row_mm * 4
-    fig = plt.figure(figsize=(width_mm / 25.4 * 0.72, height_mm / 25.4 * 0.72), dpi=dpi)
+    fig = Figure(figsize=(width_mm / 25.4 * 0.72, height_mm / 25.4 * 0.72), dpi=dpi)
+    FigureCanvasAgg(fig)
     ax = fig.add_axes((0.01, 0.01, 0.98, 0.9 if title else 0.98))
     _grid(ax, width_mm, height_mm)
     for r, row in enumerate(_LAYOUT):
@@ -51,7 +51,6 @@ def plot_12lead(signal: np.ndarray, fs: float, title: str = "", path: str | Path
         fig.suptitle(title, fontsize=9, x=0.01, ha="left")
     if path is not None:
         fig.savefig(path, dpi=dpi)
-        plt.close(fig)
     return fig
 
 

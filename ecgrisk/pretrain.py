@@ -56,9 +56,7 @@ def build_sources(data: DictConfig) -> list[RecordSet]:
 
 
 def _preprocessing(data: DictConfig) -> Preprocessing:
-    prep = data.preprocessing
-    return Preprocessing(fs=float(prep.fs), bandpass=tuple(prep.bandpass) if prep.bandpass else None,
-                         notch=prep.notch)
+    return Preprocessing.from_dict(OmegaConf.to_container(data.preprocessing, resolve=True))
 
 
 def build_datamodule(cfg: DictConfig, progress: bool = True) -> ECGDataModule:

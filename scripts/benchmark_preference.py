@@ -222,11 +222,12 @@ def main(argv: list[str] | None = None) -> None:
         args.base = str(fine_tune_base(args, work))
     bundle = Bundle.load(args.base)
     cfg = compose("refine", [f"data.root={args.root}", f"data.cache_dir={work / 'cache'}",
-                             f"base={args.base}"])
+                             f"base={args.base}", *args.overrides])
     dm = build_datamodule(data_for_bundle(cfg.data, bundle), 0, scaler=bundle.scaler,
                           progress=False)
     dm.setup()
-    sets = prepare_sets(bundle.model, dm, cfg.pool, seed=0, batch_size=cfg.data.batch_size)
+    sets = prepare_sets(bundle.model, dm, cfg.pool, seed=0, batch_size=cfg.data.batch_size,
+                        keep_inputs=cfg.refine.train == "all")
     rows = []
     for seed in range(args.seeds):
         for name in args.arms.split(","):

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,8 +134,10 @@ def test_aggregate_windows_max_mean_and_duplicates():
     np.testing.assert_allclose(torch.sigmoid(mean).numpy(), expect.numpy(), atol=1e-6)
 
 
-def test_aggregate_windows_reports_records_without_windows():
-    out, seen = aggregate_windows(torch.tensor([0, 1]), torch.zeros(2, 3), np.array([0, 0, 1, 2]), 3)
+@pytest.mark.parametrize("how", ["max", "mean"])
+def test_aggregate_windows_reports_records_without_windows(how):
+    # windows 0 and 1 belong to record 0; records 1 and 2 were never evaluated
+    _, seen = aggregate_windows(torch.tensor([0, 1]), torch.zeros(2, 3), np.array([0, 0, 1, 2]), 3, how)
     assert seen.tolist() == [True, False, False]
 
 
@@ -191,20 +194,44 @@ def test_cache_never_loads_the_whole_array(tiny):
     assert reopened._signals is None  # opened lazily, per process
 
 
-def test_concurrent_builds_of_one_entry_both_succeed(tiny):
-    """Two processes (e.g. DDP ranks started together) building the same entry: one wins, both read it."""
+def test_concurrent_builds_of_one_entry_never_break_a_reader(tiny):
+    """Processes (DDP ranks, parallel jobs) building the same entry again and again: every build
+    returns a valid entry, and the entry stays readable throughout."""
     import multiprocessing as mp
 
     rs, root = tiny
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(2) as pool:
-        paths = pool.starmap(_build_path, [(rs, str(root))] * 2)
-    assert paths[0] == paths[1]
-    cache = ECGCache(paths[0])
+    with mp.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_build_and_read, [(rs, str(root), 6)] * 2)
+    assert [r[1] for r in results] == [[], []]  # no failures in either process
+    assert results[0][0] == results[1][0]
+    cache = ECGCache(results[0][0])
     cache.verify()
     np.testing.assert_array_equal(cache.record(4), read_ecg(rs.paths[4]).signal)
-    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in root.iterdir() if p.name.startswith((".tmp", ".trash"))]
 
 
-def _build_path(rs, root):
-    return str(build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False).path)
+def _build_and_read(rs, root, times):
+    failures = []
+    for _ in range(times):
+        try:
+            path = build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False).path
+            c = ECGCache(path)
+            c.verify()
+            c.record(0)
+        except Exception as e:  # noqa: BLE001 - reported to the parent as data
+            failures.append(repr(e))
+    return str(path), failures
+
+
+def test_record_names_with_dots_are_cached(tmp_path):
+    src = tmp_path / "dots"
+    src.mkdir()
+    paths = _write_records(src, 2)
+    dotted = str(src / "rec.v2")
+    for ext in (".hea", ".dat"):
+        text = Path(paths[0] + ext).read_bytes().replace(b"r000", b"rec.v2")
+        Path(dotted + ext).write_bytes(text)
+    rs = RecordSet("dots", ["a", "b"], [dotted, paths[1]])
+    cache = build_cache(rs, tmp_path / "cache", Preprocessing(fs=100), workers=1, progress=False)
+    assert len(cache) == 2
+    np.testing.assert_array_equal(cache.record(0), read_ecg(paths[0]).signal)

@@ -28,7 +28,7 @@ def test_challenge_sample_labels(shared):
     assert ds.classes == sorted(seen)
     i = ds.record_ids.index("E07500")
     assert {ds.classes[j] for j in np.flatnonzero(ds.labels[i])} == {"67741000119109", "426177001"}
-    assert ds.meta.loc[i, "age"] == "78" and ds.meta.loc[i, "sex"] == "Male"
+    assert ds.meta.loc[i, "age"] == 78.0 and ds.meta.loc[i, "sex"] == "M"
 
 
 def test_challenge_fixed_classes_and_missing(shared, tmp_path):
@@ -50,7 +50,7 @@ def test_challenge_fixed_classes_and_missing(shared, tmp_path):
 def test_parse_header_without_dx(tmp_path):
     hea = tmp_path / "x.hea"
     hea.write_text("x 1 500 10\nx.mat 16 1000/mV 16 0 0 0 0 I\n# Age: 50\n")
-    assert parse_challenge_header(hea) == {"dx": [], "age": "50", "sex": None}
+    assert parse_challenge_header(hea) == {"dx": [], "age": 50.0, "sex": None}
 
 
 def _wfdb(folder, name, fmt="16"):

@@ -397,3 +397,28 @@ def test_serve_refuses_without_accounts(tmp_path, env, capsys):
     assert rc == 2 and "add-user" in capsys.readouterr().err
     assert review_main(["review", "--db", str(tmp_path / "x.db")]) == 2
     assert "--model --data" in capsys.readouterr().err
+
+
+def test_simultaneous_submissions_store_one_judgement(app, env, db):
+    """A double-click or a retried request: eight identical posts at once, one row."""
+    import asyncio
+
+    import httpx
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            page = await c.get("/login")
+            tok = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+            await c.post("/login", data={"username": "dr-a", "password": PASSWORD, "csrf_token": tok})
+            csrf = re.search(r'name="csrf-token" content="([^"]+)"', (await c.get("/")).text).group(1)
+            first = (await c.get("/api/queue")).json()["items"][0]["ecg_id"]
+            body = {"ecg_id": first, "marks": {}, "missed": []}
+            posts = [c.post("/api/feedback", json=body, headers={"X-CSRF-Token": csrf})
+                     for _ in range(8)]
+            return first, sorted(r.status_code for r in await asyncio.gather(*posts))
+
+    ecg_id, codes = asyncio.run(run())
+    assert codes == [201] + [409] * 7
+    with FeedbackStore(db) as store:
+        assert len(store.verdicts(ecg_id=ecg_id)) == 1

@@ -41,11 +41,26 @@ class CacheError(RuntimeError):
     """A cache entry is missing, stale or damaged."""
 
 
+_FILE_SUFFIXES = (".hea", ".dat", ".mat", ".npy", ".npz")
+
+
 def _source_files(path: str) -> list[Path]:
+    """The files a record's signal comes from: an array file, or a header and the files it names.
+
+    Record names may contain dots (``rec.v2``), so only the suffixes ``read_ecg`` reads count.
+    """
+    from ecgrisk.io import ECGReadError
+    from ecgrisk.io.header import parse_header
+
     p = Path(path)
-    if p.suffix:
+    if p.suffix.lower() in (".npy", ".npz"):
         return [p]
-    return sorted(p.parent.glob(p.name + ".*"))
+    hea = p.with_suffix(".hea") if p.suffix.lower() in _FILE_SUFFIXES else p.with_name(p.name + ".hea")
+    try:
+        named = parse_header(hea).files
+    except ECGReadError:
+        return [hea] if hea.is_file() else []  # the build will record why it is unreadable
+    return [hea, *(hea.parent / f for f in dict.fromkeys(named))]
 
 
 def cache_key(records: RecordSet, prep: Preprocessing) -> str:
@@ -55,7 +70,11 @@ def cache_key(records: RecordSet, prep: Preprocessing) -> str:
     for rid, path in zip(records.record_ids, records.paths, strict=True):
         h.update(rid.encode())
         for f in _source_files(path):
-            st = f.stat()
+            try:
+                st = f.stat()
+            except OSError:  # a missing signal file: the build records the failure
+                h.update(f"{f.name}:absent".encode())
+                continue
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     h.update(json.dumps(records.classes).encode())
     if records.labels is not None:
@@ -165,9 +184,12 @@ class ECGCache:
 
 
 def build_cache(records: RecordSet, cache_root: str | os.PathLike, prep: Preprocessing,
-                workers: int = 2, progress: bool = True) -> ECGCache:
-    """Read, preprocess and compile ``records`` into a new cache entry (atomically)."""
-    key = cache_key(records, prep)
+                workers: int = 2, progress: bool = True, key: str | None = None) -> ECGCache:
+    """Read, preprocess and compile ``records`` into a new cache entry (atomically).
+
+    ``key`` is :func:`cache_key` of the arguments, when the caller has it already.
+    """
+    key = key or cache_key(records, prep)
     root = Path(cache_root)
     final = root / key
     tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
@@ -216,15 +238,7 @@ def build_cache(records: RecordSet, cache_root: str | os.PathLike, prep: Preproc
         }
         # meta.json last: its presence marks a complete entry
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if final.exists():  # a damaged entry being rebuilt
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            # another process (a DDP rank, a parallel job) completed the same entry first
-            if not (final / "meta.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -234,15 +248,50 @@ def build_cache(records: RecordSet, cache_root: str | os.PathLike, prep: Preproc
 def get_or_build(records: RecordSet, cache_root: str | os.PathLike, prep: Preprocessing,
                  workers: int = 2, progress: bool = True) -> ECGCache:
     """Open the entry for ``records`` + ``prep``; build it when absent, rebuild it when damaged."""
-    path = Path(cache_root) / cache_key(records, prep)
-    if (path / "meta.json").is_file():
-        try:
-            cache = ECGCache(path)
-            cache.verify()
-            return cache
-        except CacheError as e:
+    key = cache_key(records, prep)
+    cache = _open_valid(Path(cache_root) / key, warn=True)
+    if cache is not None:
+        return cache
+    return build_cache(records, cache_root, prep, workers=workers, progress=progress, key=key)
+
+
+def _open_valid(path: Path, warn: bool = False) -> ECGCache | None:
+    if not (path / "meta.json").is_file():
+        return None
+    try:
+        cache = ECGCache(path)
+        cache.verify()
+        return cache
+    except CacheError as e:
+        if warn:
             log.warning("%s; rebuilding", e)
-    return build_cache(records, cache_root, prep, workers=workers, progress=progress)
+        return None
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished entry into place without ever deleting a valid one.
+
+    Another process (a DDP rank, a parallel job) may finish the same entry first: then its
+    entry stays and ``tmp`` is dropped. A damaged entry is renamed aside before it is deleted,
+    so no reader sees a half-removed folder.
+    """
+    for _ in range(3):
+        if _open_valid(final) is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        if final.exists():
+            trash = final.with_name(f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
+            try:
+                os.replace(final, trash)
+            except OSError:
+                continue  # someone else moved it: look again
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+            return
+        except OSError:
+            continue  # someone else published in between: look again
+    raise CacheError(f"could not publish cache entry {final}: other processes keep replacing it")
 
 
 def _map(fn, jobs, workers):

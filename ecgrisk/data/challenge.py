@@ -10,37 +10,22 @@ import numpy as np
 import pandas as pd
 
 from ecgrisk.data.base import RecordSet
+from ecgrisk.io.header import parse_comments, parse_header
 
 log = logging.getLogger(__name__)
 
 
 def parse_challenge_header(path: str | Path) -> dict:
-    """The ``# Key: value`` comment fields of a Challenge header.
-
-    Parameters
-    ----------
-    path : a ``.hea`` file.
+    """Labels and demographics of a Challenge header, as :func:`ecgrisk.read_ecg` reads them.
 
     Returns
     -------
     dict
-        ``{"dx": [SNOMED CT codes as str], "age": str | None, "sex": str | None}``;
+        ``{"dx": [SNOMED CT codes as str], "age": float | None, "sex": "M" | "F" | None}``;
         ``dx`` is empty when the header has no ``# Dx:`` line.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise OSError(f"cannot read Challenge header {path}: {err}") from err
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("#") or ":" not in line:
-            continue
-        key, _, value = line.lstrip("#").partition(":")
-        fields.setdefault(key.strip().lower(), value.strip())
-    dx = [c.strip() for c in fields.get("dx", "").split(",") if c.strip()]
-    return {"dx": dx, "age": fields.get("age"), "sex": fields.get("sex")}
+    meta = parse_comments(parse_header(Path(path)).comments)
+    return {"dx": meta["dx"], "age": meta["age"], "sex": meta["sex"]}
 
 
 class ChallengeFolder(RecordSet):

@@ -103,4 +103,4 @@ def aggregate_windows(window_idx: torch.Tensor, logits: torch.Tensor, positions:
         out = torch.log(p) - torch.log1p(-p)
     else:
         raise ValueError(f"aggregation must be 'max' or 'mean', got {how!r}")
-    return out, ~torch.isinf(out[:, 0])
+    return out, torch.bincount(positions.cpu(), minlength=n_records).to(out.device) > 0

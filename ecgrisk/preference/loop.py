@@ -44,6 +44,7 @@ from ecgrisk.preference.reward import (
 )
 from ecgrisk.preference.simulated import SimulatedCardiologist
 from ecgrisk.preference.store import FeedbackStore
+from ecgrisk.runs import atomic_write_text
 
 if TYPE_CHECKING:
     from ecgrisk.refine import Sets, WindowSet
@@ -302,14 +303,15 @@ def write_queries(path: Path, pool: WindowSet, asked: np.ndarray, a: np.ndarray,
     """``queries/round_k.jsonl``: what was asked, one ECG a line (for real annotators, the list
     to judge and import)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for j, i in enumerate(asked):
-            row = {"ecg_id": pool.record_ids[i], "model_version": model_version,
-                   "reading" if b is None else "reading_a":
-                       [c for c, v in zip(classes, a[j], strict=True) if v]}
-            if b is not None:
-                row["reading_b"] = [c for c, v in zip(classes, b[j], strict=True) if v]
-            fh.write(json.dumps(row) + "\n")
+    lines = []
+    for j, i in enumerate(asked):
+        row = {"ecg_id": pool.record_ids[i], "model_version": model_version,
+               "reading" if b is None else "reading_a":
+                   [c for c, v in zip(classes, a[j], strict=True) if v]}
+        if b is not None:
+            row["reading_b"] = [c for c, v in zip(classes, b[j], strict=True) if v]
+        lines.append(json.dumps(row) + "\n")
+    atomic_write_text(path, "".join(lines))
 
 
 # --------------------------------------------------------------------------- rounds

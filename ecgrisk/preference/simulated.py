@@ -5,8 +5,9 @@ It answers through the same records as a real cardiologist (:class:`Verdict`,
 
 Imperfection has three knobs:
 
-- ``noise``: each judgement is flipped with this probability (a mark right <-> wrong, a missed
-  statement left out, a preference reversed);
+- ``noise``: each judgement is flipped with this probability (a mark right <-> wrong, a
+  statement the reading left out judged present when absent or absent when present, a
+  preference reversed);
 - ``temperature``: preferences follow Bradley-Terry on agreement with the truth,
   ``P(a) = σ((s_a - s_b) / temperature)``; ``temperature=0`` always picks the better reading;
 - ``bias``: a systematic disagreement with the labels, e.g. ``{"STTC": "strict"}`` sees STTC
@@ -118,7 +119,7 @@ class SimulatedCardiologist:
             flip = self.rng.random() < self.noise
             if y[i]:
                 marks[c] = "right" if bool(t[i]) != flip else "wrong"
-            elif t[i] and not flip:
+            elif bool(t[i]) != flip:  # noise errs both ways: misses and false additions
                 missed.append(c)
         shown = {c: int(v) for c, v in zip(self.classes, y, strict=True)}
         return Verdict(ecg_id=ecg_id, ecg_path=ecg_path, reading=shown, marks=marks,

@@ -273,6 +273,21 @@ class FeedbackStore:
                 ids.append(self._insert(tx, item, source))
         return ids
 
+    def add_first(self, item: Verdict | Preference, source: str | None = None) -> int | None:
+        """Store ``item`` unless its annotator already judged its ECG for its model version.
+
+        The check and the write share one write transaction (``BEGIN IMMEDIATE`` on SQLite), so
+        a double-click or a retried request stores the judgement once. Returns the new id, or
+        None when the judgement was already there.
+        """
+        table = "verdicts" if isinstance(item, Verdict) else "preferences"
+        with self._backend.transaction(write=True) as tx:
+            if tx.query(f"SELECT 1 FROM {table} WHERE ecg_id = :e AND annotator = :a "
+                        "AND model_version = :m LIMIT 1",
+                        {"e": item.ecg_id, "a": item.annotator, "m": item.model_version}):
+                return None
+            return self._insert(tx, item, source)
+
     @staticmethod
     def _insert(tx: _Tx, item: Verdict | Preference, source: str | None) -> int:
         table, columns = ((("verdicts", VERDICT_FIELDS)) if isinstance(item, Verdict)

@@ -91,10 +91,10 @@ class ReviewApp:
                               model_version=self.queue.model_version)
         return {r.ecg_id for _, _, r in rows}
 
-    def write(self, record: Verdict | Preference) -> int:
-        """Store one record in its own transaction; its id."""
+    def write(self, record: Verdict | Preference) -> int | None:
+        """Store one record in its own transaction; its id, or None if already judged."""
         with FeedbackStore(self.db) as store:
-            return store.add(record, source=SOURCE)
+            return store.add_first(record, source=SOURCE)
 
     # ------------------------------------------------------------------ judgements
 
@@ -343,10 +343,8 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
             return JSONResponse({"error": str(err)}, status_code=400)
 
         def write() -> tuple[int | None, set[str]]:
-            judged = state.judged(user)
-            if record.ecg_id in judged:
-                return None, judged
-            return state.write(record), judged | {record.ecg_id}
+            row_id = state.write(record)  # checks "already judged" in the same transaction
+            return row_id, state.judged(user)
 
         row_id, judged = await run_in_threadpool(write)
         if row_id is None:

@@ -285,11 +285,7 @@ class ReviewQueue:
             tmp = path.with_name(f".{name}.{threading.get_ident()}.tmp.png")
             # no title: the page names the ECG and the paper speed next to the image
             fig = plot_12lead(ecg.signal, ecg.fs, lead_mask=ecg.lead_mask, dpi=self.plot_dpi)
-            import matplotlib.pyplot as plt  # after plot_12lead chose the Agg backend
-
-            try:  # trimmed to the drawn sheet so that it fills the page's width
-                fig.savefig(tmp, dpi=self.plot_dpi, bbox_inches="tight", pad_inches=0.04)
-            finally:
-                plt.close(fig)
+            # trimmed to the drawn sheet so that it fills the page's width
+            fig.savefig(tmp, dpi=self.plot_dpi, bbox_inches="tight", pad_inches=0.04)
             os.replace(tmp, path)
         return path
