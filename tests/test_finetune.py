@@ -173,3 +173,13 @@ def test_tensorboard_and_mlflow_loggers_by_config(tmp_path, ptbxl_root, logger, 
         runs = mlflow.search_runs(experiment_names=["ecgrisk"])
         assert len(runs) == 1 and runs["metrics.val/macro_auroc"].notna().all()
     assert (tmp_path / "run" / "logs" / "metrics.csv").is_file()  # CSV is always kept
+
+
+def test_partial_blocks_out_of_range_is_refused(tmp_path, ptbxl_root):
+    from ecgrisk.finetune import build_classifier
+    from ecgrisk.lit_classifier import ClassifierModule
+
+    cfg = _cfg(tmp_path, ptbxl_root)
+    for n in (0, 99):
+        with pytest.raises(ValueError, match="partial_blocks"):
+            ClassifierModule(build_classifier(cfg.model, 5), mode="partial", partial_blocks=n)

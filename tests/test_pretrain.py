@@ -3,6 +3,7 @@
 import json
 import sys
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -148,3 +149,31 @@ def test_module_entry_point_composes_the_config(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "name: contrastive" in printed and "name: vit1d" in printed
     assert compose("pretrain").ssl.name == "masked"  # Hydra state is left clean for later composes
+
+
+class _StopAfterTwoEpochs(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            trainer.should_stop = True
+
+
+def test_resumed_pretraining_keeps_its_history(tmp_path, ptbxl_root, cache, monkeypatch):
+    import ecgrisk.pretrain as pt
+
+    make = pt.make_trainer
+    monkeypatch.setattr(pt, "make_trainer",
+                        lambda cfg, out, cbs, *a, **k: make(cfg, out, cbs + [_StopAfterTwoEpochs()], *a, **k))
+    common = ["ssl=masked", "trainer.max_epochs=3", "trainer.limit_train_batches=2"]
+    first = train(_cfg(tmp_path, ptbxl_root, cache, *common, out="first"))
+    assert first["train/epochs"] == 2
+    monkeypatch.setattr(pt, "make_trainer", make)
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = train(_cfg(tmp_path, ptbxl_root, cache, *common, f"resume={last}", out="resumed"))
+    assert resumed["train/epochs"] == 3
+    assert resumed["train/loss_start"] == pytest.approx(first["train/loss_start"])
+    meta = torch.load(tmp_path / "resumed" / "encoder.pt", weights_only=True)["meta"]
+    assert meta["epochs"] == 3
+    # more epochs than the interrupted run planned: the one-cycle schedule cannot stretch
+    with pytest.raises(ValueError, match="one-cycle schedule"):
+        train(_cfg(tmp_path, ptbxl_root, cache, "ssl=masked", "trainer.max_epochs=5",
+                   "trainer.limit_train_batches=2", f"resume={last}", out="longer"))
