@@ -82,3 +82,29 @@ def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_p
     for r in rows[:-1]:
         for c in ("prob/NORM", "prob/MI", "prob/HYP", "risk"):
             assert float(r[c]) == pytest.approx(float(want[r["path"]][c]), abs=1e-5)
+
+
+def test_merge_keeps_each_record_once_when_a_padding_sampler_repeats_some(tmp_path):
+    import csv
+
+    from ecgrisk.scoring.batch import output_columns
+    from ecgrisk.scoring.distributed import merge_shards
+
+    cols = output_columns(["NORM"])
+
+    def shard(name, indices):
+        with open(tmp_path / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["_index", *cols])
+            w.writeheader()
+            for i in indices:
+                row = dict.fromkeys(cols, "")
+                row.update({"_index": i, "record": f"r{i}", "path": f"/p{i}", "prob/NORM": 0.5,
+                            "risk": 0.5, "risk_band": "moderate", "n_windows": 7})
+                w.writerow(row)
+
+    # DistributedSampler pads rank 1 with record 0 again
+    shard("s0.csv", [0, 2, 4])
+    shard("s1.csv", [1, 3, 0])
+    merge_shards([tmp_path / "s0.csv", tmp_path / "s1.csv"], tmp_path / "out.csv", cols, ["NORM"])
+    with open(tmp_path / "out.csv") as f:
+        assert [r["record"] for r in csv.DictReader(f)] == ["r0", "r1", "r2", "r3", "r4"]

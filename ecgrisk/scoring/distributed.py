@@ -125,7 +125,8 @@ class ShardWriter(BasePredictionWriter):
 
 def merge_shards(shards: list[Path], out: str | os.PathLike, columns: list[str],
                  classes: list[str], top_n: int = 5) -> ScoreSummary:
-    """Stream-merge shards (each sorted by ``_index``) into ``out``; each record once."""
+    """Stream-merge shards (sorted by ``_index``, but for a padding sampler's repeats at a
+    shard's end) into ``out`` in input order, each record once."""
     summary = ScoreSummary(top_n=top_n)
 
     def counted(shard: Path):
@@ -137,12 +138,13 @@ def merge_shards(shards: list[Path], out: str | os.PathLike, columns: list[str],
         summary.shard_rows[s.name] = 0
     streams = [counted(s) for s in shards]
     writer = TableWriter(Path(out), columns)
-    last = None
+    seen: set[int] = set()  # a padding sampler repeats the first records at a shard's end
     try:
         for row in heapq.merge(*streams, key=lambda r: int(r["_index"])):
-            if row["_index"] == last:
+            index = int(row["_index"])
+            if index in seen:
                 continue
-            last = row["_index"]
+            seen.add(index)
             row = {c: row[c] for c in columns}
             writer.write([row])
             summary.add(row, classes)
