@@ -44,6 +44,7 @@ from ecgrisk.preference.losses import (
     bernoulli_kl,
     dpo_loss,
     ppo_clip_loss,
+    rloo_advantages,
     rloo_pg_loss,
     sample_bernoulli,
 )
@@ -242,8 +243,7 @@ def pg_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
             loss, stats = rloo_pg_loss(logits, ref, samples, rewards, kl_coef=cfg.kl_coef)
             steps = [(loss, stats)]
         else:
-            k = samples.shape[0]
-            adv = rewards - (rewards.sum(0, keepdim=True) - rewards) / (k - 1)
+            adv = rloo_advantages(rewards)
             old = logits.detach()
             steps = []
             for e in range(cfg.ppo_epochs):

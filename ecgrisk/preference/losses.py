@@ -154,6 +154,14 @@ def sample_bernoulli(logits: Tensor, k: int, generator: torch.Generator | None =
     return torch.bernoulli(probs, generator=generator)
 
 
+def rloo_advantages(rewards: Tensor) -> Tensor:
+    """Leave-one-out advantages ``[K, B]``: each sample's reward minus the mean of the others'."""
+    k = rewards.shape[0]
+    if k < 2:
+        raise ValueError("the leave-one-out baseline needs K >= 2 samples per ECG")
+    return rewards - (rewards.sum(0, keepdim=True) - rewards) / (k - 1)
+
+
 def rloo_pg_loss(logits: Tensor, ref_logits: Tensor, samples: Tensor, rewards: Tensor,
                  kl_coef: float = 0.05) -> tuple[Tensor, dict[str, float]]:
     """REINFORCE with a leave-one-out baseline, plus a closed-form KL to the reference.
@@ -191,9 +199,7 @@ def rloo_pg_loss(logits: Tensor, ref_logits: Tensor, samples: Tensor, rewards: T
     if rewards.shape != samples.shape[:2]:
         raise ValueError(f"rewards must be [K, B] = {tuple(samples.shape[:2])}, "
                          f"got {tuple(rewards.shape)}")
-    rewards = rewards.detach().to(logits.dtype)
-    baseline = (rewards.sum(0, keepdim=True) - rewards) / (k - 1)
-    advantage = rewards - baseline
+    advantage = rloo_advantages(rewards.detach().to(logits.dtype))
     logp = bernoulli_logprob(logits.unsqueeze(0), samples)  # [K, B]
     pg = -(advantage * logp).mean()
     kl = bernoulli_kl(logits, ref_logits.detach()).mean()
