@@ -422,3 +422,13 @@ def test_simultaneous_submissions_store_one_judgement(app, env, db):
     assert codes == [201] + [409] * 7
     with FeedbackStore(db) as store:
         assert len(store.verdicts(ecg_id=ecg_id)) == 1
+
+
+def test_changing_a_password_ends_open_sessions(app, env, db):
+    client = TestClient(app)
+    login(client)
+    assert client.get("/api/queue").status_code == 200
+    auth.add_user(db, "dr-a", "a-new-password-123", replace=True)
+    assert client.get("/api/queue").status_code == 401
+    assert client.get("/", follow_redirects=False).headers["location"].endswith("/login")
+    auth.add_user(db, "dr-a", PASSWORD, replace=True)  # the other tests log in with it

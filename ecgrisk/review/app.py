@@ -172,6 +172,21 @@ def _user(request: Request) -> str | None:
     return request.session.get("user")
 
 
+class RevokedSessions:
+    """ASGI middleware ending the session of an annotator whose password changed (or whose
+    account went) since login: the signed cookie alone would stay valid until it expires."""
+
+    def __init__(self, app, db):
+        self.app, self.db = app, db
+
+    async def __call__(self, scope, receive, send):
+        session = scope.get("session") if scope["type"] == "http" else None
+        if session and session.get("user"):
+            if session.get("stamp") != auth.credential_stamp(self.db, session["user"]):
+                session.clear()
+        await self.app(scope, receive, send)
+
+
 def _csrf(request: Request) -> str:
     """The session's CSRF token (created on first use, also before login)."""
     token = request.session.get("csrf")
@@ -269,7 +284,8 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
                                         "error": "Unknown user or wrong password."},
                 status_code=401)
         request.session.clear()  # a new session on login: no fixation of a pre-login cookie
-        request.session.update({"user": name, "csrf": auth.new_token()})
+        stamp = await run_in_threadpool(auth.credential_stamp, state.db, name)
+        request.session.update({"user": name, "csrf": auth.new_token(), "stamp": stamp})
         return RedirectResponse("/", status_code=303)
 
     async def logout(request: Request) -> Response:
@@ -365,7 +381,8 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
     ]
     middleware = [Middleware(SessionMiddleware, secret_key=secret_key or auth.new_token(),
                              session_cookie="ecgrisk_review", same_site="strict",
-                             https_only=https_only, max_age=int(session_hours * 3600))]
+                             https_only=https_only, max_age=int(session_hours * 3600)),
+                  Middleware(RevokedSessions, db=state.db)]
     if allowed_hosts is not None:
         middleware.insert(0, Middleware(TrustedHostMiddleware,
                                         allowed_hosts=list(allowed_hosts)))

@@ -147,6 +147,18 @@ def authenticate(db: str | os.PathLike, name: str, password: str) -> bool:
     return verify_password(password, row[0])
 
 
+def credential_stamp(db: str | os.PathLike, name: str) -> str | None:
+    """A short digest of ``name``'s stored password hash (None for an unknown name).
+
+    Kept in the session at login: when the password changes or the account goes, the stamp no
+    longer matches and the session ends, although its signed cookie is still valid.
+    """
+    with closing(_connect(db)) as conn:
+        row = conn.execute("SELECT password_hash FROM review_users WHERE name = ?",
+                           (name,)).fetchone()
+    return None if row is None else hashlib.sha256(row[0].encode()).hexdigest()[:16]
+
+
 def new_token() -> str:
     """A fresh unguessable token (CSRF tokens, session secrets)."""
     return secrets.token_urlsafe(32)
