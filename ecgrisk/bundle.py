@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ecgrisk.atomic import atomic_path
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
@@ -42,10 +43,8 @@ def _digest(meta: dict, state: dict[str, torch.Tensor]) -> str:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _load(path: str | os.PathLike, kind: str) -> dict:

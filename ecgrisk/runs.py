@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+
+from ecgrisk.atomic import atomic_write_text
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -26,12 +27,6 @@ def run_dir(cfg: DictConfig) -> Path:
         hydra_dir.mkdir(exist_ok=True)
         atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return d
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_metrics(path: Path, metrics: dict) -> None:

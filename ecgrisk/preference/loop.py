@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ecgrisk.atomic import atomic_write_text
 from ecgrisk.preference.acquisition import sample_readings, select, threshold_reading
 from ecgrisk.preference.feedback import Preference, Verdict
 from ecgrisk.preference.losses import bernoulli_logprob
@@ -44,7 +45,6 @@ from ecgrisk.preference.reward import (
 )
 from ecgrisk.preference.simulated import SimulatedCardiologist
 from ecgrisk.preference.store import FeedbackStore
-from ecgrisk.runs import atomic_write_text
 
 if TYPE_CHECKING:
     from ecgrisk.refine import Sets, WindowSet

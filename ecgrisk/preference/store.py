@@ -17,13 +17,13 @@ import csv
 import json
 import os
 import sqlite3
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ecgrisk.atomic import atomic_path
 from ecgrisk.preference import agreement
 from ecgrisk.preference.feedback import (
     CSV_FIELDS,
@@ -201,18 +201,8 @@ def _open_backend(url_or_path: str | os.PathLike, busy_timeout_s: float) -> Any:
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        write(fh)
 
 
 class FeedbackStore:
