@@ -235,3 +235,18 @@ def test_record_names_with_dots_are_cached(tmp_path):
     cache = build_cache(rs, tmp_path / "cache", Preprocessing(fs=100), workers=1, progress=False)
     assert len(cache) == 2
     np.testing.assert_array_equal(cache.record(0), read_ecg(paths[0]).signal)
+
+
+def test_datamodule_opens_its_caches_once(tiny, monkeypatch):
+    import ecgrisk.data.datamodule as dmod
+
+    rs, root = tiny
+    calls = []
+    real = dmod.get_or_build
+    monkeypatch.setattr(dmod, "get_or_build", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dm = ECGDataModule(rs, root, batch_size=4, progress=False)
+    dm.setup()
+    for _ in range(3):  # fit, validate, test each call both
+        dm.prepare_data()
+        dm.setup()
+    assert len(calls) == 1

@@ -63,6 +63,9 @@ class ECGDataModule(L.LightningDataModule):
 
     # -- setup --------------------------------------------------------------------------
     def prepare_data(self) -> None:
+        # Lightning calls this before every fit/validate/test; the caches open once per process
+        if self.caches:
+            return
         for s in self.sources:
             get_or_build(s, self.cache_dir, self.prep, self.cache_workers, self.progress)
 
