@@ -193,8 +193,18 @@ def _optimiser(policy: BernoulliPolicy, cfg: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, stats: dict | None = None) -> dict:
+    """One optimiser step on ``loss``; the loss and ``stats`` for the history."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return {"loss": float(loss.detach()), **(stats or {})}
+
+
 def _mean_stats(history: list[dict]) -> dict:
-    return {k: float(np.mean([h[k] for h in history])) for k in history[0]} if history else {}
+    """Means over the last fifth of the steps: where the round ended, not where it began."""
+    tail = history[-max(1, len(history) // 5):]
+    return {k: float(np.mean([h[k] for h in tail])) for k in tail[0]} if tail else {}
 
 
 def dpo_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
@@ -211,11 +221,8 @@ def dpo_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
         logits = policy.logits(ctx.pool, uniq)[torch.from_numpy(inv)]
         loss, stats = dpo_loss(logits, ctx.ref_logits[d.record[b]], chosen[b], rejected[b],
                                beta=cfg.beta, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append({"loss": float(loss.detach()), **stats})
-    return _mean_stats(history[-max(1, len(history) // 5):])
+        history.append(_step(opt, loss, stats))
+    return _mean_stats(history)
 
 
 def pg_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
@@ -253,15 +260,10 @@ def pg_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
                 steps.append((pl + cfg.kl_coef * kl, {**stats, "kl": float(kl.detach()),
                                                       "reward": float(rewards.mean())}))
                 if e + 1 < cfg.ppo_epochs:
-                    opt.zero_grad()
-                    steps[-1][0].backward()
-                    opt.step()
+                    _step(opt, steps[-1][0])
             loss, stats = steps[-1]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append({"loss": float(loss.detach()), **stats})
-    return _mean_stats(history[-max(1, len(history) // 5):])
+        history.append(_step(opt, loss, stats))
+    return _mean_stats(history)
 
 
 def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
@@ -283,11 +285,8 @@ def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
         logits = policy.logits(ctx.pool, uniq)[torch.from_numpy(inv)]
         loss = F.binary_cross_entropy_with_logits(logits, targets[b], weight=mask[b],
                                                   reduction="sum") / mask[b].sum().clamp(min=1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append({"loss": float(loss.detach())})
-    return _mean_stats(history[-max(1, len(history) // 5):])
+        history.append(_step(opt, loss))
+    return _mean_stats(history)
 
 
 REFINERS = {"dpo": dpo_refine, "pg": pg_refine, "bce": bce_refine}
