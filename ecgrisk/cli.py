@@ -39,6 +39,7 @@ def _inspect(args) -> int:
     import numpy as np
 
     from ecgrisk.io import ECGReadError, read_ecg
+    from ecgrisk.scoring.quality import quality_flags
 
     status = 0
     for path in args.files:
@@ -55,8 +56,9 @@ def _inspect(args) -> int:
             "leads_present": [lead for lead, m in zip(ecg.leads, ecg.lead_mask, strict=True) if m],
             "amplitude_mV": {"min": float(sig.min()), "max": float(sig.max()),
                              "std_per_lead": [round(float(s), 4) for s in sig.std(axis=1)]},
-            "flat_leads": [lead for lead, s, m in zip(ecg.leads, sig.std(axis=1), ecg.lead_mask, strict=True)
-                           if m and s < 1e-3],
+            # the same checks scoring flags records with
+            "quality": {k: v for k, v in quality_flags(sig, ecg.fs, ecg.lead_mask, ecg.fs).items()
+                        if k in ("quality", "flat_leads", "saturated_leads", "noisy_leads")},
             "meta": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ecg.meta.items()},
         }
         print(json.dumps(summary, indent=1, default=str))

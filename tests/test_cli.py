@@ -15,6 +15,7 @@ def test_inspect_prints_what_ecgrisk_reads_and_plots(ptbxl_root, tmp_path, capsy
     out = capsys.readouterr().out
     summary = json.loads(out[: out.rindex("}") + 1])
     assert summary["fs"] == 100 and summary["samples"] == 1000 and len(summary["leads_present"]) == 12
+    assert summary["quality"]["quality"] == "ok"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
