@@ -94,38 +94,50 @@ def train(cfg: DictConfig) -> dict:
     per_rank = trainer.strategy.all_gather(samples).reshape(-1).tolist() if trainer.world_size > 1 else [samples.item()]
 
     best = ckpt.best_model_path or None
+    has_test = len(dm.split["test"][0]) > 0
+    if not has_test:
+        log.warning("the test fold %s is absent from %s: reporting validation (fold %s) figures only",
+                    dm.folds["test"], cfg.data.root, dm.folds["val"])
     t1 = time.perf_counter()
     trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
-    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    if has_test:
+        trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     eval_s = time.perf_counter() - t1
     if not trainer.is_global_zero:
         return {}
 
-    val, test = module.eval_result["val"], module.eval_result["test"]
+    val = module.eval_result["val"]
     temps, bias = (fit_calibration(val["logits"], val["labels"]) if cfg.calibrate
                    else (np.ones(len(classes)), np.zeros(len(classes))))
     # ranking metrics and F-max on the model's own probabilities, as the benchmark reports them
     # (F-max compares labels across a record, so calibration would change it); validation
     # metrics stay uncalibrated because the calibration was fitted there
-    metrics = evaluate(val["labels"], expit(val["logits"]), prefix="val/", classes=classes)
-    metrics.update(evaluate(test["labels"], expit(test["logits"]), prefix="test/", classes=classes,
-                            bootstrap=cfg.bootstrap, seed=cfg.seed))
-    test_prob = apply_temperature(test["logits"], temps, bias)
-    calibrated = evaluate(test["labels"], test_prob, prefix="test/", classes=classes)
-    for k in ("brier", "ece", "nll"):  # the probabilities the bundle reports are the calibrated ones
-        metrics[f"test/{k}_uncalibrated"] = metrics[f"test/{k}"]
-        metrics[f"test/{k}"] = calibrated[f"test/{k}"]
+    metrics = evaluate(val["labels"], expit(val["logits"]), prefix="val/", classes=classes,
+                       bootstrap=cfg.bootstrap, seed=cfg.seed)
+    metrics.update({"train/records": int(len(dm.split["train"][0])),
+                    "val/records": int(len(val["labels"])), "test/records": 0})
+    _write_predictions(out / "predictions" / "val.csv", _seen_ids(dm, "val", val), classes,
+                       val["labels"], apply_temperature(val["logits"], temps, bias))
+    if has_test:
+        test = module.eval_result["test"]
+        metrics.update(evaluate(test["labels"], expit(test["logits"]), prefix="test/", classes=classes,
+                                bootstrap=cfg.bootstrap, seed=cfg.seed))
+        test_prob = apply_temperature(test["logits"], temps, bias)
+        calibrated = evaluate(test["labels"], test_prob, prefix="test/", classes=classes)
+        for k in ("brier", "ece", "nll"):  # the probabilities the bundle reports are the calibrated ones
+            metrics[f"test/{k}_uncalibrated"] = metrics[f"test/{k}"]
+            metrics[f"test/{k}"] = calibrated[f"test/{k}"]
+        metrics.update({"test/records": int(len(test["labels"])), "test/windows": test["windows"]})
+        _write_predictions(out / "predictions" / "test.csv", _seen_ids(dm, "test", test), classes,
+                           test["labels"], test_prob)
     metrics.update({
-        "train/records": int(len(dm.split["train"][0])), "val/records": int(len(val["labels"])),
-        "test/records": int(len(test["labels"])), "test/windows": test["windows"],
         "train/epochs": int(trainer.current_epoch), "train/best_checkpoint": str(best or ""),
         "train/wall_s": fit_s, "train/samples_per_s": sum(per_rank) / max(fit_s, 1e-9),
         "train/samples_per_rank": per_rank, "eval/wall_s": eval_s,
-        "eval/windows_per_s": (val["windows"] + test["windows"]) / max(eval_s, 1e-9),
+        "eval/windows_per_s": sum(module.eval_result[s]["windows"] for s in module.eval_result)
+                              / max(eval_s, 1e-9),
         "world_size": trainer.world_size, "classes": classes,
     })
-    test_ids = [r for r, seen in zip(dm.record_ids("test"), test["seen"], strict=True) if seen]
-    _write_predictions(out / "predictions" / "test.csv", test_ids, classes, test["labels"], test_prob)
     # trainer.test(ckpt_path=best) restored the best epoch's weights into the module
     bundle = Bundle(model=module.model.cpu().eval(), classes=classes, preprocessing=dm.prep,
                     scaler=dm.scaler, temperature=temps, bias=bias, window_s=cfg.data.window_s,
@@ -137,6 +149,10 @@ def train(cfg: DictConfig) -> dict:
     plot_curves(out)
     _print_table(metrics, classes, out)
     return metrics
+
+
+def _seen_ids(dm: ECGDataModule, split: str, result: dict) -> list[str]:
+    return [r for r, seen in zip(dm.record_ids(split), result["seen"], strict=True) if seen]
 
 
 def _write_predictions(path: Path, ids, classes, labels, probs) -> None:
@@ -155,16 +171,20 @@ def _print_table(m: dict, classes: list[str], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"test fold: {m['test/records']} records")
+    split = "test" if m["test/records"] else "val"
+    title = (f"test fold: {m['test/records']} records" if split == "test" else
+             f"validation fold: {m['val/records']} records (the test fold is absent; calibration "
+             f"was fitted on this fold, so Brier/ECE here are uncalibrated)")
+    t = Table(title=title)
     for col in ("metric", "value", "90% CI"):
         t.add_column(col)
-    ci = (f"{m['test/macro_auroc/lower']:.3f}-{m['test/macro_auroc/upper']:.3f}"
-          if "test/macro_auroc/lower" in m else "")
-    t.add_row("macro AUROC", f"{m['test/macro_auroc']:.3f}", ci)
+    ci = (f"{m[f'{split}/macro_auroc/lower']:.3f}-{m[f'{split}/macro_auroc/upper']:.3f}"
+          if f"{split}/macro_auroc/lower" in m else "")
+    t.add_row("macro AUROC", f"{m[f'{split}/macro_auroc']:.3f}", ci)
     for k in ("macro_auprc", "fmax", "brier", "ece"):
-        t.add_row(k, f"{m[f'test/{k}']:.3f}", "")
+        t.add_row(k, f"{m[f'{split}/{k}']:.3f}", "")
     for c in classes:
-        v = m.get(f"test/auroc/{c}")
+        v = m.get(f"{split}/auroc/{c}")
         t.add_row(f"AUROC {c}", "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}", "")
     Console().print(t)
     Console().print(f"run directory: {out}")

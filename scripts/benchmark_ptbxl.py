@@ -22,11 +22,13 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from ecgrisk.atomic import atomic_write_text
 from ecgrisk.config import compose
 from ecgrisk.finetune import train
 from ecgrisk.models import create_encoder, list_encoders
@@ -63,26 +65,63 @@ def throughput(name: str, batch: int = 64, samples: int = 250, reps: int = 3) ->
     return out
 
 
+PUBLISHED_VAL = {("xresnet1d101", "all"): 0.928081}  # ptbxl-benchmark-peer/val_results_xresnet1d101.csv
+KEEP = ("macro_auroc", "macro_auroc/lower", "macro_auroc/upper", "fmax", "macro_auprc", "brier", "ece",
+        "auroc_skipped_classes", "n_classes")
+
+
 def run(model: str, task: str, args, out_root: Path) -> dict:
-    lr = 1e-3 if model in TRANSFORMERS else 1e-2
-    overrides = [f"data.root={args.root}", f"data.task={task}", f"model={model}",
-                 f"trainer.max_epochs={args.epochs}", f"finetune.lr={lr}",
-                 "early_stopping_patience=null",  # the recipe runs the whole one-cycle schedule
-                 f"trainer.accelerator={args.accelerator}", "trainer.enable_progress_bar=false",
-                 f"output_dir={out_root / f'{model}-{task}'}", f"seed={args.seed}",
-                 f"data.num_workers={args.num_workers}"]
-    if args.max_minutes:
-        overrides.append(f"+trainer.max_time=00:00:{int(args.max_minutes):02d}:00")
-    t0 = time.perf_counter()
-    m = train(compose("finetune", overrides))
-    keep = ["test/macro_auroc", "test/macro_auroc/lower", "test/macro_auroc/upper", "test/fmax",
-            "test/macro_auprc", "test/brier", "test/ece", "val/macro_auroc", "train/epochs",
-            "train/records", "test/records", "train/wall_s", "train/samples_per_s",
-            "test/auroc_skipped_classes", "test/n_classes"]
-    row = {k: m[k] for k in keep if k in m}
-    row.update(model=model, task=task, lr=lr, total_wall_s=time.perf_counter() - t0,
-               run_dir=str(out_root / f"{model}-{task}"))
+    """One protocol run; a finished run is read back, an interrupted one resumes from last.ckpt."""
+    run_path = out_root / f"{model}-{task}"
+    done = run_path / "metrics.json"
+    if done.is_file() and not args.rerun:
+        m = json.loads(done.read_text())
+        print(f"{model}-{task}: finished earlier, read from {done}")
+        wall = m.get("train/wall_s", float("nan")) + m.get("eval/wall_s", 0.0)
+    else:
+        lr = 1e-3 if model in TRANSFORMERS else 1e-2
+        overrides = [f"data.root={args.root}", f"data.task={task}", f"model={model}",
+                     f"trainer.max_epochs={args.epochs}", f"finetune.lr={lr}",
+                     "early_stopping_patience=null",  # the recipe runs the whole one-cycle schedule
+                     f"trainer.accelerator={args.accelerator}", "trainer.enable_progress_bar=false",
+                     f"trainer.precision={args.precision}",
+                     f"trainer.check_val_every_n_epoch={args.val_every}",
+                     f"output_dir={run_path}", f"seed={args.seed}", f"data.num_workers={args.num_workers}"]
+        last = run_path / "checkpoints" / "last.ckpt"
+        if last.is_file() and not args.rerun:
+            overrides.append(f"resume={last}")
+            print(f"{model}-{task}: resuming from {last}")
+        if args.max_minutes:
+            overrides.append(f"+trainer.max_time=00:00:{int(args.max_minutes):02d}:00")
+        t0 = time.perf_counter()
+        m = train(compose("finetune", overrides))
+        wall = time.perf_counter() - t0
+    # fold 9 when the test fold is absent (the withheld-test copy): say which one the row is
+    split = "test" if m.get("test/records") else "val"
+    row = {k: m.get(f"{split}/{k}") for k in KEEP}
+    row.update(model=model, task=task, split=split, records=m[f"{split}/records"],
+               train_records=m["train/records"], val_macro_auroc=m["val/macro_auroc"],
+               epochs=m["train/epochs"], train_wall_s=m["train/wall_s"],
+               samples_per_s=m["train/samples_per_s"], total_wall_s=wall,
+               precision=args.precision, run_dir=str(run_path),
+               published_val=PUBLISHED_VAL.get((model, task)))
     return row
+
+
+def _table(rows: list[dict], header: str) -> str:
+    md = [header, "",
+          "| task | model | scored on | macro AUROC (90% CI) | published val | classes scored | F-max | "
+          "epochs | train/scored records | train wall min | train samples/s |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = f"{r['macro_auroc']:.4f} ({r['macro_auroc/lower']:.4f}-{r['macro_auroc/upper']:.4f})"
+        fold = "fold 10 (test)" if r["split"] == "test" else "fold 9 (val)"
+        pub = f"{r['published_val']:.4f}" if r["published_val"] else "-"
+        scored = f"{r['n_classes'] - r['auroc_skipped_classes']}/{r['n_classes']}"
+        md.append(f"| {r['task']} | {r['model']} | {fold} | {ci} | {pub} | {scored} | {r['fmax']:.3f} | "
+                  f"{r['epochs']} | {r['train_records']}/{r['records']} | {r['train_wall_s'] / 60:.1f} | "
+                  f"{r['samples_per_s']:.0f} |")
+    return "\n".join(md) + "\n"
 
 
 def main() -> None:
@@ -92,13 +131,17 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=["xresnet1d50", "vit1d"])
     p.add_argument("--tasks", nargs="+", default=["superdiagnostic", "all"])
     p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--precision", default="bf16-mixed", help="Lightning precision (results/train_speed.md)")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (the best of those is kept)")
     p.add_argument("--max-minutes", type=int, default=0, help="per-run wall-clock cap (0: none)")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rerun", action="store_true", help="train again even where a run finished or left a checkpoint")
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--runs-dir", default="runs/benchmark_ptbxl")
     p.add_argument("--out", default="results")
+    p.add_argument("--name", default="benchmark_ptbxl", help="results/<name>.{json,md}")
     args = p.parse_args()
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -108,35 +151,33 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_throughput:
         tp = {name: throughput(name) for name in list_encoders()}
-        (out / "encoder_throughput.json").write_text(json.dumps({"started": started, "machine": machine,
-                                                                  "encoders": tp}, indent=1))
+        atomic_write_text(out / "encoder_throughput.json",
+                          json.dumps({"started": started, "machine": machine, "encoders": tp}, indent=1))
         md = [f"Encoder throughput at default size on {machine} (batch 64 of 2.5 s crops at 100 Hz, "
               f"median of 3; started {started}):", "",
               "| encoder | params | train samples/s | inference samples/s |", "|---|---|---|---|"]
         md += [f"| {n} | {t['params']:,} | {t['train_samples_per_s']:.0f} | {t['infer_samples_per_s']:.0f} |"
                for n, t in tp.items()]
-        (out / "encoder_throughput.md").write_text("\n".join(md) + "\n")
+        atomic_write_text(out / "encoder_throughput.md", "\n".join(md) + "\n")
         print("\n".join(md))
     if not args.models:
         return
-    rows = [run(m, t, args, Path(args.runs_dir)) for t in args.tasks for m in args.models]
-    budget = f"{args.epochs} epochs per run, best epoch on validation" + (f", {args.max_minutes} min cap" if args.max_minutes else "")
-    result = {"started": started, "root": str(args.root), "accelerator": args.accelerator,
-              "machine": machine, "budget": budget, "runs": rows}
-    (out / "benchmark_ptbxl.json").write_text(json.dumps(result, indent=1))
-    md = [f"PTB-XL benchmark protocol on `{args.root}` ({machine}; {budget}; {args.accelerator}). "
-          f"Started {started}.", "",
-          "| task | model | test macro AUROC (90% CI) | classes scored | F-max | val AUROC | epochs run | train/test records | wall s | train samples/s |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ci = (f"{r['test/macro_auroc']:.3f} ({r.get('test/macro_auroc/lower', float('nan')):.3f}-"
-              f"{r.get('test/macro_auroc/upper', float('nan')):.3f})")
-        scored = f"{r['test/n_classes'] - r['test/auroc_skipped_classes']}/{r['test/n_classes']}"
-        md.append(f"| {r['task']} | {r['model']} | {ci} | {scored} | {r['test/fmax']:.3f} | "
-                  f"{r['val/macro_auroc']:.3f} | {r['train/epochs']} | {r['train/records']}/{r['test/records']} | "
-                  f"{r['total_wall_s']:.0f} | {r['train/samples_per_s']:.0f} |")
-    (out / "benchmark_ptbxl.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    budget = (f"{args.epochs} epochs per run, {args.precision}, validation every {args.val_every} epoch(s), "
+              f"best validated epoch kept") + (f", {args.max_minutes} min cap" if args.max_minutes else "")
+    header = (f"PTB-XL benchmark protocol on `{args.root}` ({machine}; {budget}; {args.accelerator}). "
+              f"Started {started}. Command: `python scripts/benchmark_ptbxl.py {' '.join(sys.argv[1:])}`. "
+              f"Where the test fold is absent the row is scored on fold 9, the fold the best epoch and the "
+              f"calibration were chosen on.")
+    rows = []
+    for t in args.tasks:
+        for m in args.models:
+            rows.append(run(m, t, args, Path(args.runs_dir)))
+            # written after every run, so a long sweep that is stopped keeps what finished
+            result = {"started": started, "root": str(args.root), "accelerator": args.accelerator,
+                      "machine": machine, "budget": budget, "command": sys.argv, "runs": rows}
+            atomic_write_text(out / f"{args.name}.json", json.dumps(result, indent=1))
+            atomic_write_text(out / f"{args.name}.md", _table(rows, header))
+    print(_table(rows, header))
 
 
 if __name__ == "__main__":
