@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--plot", default=None, help="write a 12-lead PNG")
     i.set_defaults(func=_inspect)
 
-    from ecgrisk.preference.cli import add_parsers as add_feedback_parsers
+    from ecgrisk.feedback.cli import add_parsers as add_feedback_parsers
     from ecgrisk.review.cli import add_parsers as add_review_parsers
     from ecgrisk.scoring.cli import add_parsers as add_scoring_parsers
 

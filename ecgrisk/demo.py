@@ -54,9 +54,9 @@ def main() -> None:
     root, data_overrides, what = find_data()
     out = Path("runs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
 
-    from ecgrisk.finetune import train as finetune
-    from ecgrisk.pretrain import train as pretrain
-    from ecgrisk.refine import refine
+    from ecgrisk.finetune.app import train as finetune
+    from ecgrisk.pretrain.app import train as pretrain
+    from ecgrisk.refine.app import refine
 
     console.rule("1/4 self-supervised pretraining (labels ignored, test fold excluded)")
     pre = pretrain(compose("pretrain", data_overrides + PRETRAIN + [f"output_dir={out / 'pretrain'}"]))

@@ -96,7 +96,7 @@ def common_overrides(args, root: Path) -> list[str]:
 
 def pretrain(args, root: Path, runs: Path, objective: str) -> dict:
     from ecgrisk.config import compose
-    from ecgrisk.pretrain import train
+    from ecgrisk.pretrain.app import train
 
     out = runs / f"pretrain-{objective}"
     o = [*common_overrides(args, root), f"ssl={objective}", f"seed={args.seeds[0]}",
@@ -112,7 +112,7 @@ def pretrain(args, root: Path, runs: Path, objective: str) -> dict:
 def finetune(args, root: Path, out: Path, init: str, encoder: str | None, mode: str,
              fraction: float, seed: int) -> dict:
     from ecgrisk.config import compose
-    from ecgrisk.finetune import train
+    from ecgrisk.finetune.app import train
 
     o = [*common_overrides(args, root), "data.task=superdiagnostic", f"finetune.mode={mode}", f"data.label_fraction={fraction}",
          f"seed={seed}", f"trainer.max_epochs={args.finetune_epochs}", f"bootstrap={args.bootstrap}",

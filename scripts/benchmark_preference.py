@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fine_tune_base(args: argparse.Namespace, work: Path) -> Path:
     from ecgrisk.config import compose
-    from ecgrisk.finetune import train
+    from ecgrisk.finetune.app import train
 
     out = work / "base"
     train(compose("finetune", [
@@ -86,7 +86,7 @@ def scores(y: np.ndarray, probs: np.ndarray, base: np.ndarray, truth: np.ndarray
            ) -> dict:
     """Test-fold metrics of one model, with CIs over shared bootstrap resamples."""
     from ecgrisk.metrics import bootstrap_ci, brier, ece, macro_auroc
-    from ecgrisk.preference.policy import statement_agreement
+    from ecgrisk.refine.policy import statement_agreement
 
     def auroc(a, b):
         return macro_auroc(a, b, skip_degenerate=True)
@@ -108,10 +108,10 @@ def scores(y: np.ndarray, probs: np.ndarray, base: np.ndarray, truth: np.ndarray
 
 def run_arm(name: str, seed: int, args, bundle, sets, work: Path) -> list[dict]:
     from ecgrisk.config import compose
-    from ecgrisk.preference.loop import make_feedback, run_loop
-    from ecgrisk.preference.simulated import SimulatedCardiologist
-    from ecgrisk.preference.store import FeedbackStore
-    from ecgrisk.refine import REFINERS
+    from ecgrisk.feedback.simulated import SimulatedCardiologist
+    from ecgrisk.feedback.store import FeedbackStore
+    from ecgrisk.refine.loop import make_feedback, run_loop
+    from ecgrisk.refine.refiners import REFINERS
 
     cfg = compose("refine", [f"base={args.base}", f"seed={seed}", f"feedback.seed={seed}",
                              f"feedback.noise={args.noise}", f"rounds={args.rounds}",
@@ -211,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ecgrisk.bundle import Bundle
     from ecgrisk.config import compose
-    from ecgrisk.finetune import build_datamodule
-    from ecgrisk.refine import data_for_bundle, prepare_sets
+    from ecgrisk.data.datamodule import build_datamodule
+    from ecgrisk.refine.app import data_for_bundle
+    from ecgrisk.refine.windows import prepare_sets
 
     t0 = time.perf_counter()
     work, out = Path(args.work), Path(args.out)

@@ -30,7 +30,7 @@ import torch
 
 from ecgrisk.atomic import atomic_write_text
 from ecgrisk.config import compose
-from ecgrisk.finetune import train
+from ecgrisk.finetune.app import train
 from ecgrisk.models import create_encoder, list_encoders
 from ecgrisk.paths import shared_data
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from ecgrisk.preference.cli import add_parsers
-from ecgrisk.preference.feedback import Preference, Verdict, read_feedback_file
+from ecgrisk.feedback.cli import add_parsers
+from ecgrisk.feedback.records import Preference, Verdict, read_feedback_file
 
 CLASSES = "NORM,MI,STTC"
 

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from ecgrisk.preference.agreement import cohen_kappa
-from ecgrisk.preference.feedback import FeedbackError, Preference, Verdict
-from ecgrisk.preference.store import (
+from ecgrisk.feedback.agreement import cohen_kappa
+from ecgrisk.feedback.records import FeedbackError, Preference, Verdict
+from ecgrisk.feedback.store import (
     SCHEMA_VERSION,
     FeedbackImportError,
     FeedbackStore,

@@ -10,7 +10,7 @@ import torch
 
 from ecgrisk.bundle import Bundle, BundleError
 from ecgrisk.config import compose
-from ecgrisk.finetune import train
+from ecgrisk.finetune.app import train
 
 SMALL_MODEL = ["model=xresnet1d18", "model.kwargs.base_channels=8"]
 TINY = ["data.batch_size=32",
@@ -97,7 +97,7 @@ class _Interrupt(L.Callback):
 
 
 def test_resume_continues_from_checkpoint(tmp_path, ptbxl_root, monkeypatch):
-    import ecgrisk.finetune as ft
+    import ecgrisk.finetune.app as ft
 
     make = ft.make_trainer
     monkeypatch.setattr(ft, "make_trainer", lambda cfg, out, cbs: make(cfg, out, cbs + [_Interrupt()]))
@@ -125,8 +125,8 @@ def test_override_changes_what_runs(tmp_path, ptbxl_root):
 
 
 def test_linear_probe_keeps_encoder_frozen(tmp_path, ptbxl_root):
-    from ecgrisk.finetune import build_classifier
-    from ecgrisk.lit_classifier import ClassifierModule
+    from ecgrisk.finetune.app import build_classifier
+    from ecgrisk.finetune.module import ClassifierModule
 
     cfg = _cfg(tmp_path, ptbxl_root)
     module = ClassifierModule(build_classifier(cfg.model, 5), mode="linear")
@@ -176,8 +176,8 @@ def test_tensorboard_and_mlflow_loggers_by_config(tmp_path, ptbxl_root, logger, 
 
 
 def test_partial_blocks_out_of_range_is_refused(tmp_path, ptbxl_root):
-    from ecgrisk.finetune import build_classifier
-    from ecgrisk.lit_classifier import ClassifierModule
+    from ecgrisk.finetune.app import build_classifier
+    from ecgrisk.finetune.module import ClassifierModule
 
     cfg = _cfg(tmp_path, ptbxl_root)
     for n in (0, 99):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ecgrisk.preference.acquisition import sample_readings, select, threshold_reading
-from ecgrisk.preference.feedback import Verdict
-from ecgrisk.preference.losses import (
+from ecgrisk.feedback.acquisition import sample_readings, select, threshold_reading
+from ecgrisk.feedback.records import Verdict
+from ecgrisk.feedback.simulated import SimulatedCardiologist
+from ecgrisk.refine.losses import (
     bernoulli_kl,
     bernoulli_logprob,
     bradley_terry_loss,
@@ -19,14 +20,13 @@ from ecgrisk.preference.losses import (
     ppo_clip_loss,
     rloo_pg_loss,
 )
-from ecgrisk.preference.reward import (
+from ecgrisk.refine.reward import (
     RewardModel,
     RewardPairs,
     pair_accuracy,
     train_reward_model,
     verdict_to_pairs,
 )
-from ecgrisk.preference.simulated import SimulatedCardiologist
 
 LN3 = math.log(3.0)
 CLASSES = ["NORM", "MI", "STTC", "CD"]

@@ -11,8 +11,8 @@ import wfdb
 
 from ecgrisk.bundle import BundleError, load_encoder
 from ecgrisk.config import compose
-from ecgrisk.finetune import build_classifier
-from ecgrisk.pretrain import build_sources, train
+from ecgrisk.finetune.app import build_classifier
+from ecgrisk.pretrain.app import build_sources, train
 
 TINY = ["model=xresnet1d18", "model.kwargs.base_channels=8", "data.batch_size=32",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
@@ -142,7 +142,7 @@ def test_bad_config_is_named(tmp_path, ptbxl_root, cache):
 
 
 def test_module_entry_point_composes_the_config(monkeypatch, capsys):
-    import ecgrisk.pretrain as app
+    import ecgrisk.pretrain.app as app
 
     monkeypatch.setattr(sys, "argv", ["ecgrisk-pretrain", "ssl=contrastive", "model=vit1d", "--cfg", "job"])
     app.main()  # what `python -m ecgrisk.pretrain` and the console script run
@@ -158,7 +158,7 @@ class _StopAfterTwoEpochs(L.Callback):
 
 
 def test_resumed_pretraining_keeps_its_history(tmp_path, ptbxl_root, cache, monkeypatch):
-    import ecgrisk.pretrain as pt
+    import ecgrisk.pretrain.app as pt
 
     make = pt.make_trainer
     monkeypatch.setattr(pt, "make_trainer",

@@ -11,18 +11,20 @@ import torch
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.config import compose
+from ecgrisk.feedback.records import Verdict
+from ecgrisk.feedback.store import FeedbackStore
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
-from ecgrisk.preference.feedback import Verdict
-from ecgrisk.preference.loop import FeedbackData, RoundContext, candidate_readings, logprob_margin
-from ecgrisk.preference.policy import (
+from ecgrisk.refine.app import refine
+from ecgrisk.refine.loop import FeedbackData, RoundContext, candidate_readings, logprob_margin
+from ecgrisk.refine.policy import (
     BernoulliPolicy,
     evaluate_policy,
     guard_accepts,
     guarded_update,
 )
-from ecgrisk.preference.store import FeedbackStore
-from ecgrisk.refine import WindowSet, dpo_refine, prepare_sets, refine
+from ecgrisk.refine.refiners import dpo_refine
+from ecgrisk.refine.windows import WindowSet, prepare_sets
 
 CLASSES = ["CD", "HYP", "MI", "NORM", "STTC"]
 
@@ -30,7 +32,7 @@ CLASSES = ["CD", "HYP", "MI", "NORM", "STTC"]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, ptbxl_root):
     """A 1-epoch tiny fine-tune on the shared subset: (tmp dir, model.pt path)."""
-    from ecgrisk.finetune import train
+    from ecgrisk.finetune.app import train
 
     tmp = tmp_path_factory.mktemp("refine")
     train(compose("finetune", [
@@ -122,8 +124,8 @@ def test_dpo_increases_the_log_prob_margin_of_chosen_over_rejected():
 
 @pytest.fixture(scope="module")
 def prepared(base, ptbxl_root):
-    from ecgrisk.finetune import build_datamodule
-    from ecgrisk.refine import data_for_bundle
+    from ecgrisk.data.datamodule import build_datamodule
+    from ecgrisk.refine.app import data_for_bundle
 
     tmp, model = base
     bundle = Bundle.load(model)
@@ -155,7 +157,7 @@ def test_guard_rejects_a_worse_refinement_and_keeps_the_base(prepared):
 
 def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root, tmp_path,
                                                                 monkeypatch):
-    import ecgrisk.refine as rf
+    import ecgrisk.refine.refiners as rf
 
     def harmful(policy, ctx, cfg):
         with torch.no_grad():
@@ -175,7 +177,7 @@ def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root
 
 
 def test_command_line_round_writes_the_run_directory(base, ptbxl_root, tmp_path, monkeypatch):
-    from ecgrisk.refine import main
+    from ecgrisk.refine.app import main
 
     tmp, model = base
     out = tmp_path / "run"

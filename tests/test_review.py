@@ -24,10 +24,10 @@ with warnings.catch_warnings():  # starlette >= 1.x nudges towards httpx2; httpx
     from starlette.testclient import TestClient  # noqa: E402
 
 from ecgrisk.bundle import Bundle  # noqa: E402
+from ecgrisk.feedback import FeedbackStore, select  # noqa: E402
 from ecgrisk.io import read_ecg  # noqa: E402
 from ecgrisk.models import create_encoder  # noqa: E402
 from ecgrisk.models.classifier import ECGClassifier  # noqa: E402
-from ecgrisk.preference import FeedbackStore, select  # noqa: E402
 from ecgrisk.preprocess import Preprocessing, Scaler  # noqa: E402
 from ecgrisk.review import auth  # noqa: E402
 from ecgrisk.review.app import create_app  # noqa: E402

@@ -36,9 +36,9 @@ from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from ecgrisk.bundle import Bundle  # noqa: E402
+from ecgrisk.feedback import FeedbackStore  # noqa: E402
 from ecgrisk.models import create_encoder  # noqa: E402
 from ecgrisk.models.classifier import ECGClassifier  # noqa: E402
-from ecgrisk.preference import FeedbackStore  # noqa: E402
 from ecgrisk.preprocess import Preprocessing, Scaler  # noqa: E402
 from ecgrisk.review import auth  # noqa: E402
 from ecgrisk.review.app import create_app  # noqa: E402

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ecgrisk.models import create_encoder
-from ecgrisk.ssl import ContrastiveModel, MaskedAutoencoder, MaskedSignalModel, build_objective
-from ecgrisk.ssl import augment as A
-from ecgrisk.ssl.contrastive import nt_xent
-from ecgrisk.ssl.masked import n_masked
+from ecgrisk.pretrain import augment as A
+from ecgrisk.pretrain.contrastive import ContrastiveModel, nt_xent
+from ecgrisk.pretrain.masked import MaskedAutoencoder, MaskedSignalModel, n_masked
+from ecgrisk.pretrain.objectives import build_objective
 
 torch.set_num_threads(1)
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.cache import ECGCache, get_or_build
+from ecgrisk.data.sources import load_source
 from ecgrisk.data.splits import (
     TEST_FOLDS,
     TRAIN_FOLDS,
@@ -123,3 +125,15 @@ class ECGDataModule(L.LightningDataModule):
     def _loader(self, ds, shuffle: bool, drop_last: bool = False) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+
+def build_datamodule(data: DictConfig, seed: int, scaler: Scaler | None = None,
+                     progress: bool = True) -> ECGDataModule:
+    """The labelled DataModule a ``data`` config node (``conf/data/*.yaml``) describes."""
+    node = OmegaConf.to_container(data, resolve=True)
+    return ECGDataModule(
+        load_source(**node), cache_dir=data.cache_dir,
+        preprocessing=Preprocessing.from_dict(node["preprocessing"]),
+        batch_size=data.batch_size, crop_s=data.crop_s, window_s=data.window_s, stride_s=data.stride_s,
+        num_workers=data.num_workers, label_fraction=data.label_fraction, seed=seed,
+        cache_workers=data.cache_workers, scaler=scaler, progress=progress)

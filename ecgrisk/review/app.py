@@ -39,9 +39,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from ecgrisk.feedback.records import FeedbackError, Preference, Verdict, positives
+from ecgrisk.feedback.store import FeedbackStore
 from ecgrisk.io import ECGReadError
-from ecgrisk.preference.feedback import FeedbackError, Preference, Verdict, positives
-from ecgrisk.preference.store import FeedbackStore
 from ecgrisk.review import auth
 from ecgrisk.review.queue import ReviewQueue
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ecgrisk.preference.acquisition import RULES, select
+from ecgrisk.feedback.acquisition import RULES, select
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecgrisk.bundle import Bundle
@@ -165,7 +165,7 @@ class ReviewQueue:
         bundle : the model whose readings are judged.
         data_dir : folder of ECG records (see :class:`~ecgrisk.data.folder.ECGFolder`).
         compare : a second bundle for comparison mode (same label list).
-        rule : acquisition rule (:data:`~ecgrisk.preference.acquisition.RULES`); default
+        rule : acquisition rule (:data:`~ecgrisk.feedback.acquisition.RULES`); default
             ``uncertainty``, or ``disagreement`` in comparison mode.
         size : at most this many ECGs (default: all readable records).
         seed : for the ``random`` rule.

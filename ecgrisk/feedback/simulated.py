@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgrisk.preference.feedback import Preference, Verdict, reading_vector
+from ecgrisk.feedback.records import Preference, Verdict, reading_vector
 
 
 class SimulatedCardiologist:

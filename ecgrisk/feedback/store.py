@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ecgrisk.atomic import atomic_path
-from ecgrisk.preference import agreement
-from ecgrisk.preference.feedback import (
+from ecgrisk.feedback import agreement
+from ecgrisk.feedback.records import (
     CSV_FIELDS,
     JSON_FIELDS,
     PREFERENCE_FIELDS,
@@ -421,7 +421,7 @@ class FeedbackStore:
         dict
             ``{"file", "verdicts": n, "preferences": n, "ids": [...],
             "duplicates": [...], "conflicts": [...]}``
-            (see :func:`~ecgrisk.preference.agreement.duplicates` and ``*_conflicts``).
+            (see :func:`~ecgrisk.feedback.agreement.duplicates` and ``*_conflicts``).
 
         Raises
         ------
@@ -463,7 +463,7 @@ class FeedbackStore:
         ----------
         classes
             The label list; it sets the statements over which verdicts are compared (see
-            :func:`~ecgrisk.preference.agreement.pairwise_kappa`).
+            :func:`~ecgrisk.feedback.agreement.pairwise_kappa`).
 
         Returns
         -------

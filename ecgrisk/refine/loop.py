@@ -1,6 +1,6 @@
 """The refinement loop: ask -> judge -> reward -> refine -> guard, round after round.
 
-The policy and the guard are in :mod:`ecgrisk.preference.policy`. With ``train="head"`` (the
+The policy and the guard are in :mod:`ecgrisk.refine.policy`. With ``train="head"`` (the
 default) a forward pass is the head on window embeddings computed once by the frozen base encoder
 (:class:`ecgrisk.refine.WindowSet`); ``train="all"`` runs the whole model on kept window
 inputs. The model stays in eval mode (no dropout, frozen BatchNorm statistics), so the policy
@@ -19,22 +19,24 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ecgrisk.atomic import atomic_write_text
-from ecgrisk.preference.acquisition import sample_readings, select, threshold_reading
-from ecgrisk.preference.feedback import Preference, Verdict
-from ecgrisk.preference.losses import bernoulli_logprob
-from ecgrisk.preference.policy import (
+from ecgrisk.feedback.acquisition import sample_readings, select, threshold_reading
+from ecgrisk.feedback.records import Preference, Verdict
+from ecgrisk.feedback.simulated import SimulatedCardiologist
+from ecgrisk.feedback.store import FeedbackStore
+from ecgrisk.refine.losses import bernoulli_logprob
+from ecgrisk.refine.policy import (
     BernoulliPolicy,
     evaluate_policy,
     guarded_update,
 )
-from ecgrisk.preference.reward import (
+from ecgrisk.refine.reward import (
     RewardModel,
     RewardPairs,
     pair_accuracy,
@@ -43,11 +45,7 @@ from ecgrisk.preference.reward import (
     verdict_targets,
     verdict_to_pairs,
 )
-from ecgrisk.preference.simulated import SimulatedCardiologist
-from ecgrisk.preference.store import FeedbackStore
-
-if TYPE_CHECKING:
-    from ecgrisk.refine import Sets, WindowSet
+from ecgrisk.refine.windows import Sets, WindowSet
 
 log = logging.getLogger(__name__)
 

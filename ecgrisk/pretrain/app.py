@@ -26,11 +26,11 @@ from ecgrisk.config import run_app
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.datamodule import ECGDataModule
 from ecgrisk.data.sources import load_source
-from ecgrisk.lit_pretrain import PretrainModule
 from ecgrisk.models import create_encoder
 from ecgrisk.preprocess import Preprocessing
+from ecgrisk.pretrain.module import PretrainModule
+from ecgrisk.pretrain.objectives import build_objective
 from ecgrisk.runs import make_trainer, plot_curves, run_dir, write_metrics
-from ecgrisk.ssl import build_objective
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _preprocessing(data: DictConfig) -> Preprocessing:
     return Preprocessing.from_dict(OmegaConf.to_container(data.preprocessing, resolve=True))
 
 
-def build_datamodule(cfg: DictConfig, progress: bool = True) -> ECGDataModule:
+def pretraining_datamodule(cfg: DictConfig, progress: bool = True) -> ECGDataModule:
     """Unlabeled crops of ``ssl.segment_s`` (else ``data.crop_s``) seconds from every source."""
     data = cfg.data
     segment = cfg.ssl.get("segment_s") or data.crop_s
@@ -76,7 +76,7 @@ def build_probe(cfg: DictConfig, scaler, progress: bool = True):
     if not cfg.probe.every_n_epochs:
         return None
     from ecgrisk.data.splits import TEST_FOLDS, TRAIN_FOLDS, VAL_FOLDS
-    from ecgrisk.ssl.probe import LinearProbe
+    from ecgrisk.pretrain.probe import LinearProbe
 
     if cfg.data.get("sources") and cfg.probe.get("data") is None:
         raise ValueError("probe.data is needed when data.sources pools several sources: "
@@ -115,7 +115,7 @@ def train(cfg: DictConfig) -> dict:
     out = run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     progress = bool(cfg.trainer.get("enable_progress_bar", True))
-    dm = build_datamodule(cfg, progress)
+    dm = pretraining_datamodule(cfg, progress)
     dm.setup()
     n_val = sum(len(i) for i in dm.split["val"])
     module = build_module(cfg)

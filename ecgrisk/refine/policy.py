@@ -4,26 +4,22 @@ The policy is the fine-tuned classifier read as independent Bernoulli outputs pe
 per-record logits are the window-aggregated logits divided by the bundle's per-statement
 temperatures, so its probabilities are the calibrated ones scoring reports, and a reading's
 log-probability and the KL to the frozen reference are closed form
-(:mod:`ecgrisk.preference.losses`).
+(:mod:`ecgrisk.refine.losses`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ecgrisk.data.windows import aggregate_windows
+from ecgrisk.feedback.acquisition import threshold_reading
 from ecgrisk.metrics import evaluate
-from ecgrisk.preference.acquisition import threshold_reading
-
-if TYPE_CHECKING:
-    from ecgrisk.refine import WindowSet
-
+from ecgrisk.refine.windows import WindowSet
 
 # --------------------------------------------------------------------------- the policy
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ecgrisk.preference.feedback import Preference, Verdict, reading_vector
-from ecgrisk.preference.losses import bradley_terry_loss
+from ecgrisk.feedback.records import Preference, Verdict, reading_vector
+from ecgrisk.refine.losses import bradley_terry_loss
 
 
 class RewardModel(nn.Module):
@@ -246,7 +246,7 @@ def train_reward_model(model: RewardModel, pairs: RewardPairs, epochs: int = 50,
     epochs, lr, batch_size, weight_decay
         Optimisation settings.
     margin
-        Passed to :func:`~ecgrisk.preference.losses.bradley_terry_loss`.
+        Passed to :func:`~ecgrisk.refine.losses.bradley_terry_loss`.
     seed
         Seeds the shuffling.
     val_pairs

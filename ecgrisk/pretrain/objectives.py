@@ -1,7 +1,7 @@
 """Self-supervised objectives on unlabeled ECGs: masked reconstruction and contrastive views.
 
 `build_objective` turns an ``ssl`` config node (``conf/ssl/*.yaml``) and an encoder into the
-objective module that `ecgrisk.lit_pretrain.PretrainModule` trains; every objective keeps the
+objective module that :class:`ecgrisk.pretrain.module.PretrainModule` trains; every objective keeps the
 encoder as ``.encoder`` and returns ``(loss, info)`` from ``forward(x [B, L, T], generator)``.
 """
 
@@ -11,12 +11,12 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from ecgrisk.ssl.augment import build_augment
-from ecgrisk.ssl.contrastive import ContrastiveModel, nt_xent
-from ecgrisk.ssl.masked import MaskedAutoencoder, MaskedSignalModel
+from ecgrisk.models.vit1d import ViT1d
+from ecgrisk.pretrain.augment import build_augment
+from ecgrisk.pretrain.contrastive import ContrastiveModel
+from ecgrisk.pretrain.masked import MaskedAutoencoder, MaskedSignalModel
 
-__all__ = ["OBJECTIVES", "ContrastiveModel", "MaskedAutoencoder", "MaskedSignalModel",
-           "build_augment", "build_objective", "nt_xent"]
+__all__ = ["OBJECTIVES", "build_objective"]
 
 OBJECTIVES = ("masked", "contrastive")
 
@@ -35,8 +35,6 @@ def build_objective(ssl: Mapping, encoder: nn.Module, fs: float = 100.0) -> nn.M
     encoder : Encoder
     fs : sampling rate the encoder sees, for settings given in seconds.
     """
-    from ecgrisk.models.vit1d import ViT1d
-
     name = ssl.get("name")
     if name == "masked":
         kind = ssl.get("kind", "auto")

@@ -1,7 +1,7 @@
 """Agreement between annotators: Cohen's kappa, per-statement agreement, conflicts, duplicates.
 
-Everything here works on lists of :class:`~ecgrisk.preference.feedback.Verdict` and
-:class:`~ecgrisk.preference.feedback.Preference` records, so the store's ``stats`` and the import
+Everything here works on lists of :class:`~ecgrisk.feedback.records.Verdict` and
+:class:`~ecgrisk.feedback.records.Preference` records, so the store's ``stats`` and the import
 summary share one definition of "agree", "conflict" and "duplicate".
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgrisk.preference.feedback import Preference, Verdict
+from ecgrisk.feedback.records import Preference, Verdict
 
 
 def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float:

@@ -68,7 +68,7 @@ def _classes(args: argparse.Namespace) -> list[str] | None:
 
 
 def _open(args: argparse.Namespace, must_exist: bool) -> Any:
-    from ecgrisk.preference.store import FeedbackStore
+    from ecgrisk.feedback.store import FeedbackStore
 
     if must_exist and "://" not in args.store and not Path(args.store).is_file():
         raise FileNotFoundError(f"{args.store}: no such feedback store")
@@ -77,7 +77,7 @@ def _open(args: argparse.Namespace, must_exist: bool) -> Any:
 
 def _import(args: argparse.Namespace) -> int:
     from ecgrisk.bundle import BundleError
-    from ecgrisk.preference.store import FeedbackImportError
+    from ecgrisk.feedback.store import FeedbackImportError
 
     try:
         classes = _classes(args)

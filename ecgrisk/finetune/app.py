@@ -25,27 +25,15 @@ from scipy.special import expit
 from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
 from ecgrisk.calibration import apply_temperature, fit_calibration
 from ecgrisk.config import run_app
-from ecgrisk.data.datamodule import ECGDataModule
-from ecgrisk.data.sources import load_source
-from ecgrisk.lit_classifier import ClassifierModule
+from ecgrisk.data.datamodule import ECGDataModule, build_datamodule
+from ecgrisk.finetune.module import ClassifierModule
 from ecgrisk.metrics import evaluate
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
-from ecgrisk.preprocess import Preprocessing, Scaler
+from ecgrisk.preprocess import Scaler
 from ecgrisk.runs import make_trainer, plot_curves, run_dir, write_metrics
 
 log = logging.getLogger(__name__)
-
-
-def build_datamodule(data: DictConfig, seed: int, scaler=None, progress: bool = True) -> ECGDataModule:
-    """The labelled DataModule a ``data`` config node describes."""
-    node = OmegaConf.to_container(data, resolve=True)
-    return ECGDataModule(
-        load_source(**node), cache_dir=data.cache_dir,
-        preprocessing=Preprocessing.from_dict(node["preprocessing"]),
-        batch_size=data.batch_size, crop_s=data.crop_s, window_s=data.window_s, stride_s=data.stride_s,
-        num_workers=data.num_workers, label_fraction=data.label_fraction, seed=seed,
-        cache_workers=data.cache_workers, scaler=scaler, progress=progress)
 
 
 def build_classifier(model_cfg: DictConfig, num_classes: int) -> ECGClassifier:

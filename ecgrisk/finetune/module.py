@@ -72,7 +72,7 @@ class ClassifierModule(L.LightningModule):
             m.eval()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        from ecgrisk.schedule import check_resumed_schedule
+        from ecgrisk.runs import check_resumed_schedule
 
         if self._trainer is not None:
             check_resumed_schedule(checkpoint, self.trainer)

@@ -1,6 +1,6 @@
 """The pretraining LightningModule: any self-supervised objective that returns ``(loss, info)``.
 
-The objective (``ecgrisk.ssl.masked`` or ``ecgrisk.ssl.contrastive``) owns the encoder as
+The objective (``ecgrisk.pretrain.masked`` or ``ecgrisk.pretrain.contrastive``) owns the encoder as
 ``objective.encoder``; this module owns the loop: AdamW with a one-cycle schedule, seeded
 masks and augmentations, per-epoch mean losses (``epoch_losses``) for ``metrics.json``.
 """
@@ -62,7 +62,7 @@ class PretrainModule(L.LightningModule):
                                  "generator": self._train_generator().get_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        from ecgrisk.schedule import check_resumed_schedule
+        from ecgrisk.runs import check_resumed_schedule
 
         if self._trainer is not None:
             check_resumed_schedule(checkpoint, self.trainer)

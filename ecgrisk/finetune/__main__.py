@@ -1,0 +1,5 @@
+"""``python -m ecgrisk.finetune``."""
+
+from ecgrisk.finetune.app import main
+
+main()

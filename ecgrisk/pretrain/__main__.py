@@ -1,0 +1,5 @@
+"""``python -m ecgrisk.pretrain``."""
+
+from ecgrisk.pretrain.app import main
+
+main()

@@ -1,0 +1,5 @@
+"""``python -m ecgrisk.refine``."""
+
+from ecgrisk.refine.app import main
+
+main()
