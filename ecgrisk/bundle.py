@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecgrisk.atomic import atomic_path
+from ecgrisk.files import atomic_path
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from ecgrisk.atomic import atomic_write_text
+from ecgrisk.files import atomic_write_text
 
 
 def run_dir(cfg: DictConfig) -> Path:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from ecgrisk.atomic import atomic_write_text
 from ecgrisk.config import compose
+from ecgrisk.files import atomic_write_text
 from ecgrisk.finetune.app import train
 from ecgrisk.models import create_encoder, list_encoders
 from ecgrisk.paths import shared_data

@@ -8,7 +8,6 @@ it, and is then moved into place with ``os.replace``: a file at its final path i
 from __future__ import annotations
 
 import csv
-import hashlib
 import http.client
 import logging
 import os
@@ -19,6 +18,7 @@ import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from ecgrisk.files import file_sha256
 from ecgrisk.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,6 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(DownloadError):
     """A downloaded file's SHA-256 differs from ``SHA256SUMS.txt``; the file was removed."""
-
-
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_checksums(path: str | Path) -> dict[str, str]:
@@ -77,7 +68,7 @@ class _Fetcher:
         if not dest.is_file():
             return False
         expected = self.sums.get(rel)
-        if expected is None or sha256(dest) == expected:
+        if expected is None or file_sha256(dest) == expected:
             return True
         log.warning("%s does not match %s; downloading it again", dest, CHECKSUMS)
         dest.unlink()
@@ -94,13 +85,13 @@ class _Fetcher:
         if resumed is None:
             return False
         expected = self.sums.get(rel)
-        if expected is not None and sha256(part) != expected:
+        if expected is not None and file_sha256(part) != expected:
             if resumed:
                 # the kept prefix may be what is wrong (a file changed since): retry from zero
                 log.warning("%s failed its checksum after resuming; downloading it afresh", rel)
                 part.unlink()
                 self._download(rel, part, optional)
-            got = sha256(part)
+            got = file_sha256(part)
             if got != expected:
                 part.unlink()
                 raise ChecksumError(

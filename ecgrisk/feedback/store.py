@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ecgrisk.atomic import atomic_path
 from ecgrisk.feedback import agreement
 from ecgrisk.feedback.records import (
     CSV_FIELDS,
@@ -35,6 +34,7 @@ from ecgrisk.feedback.records import (
     Verdict,
     read_feedback_file,
 )
+from ecgrisk.files import atomic_path
 
 __all__ = ["FeedbackImportError", "FeedbackStore", "MIGRATIONS", "SCHEMA_VERSION", "SchemaError",
            "migrate"]

@@ -26,6 +26,7 @@ from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
 from ecgrisk.calibration import apply_temperature, fit_calibration
 from ecgrisk.config import run_app
 from ecgrisk.data.datamodule import ECGDataModule, build_datamodule
+from ecgrisk.files import atomic_path
 from ecgrisk.finetune.module import ClassifierModule
 from ecgrisk.metrics import evaluate
 from ecgrisk.models import create_encoder
@@ -144,15 +145,13 @@ def _seen_ids(dm: ECGDataModule, split: str, result: dict) -> list[str]:
 
 
 def _write_predictions(path: Path, ids, classes, labels, probs) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame({"record": ids})
     for j, c in enumerate(classes):
         df[f"true/{c}"] = labels[:, j]
     for j, c in enumerate(classes):
         df[f"prob/{c}"] = probs[:, j]
-    tmp = path.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def _print_table(m: dict, classes: list[str], out: Path) -> None:

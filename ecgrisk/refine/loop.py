@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ecgrisk.atomic import atomic_write_text
 from ecgrisk.feedback.acquisition import sample_readings, select, threshold_reading
 from ecgrisk.feedback.records import Preference, Verdict
 from ecgrisk.feedback.simulated import SimulatedCardiologist
 from ecgrisk.feedback.store import FeedbackStore
+from ecgrisk.files import atomic_write_text
 from ecgrisk.refine.losses import bernoulli_logprob
 from ecgrisk.refine.policy import (
     BernoulliPolicy,

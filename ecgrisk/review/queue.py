@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ecgrisk.feedback.acquisition import RULES, select
+from ecgrisk.files import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecgrisk.bundle import Bundle
@@ -282,10 +283,9 @@ class ReviewQueue:
             from ecgrisk.plotting import plot_12lead
 
             ecg = read_ecg(item.path)
-            tmp = path.with_name(f".{name}.{threading.get_ident()}.tmp.png")
             # no title: the page names the ECG and the paper speed next to the image
             fig = plot_12lead(ecg.signal, ecg.fs, lead_mask=ecg.lead_mask, dpi=self.plot_dpi)
-            # trimmed to the drawn sheet so that it fills the page's width
-            fig.savefig(tmp, dpi=self.plot_dpi, bbox_inches="tight", pad_inches=0.04)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                # trimmed to the drawn sheet so that it fills the page's width
+                fig.savefig(tmp, format="png", dpi=self.plot_dpi, bbox_inches="tight", pad_inches=0.04)
         return path

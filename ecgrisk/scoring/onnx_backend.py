@@ -8,31 +8,25 @@ refuses an ONNX file exported from another bundle.
 
 from __future__ import annotations
 
-import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ecgrisk.files import atomic_path, file_sha256
+
 if TYPE_CHECKING:  # pragma: no cover
     from ecgrisk.bundle import Bundle
 
-__all__ = ["OnnxBackendError", "OnnxLogits", "export_onnx", "file_sha256"]
+__all__ = ["OnnxBackendError", "OnnxLogits", "export_onnx"]
 
 _META_KEY = "ecgrisk_bundle_sha256"
 
 
 class OnnxBackendError(RuntimeError):
     """ONNX export or ONNX Runtime is unavailable, or the ONNX file does not fit the bundle."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_onnx(bundle: Bundle, path: str | os.PathLike, bundle_path=None,
@@ -62,27 +56,22 @@ def export_onnx(bundle: Bundle, path: str | os.PathLike, bundle_path=None,
     spec = InputSpec.from_bundle(bundle)
     model = bundle.model.cpu().eval()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     x = torch.zeros(2, 12, spec.window)
-    import warnings
-
-    with warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         # the encoder's input-shape check is a Python branch: the tracer warns it is constant
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(tmp), input_names=["windows"], output_names=["logits"],
                           dynamic_axes={"windows": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=opset, dynamo=False)
-    proto = onnx.load(str(tmp))
-    meta = {"ecgrisk_window": str(spec.window), "ecgrisk_classes": ",".join(bundle.classes),
-            "ecgrisk_model": f"{bundle.name} {bundle.version}"}
-    if bundle_path is not None:
-        meta[_META_KEY] = file_sha256(bundle_path)
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+        proto = onnx.load(str(tmp))
+        meta = {"ecgrisk_window": str(spec.window), "ecgrisk_classes": ",".join(bundle.classes),
+                "ecgrisk_model": f"{bundle.name} {bundle.version}"}
+        if bundle_path is not None:
+            meta[_META_KEY] = file_sha256(bundle_path)
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.save(proto, str(tmp))
     return path
 
 
