@@ -22,6 +22,7 @@ from ecgrisk.files import atomic_path
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
+from ecgrisk.shipped import list_shipped, shipped_path
 
 BUNDLE_FORMAT = 1
 ENCODER_FORMAT = 1
@@ -47,10 +48,21 @@ def _atomic_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def resolve(path_or_name: str | os.PathLike) -> Path:
+    """A bundle's file: ``path_or_name`` itself when it is a file, else the shipped bundle of
+    that name (``ecgrisk/shipped/<name>.pt``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    shipped = shipped_path(str(path_or_name))
+    if shipped is not None:
+        return shipped
+    names = ", ".join(list_shipped()) or "none in this installation"
+    raise BundleError(f"{path}: no such file, and no shipped bundle has that name (shipped: {names})")
+
+
 def _load(path: str | os.PathLike, kind: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"{path}: no such {kind} file")
+    path = resolve(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -97,14 +109,6 @@ def load_encoder_weights(encoder: torch.nn.Module, path: str | os.PathLike) -> N
 def encoder_meta(path: str | os.PathLike) -> dict:
     """The metadata of ``encoder.pt`` (spec, objective, preprocessing, scaler, ...), verified."""
     return _load(path, "encoder")["meta"]
-
-
-def load_encoder(path: str | os.PathLike) -> torch.nn.Module:
-    obj = _load(path, "encoder")
-    spec = dict(obj["meta"]["spec"])
-    enc = create_encoder(spec.pop("name"), **spec)
-    enc.load_state_dict(obj["state_dict"])
-    return enc
 
 
 # -- model bundles (fine-tuning/refinement -> scoring) -----------------------------------------

@@ -9,7 +9,7 @@ A folder of N records is built in a temporary directory from the shared PTB-XL r
 measurement runs in its own subprocess, pinned to the same CPU cores, and reports its own peak
 RSS (``ru_maxrss``) and that of its reader processes, so runs do not share memory figures.
 
-- ``pipeline``: :func:`ecgrisk.scoring.batch.score_files` (``--workers`` reader processes,
+- ``pipeline``: :func:`ecgrisk.scoring.job.score_files` (``--workers`` reader processes,
   batched inference, streamed CSV).
 - ``naive``: for each file ``wfdb.rdsamp`` + ``bundle.preprocessing.apply`` + the same scaler,
   windows, model, max aggregation and temperature, one model call per file, rows appended to a
@@ -68,7 +68,7 @@ def make_bundle(path: Path, encoder: str, base_channels: int) -> None:
 
 # ----------------------------------------------------------------------------- child runs
 def run_pipeline(folder: str, bundle: str, out: str, workers: int, batch_size: int) -> dict:
-    from ecgrisk.scoring.batch import score_files
+    from ecgrisk.scoring.job import score_files
 
     s = score_files([folder], bundle, out, workers=workers, batch_size=batch_size,
                     progress=False)

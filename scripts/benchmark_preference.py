@@ -86,7 +86,7 @@ def scores(y: np.ndarray, probs: np.ndarray, base: np.ndarray, truth: np.ndarray
            ) -> dict:
     """Test-fold metrics of one model, with CIs over shared bootstrap resamples."""
     from ecgrisk.metrics import bootstrap_ci, brier, ece, macro_auroc
-    from ecgrisk.refine.policy import statement_agreement
+    from ecgrisk.refine.policy import reading_accuracy
 
     def auroc(a, b):
         return macro_auroc(a, b, skip_degenerate=True)
@@ -102,7 +102,7 @@ def scores(y: np.ndarray, probs: np.ndarray, base: np.ndarray, truth: np.ndarray
     out = {}
     for name, c in ci.items():
         out.update({name: c["point"], f"{name}_lower": c["lower"], f"{name}_upper": c["upper"]})
-    out.update({"ece": ece(y, probs), "agreement": statement_agreement(probs, truth)})
+    out.update({"ece": ece(y, probs), "agreement": reading_accuracy(probs, truth)})
     return out
 
 
@@ -127,9 +127,8 @@ def run_arm(name: str, seed: int, args, bundle, sets, work: Path) -> list[dict]:
     t0 = time.perf_counter()
     with FeedbackStore(folder / "feedback.db") as store:
         feedback = make_feedback(cfg.feedback, sets.pool, store, bundle.classes)
-        res = run_loop(cfg, bundle.model, bundle.temperature, bundle.bias, bundle.aggregation,
-                       bundle.classes, sets, store, feedback, REFINERS[cfg.refine.method],
-                       out=folder, version=bundle.version)
+        res = run_loop(cfg, bundle, sets, store, feedback, REFINERS[cfg.refine.method],
+                       out=folder)
     wall = time.perf_counter() - t0
     m, rows = res.metrics, []
     for k in range(0, args.rounds + 1):

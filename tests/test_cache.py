@@ -4,14 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import wfdb
 
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.cache import ECGCache, build_cache, cache_key, get_or_build
 from ecgrisk.data.datamodule import ECGDataModule
 from ecgrisk.data.splits import label_fraction_subset, stable_folds
-from ecgrisk.data.windows import aggregate_windows, window_starts
 from ecgrisk.io import STANDARD_LEADS, read_ecg
 from ecgrisk.preprocess import Preprocessing, Scaler
 
@@ -114,33 +112,6 @@ def test_parallel_build_matches_serial(tiny, tmp_path):
     np.testing.assert_array_equal(np.asarray(a.signals), np.asarray(b.signals))
 
 
-def test_window_starts_follow_the_benchmark():
-    # 10 s at 100 Hz, 2.5 s windows, 1.25 s stride -> 7 windows
-    np.testing.assert_array_equal(window_starts(1000, 250, 125), [0, 125, 250, 375, 500, 625, 750])
-    np.testing.assert_array_equal(window_starts(200, 250, 125), [0])
-
-
-def test_aggregate_windows_max_mean_and_duplicates():
-    positions = np.array([0, 0, 1, 1, 1])
-    logits = torch.tensor([[0.0, 1.0], [2.0, -1.0], [-3.0, 0.5], [1.0, 0.0], [-1.0, 4.0]])
-    k = torch.tensor([0, 1, 2, 3, 4, 4])  # window 4 seen twice (DDP padding)
-    logits_dup = torch.cat([logits, logits[4:5]])
-    out, seen = aggregate_windows(k, logits_dup, positions, 2, "max")
-    np.testing.assert_allclose(out.numpy(), [[2.0, 1.0], [1.0, 4.0]])
-    assert seen.all()
-    mean, _ = aggregate_windows(k, logits_dup, positions, 2, "mean")
-    p = torch.sigmoid(logits)
-    expect = torch.stack([p[:2].mean(0), p[2:].mean(0)])
-    np.testing.assert_allclose(torch.sigmoid(mean).numpy(), expect.numpy(), atol=1e-6)
-
-
-@pytest.mark.parametrize("how", ["max", "mean"])
-def test_aggregate_windows_reports_records_without_windows(how):
-    # windows 0 and 1 belong to record 0; records 1 and 2 were never evaluated
-    _, seen = aggregate_windows(torch.tensor([0, 1]), torch.zeros(2, 3), np.array([0, 0, 1, 2]), 3, how)
-    assert seen.tolist() == [True, False, False]
-
-
 def test_label_fraction_is_stratified_nested_and_seeded():
     rng = np.random.default_rng(1)
     y = (rng.random((400, 5)) < [0.5, 0.2, 0.1, 0.05, 0.02]).astype(np.uint8)
@@ -162,13 +133,14 @@ def test_stable_folds_are_deterministic_and_cover_1_to_10():
     assert set(f) == set(range(1, 11))
 
 
-def test_datamodule_on_shared_ptbxl(ptbxl_root, tmp_path):
+def test_datamodule_on_ptbxl(ptbxl_root, ptbxl_split_sizes, tmp_path):
     from ecgrisk.data.ptbxl import PTBXL
 
     rs = PTBXL(ptbxl_root, task="superdiagnostic")
     dm = ECGDataModule(rs, tmp_path / "cache", batch_size=16, progress=False)
     dm.setup()
-    assert [len(dm.split[s][0]) for s in ("train", "val", "test")] == [352, 72, 64]
+    sizes = ptbxl_split_sizes["superdiagnostic"]  # 352, 72, 64 on the shared subset
+    assert [len(dm.split[s][0]) for s in ("train", "val", "test")] == list(sizes.values())
     # the scaler sees the training folds only
     train_ids = set(dm.record_ids("train"))
     vals = np.concatenate([read_ecg(p).signal.ravel() for r, p in zip(rs.record_ids, rs.paths, strict=True) if r in train_ids])
@@ -177,7 +149,7 @@ def test_datamodule_on_shared_ptbxl(ptbxl_root, tmp_path):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (16, 12, 250) and y.shape == (16, 5)
     ds = dm.eval_dataset("test")
-    assert len(ds) == 64 * 7
+    assert len(ds) == sizes["test"] * 7
     x, y, k = ds[8]
     i = ds.indices[ds.positions[8]]
     raw = dm.caches[0].record(i)[:, ds.starts[8]: ds.starts[8] + 250]

@@ -58,9 +58,16 @@ class PlainHandler(RangeHandler):
 def mirror(ptbxl_root, tmp_path):
     """A served copy: the two CSVs, SHA256SUMS.txt, LICENSE.txt and records 1-5 at 100 Hz."""
     site = tmp_path / "site"
-    for rel in ["ptbxl_database.csv", "scp_statements.csv", "LICENSE.txt", *RECORDS]:
+    for rel in ["ptbxl_database.csv", "scp_statements.csv", *RECORDS]:
         (site / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ptbxl_root / rel, site / rel)
+    if not (ptbxl_root / "SHA256SUMS.txt").is_file():  # a synthetic tree: the mirror lists its own
+        (site / "LICENSE.txt").write_text("synthetic records, no license\n")
+        sums = {p.relative_to(site).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(site.rglob("*")) if p.is_file()}
+        (site / "SHA256SUMS.txt").write_text("".join(f"{h} {p}\n" for p, h in sums.items()))
+        return site
+    shutil.copy(ptbxl_root / "LICENSE.txt", site / "LICENSE.txt")
     sums = read_checksums(ptbxl_root / "SHA256SUMS.txt")
     # the shared list is PhysioNet's original: it holds these records as they are...
     for rel in RECORDS:
@@ -132,9 +139,9 @@ def test_altered_file_raises_and_leaves_nothing(mirror, serve, tmp_path):
     assert not list(root.rglob("*.part"))
 
 
-def test_original_checksums_catch_trimmed_csv(mirror, serve, ptbxl_root, tmp_path):
+def test_original_checksums_catch_trimmed_csv(mirror, serve, real_ptbxl_root, tmp_path):
     # served with PhysioNet's original list, the trimmed CSV is (rightly) rejected
-    shutil.copy(ptbxl_root / "SHA256SUMS.txt", mirror / "SHA256SUMS.txt")
+    shutil.copy(real_ptbxl_root / "SHA256SUMS.txt", mirror / "SHA256SUMS.txt")
     url, _ = serve(mirror)
     with pytest.raises(ChecksumError, match="ptbxl_database.csv"):
         download_ptbxl(tmp_path / "data", records=1, base_url=url, progress=False)

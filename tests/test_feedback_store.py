@@ -64,7 +64,7 @@ def _writer(path: str, annotator: str, n: int, barrier) -> None:
     store = FeedbackStore(path)
     barrier.wait()  # both processes start writing at the same moment
     for i in range(n):
-        store.add(_verdict(ecg_id=str(i), annotator=annotator))
+        store.add_many([_verdict(ecg_id=str(i), annotator=annotator)])  # one transaction each
     store.close()
 
 
@@ -125,7 +125,7 @@ def test_export_import_round_trip(tmp_path, store_url, fmt):
 def test_duplicates_and_conflicts_are_kept_and_reported(tmp_path, store_url):
     store = FeedbackStore(store_url)
     original = _verdict(ecg_id="7", annotator="dr-a")
-    store.add(original)
+    store.add_many([original])
     lines = [
         original.to_dict(),  # duplicate of what is stored
         # dr-b says NORM is wrong and MI was missed: two statements in conflict with dr-a
@@ -231,7 +231,7 @@ def test_opening_a_v1_store_runs_the_migration(tmp_path):
         (old,) = store.verdicts()
         assert (old.annotator, old.marks, old.missed) == ("dr-old", {"MI": "wrong"}, ["STTC"])
         assert store.annotators() == {"dr-old": "2023-01-02T00:00:00+00:00"}
-        store.add(_verdict(ecg_id="6"), source="app")
+        store.add_many([_verdict(ecg_id="6")], source="app")
         assert [s for _, s, _ in store.rows("verdict")] == [None, "app"]
     with sqlite3.connect(path) as conn:
         assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1, 2]

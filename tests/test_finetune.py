@@ -29,8 +29,9 @@ def finished_run(tmp_path_factory, ptbxl_root):
     return tmp, train(cfg)
 
 
-def test_run_directory_holds_everything(finished_run):
+def test_run_directory_holds_everything(finished_run, ptbxl_split_sizes):
     tmp, metrics = finished_run
+    sizes = ptbxl_split_sizes["superdiagnostic"]  # val 72, test 64 on the shared subset
     run = tmp / "run"
     for f in (".hydra/config.yaml", "metrics.json", "model.pt", "curves.png", "predictions/test.csv",
               "checkpoints/last.ckpt", "logs/metrics.csv"):
@@ -40,11 +41,11 @@ def test_run_directory_holds_everything(finished_run):
               "test/ece", "test/auroc/NORM", "test/macro_auroc/lower", "test/macro_auroc/upper",
               "train/wall_s", "train/samples_per_s"):
         assert k in saved, k
-    assert saved["test/records"] == 64 and saved["val/records"] == 72
+    assert saved["test/records"] == sizes["test"] and saved["val/records"] == sizes["val"]
     assert 0.0 <= saved["test/macro_auroc"] <= 1.0
     assert saved["test/macro_auroc/lower"] <= saved["test/macro_auroc"] <= saved["test/macro_auroc/upper"]
     preds = pd.read_csv(run / "predictions" / "test.csv")
-    assert len(preds) == 64 and preds["record"].is_unique
+    assert len(preds) == sizes["test"] and preds["record"].is_unique
     assert {"prob/NORM", "true/NORM"} <= set(preds.columns)
 
 
@@ -138,7 +139,8 @@ def test_linear_probe_keeps_encoder_frozen(tmp_path, ptbxl_root):
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_gather_the_whole_evaluation_set(tmp_path, ptbxl_root):
+def test_ddp_two_cpu_processes_gather_the_whole_evaluation_set(tmp_path, ptbxl_root,
+                                                              ptbxl_split_sizes):
     """Lightning DDP over 2 gloo CPU processes: both ranks train, metrics cover every record."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "ecgrisk.finetune", f"data.root={ptbxl_root}",
@@ -151,9 +153,10 @@ def test_ddp_two_cpu_processes_gather_the_whole_evaluation_set(tmp_path, ptbxl_r
     assert m["world_size"] == 2
     per_rank = m["train/samples_per_rank"]
     assert len(per_rank) == 2 and all(n > 0 for n in per_rank)
-    assert m["test/records"] == 64 and m["test/windows"] == 64 * 7
+    n_test = ptbxl_split_sizes["superdiagnostic"]["test"]
+    assert m["test/records"] == n_test and m["test/windows"] == n_test * 7
     preds = pd.read_csv(out / "predictions" / "test.csv")
-    assert len(preds) == 64 and preds["record"].is_unique
+    assert len(preds) == n_test and preds["record"].is_unique
     assert np.isfinite(preds.filter(like="prob/").to_numpy()).all()
 
 

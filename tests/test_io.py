@@ -280,15 +280,16 @@ def test_sampling_rate_errors(tmp_path):
     _raises(SamplingRateError, base, "nofs.hea")
 
 
-def test_challenge_mat_mismatch_truncated_and_missing(tmp_path, shared):
-    shutil.copy(shared / "cinc2021-sample/E07500.hea", tmp_path / "E07500.hea")
-    _raises(MissingSignalFileError, tmp_path / "E07500", "E07500.mat")
-    assert read_header(tmp_path / "E07500")["n_samples"] == 5000  # header alone is enough
-    scipy.io.savemat(tmp_path / "E07500.mat", {"val": np.zeros((12, 4000), dtype=np.int16)})
-    _raises(HeaderSignalMismatchError, tmp_path / "E07500", "E07500.mat")
-    full = (shared / "cinc2021-sample/E07500.mat").read_bytes()
-    (tmp_path / "E07500.mat").write_bytes(full[:5000])
-    _raises(TruncatedSignalError, tmp_path / "E07500", "E07500.mat")
+def test_challenge_mat_mismatch_truncated_and_missing(tmp_path, challenge_record):
+    name = challenge_record.name  # E07500 in the shared sample
+    shutil.copy(challenge_record.with_suffix(".hea"), tmp_path / f"{name}.hea")
+    _raises(MissingSignalFileError, tmp_path / name, f"{name}.mat")
+    assert read_header(tmp_path / name)["n_samples"] == 5000  # header alone is enough
+    scipy.io.savemat(tmp_path / f"{name}.mat", {"val": np.zeros((12, 4000), dtype=np.int16)})
+    _raises(HeaderSignalMismatchError, tmp_path / name, f"{name}.mat")
+    full = challenge_record.with_suffix(".mat").read_bytes()
+    (tmp_path / f"{name}.mat").write_bytes(full[:5000])
+    _raises(TruncatedSignalError, tmp_path / name, f"{name}.mat")
 
 
 def test_truncated_and_garbage_npy(tmp_path):

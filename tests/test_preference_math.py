@@ -38,10 +38,6 @@ def test_bernoulli_logprob_by_hand():
     readings = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     expected = [math.log(0.5 * 0.25), math.log(0.5 * 0.75)]
     torch.testing.assert_close(bernoulli_logprob(logits, readings), torch.tensor(expected))
-    # only the masked statement counts
-    mask = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
-    torch.testing.assert_close(bernoulli_logprob(logits, readings, mask),
-                               torch.tensor([math.log(0.25), math.log(0.5)]))
     # extreme logits stay finite: log(1 - sigma(100)) = -100
     assert bernoulli_logprob(torch.tensor([[100.0]]), torch.tensor([[0.0]])).item() \
         == pytest.approx(-100.0)
@@ -147,11 +143,9 @@ def test_reward_model_learns_a_planted_preference():
     train, held_out = _planted_pairs(800, rng), _planted_pairs(300, rng)
     model = RewardModel(embed_dim=8, num_classes=len(CLASSES), hidden=32)
     assert pair_accuracy(model, held_out) < 0.8  # untrained: near chance
-    history = train_reward_model(model, train, epochs=40, lr=3e-3, batch_size=128, seed=0,
-                                 val_pairs=held_out)
+    history = train_reward_model(model, train, epochs=40, lr=3e-3, batch_size=128, seed=0)
     assert history["loss"][-1] < history["loss"][0]
     assert pair_accuracy(model, held_out) > 0.9
-    assert history["val_accuracy"][-1] == pytest.approx(pair_accuracy(model, held_out))
     # K sampled readings per ECG broadcast against one embedding each
     out = model(torch.from_numpy(held_out.embedding[:5]), torch.zeros(3, 5, len(CLASSES)))
     assert out.shape == (3, 5)

@@ -57,9 +57,9 @@ def test_labels_match_independent_computation(ptbxl_root, task):
     assert ds.missing == []
 
 
-def test_superdiagnostic_subset_figures(ptbxl_root):
+def test_superdiagnostic_subset_figures(real_ptbxl_root):
     # the figures the shared data README gives for this subset
-    ds = PTBXL(ptbxl_root)
+    ds = PTBXL(real_ptbxl_root)
     assert len(ds) == 488
     assert dict(zip(ds.classes, ds.labels.sum(0).tolist(), strict=True)) == {
         "NORM": 297, "STTC": 96, "CD": 78, "MI": 73, "HYP": 40}
@@ -69,11 +69,18 @@ def test_superdiagnostic_subset_figures(ptbxl_root):
     assert ds.meta.loc[first, "scp_codes"] == {"NORM": 100.0, "LVOLT": 0.0, "SR": 0.0}
 
 
-def test_official_folds(ptbxl_root):
+def test_split_sizes_of_the_shared_subset_are_the_readmes(real_ptbxl_root, ptbxl_split_sizes):
+    # the counts other tests expect of runs on this subset (conftest counts them from the CSVs)
+    assert ptbxl_split_sizes["all"] == {"train": 353, "val": 81, "test": 66}
+    assert ptbxl_split_sizes["superdiagnostic"] == {"train": 352, "val": 72, "test": 64}
+
+
+def test_official_folds(ptbxl_root, ptbxl_split_sizes):
     rows = _rows(ptbxl_root / "ptbxl_database.csv")
-    # task "all" keeps every record: the README's 353/81/66
+    # task "all" keeps every record (the README's 353/81/66 on the shared subset)
     split = PTBXL(ptbxl_root, task="all").split_indices()
-    assert {k: len(v) for k, v in split.items()} == {"train": 353, "val": 81, "test": 66}
+    assert {k: len(v) for k, v in split.items()} == ptbxl_split_sizes["all"]
+    assert sum(ptbxl_split_sizes["all"].values()) == len(rows)
     ds = PTBXL(ptbxl_root)
     split = ds.split_indices()
     fold_of = {str(int(r["ecg_id"])): int(r["strat_fold"]) for r in rows}
@@ -84,11 +91,23 @@ def test_official_folds(ptbxl_root):
     assert np.array_equal(ds.folds, [fold_of[r] for r in ds.record_ids])
 
 
-def test_zero_likelihood_codes_count(ptbxl_root):
+def test_zero_likelihood_codes_count(real_ptbxl_root):
     # ecg_id 1 lists LVOLT and SR with likelihood 0.0: the benchmark keeps them
-    ds = PTBXL(ptbxl_root, task="all")
+    ds = PTBXL(real_ptbxl_root, task="all")
     i = ds.record_ids.index("1")
     assert {ds.classes[j] for j in np.flatnonzero(ds.labels[i])} == {"NORM", "LVOLT", "SR"}
+
+
+def test_statements_with_zero_likelihood_are_labels_of_task_all(ptbxl_root):
+    ds = PTBXL(ptbxl_root, task="all")
+    zero = {}  # ecg_id: statements listed with likelihood 0
+    for r in _rows(ptbxl_root / "ptbxl_database.csv"):
+        if codes := {c for c, p in ast.literal_eval(r["scp_codes"]).items() if p == 0}:
+            zero[str(int(r["ecg_id"]))] = codes
+    assert len(zero) >= 10
+    for rid, codes in zero.items():
+        i = ds.record_ids.index(rid)
+        assert codes <= {ds.classes[j] for j in np.flatnonzero(ds.labels[i])}, rid
 
 
 def test_all_task_class_order_follows_benchmark(ptbxl_root, shared):

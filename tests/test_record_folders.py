@@ -13,35 +13,45 @@ from ecgrisk.data.challenge import ChallengeFolder, parse_challenge_header
 from ecgrisk.data.folder import ECGFolder, pool
 
 
-def test_challenge_sample_labels(shared):
-    root = shared / "cinc2021-sample"
+def test_challenge_sample_labels(challenge_root):
+    root = challenge_root
     ds = ChallengeFolder(root)
-    assert len(ds) == 50 and ds.missing == [] and ds.folds is None
-    assert ds.record_ids[:2] == ["E07500", "E07501"] and ds.record_ids[-1] == "JS20019"
-    assert ds.paths[0] == str(root.resolve() / "E07500")
+    heas = sorted(root.glob("*.hea"))
+    assert len(ds) == len(heas) and ds.missing == [] and ds.folds is None
+    assert ds.record_ids == [h.stem for h in heas]
+    assert ds.paths[0] == str(root.resolve() / heas[0].stem)
     # classes: every code seen, sorted; counted independently from the header text
-    seen = set()
-    for hea in root.glob("*.hea"):
+    dx = {}
+    for hea in heas:
         for line in hea.read_text().splitlines():
             if line.startswith("# Dx:"):
-                seen |= {c.strip() for c in line[5:].split(",")}
-    assert ds.classes == sorted(seen)
+                dx[hea.stem] = {c.strip() for c in line[5:].split(",")}
+    assert ds.classes == sorted(set().union(*dx.values()))
+    for i, rid in enumerate(ds.record_ids):
+        assert {ds.classes[j] for j in np.flatnonzero(ds.labels[i])} == dx.get(rid, set()), rid
+
+
+def test_shared_challenge_sample_figures(shared):
+    root = shared / "cinc2021-sample"
+    ds = ChallengeFolder(root)
+    assert len(ds) == 50
+    assert ds.record_ids[:2] == ["E07500", "E07501"] and ds.record_ids[-1] == "JS20019"
     i = ds.record_ids.index("E07500")
     assert {ds.classes[j] for j in np.flatnonzero(ds.labels[i])} == {"67741000119109", "426177001"}
     assert ds.meta.loc[i, "age"] == 78.0 and ds.meta.loc[i, "sex"] == "M"
 
 
-def test_challenge_fixed_classes_and_missing(shared, tmp_path):
-    src = shared / "cinc2021-sample"
+def test_challenge_fixed_classes_and_missing(challenge_root, tmp_path):
+    first, second, third = (h.stem for h in sorted(challenge_root.glob("*.hea"))[:3])
     (tmp_path / "georgia").mkdir()
-    for stem in ("E07500", "E07501"):
+    for stem in (first, second):
         for ext in (".hea", ".mat"):
-            shutil.copy(src / f"{stem}{ext}", tmp_path / "georgia")
-    shutil.copy(src / "HR06000.hea", tmp_path)  # header without its .mat
-    ds = ChallengeFolder(tmp_path, classes=["426177001", "164889003"])
-    assert ds.record_ids == ["E07500", "E07501"] and ds.missing == ["HR06000"]
+            shutil.copy(challenge_root / f"{stem}{ext}", tmp_path / "georgia")
+    shutil.copy(challenge_root / f"{third}.hea", tmp_path)  # header without its .mat
+    ds = ChallengeFolder(tmp_path, classes=["426177001", "164889003"])  # sinus brady, AF
+    assert ds.record_ids == [first, second] and ds.missing == [third]
     want = [[int("426177001" in d), int("164889003" in d)] for d in ds.meta["dx"]]
-    assert ds.labels.tolist() == want and ds.labels[0].tolist() == [1, 0]
+    assert ds.labels.tolist() == want and ds.labels.any()
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no record found"):
         ChallengeFolder(tmp_path / "empty")
@@ -62,12 +72,12 @@ def _wfdb(folder, name, fmt="16"):
 
 
 @pytest.fixture
-def ecg_tree(tmp_path, shared):
+def ecg_tree(tmp_path, challenge_record):
     root = tmp_path / "ecgs"
     _wfdb(root / "records100/00000", "00001_lr")
     (root / "challenge").mkdir()
     for ext in (".hea", ".mat"):  # a Challenge record: its .mat is named by the header
-        shutil.copy(shared / "cinc2021-sample" / f"E07500{ext}", root / "challenge")
+        shutil.copy(challenge_record.with_suffix(ext), root / "challenge")
     (root / "arrays").mkdir()
     np.save(root / "arrays" / "a.npy", np.zeros((12, 10)))
     np.savez(root / "arrays" / "b.npz", signal=np.zeros((12, 10)))
@@ -77,15 +87,16 @@ def ecg_tree(tmp_path, shared):
     return root
 
 
-def test_ecg_folder_lists_each_record_once(ecg_tree):
+def test_ecg_folder_lists_each_record_once(ecg_tree, challenge_record):
+    challenge = f"challenge/{challenge_record.name}"  # challenge/E07500 with the shared sample
     ds = ECGFolder(ecg_tree)
-    assert ds.record_ids == ["arrays/a", "arrays/b", "challenge/E07500", "records100/00000/00001_lr"]
+    assert ds.record_ids == ["arrays/a", "arrays/b", challenge, "records100/00000/00001_lr"]
     assert ds.paths == [str(ecg_tree / "arrays/a.npy"), str(ecg_tree / "arrays/b.npz"),
-                        str(ecg_tree / "challenge/E07500"),
+                        str(ecg_tree / challenge),
                         str(ecg_tree / "records100/00000/00001_lr")]
     assert ds.labels is None and ds.classes == [] and ds.name == "folder"
     only_wfdb = ECGFolder(ecg_tree, pattern="*.hea")
-    assert only_wfdb.record_ids == ["challenge/E07500", "records100/00000/00001_lr"]
+    assert only_wfdb.record_ids == [challenge, "records100/00000/00001_lr"]
 
 
 def test_ecg_folder_ids_unique(ecg_tree, tmp_path):
@@ -109,14 +120,14 @@ def test_ecg_folder_errors(tmp_path):
         ECGFolder(tmp_path)
 
 
-def test_pool_prefixes_sources(ecg_tree, shared):
+def test_pool_prefixes_sources(ecg_tree, challenge_root):
     folder = ECGFolder(ecg_tree)
-    challenge = ChallengeFolder(shared / "cinc2021-sample")
+    challenge = ChallengeFolder(challenge_root)
     extra = RecordSet(name="extra", record_ids=["1"], paths=["/x/1"], missing=["2"])
     pooled = pool(folder, challenge, extra)
     assert len(pooled) == len(folder) + len(challenge) + 1
     assert pooled.record_ids[0] == "folder/arrays/a"
-    assert pooled.record_ids[len(folder)] == "challenge/E07500"
+    assert pooled.record_ids[len(folder)] == f"challenge/{challenge.record_ids[0]}"
     assert pooled.paths[len(folder)] == challenge.paths[0]
     assert pooled.labels is None and pooled.missing == ["extra/2"]
     with pytest.raises(ValueError, match="distinct names"):

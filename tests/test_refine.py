@@ -16,7 +16,8 @@ from ecgrisk.feedback.store import FeedbackStore
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.refine.app import refine
-from ecgrisk.refine.loop import FeedbackData, RoundContext, candidate_readings, logprob_margin
+from ecgrisk.refine.loop import FeedbackData, RoundContext, candidate_readings
+from ecgrisk.refine.losses import bernoulli_logprob
 from ecgrisk.refine.policy import (
     BernoulliPolicy,
     evaluate_policy,
@@ -96,6 +97,14 @@ def test_candidate_readings_show_two_different_readings():
     assert (a[1] != b[1]).any()  # a policy sample where base and current agree
 
 
+def _logprob_margin(policy, ws, data):
+    """Mean ``log pi(chosen) - log pi(rejected)`` over the pairs."""
+    with torch.no_grad():
+        logits = policy.logits(ws, data.record)
+        return float((bernoulli_logprob(logits, torch.from_numpy(data.chosen))
+                      - bernoulli_logprob(logits, torch.from_numpy(data.rejected))).mean())
+
+
 def test_dpo_increases_the_log_prob_margin_of_chosen_over_rejected():
     policy, dim = _tiny_policy()
     rng = np.random.default_rng(0)
@@ -109,11 +118,11 @@ def test_dpo_increases_the_log_prob_margin_of_chosen_over_rejected():
                         np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), 12)
     with torch.no_grad():
         ref_logits = policy.logits(ws)
-    before = logprob_margin(policy, ws, data)
+    before = _logprob_margin(policy, ws, data)
     cfg = compose("refine", ["refine=dpo", "refine.lr=1e-2", "refine.steps=30"]).refine
     ctx = RoundContext(ws, ref_logits, data, None, ws.record_embeddings(), seed=0)
     stats = dpo_refine(policy, ctx, cfg)
-    after = logprob_margin(policy, ws, data)
+    after = _logprob_margin(policy, ws, data)
     assert after > before + 0.5, (before, after)
     # the implicit reward beta * (log pi - log pi_ref) now prefers the chosen reading
     assert stats["reward_accuracy"] > 0.5 and stats["margin"] > 0
@@ -136,9 +145,11 @@ def prepared(base, ptbxl_root):
     return bundle, dm, prepare_sets(bundle.model, dm, "val_half", seed=0, batch_size=64)
 
 
-def test_guard_rejects_a_worse_refinement_and_keeps_the_base(prepared):
+def test_guard_rejects_a_worse_refinement_and_keeps_the_base(prepared, ptbxl_split_sizes):
     bundle, _, sets = prepared
-    assert len(sets.pool) == 36 and len(sets.guard) == 36 and len(sets.test) == 64
+    sizes = ptbxl_split_sizes["superdiagnostic"]  # val 72 = 36 + 36, test 64 on the shared subset
+    assert len(sets.pool) == sizes["val"] // 2 and len(sets.guard) == sizes["val"] - len(sets.pool)
+    assert len(sets.test) == sizes["test"]
     assert not set(sets.pool.record_ids) & set(sets.guard.record_ids)
     policy = BernoulliPolicy(bundle.model, bundle.temperature, bundle.bias, bundle.aggregation)
     base_val, _ = evaluate_policy(policy, sets.guard, "val/", CLASSES)
@@ -176,7 +187,8 @@ def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root
     assert refined.extra["refine"]["accepted_rounds"] == []
 
 
-def test_command_line_round_writes_the_run_directory(base, ptbxl_root, tmp_path, monkeypatch):
+def test_command_line_round_writes_the_run_directory(base, ptbxl_root, ptbxl_split_sizes, tmp_path,
+                                                     monkeypatch):
     from ecgrisk.refine.app import main
 
     tmp, model = base
@@ -209,7 +221,9 @@ def test_command_line_round_writes_the_run_directory(base, ptbxl_root, tmp_path,
                 "test/macro_auroc/lower"):
         assert key in m, key
     assert m["feedback/count"] == 16 and m["round_1/queries"] == 16
-    assert m["pool/records"] == 36 and m["guard/records"] == 36 and m["test/records"] == 64
+    sizes = ptbxl_split_sizes["superdiagnostic"]
+    assert m["pool/records"] == sizes["val"] // 2 and m["test/records"] == sizes["test"]
+    assert m["pool/records"] + m["guard/records"] == sizes["val"]
     # 16 ECGs, 20 % held out by ECG -> 3 ECGs whose pairs score the reward model
     assert m["round_1/reward/heldout_pairs"] > 0 and 0.0 <= m["reward/pair_accuracy"] <= 1.0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,8 +16,10 @@ from ecgrisk.io import read_ecg
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
-from ecgrisk.scoring.batch import collect_records, score_files
 from ecgrisk.scoring.cli import main as cli_main
+from ecgrisk.scoring.input_spec import InputSpec
+from ecgrisk.scoring.inputs import collect_records
+from ecgrisk.scoring.job import score_files
 from ecgrisk.scoring.predict import Predictor, predict_proba
 from ecgrisk.scoring.quality import quality_flags
 from ecgrisk.scoring.report import risk_band
@@ -104,7 +108,7 @@ def _write_wfdb(folder, name, sig, fs, leads):
                 baseline=[0] * len(leads), write_dir=str(folder))
 
 
-def test_broken_files_are_rows_not_crashes(ptbxl_root, shared, bundle_path, tmp_path):
+def test_broken_files_are_rows_not_crashes(ptbxl_root, challenge_record, bundle_path, tmp_path):
     src = ptbxl_root / "records100" / "00000"
     d = tmp_path / "in"
     d.mkdir()
@@ -122,7 +126,7 @@ def test_broken_files_are_rows_not_crashes(ptbxl_root, shared, bundle_path, tmp_
     two = np.stack([np.sin(2 * np.pi * 1.2 * t), 0.8 * np.sin(2 * np.pi * 1.2 * t + 0.3)], 1)
     _write_wfdb(d, "twolead", two, 100, ["I", "II"])
     hr = _copy_record(ptbxl_root / "records500" / "00000" / "00001_hr", d)
-    mat = _copy_record(shared / "cinc2021-sample" / "E07500", d)
+    mat = _copy_record(challenge_record, d)  # a Challenge .hea + .mat at 500 Hz
 
     out = tmp_path / "scores.csv"
     rc = cli_main(["score", str(d), "--model", str(bundle_path), "--out", str(out),
@@ -143,7 +147,7 @@ def test_broken_files_are_rows_not_crashes(ptbxl_root, shared, bundle_path, tmp_
     assert table["twolead"]["missing_leads"] == "III;aVR;aVL;aVF;V1;V2;V3;V4;V5;V6"
     assert table["twolead"]["quality"] == "missing"
     assert table["00001_hr"]["resampled"] == "True" and table["00001_hr"]["fs_in"] == "500.0"
-    assert table["E07500"]["resampled"] == "True"
+    assert table[mat.name]["resampled"] == "True"
     assert table["00001_lr"]["resampled"] == "False"
     # nothing scorable at all -> exit 1, and the table still lists every failure
     bad = tmp_path / "bad"
@@ -296,3 +300,22 @@ def test_parquet_output_and_resume(ptbxl_root, bundle_path, tmp_path):
     want = read_table(csv_out)
     for row in table.to_pylist():
         assert row["prob/MI"] == pytest.approx(float(want[row["record"]]["prob/MI"]), abs=1e-12)
+
+
+def test_windows_of_prepared_records_start_where_evaluation_windows_say():
+    spec = InputSpec(Preprocessing(fs=100.0), Scaler(0.0, 1.0), window=250, stride=125)
+    records = [np.arange(12 * 1000, dtype=np.float32).reshape(12, 1000),
+               np.ones((12, 250), np.float32)]
+    windows, positions = spec.windows(records)
+    assert windows.shape == (8, 12, 250) and windows.dtype == np.float32
+    np.testing.assert_array_equal(positions, [0, 0, 0, 0, 0, 0, 0, 1])
+    for k, start in enumerate([0, 125, 250, 375, 500, 625, 750]):
+        np.testing.assert_array_equal(windows[k], records[0][:, start:start + 250])
+    np.testing.assert_array_equal(windows[7], records[1])
+
+
+def test_reader_side_never_loads_torch():
+    code = ("import sys, ecgrisk.scoring.reading, ecgrisk.scoring.inputs; "
+            "assert 'torch' not in sys.modules, 'torch loaded'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,7 +16,7 @@ from ecgrisk.bundle import Bundle
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
-from ecgrisk.scoring.batch import score_files
+from ecgrisk.scoring.job import score_files
 from ecgrisk.scoring.predict import Predictor
 
 
@@ -87,8 +87,8 @@ def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_p
 def test_merge_keeps_each_record_once_when_a_padding_sampler_repeats_some(tmp_path):
     import csv
 
-    from ecgrisk.scoring.batch import output_columns
     from ecgrisk.scoring.distributed import merge_shards
+    from ecgrisk.scoring.rows import output_columns
 
     cols = output_columns(["NORM"])
 

@@ -95,7 +95,8 @@ def test_layout_matches_ptbxl(small):
     assert all(1 <= len(s) <= 2 for s in _superclasses(small, df))
 
 
-def test_scp_statements_and_header_match_real_ptbxl(small, ptbxl_root):
+def test_scp_statements_and_header_match_real_ptbxl(small, real_ptbxl_root):
+    ptbxl_root = real_ptbxl_root  # the shared copy itself, never the synthetic stand-in
     def read(path):  # as text, so missing cells and number formats compare exactly
         return pd.read_csv(path, index_col=0, dtype=str, keep_default_na=False)
 

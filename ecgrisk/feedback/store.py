@@ -220,9 +220,9 @@ class FeedbackStore:
     Examples
     --------
     >>> store = FeedbackStore(tmp_path / "feedback.db")           # doctest: +SKIP
-    >>> store.add(Verdict(ecg_id="17", reading={"NORM": 1}, marks={"NORM": "right"},
-    ...                   annotator="dr-a"))                       # doctest: +SKIP
-    1
+    >>> store.add_many([Verdict(ecg_id="17", reading={"NORM": 1}, marks={"NORM": "right"},
+    ...                         annotator="dr-a")])                # doctest: +SKIP
+    [1]
     """
 
     def __init__(self, url_or_path: str | os.PathLike, busy_timeout_s: float = 60.0):
@@ -244,10 +244,6 @@ class FeedbackStore:
         return f"FeedbackStore({self.url!r})"
 
     # ---------------------------------------------------------------- writing
-
-    def add(self, item: Verdict | Preference, source: str | None = None) -> int:
-        """Store one record in its own transaction; its id."""
-        return self.add_many([item], source=source)[0]
 
     def add_many(self, items: Iterable[Verdict | Preference], source: str | None = None
                  ) -> list[int]:

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from scipy.special import expit
 
-from ecgrisk.data.windows import aggregate_windows
 from ecgrisk.metrics import macro_auroc
 from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.windowing import aggregate_windows
 
 log = logging.getLogger(__name__)
 

@@ -105,9 +105,8 @@ def refine(cfg: DictConfig) -> dict:
     store = FeedbackStore(out / "feedback.db")
     try:
         feedback = make_feedback(cfg.feedback, sets.pool, store, bundle.classes)
-        result = run_loop(cfg, bundle.model, bundle.temperature, bundle.bias, bundle.aggregation,
-                          bundle.classes, sets, store, feedback, REFINERS[cfg.refine.method],
-                          out, bundle.version, on_round=save_round)
+        result = run_loop(cfg, bundle, sets, store, feedback, REFINERS[cfg.refine.method], out,
+                          on_round=save_round)
     finally:
         store.close()
     metrics = {**result.metrics, "feedback/skipped": getattr(feedback, "skipped", 0),
@@ -127,12 +126,15 @@ def _print_summary(m: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"test fold: {m['test/records']} records; {m['feedback/count']} judgements, "
+    split = "test" if m["test/records"] else "val"
+    where = (f"test fold: {m['test/records']} records" if split == "test" else
+             f"the test fold is absent; guard half of the validation fold: {m['guard/records']} records")
+    t = Table(title=f"{where}; {m['feedback/count']} judgements, "
                     f"{m['rounds/accepted']}/{m['rounds/completed']} rounds kept")
     for col in ("metric", "base", "refined"):
         t.add_column(col)
     for k in ("macro_auroc", "brier", "ece"):
-        t.add_row(k, f"{m[f'base/test/{k}']:.4f}", f"{m[f'test/{k}']:.4f}")
+        t.add_row(k, f"{m[f'base/{split}/{k}']:.4f}", f"{m[f'{split}/{k}']:.4f}")
     t.add_row("val macro_auroc (guard)", f"{m['base/val/macro_auroc']:.4f}",
               f"{m['val/macro_auroc']:.4f}")
     Console().print(t)

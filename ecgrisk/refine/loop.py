@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ecgrisk.bundle import Bundle
 from ecgrisk.feedback.acquisition import sample_readings, select, threshold_reading
 from ecgrisk.feedback.records import Preference, Verdict
 from ecgrisk.feedback.simulated import SimulatedCardiologist
 from ecgrisk.feedback.store import FeedbackStore
 from ecgrisk.files import atomic_write_text
-from ecgrisk.refine.losses import bernoulli_logprob
 from ecgrisk.refine.policy import (
     BernoulliPolicy,
     evaluate_policy,
@@ -221,11 +221,13 @@ class FeedbackData:
                            self.rejected[which])
 
 
-def read_feedback(store: FeedbackStore, pool: WindowSet, classes: Sequence[str],
-                  holdout: float = 0.2, flips: str = "all", seed: int = 0) -> FeedbackData:
+def read_feedback(store: FeedbackStore, pool: WindowSet, classes: Sequence[str], cfg: Any,
+                  seed: int = 0) -> FeedbackData:
     """Read the store's judgements about pool ECGs; hold out a seeded slice of the judged ECGs.
 
-    The held-out slice is chosen by ECG, so no ECG gives pairs to both sides.
+    ``cfg`` is the ``reward`` config node: ``holdout`` (the fraction of judged ECGs held out)
+    and ``flips`` (:func:`~ecgrisk.refine.reward.verdict_to_pairs`). The held-out slice is
+    chosen by ECG, so no ECG gives pairs to both sides.
     """
     index = {rid: i for i, rid in enumerate(pool.record_ids)}
     verdicts = [v for v in store.verdicts() if v.ecg_id in index]
@@ -233,7 +235,7 @@ def read_feedback(store: FeedbackStore, pool: WindowSet, classes: Sequence[str],
     C = len(classes)
     rec, chosen, rejected, t_rec, targets, masks = [], [], [], [], [], []
     for v in verdicts:
-        for c, r in verdict_to_pairs(v, classes, flips):
+        for c, r in verdict_to_pairs(v, classes, cfg.flips):
             rec.append(index[v.ecg_id])
             chosen.append(c)
             rejected.append(r)
@@ -248,7 +250,7 @@ def read_feedback(store: FeedbackStore, pool: WindowSet, classes: Sequence[str],
             chosen.append(pair[0])
             rejected.append(pair[1])
     judged = np.unique(np.asarray(rec, dtype=np.int64))
-    n_hold = int(round(holdout * len(judged))) if len(judged) >= 2 else 0
+    n_hold = int(round(cfg.holdout * len(judged))) if len(judged) >= 2 else 0
     held = np.random.default_rng(seed).permutation(judged)[:n_hold]
     rec_arr = np.asarray(rec, dtype=np.int64)
 
@@ -286,14 +288,6 @@ def fit_reward(data: FeedbackData, embeddings: np.ndarray, num_classes: int, cfg
         metrics["reward/pair_accuracy"] = pair_accuracy(model, data.pairs(embeddings, held))
     model.eval()
     return model, metrics
-
-
-def logprob_margin(policy: BernoulliPolicy, pool: WindowSet, data: FeedbackData) -> float:
-    """Mean ``log π(chosen) - log π(rejected)`` over the pairs (a DPO diagnostic)."""
-    with torch.no_grad():
-        logits = policy.logits(pool, data.record)
-        return float((bernoulli_logprob(logits, torch.from_numpy(data.chosen))
-                      - bernoulli_logprob(logits, torch.from_numpy(data.rejected))).mean())
 
 
 def write_queries(path: Path, pool: WindowSet, asked: np.ndarray, a: np.ndarray,
@@ -343,11 +337,9 @@ class LoopResult:
     test_probs: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, bias: np.ndarray,
-             aggregation: str,
-             classes: Sequence[str], sets: Sets, store: FeedbackStore,
+def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
              feedback: SimulatedFeedback | StoreFeedback, refiner: Refiner,
-             out: Path | None = None, version: str = "0",
+             out: Path | None = None,
              on_round: Callable[[int, BernoulliPolicy, bool], None] | None = None) -> LoopResult:
     """``cfg.rounds`` rounds of ask -> judge -> reward -> refine -> guard.
 
@@ -356,9 +348,10 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, bias: np
     cfg
         The ``refine.yaml`` config (``rounds``, ``queries_per_round``, ``ask``, ``reward``,
         ``refine``, ``guard``, ``bootstrap``, ``evaluate_test_each_round``, ``seed``).
-    model, temperature, bias, aggregation
-        The base bundle's classifier (copied, never changed), its ``[C]`` calibration
-        (logits / temperature + bias) and window aggregation.
+    bundle
+        The base: its classifier (copied, never changed), ``[C]`` calibration (logits /
+        temperature + bias), window aggregation, classes, and version (written into the
+        feedback records as ``model_version``).
     sets
         Pool, guard and test windows.
     store
@@ -369,8 +362,6 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, bias: np
         ``(policy, RoundContext, cfg.refine) -> stats``, e.g. :data:`ecgrisk.refine.REFINERS`.
     out
         Run directory (``queries/round_k.jsonl`` are written there), or None.
-    version
-        The base model's version (written into the feedback records as ``model_version``).
     on_round
         Called as ``on_round(k, policy, accepted)`` after each round's guard (e.g. to save a
         checkpoint of the kept model).
@@ -383,20 +374,28 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, bias: np
         ``round_k/test/*`` with ``evaluate_test_each_round``), and for the kept model
         ``val/*``, ``test/*``, ``reward/pair_accuracy``, ``feedback/count``, ``rounds/*``.
     """
-    policy = BernoulliPolicy(copy.deepcopy(model), temperature, bias, aggregation, cfg.refine.train)
-    reference = BernoulliPolicy(copy.deepcopy(model), temperature, bias, aggregation, "head")
+    classes = bundle.classes
+    policy = BernoulliPolicy(copy.deepcopy(bundle.model), bundle.temperature, bundle.bias,
+                             bundle.aggregation, cfg.refine.train)
+    reference = BernoulliPolicy(copy.deepcopy(bundle.model), bundle.temperature, bundle.bias,
+                                bundle.aggregation, "head")
     with torch.no_grad():
         ref_logits = reference.logits(sets.pool)
     base_probs = torch.sigmoid(ref_logits).double().cpu().numpy()
     embeddings = sets.pool.record_embeddings()
     metrics, _ = evaluate_policy(reference, sets.guard, "base/val/", classes)
-    base_test, test_probs = evaluate_policy(reference, sets.test, "base/test/", classes,
-                                            cfg.bootstrap, cfg.seed)
-    metrics.update(base_test)
+    result = LoopResult(policy, metrics, [])
+
+    def evaluate_test(model: BernoulliPolicy, prefix: str, key: int) -> None:
+        if sets.test is not None:  # None: a copy without the test fold
+            m, result.test_probs[key] = evaluate_policy(model, sets.test, prefix, classes,
+                                                        cfg.bootstrap, cfg.seed)
+            metrics.update(m)
+
+    evaluate_test(reference, "base/test/", 0)
     base_auroc = metrics["base/val/macro_auroc"]
-    result = LoopResult(policy, metrics, [], {0: test_probs})
     asked: list[int] = []
-    current, last = version, {"reward/pair_accuracy": float("nan"), "feedback/count": 0}
+    current, last = bundle.version, {"reward/pair_accuracy": float("nan"), "feedback/count": 0}
     completed = 0
     for k in range(1, cfg.rounds + 1):
         pre = f"round_{k}/"
@@ -415,8 +414,7 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, bias: np
         if new == 0:
             log.info("round %d: no new feedback; stopping", k)
             break
-        data = read_feedback(store, sets.pool, classes, cfg.reward.holdout, cfg.reward.flips,
-                             cfg.seed)
+        data = read_feedback(store, sets.pool, classes, cfg.reward, cfg.seed)
         reward, reward_metrics = fit_reward(data, embeddings, len(classes), cfg.reward,
                                             cfg.seed + k)
         before = policy.snapshot()
@@ -438,20 +436,18 @@ def run_loop(cfg: Any, model: torch.nn.Module, temperature: np.ndarray, bias: np
                         **{f"{pre}refine/{key}": v for key, v in stats.items()}})
         if accepted:
             result.accepted.append(k)
-            current = f"{version}+r{k}"
+            current = f"{bundle.version}+r{k}"
         if on_round is not None:
             on_round(k, policy, accepted)
         if cfg.evaluate_test_each_round:
-            round_test, result.test_probs[k] = evaluate_policy(
-                policy, sets.test, f"{pre}test/", classes, cfg.bootstrap, cfg.seed)
-            metrics.update(round_test)
+            evaluate_test(policy, f"{pre}test/", k)
     final_val, _ = evaluate_policy(policy, sets.guard, "val/", classes)
-    final_test, result.test_probs[-1] = evaluate_policy(policy, sets.test, "test/", classes,
-                                                        cfg.bootstrap, cfg.seed)
-    metrics.update({**final_val, **final_test, **last, "rounds/completed": completed,
+    evaluate_test(policy, "test/", -1)
+    metrics.update({**final_val, **last, "rounds/completed": completed,
                     "rounds/accepted": len(result.accepted), "guard/tolerance":
                     float(cfg.guard.tolerance), "pool/records": len(sets.pool),
-                    "guard/records": len(sets.guard), "test/records": len(sets.test)})
+                    "guard/records": len(sets.guard),
+                    "test/records": 0 if sets.test is None else len(sets.test)})
     if not result.accepted:
         log.warning("no refinement passed the guard: the kept model is the base model")
     return result

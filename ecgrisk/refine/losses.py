@@ -22,7 +22,7 @@ def _check_same_shape(**tensors: Tensor) -> None:
         raise ValueError(f"shapes must match, got {shapes}")
 
 
-def bernoulli_logprob(logits: Tensor, readings: Tensor, mask: Tensor | None = None) -> Tensor:
+def bernoulli_logprob(logits: Tensor, readings: Tensor) -> Tensor:
     """Log-probability of each reading under independent Bernoulli outputs.
 
     Parameters
@@ -31,8 +31,6 @@ def bernoulli_logprob(logits: Tensor, readings: Tensor, mask: Tensor | None = No
         ``[..., B, C]`` per-statement logits (broadcast against ``readings``).
     readings
         ``[..., B, C]`` 0/1 readings (float).
-    mask
-        Optional ``[..., B, C]`` 0/1 weights: only masked statements count.
 
     Returns
     -------
@@ -40,10 +38,7 @@ def bernoulli_logprob(logits: Tensor, readings: Tensor, mask: Tensor | None = No
         ``[..., B]`` ``Σ_c y log σ(l) + (1 - y) log σ(-l)``.
     """
     readings = readings.to(logits.dtype)
-    per = readings * F.logsigmoid(logits) + (1 - readings) * F.logsigmoid(-logits)
-    if mask is not None:
-        per = per * mask.to(per.dtype)
-    return per.sum(-1)
+    return (readings * F.logsigmoid(logits) + (1 - readings) * F.logsigmoid(-logits)).sum(-1)
 
 
 def bernoulli_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ecgrisk.data.windows import aggregate_windows
 from ecgrisk.feedback.acquisition import threshold_reading
 from ecgrisk.metrics import evaluate
 from ecgrisk.refine.windows import WindowSet
+from ecgrisk.windowing import aggregate_windows
 
 # --------------------------------------------------------------------------- the policy
 
@@ -94,8 +94,10 @@ def evaluate_policy(policy: BernoulliPolicy, ws: WindowSet, prefix: str, classes
                     seed=seed), probs
 
 
-def statement_agreement(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
-    """Fraction of statements where the thresholded reading ``[N, C]`` equals ``truth``."""
+def reading_accuracy(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    """Fraction of statements where the thresholded reading of ``probs`` ``[N, C]`` equals
+    ``truth`` ``[N, C]`` (e.g. what a simulated cardiologist holds true); not to be confused with
+    :func:`ecgrisk.feedback.agreement.statement_agreement`, which compares annotators."""
     return float((threshold_reading(probs, threshold) == np.asarray(truth)).mean())
 
 

@@ -7,7 +7,7 @@ Verdicts become pairs too (:func:`verdict_to_pairs`), so both kinds of feedback 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,10 +102,6 @@ class RewardPairs:
     def __len__(self) -> int:
         return len(self.embedding)
 
-    def subset(self, index: np.ndarray | Sequence[int]) -> RewardPairs:
-        """The pairs at ``index``."""
-        return RewardPairs(self.embedding[index], self.chosen[index], self.rejected[index])
-
 
 def verdict_to_pairs(verdict: Verdict, classes: Sequence[str], flips: str = "marked"
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -178,41 +174,6 @@ def preference_to_pair(preference: Preference, classes: Sequence[str]
             reading_vector(pair[1], classes, "rejected"))
 
 
-def build_pairs(verdicts: Sequence[Verdict], preferences: Sequence[Preference],
-                embed: Mapping[str, np.ndarray] | Callable[[str], np.ndarray],
-                classes: Sequence[str], flips: str = "marked") -> RewardPairs:
-    """All training pairs from stored feedback (ties are skipped).
-
-    Parameters
-    ----------
-    verdicts, preferences
-        Feedback records.
-    embed
-        ``ecg_id -> [D]`` embedding (a mapping or a function).
-    classes
-        The label list.
-    flips
-        Passed to :func:`verdict_to_pairs`.
-    """
-    lookup = embed.__getitem__ if isinstance(embed, Mapping) else embed
-    emb, chosen, rejected = [], [], []
-    for v in verdicts:
-        for c, r in verdict_to_pairs(v, classes, flips):
-            emb.append(lookup(v.ecg_id))
-            chosen.append(c)
-            rejected.append(r)
-    for p in preferences:
-        pair = preference_to_pair(p, classes)
-        if pair is not None:
-            emb.append(lookup(p.ecg_id))
-            chosen.append(pair[0])
-            rejected.append(pair[1])
-    if not emb:
-        raise ValueError("no training pairs: every record was a tie or an unchanged reading "
-                         "with flips='none'")
-    return RewardPairs(np.stack(emb), np.stack(chosen), np.stack(rejected))
-
-
 def _tensors(pairs: RewardPairs) -> tuple[Tensor, Tensor, Tensor]:
     return (torch.from_numpy(pairs.embedding), torch.from_numpy(pairs.chosen),
             torch.from_numpy(pairs.rejected))
@@ -233,8 +194,7 @@ def pair_accuracy(model: RewardModel, pairs: RewardPairs) -> float:
 
 def train_reward_model(model: RewardModel, pairs: RewardPairs, epochs: int = 50,
                        lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 1e-4,
-                       margin: float = 0.0, seed: int = 0,
-                       val_pairs: RewardPairs | None = None) -> dict[str, list[float]]:
+                       seed: int = 0) -> dict[str, list[float]]:
     """Fit the reward model with the Bradley-Terry loss (AdamW, shuffled mini-batches).
 
     Parameters
@@ -245,17 +205,13 @@ def train_reward_model(model: RewardModel, pairs: RewardPairs, epochs: int = 50,
         Training pairs.
     epochs, lr, batch_size, weight_decay
         Optimisation settings.
-    margin
-        Passed to :func:`~ecgrisk.refine.losses.bradley_terry_loss`.
     seed
         Seeds the shuffling.
-    val_pairs
-        Optional held-out pairs; their accuracy is recorded each epoch.
 
     Returns
     -------
     dict
-        ``loss`` and ``accuracy`` per epoch (train), and ``val_accuracy`` when given.
+        ``loss`` and ``accuracy`` per epoch (train).
     """
     if len(pairs) == 0:
         raise ValueError("train_reward_model needs at least one pair")
@@ -263,8 +219,6 @@ def train_reward_model(model: RewardModel, pairs: RewardPairs, epochs: int = 50,
     emb, chosen, rejected = _tensors(pairs)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-    if val_pairs is not None:
-        history["val_accuracy"] = []
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(pairs), generator=generator)
@@ -272,7 +226,7 @@ def train_reward_model(model: RewardModel, pairs: RewardPairs, epochs: int = 50,
         for start in range(0, len(pairs), batch_size):
             idx = order[start:start + batch_size]
             loss, stats = bradley_terry_loss(model(emb[idx], chosen[idx]),
-                                             model(emb[idx], rejected[idx]), margin)
+                                             model(emb[idx], rejected[idx]))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -280,6 +234,4 @@ def train_reward_model(model: RewardModel, pairs: RewardPairs, epochs: int = 50,
             correct += stats["accuracy"] * len(idx)
         history["loss"].append(total / len(pairs))
         history["accuracy"].append(correct / len(pairs))
-        if val_pairs is not None:
-            history["val_accuracy"].append(pair_accuracy(model, val_pairs))
     return history

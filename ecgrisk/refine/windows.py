@@ -117,11 +117,11 @@ def embed_windows(model: torch.nn.Module, dataset: Any, labels: np.ndarray,
 @dataclass
 class Sets:
     """Where the loop asks (``pool``), what the guard checks (``guard``), what is reported
-    (``test``)."""
+    (``test``; None on a copy of the data without the test fold)."""
 
     pool: WindowSet
     guard: WindowSet
-    test: WindowSet
+    test: WindowSet | None
 
 
 def prepare_sets(model: torch.nn.Module, dm: Any, pool: str = "val_half", seed: int = 0,
@@ -134,14 +134,18 @@ def prepare_sets(model: torch.nn.Module, dm: Any, pool: str = "val_half", seed: 
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    splits = ["val"] + (["test"] if len(dm.record_ids("test")) else [])
+    if "test" not in splits:
+        log.warning("the test fold is absent: refinement reports the guard half of the "
+                    "validation fold only")
     emb = {s: embed_windows(model, dm.eval_dataset(s), dm.labels(s), dm.record_ids(s),
-                            batch_size, keep_inputs) for s in ("val", "test")}
+                            batch_size, keep_inputs) for s in splits}
     val = emb["val"]
     if pool == "val":
-        return Sets(val, val, emb["test"])
+        return Sets(val, val, emb.get("test"))
     if len(val) < 4:
         raise ValueError(f"pool=val_half needs at least 4 validation records, got {len(val)}")
     order = np.random.default_rng(seed).permutation(len(val))
     half = len(val) // 2
     return Sets(val.subset(np.sort(order[:half])), val.subset(np.sort(order[half:])),
-                emb["test"])
+                emb.get("test"))

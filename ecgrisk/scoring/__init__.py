@@ -16,7 +16,7 @@ def __getattr__(name: str):
 
         return getattr(predict, name)
     if name == "score_files":
-        from ecgrisk.scoring.batch import score_files
+        from ecgrisk.scoring.job import score_files
 
         return score_files
     raise AttributeError(f"module 'ecgrisk.scoring' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """``ecgrisk score`` and ``ecgrisk export``: argparse sub-commands registered by :func:`add_parsers`.
 
-    ecgrisk score data/ecgs/ more/*.hea manifest.csv --model model.pt --out scores.csv
+    ecgrisk score data/ecgs/                      # shipped ptbxl-superdiagnostic -> scores.csv
+    ecgrisk score data/ecgs/ more/*.hea manifest.csv --model ptbxl-all --out scores.csv
     ecgrisk score data/ --model model.pt --out scores.parquet --resume --report report/
     ecgrisk export model.pt --onnx model.onnx
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from ecgrisk.shipped import DEFAULT_BUNDLE, list_shipped
 
 __all__ = ["add_parsers", "main"]
 
@@ -30,12 +33,15 @@ def _bands(text: str) -> tuple[float, float]:
 def _score(args) -> int:
     from rich.console import Console
 
-    from ecgrisk.bundle import BundleError
-    from ecgrisk.scoring.batch import InputError, OutputError, score_files
+    from ecgrisk.bundle import BundleError, resolve
+    from ecgrisk.scoring.inputs import InputError
+    from ecgrisk.scoring.job import score_files
     from ecgrisk.scoring.report import print_summary, write_report
+    from ecgrisk.scoring.table import OutputError
 
     console = Console(stderr=True)
     try:
+        args.model = str(resolve(args.model))  # a shipped name -> its file (digests need a file)
         if args.devices:
             from ecgrisk.scoring.distributed import score_distributed
 
@@ -77,10 +83,11 @@ def _score(args) -> int:
 
 
 def _export(args) -> int:
-    from ecgrisk.bundle import Bundle, BundleError
+    from ecgrisk.bundle import Bundle, BundleError, resolve
     from ecgrisk.scoring.onnx_backend import OnnxBackendError, export_onnx
 
     try:
+        args.model = str(resolve(args.model))
         bundle = Bundle.load(args.model)
         path = export_onnx(bundle, args.onnx, bundle_path=args.model, opset=args.opset)
     except (BundleError, OnnxBackendError) as e:
@@ -96,8 +103,10 @@ def add_parsers(subparsers) -> None:
                               description=__doc__.split("\n\n")[0])
     s.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="ECG files, folders (recursive), globs or manifest .csv with a path column")
-    s.add_argument("--model", required=True, help="model bundle (model.pt)")
-    s.add_argument("--out", required=True, help="output table: .csv or .parquet")
+    s.add_argument("--model", default=DEFAULT_BUNDLE,
+                   help=f"model bundle: a model.pt or a shipped name ({', '.join(list_shipped()) or 'none shipped'}; "
+                        f"default {DEFAULT_BUNDLE})")
+    s.add_argument("--out", default="scores.csv", help="output table: .csv or .parquet (default scores.csv)")
     s.add_argument("--workers", type=int, default=2, help="reader processes (0: none)")
     s.add_argument("--batch-size", type=int, default=512, help="windows per model call")
     s.add_argument("--resume", action="store_true", help="keep rows already in --out")
@@ -120,7 +129,7 @@ def add_parsers(subparsers) -> None:
     s.set_defaults(func=_score)
 
     e = subparsers.add_parser("export", help="export a model bundle's network to ONNX")
-    e.add_argument("model", help="model bundle (model.pt)")
+    e.add_argument("model", help="model bundle (model.pt or a shipped name)")
     e.add_argument("--onnx", required=True, help="destination .onnx file")
     e.add_argument("--opset", type=int, default=17)
     e.set_defaults(func=_export)

@@ -1,4 +1,4 @@
-"""Scale-out scoring: the same evaluation as :mod:`ecgrisk.scoring.batch` as a Lightning ``predict``.
+"""Scale-out scoring: the same evaluation as :mod:`ecgrisk.scoring.job` as a Lightning ``predict``.
 
 Each rank reads its share of the records (``DistributedSampler``; DataLoader workers do the
 reading), scores them with the bundle's model and writes its rows to its own shard,
@@ -12,33 +12,31 @@ removes them. With several nodes the output folder must be on a filesystem they 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import os
+import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from ecgrisk.scoring.batch import (
-    TableWriter,
-    check_bands,
-    collect_records,
-    make_rows,
-    output_columns,
-    read_chunk,
-    read_rows,
-)
-from ecgrisk.scoring.predict import InputSpec, aggregate_logits, calibrate, record_windows
+from ecgrisk.bundle import Bundle
+from ecgrisk.scoring.input_spec import InputSpec
+from ecgrisk.scoring.inputs import collect_records
+from ecgrisk.scoring.predict import aggregate_logits, calibrate
+from ecgrisk.scoring.reading import ReadRecord, read_chunk
 from ecgrisk.scoring.report import ScoreSummary
+from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
+from ecgrisk.scoring.table import TableWriter, read_rows
 
 __all__ = ["RecordDataset", "ScoringModule", "ShardWriter", "merge_shards", "score_distributed"]
 
 
 class RecordDataset(Dataset):
-    """Item ``i``: record ``i`` read and prepared by :func:`read_chunk` (``x`` None on error)."""
+    """Item ``i``: ``(i, record i read and prepared by read_chunk)`` (``x`` None on error)."""
 
     def __init__(self, records: list[tuple[str, str]], spec: InputSpec,
                  missing_leads: str = "pad", npy_fs: float | None = None):
@@ -48,32 +46,28 @@ class RecordDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict:
-        item = read_chunk([self.records[i]], self.spec, self.missing_leads, self.npy_fs)[0]
-        item["index"] = i
-        return item
+    def __getitem__(self, i: int) -> tuple[int, ReadRecord]:
+        return i, read_chunk([self.records[i]], self.spec, self.missing_leads, self.npy_fs)[0]
 
 
 class _Collate:
-    """Records -> ``{"windows": [W, 12, window], "positions": [W], "items": [...]}``."""
+    """``(index, record)`` items -> ``{"windows": [W, 12, window], "positions": [W], "n_ok",
+    "indices", "records"}``; the records leave their signals behind (``x`` None)."""
 
     def __init__(self, spec: InputSpec):
         self.spec = spec
 
-    def __call__(self, items: list[dict]) -> dict:
-        wins, pos, k = [], [], 0
-        for it in items:
-            if it["x"] is not None:
-                w = record_windows(it["x"], self.spec.window, self.spec.stride)
-                wins.append(w)
-                pos.append(np.full(len(w), k, dtype=np.int64))
-                k += 1
-        windows = (torch.from_numpy(np.concatenate(wins)) if wins
-                   else torch.zeros(0, 12, self.spec.window))
-        positions = torch.from_numpy(np.concatenate(pos)) if pos else torch.zeros(0, dtype=torch.long)
-        meta = [{**{k2: v for k2, v in it.items() if k2 != "x"}, "x": None,
-                 "length": None if it["x"] is None else it["x"].shape[1]} for it in items]
-        return {"windows": windows, "positions": positions, "n_ok": k, "items": meta}
+    def __call__(self, items: list[tuple[int, ReadRecord]]) -> dict:
+        good = [rec.x for _, rec in items if rec.x is not None]
+        if good:
+            windows, positions = self.spec.windows(good)
+            windows, positions = torch.from_numpy(windows), torch.from_numpy(positions)
+        else:
+            windows = torch.zeros(0, 12, self.spec.window)
+            positions = torch.zeros(0, dtype=torch.long)
+        return {"windows": windows, "positions": positions, "n_ok": len(good),
+                "indices": [i for i, _ in items],
+                "records": [dataclasses.replace(rec, x=None) for _, rec in items]}
 
 
 class ScoringModule(L.LightningModule):
@@ -85,6 +79,12 @@ class ScoringModule(L.LightningModule):
         self.bundle, self.bands = bundle, bands
         self.spec = InputSpec.from_bundle(bundle)
 
+    def transfer_batch_to_device(self, batch: dict, device, dataloader_idx: int) -> dict:
+        # only the windows go to the device; Lightning's collection mapping would also walk
+        # the records, and it refuses frozen dataclasses
+        return {**batch, "windows": batch["windows"].to(device),
+                "positions": batch["positions"].to(device)}
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         probs = None
         if batch["n_ok"]:
@@ -92,10 +92,10 @@ class ScoringModule(L.LightningModule):
             agg = aggregate_logits(logits, batch["positions"].cpu().numpy(), batch["n_ok"],
                                    self.bundle.aggregation)
             probs = calibrate(agg, self.bundle.temperature, self.bundle.bias)
-        items = batch["items"]
-        rows = make_rows(items, probs, self.spec, list(self.bundle.classes), self.bands, self.bundle)
-        for row, it in zip(rows, items, strict=True):
-            row["_index"] = it["index"]
+        rows = make_rows(batch["records"], probs, self.spec, list(self.bundle.classes), self.bands,
+                         self.bundle)
+        for row, index in zip(rows, batch["indices"], strict=True):
+            row["_index"] = index
         return rows
 
 
@@ -169,10 +169,6 @@ def score_distributed(inputs: list[str], bundle_path, out, *, devices: int = 1,
     -------
     The merged table's summary on global rank 0, None on the other ranks.
     """
-    import time
-
-    from ecgrisk.bundle import Bundle
-
     t0 = time.perf_counter()
     bundle = Bundle.load(bundle_path)
     bands = check_bands(bands if bands is not None else bundle.risk_bands)

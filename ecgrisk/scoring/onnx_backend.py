@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ecgrisk.files import atomic_path, file_sha256
+from ecgrisk.scoring.input_spec import InputSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecgrisk.bundle import Bundle
@@ -51,8 +52,6 @@ def export_onnx(bundle: Bundle, path: str | os.PathLike, bundle_path=None,
     except ImportError as e:
         raise OnnxBackendError("ONNX export needs the onnx package "
                                "(pip install 'ecgrisk[onnx]')") from e
-    from ecgrisk.scoring.predict import InputSpec
-
     spec = InputSpec.from_bundle(bundle)
     model = bundle.model.cpu().eval()
     path = Path(path)

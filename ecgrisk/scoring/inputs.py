@@ -1,0 +1,86 @@
+"""The INPUT arguments of ``ecgrisk score``: files, folders, globs and manifests -> records.
+
+:func:`collect_records` turns them into ``(record id, path)`` pairs in input order, each path
+once; a path that does not exist is kept and becomes an error row when it is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from pathlib import Path
+
+from ecgrisk.data.folder import ECGFolder
+
+__all__ = ["InputError", "collect_records"]
+
+_GLOB_CHARS = set("*?[")
+_WFDB_SUFFIXES = (".hea", ".dat", ".mat")
+
+
+class InputError(ValueError):
+    """The INPUT arguments name nothing to score, or a manifest is malformed."""
+
+
+def _as_record(path: Path) -> tuple[str, str]:
+    """``(record id, path given to read_ecg)``; WFDB records by their name without extension."""
+    if path.suffix.lower() in _WFDB_SUFFIXES:
+        path = path.with_suffix("")
+        return path.name, os.path.abspath(path)
+    return path.stem, os.path.abspath(path)
+
+
+def _manifest(path: Path) -> list[tuple[str, str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise InputError(f"manifest {path}: needs a 'path' column (has {reader.fieldnames})")
+        out = []
+        for line, row in enumerate(reader, start=2):
+            if not (row.get("path") or "").strip():
+                raise InputError(f"manifest {path}: line {line} has an empty path")
+            p = Path(row["path"].strip())
+            rec, abspath = _as_record(p if p.is_absolute() else path.parent / p)
+            out.append(((row.get("record") or "").strip() or rec, abspath))
+    return out
+
+
+def _expand(arg: str) -> list[tuple[str, str]]:
+    p = Path(arg).expanduser()
+    if p.is_dir():
+        try:
+            folder = ECGFolder(p)
+        except FileNotFoundError:
+            return []
+        return list(zip(folder.record_ids, folder.paths, strict=True))
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return _manifest(p)
+    if not p.exists() and _GLOB_CHARS & set(arg):
+        out = []
+        for match in sorted(glob.glob(os.path.expanduser(arg), recursive=True)):
+            out += _expand(match)
+        return out
+    # a file, a WFDB name without extension, or a missing path (it becomes an error row)
+    return [_as_record(p)]
+
+
+def collect_records(inputs: list[str]) -> list[tuple[str, str]]:
+    """``(record id, path)`` of every record INPUT names, in order, each path once.
+
+    INPUT items are files (any format ``read_ecg`` reads; ``.hea``/``.dat``/``.mat`` name their
+    record), folders (searched recursively like :class:`ECGFolder`), globs (``**`` recursive)
+    or manifest ``.csv`` files with a ``path`` column (relative to the manifest) and an optional
+    ``record`` column. A path that does not exist is kept: it becomes a row with its error.
+    """
+    if not inputs:
+        raise InputError("no INPUT given")
+    seen: dict[str, str] = {}
+    for arg in inputs:
+        found = _expand(str(arg))
+        if not found:
+            raise InputError(f"INPUT {arg!r}: no ECG record found (folders hold WFDB .hea, "
+                             f".npy or .npz files; globs must match something)")
+        for rec, path in found:
+            seen.setdefault(path, rec)
+    return [(rec, path) for path, rec in seen.items()]

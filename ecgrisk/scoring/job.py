@@ -1,0 +1,123 @@
+"""The batch scoring job: ECG files in, one calibrated row per record out, streamed to CSV/Parquet.
+
+Reader processes (``workers``, :mod:`ecgrisk.scoring.reading`) read, preprocess, scale and
+quality-check records in small chunks; the main process gathers their windows into batches of
+``batch_size`` for the model and writes rows (:mod:`ecgrisk.scoring.rows`) as soon as a batch is
+done. At most ``4 * workers`` chunks are in flight, so memory stays flat however many files
+there are. Rows go to a partial file beside the output that replaces it only at the end
+(:mod:`ecgrisk.scoring.table`); an interrupted run leaves its partial file, which
+``resume=True`` reads (with the previous output) and carries forward.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ecgrisk.bundle import Bundle
+from ecgrisk.progress import progress_bar
+from ecgrisk.scoring.inputs import collect_records
+from ecgrisk.scoring.predict import Predictor
+from ecgrisk.scoring.reading import ReadRecord, read_records
+from ecgrisk.scoring.report import ScoreSummary
+from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
+from ecgrisk.scoring.table import TableWriter, read_rows, stale_partials
+
+__all__ = ["score_files"]
+
+
+def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os.PathLike, *,
+                workers: int = 2, batch_size: int = 512, chunk_size: int = 8,
+                resume: bool = False, bands: tuple[float, float] | None = None,
+                backend: str = "torch", onnx_path=None, missing_leads: str = "pad",
+                npy_fs: float | None = None, progress: bool = True,
+                top_n: int = 5) -> ScoreSummary:
+    """Score every record INPUT names with a model bundle into ``out`` (``.csv`` or ``.parquet``).
+
+    Parameters
+    ----------
+    inputs : files, folders, globs or manifest CSVs (see :func:`collect_records`).
+    bundle_path : ``model.pt`` (refused with :class:`~ecgrisk.bundle.BundleError` when it is not
+        ``weights_only``-loadable or was altered).
+    out : output table; replaced atomically at the end.
+    workers : reader processes (0 reads in the main process).
+    batch_size : windows per model call.
+    chunk_size : records per reader task.
+    resume : keep rows already scored in ``out`` (and in an interrupted run's partial file) by
+        the same model; failed rows and rows of another model version are scored again.
+    bands : ``(low, high)`` risk thresholds; default ``bundle.risk_bands``.
+    backend, onnx_path : ``"torch"`` or ``"onnx"`` (see :class:`Predictor`).
+    missing_leads : ``"pad"`` scores records with absent leads (flagged); ``"refuse"`` fails them.
+    npy_fs : sampling rate of bare ``.npy`` files (they carry none).
+    progress : show a progress bar with rate and ETA.
+    top_n : highest-risk records the summary keeps for the report.
+
+    Returns
+    -------
+    ScoreSummary of the whole table (carried-over rows included).
+    """
+    if batch_size < 1 or chunk_size < 1 or workers < 0:
+        raise ValueError(f"need batch_size >= 1, chunk_size >= 1, workers >= 0; got "
+                         f"{batch_size}, {chunk_size}, {workers}")
+    out = Path(out)
+    t0 = time.perf_counter()
+    bundle = Bundle.load(bundle_path)
+    bands = check_bands(bands if bands is not None else bundle.risk_bands)
+    predictor = Predictor(bundle, backend=backend, onnx_path=onnx_path, bundle_path=bundle_path)
+    classes = list(bundle.classes)
+    columns = output_columns(classes)
+    records = collect_records(inputs)
+    summary = ScoreSummary(top_n=top_n)
+
+    old = [out] + stale_partials(out)
+    writer = TableWriter(out, columns)
+    try:
+        done: set[str] = set()
+        if resume:
+            wanted = {path for _, path in records}
+            for row in read_rows(old, columns, writer.fmt):
+                same_model = (row["model_name"] == bundle.name
+                              and str(row["model_version"]) == str(bundle.version))
+                if row["error"] or not same_model or row["path"] in done or row["path"] not in wanted:
+                    continue
+                done.add(row["path"])
+                writer.write([row])
+                summary.add(row, classes, resumed=True)
+        todo = [r for r in records if r[1] not in done]
+        pending: list[ReadRecord] = []
+        n_windows = 0
+        with progress_bar(len(todo), "scoring", enabled=progress) as advance:
+            stream = read_records(todo, predictor.spec, workers, chunk_size, missing_leads, npy_fs)
+            for rec in stream:
+                pending.append(rec)
+                if rec.length is not None:
+                    n_windows += rec.length // predictor.spec.stride
+                if n_windows >= batch_size:
+                    _flush(pending, predictor, writer, summary, bands, batch_size)
+                    advance(len(pending))
+                    pending, n_windows = [], 0
+            _flush(pending, predictor, writer, summary, bands, batch_size)
+            advance(len(pending))
+    except BaseException:
+        writer.close()  # a finished partial file: --resume continues from it
+        raise
+    writer.commit()
+    for p in old[1:]:
+        p.unlink(missing_ok=True)
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _flush(pending: list[ReadRecord], predictor: Predictor, writer: TableWriter,
+           summary: ScoreSummary, bands: tuple[float, float], batch_size: int) -> None:
+    """Score the records read so far, write their rows, count them in the summary."""
+    if not pending:
+        return
+    bundle = predictor.bundle
+    good = [rec.x for rec in pending if rec.x is not None]
+    probs = predictor.predict_prepared(good, batch_size) if good else None
+    rows = make_rows(pending, probs, predictor.spec, list(bundle.classes), bands, bundle)
+    writer.write(rows)
+    for row in rows:
+        summary.add(row, list(bundle.classes))

@@ -1,0 +1,105 @@
+"""The reader side of scoring: read, quality-check and prepare records, in reader processes.
+
+:func:`read_chunk` turns ``(record id, path)`` jobs into :class:`ReadRecord` s and never raises
+for a record; :func:`read_records` streams them in input order from ``workers`` processes with
+a bounded number of chunks in flight. Reader processes import this module and must never load
+torch: it needs only numpy/scipy.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecgrisk.io import ECGReadError, read_ecg
+from ecgrisk.scoring.input_spec import InputSpec
+from ecgrisk.scoring.quality import quality_flags
+
+__all__ = ["ReadRecord", "read_chunk", "read_records"]
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    """One record as the reader side hands it to the model side.
+
+    Attributes
+    ----------
+    record, path : the record id and the path given to ``read_ecg``.
+    x : ``[12, T]`` float32 through :meth:`InputSpec.prepare`, ready for windows; None when the
+        record failed, or once its windows were cut (``length`` still says it scored).
+    length : ``T`` when the record was prepared, else None.
+    flags : the quality columns of :func:`~ecgrisk.scoring.quality.quality_flags`; empty when
+        the file could not be read.
+    error : ``""``, or ``"<ErrorClass>: <reason>"`` when the record cannot be scored.
+    """
+
+    record: str
+    path: str
+    x: np.ndarray | None = None
+    length: int | None = None
+    flags: dict = field(default_factory=dict)
+    error: str = ""
+
+
+def _clean(msg: str) -> str:
+    return " ".join(str(msg).split())  # one line: CSV rows stay one line each
+
+
+def read_chunk(jobs: list[tuple[str, str]], spec: InputSpec, missing_leads: str = "pad",
+               npy_fs: float | None = None) -> list[ReadRecord]:
+    """Read, check and prepare records (runs in reader processes; never raises for a record).
+
+    Returns
+    -------
+    one :class:`ReadRecord` per ``(record id, path)`` job, in order.
+    """
+    out = []
+    for rec, path in jobs:
+        x, flags, error = None, {}, ""
+        try:
+            fs = npy_fs if str(path).lower().endswith((".npy", ".npz")) else None
+            ecg = read_ecg(path, fs=fs, missing_leads=missing_leads)
+            flags = quality_flags(ecg.signal, ecg.fs, ecg.lead_mask, spec.preprocessing.fs)
+            prepared = spec.prepare(ecg.signal, ecg.fs)
+            if not np.isfinite(prepared).all():
+                raise ValueError("preprocessing produced non-finite values")
+            x = prepared
+        except ECGReadError as e:
+            error = _clean(f"{type(e).__name__}: {e.reason}")
+        except Exception as e:  # a filter failing on one pathological record must not stop the run
+            error = _clean(f"{type(e).__name__}: {e}")
+        out.append(ReadRecord(rec, path, x, None if x is None else x.shape[1], flags, error))
+    return out
+
+
+def _chunks(records, size):
+    for i in range(0, len(records), size):
+        yield records[i:i + size]
+
+
+def read_records(records: list[tuple[str, str]], spec: InputSpec, workers: int, chunk_size: int,
+                 missing_leads: str = "pad", npy_fs: float | None = None
+                 ) -> Iterator[ReadRecord]:
+    """Yield read records in input order with at most ``4 * workers`` chunks in flight.
+
+    ``workers=0`` reads in the calling process.
+    """
+    if workers <= 0:
+        for chunk in _chunks(records, chunk_size):
+            yield from read_chunk(chunk, spec, missing_leads, npy_fs)
+        return
+    # forkserver: reader processes never inherit the main process's torch threads
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as ex:
+        pending: deque = deque()
+        for chunk in _chunks(records, chunk_size):
+            pending.append(ex.submit(read_chunk, chunk, spec, missing_leads, npy_fs))
+            if len(pending) >= 4 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()

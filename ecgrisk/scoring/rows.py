@@ -1,0 +1,58 @@
+"""Output rows: the columns of the scores table and one row per read record.
+
+Columns (see :func:`output_columns`): ``record``, ``path``, ``prob/<class>`` per statement
+(calibrated), ``risk`` (1 - P(NORM) when NORM is a class, else the max probability),
+``risk_band``, the quality columns of :mod:`ecgrisk.scoring.quality`, ``n_windows``,
+``model_name``, ``model_version``, ``error`` (empty when the record scored; otherwise
+``"<ErrorClass>: <reason>"`` and empty probabilities).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ecgrisk.scoring.input_spec import InputSpec
+from ecgrisk.scoring.quality import QUALITY_COLUMNS
+from ecgrisk.scoring.reading import ReadRecord
+from ecgrisk.scoring.report import risk_band
+from ecgrisk.windowing import evaluation_windows
+
+__all__ = ["check_bands", "make_rows", "output_columns"]
+
+
+def output_columns(classes: list[str]) -> list[str]:
+    """Column order of the output table for a bundle with ``classes``."""
+    return ["record", "path", *[f"prob/{c}" for c in classes], "risk", "risk_band",
+            *QUALITY_COLUMNS, "n_windows", "model_name", "model_version", "error"]
+
+
+def check_bands(bands) -> tuple[float, float]:
+    b = tuple(float(v) for v in bands)
+    if len(b) != 2 or not 0.0 <= b[0] <= b[1] <= 1.0:
+        raise ValueError(f"risk bands must be two thresholds 0 <= low <= high <= 1, got {bands}")
+    return b
+
+
+def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSpec,
+              classes: list[str], bands: tuple[float, float], bundle) -> list[dict]:
+    """Output rows for read records; ``probs [n_ok, C]`` belong, in order, to the scored records.
+
+    A record scored when it has a ``length`` (its prepared signal may already be dropped).
+    """
+    norm = classes.index("NORM") if "NORM" in classes else None
+    rows, k = [], 0
+    for rec in records:
+        row = {"record": rec.record, "path": rec.path, "model_name": bundle.name,
+               "model_version": bundle.version, "error": rec.error}
+        row.update({c: rec.flags.get(c) for c in QUALITY_COLUMNS})
+        if rec.length is None:
+            row.update({f"prob/{c}": None for c in classes}, risk=None, risk_band="", n_windows=0)
+        else:
+            p = probs[k]
+            k += 1
+            risk = float(1.0 - p[norm]) if norm is not None else float(p.max())
+            n_win = len(evaluation_windows([rec.length], spec.window, spec.stride)[0])
+            row.update({f"prob/{c}": float(v) for c, v in zip(classes, p, strict=True)},
+                       risk=risk, risk_band=risk_band(risk, bands), n_windows=n_win)
+        rows.append(row)
+    return rows
