@@ -102,11 +102,15 @@ def test_resume_continues_from_checkpoint(tmp_path, ptbxl_root, monkeypatch):
 
     make = ft.make_trainer
     monkeypatch.setattr(ft, "make_trainer", lambda cfg, out, cbs: make(cfg, out, cbs + [_Interrupt()]))
-    first = train(_cfg(tmp_path, ptbxl_root, "trainer.max_epochs=3", out="first"))
+    # validation only after the third epoch: the first run stops before it ever validates, so
+    # only the every-epoch last.ckpt can carry it on
+    common = ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=3"]
+    first = train(_cfg(tmp_path, ptbxl_root, *common, out="first"))
     assert first["train/epochs"] == 2
     monkeypatch.setattr(ft, "make_trainer", make)
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    metrics = train(_cfg(tmp_path, ptbxl_root, "trainer.max_epochs=3", f"resume={last}", out="resumed"))
+    assert torch.load(last, weights_only=True)["epoch"] == 2  # two epochs done, none validated
+    metrics = train(_cfg(tmp_path, ptbxl_root, *common, f"resume={last}", out="resumed"))
     # the third epoch only, on top of the restored two (optimizer and one-cycle state included)
     log = pd.read_csv(tmp_path / "resumed" / "logs" / "metrics.csv")
     trained = log.dropna(subset=["train/loss_epoch"])["epoch"].astype(int)

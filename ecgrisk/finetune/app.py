@@ -69,8 +69,12 @@ def train(cfg: DictConfig) -> dict:
                               partial_blocks=ft.partial_blocks, pos_weight=pos_weight,
                               aggregation=ft.aggregation, pct_start=ft.pct_start)
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:02d}",
-                           monitor="val/macro_auroc", mode="max", save_last=True)
-    callbacks = [ckpt]
+                           monitor="val/macro_auroc", mode="max")
+    # last.ckpt after every epoch, so a killed run loses at most one epoch however rarely it
+    # validates (trainer.check_val_every_n_epoch)
+    last = ModelCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True,
+                           save_on_train_epoch_end=True)
+    callbacks = [ckpt, last]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/macro_auroc", mode="max",
                                        patience=cfg.early_stopping_patience))
