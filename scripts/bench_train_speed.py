@@ -94,6 +94,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["xresnet1d50", "xresnet1d101", "inception1d", "vit1d"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--compile-models", nargs="*", default=["xresnet1d101", "vit1d"],
+                   help="encoders measured with torch.compile too (each compile costs minutes)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--parity-root", default=None, help="a PTB-XL root: also run the fp32 vs bf16 AUROC check")
     p.add_argument("--parity-model", default="xresnet1d50")
@@ -109,7 +111,8 @@ def main() -> None:
     for model in args.models:
         for threads in args.threads:
             for mode in args.modes:
-                if mode.startswith("compile") and threads != max(args.threads):
+                if mode.startswith("compile") and (threads != max(args.threads)
+                                                   or model not in args.compile_models):
                     continue  # compile is measured at the thread count training uses
                 r = time_steps(model, mode, threads, args.steps)
                 rows.append(r)

@@ -1,0 +1,61 @@
+"""The bundles ecgrisk ships: present, small, weights-only, intact, with a card, and sensible on a
+known real record."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecgrisk.bundle import Bundle, BundleError, resolve
+from ecgrisk.files import file_sha256
+from ecgrisk.io import read_ecg
+from ecgrisk.scoring.predict import predict_proba
+from ecgrisk.shipped import DEFAULT_BUNDLE, SHIPPED_DIR, list_shipped
+
+SHIPPED = ["ptbxl-superdiagnostic"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_bundle_is_small_weights_only_intact_and_has_its_card(name):
+    path = SHIPPED_DIR / f"{name}.pt"
+    assert name in list_shipped() and resolve(name) == path
+    assert path.stat().st_size <= 25 * 2**20
+    obj = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
+    bundle = Bundle.load(name)  # checks the stored digest
+    assert bundle.classes == obj["meta"]["classes"]
+    card = (SHIPPED_DIR / f"{name}.md").read_text()
+    assert file_sha256(path) in card and "CC BY 4.0" in card and "fold 9" in card
+
+
+def test_the_default_bundle_is_shipped():
+    assert DEFAULT_BUNDLE in list_shipped()
+
+
+def test_an_unknown_name_is_a_clear_error():
+    with pytest.raises(BundleError, match="no shipped bundle has that name.*ptbxl-superdiagnostic"):
+        Bundle.load("ptbxl-nonexistent")
+
+
+@pytest.fixture(scope="module")
+def record_00001(shared):
+    # PTB-XL ecg_id 1 (fold 3): NORM, SR, LVOLT; the shipped bundles were trained on folds 1-8
+    return read_ecg(shared / "ptb-xl" / "records100" / "00000" / "00001_lr")
+
+
+def test_superdiagnostic_bundle_reads_a_normal_ecg_as_normal(record_00001):
+    bundle = Bundle.load("ptbxl-superdiagnostic")
+    p = dict(zip(bundle.classes, predict_proba(bundle, record_00001.signal, record_00001.fs), strict=True))
+    assert max(p, key=p.get) == "NORM" and p["NORM"] > 0.5
+
+
+def test_score_without_model_uses_the_default_bundle(shared, tmp_path):
+    import pandas as pd
+
+    from ecgrisk.cli import main
+
+    out = tmp_path / "scores.csv"
+    rc = main(["score", str(shared / "ptb-xl" / "records100" / "00000" / "00001_lr.hea"),
+               "--out", str(out), "--quiet", "--workers", "0"])
+    assert rc == 0
+    row = pd.read_csv(out).iloc[0]
+    assert row["model_name"] == Bundle.load(DEFAULT_BUNDLE).name and not isinstance(row["error"], str)
