@@ -39,6 +39,7 @@ def make_loggers(cfg: DictConfig, out: Path) -> list:
     """CSV always (the curves PNG reads it); TensorBoard or MLflow on top when configured."""
     from lightning.pytorch.loggers import CSVLogger
 
+    _keep_history(out / "logs")
     loggers = [CSVLogger(save_dir=str(out), name="logs", version="")]
     extra = cfg.logger.get("extra")
     if extra == "tensorboard":
@@ -55,20 +56,35 @@ def make_loggers(cfg: DictConfig, out: Path) -> list:
     return loggers
 
 
+def _keep_history(logs: Path) -> None:
+    """Set an earlier ``metrics.csv`` aside as ``history-<k>.csv`` (a resumed run writes into the
+    same folder, and Lightning's CSV logger would replace it); :func:`plot_curves` reads both."""
+    current = logs / "metrics.csv"
+    if current.is_file():
+        k = len(list(logs.glob("history-*.csv")))
+        current.rename(logs / f"history-{k}.csv")
+
+
+def logged_metrics(logs: Path):
+    """Every row the CSV logger wrote in ``logs``, earlier (resumed) parts first; None if none."""
+    import pandas as pd
+
+    parts = sorted(logs.glob("history-*.csv"), key=lambda f: int(f.stem.split("-")[1]))
+    parts += [logs / "metrics.csv"] if (logs / "metrics.csv").is_file() else []
+    return pd.concat([pd.read_csv(f) for f in parts], ignore_index=True) if parts else None
+
+
 def make_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list | None = None) -> L.Trainer:
     kw = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     return L.Trainer(default_root_dir=str(out), callbacks=callbacks,
                      logger=loggers if loggers is not None else make_loggers(cfg, out), **kw)
 
 
-def plot_curves(out: Path, metrics_csv: Path | None = None, keys=("train/loss_epoch", "val/macro_auroc")) -> Path | None:
-    """``curves.png``: one panel per logged key, by epoch, from the CSV logger's metrics.csv."""
-    import pandas as pd
-
-    metrics_csv = metrics_csv or out / "logs" / "metrics.csv"
-    if not metrics_csv.is_file():
+def plot_curves(out: Path, keys=("train/loss_epoch", "val/macro_auroc")) -> Path | None:
+    """``curves.png``: one panel per logged key, by epoch, from the CSV logger's files."""
+    df = logged_metrics(out / "logs")
+    if df is None:
         return None
-    df = pd.read_csv(metrics_csv)
     keys = [k for k in keys if k in df.columns and df[k].notna().any()]
     if not keys or "epoch" not in df.columns:
         return None

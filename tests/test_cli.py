@@ -34,3 +34,19 @@ def test_download_offline_is_a_clear_error(tmp_path, capsys):
                  "--base-url", f"http://127.0.0.1:{port}/ptb-xl/1.0.3/"])
     assert code == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_every_console_script_in_pyproject_names_a_callable():
+    import importlib
+    from pathlib import Path
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())[
+        "project"]["scripts"]
+    assert {"ecgrisk", "ecgrisk-pretrain", "ecgrisk-finetune", "ecgrisk-refine"} <= set(scripts)
+    for name, target in scripts.items():
+        module, attr = target.split(":")
+        assert callable(getattr(importlib.import_module(module), attr)), name

@@ -118,6 +118,23 @@ def test_resume_continues_from_checkpoint(tmp_path, ptbxl_root, monkeypatch):
     assert metrics["train/epochs"] == 3
 
 
+def test_resume_into_the_same_run_directory_keeps_the_logged_history(tmp_path, ptbxl_root,
+                                                                    monkeypatch):
+    import ecgrisk.finetune.app as ft
+    from ecgrisk.runs import logged_metrics
+
+    make = ft.make_trainer
+    monkeypatch.setattr(ft, "make_trainer", lambda cfg, out, cbs: make(cfg, out, cbs + [_Interrupt()]))
+    train(_cfg(tmp_path, ptbxl_root, "trainer.max_epochs=3"))
+    monkeypatch.setattr(ft, "make_trainer", make)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    train(_cfg(tmp_path, ptbxl_root, "trainer.max_epochs=3", f"resume={last}"))  # same output_dir
+    log = logged_metrics(tmp_path / "run" / "logs")
+    trained = log.dropna(subset=["train/loss_epoch"])["epoch"].astype(int)
+    assert sorted(trained.unique()) == [0, 1, 2]  # the killed run's epochs are still there
+    assert (tmp_path / "run" / "logs" / "history-0.csv").is_file()
+
+
 def test_override_changes_what_runs(tmp_path, ptbxl_root):
     cfg = _cfg(tmp_path, ptbxl_root, "data.task=rhythm", "trainer.fast_dev_run=true",
                model=["model=inception1d", "model.kwargs.depth=3", "model.kwargs.nb_filters=8"])
