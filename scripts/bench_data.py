@@ -98,6 +98,7 @@ def iterate_for_memory(cache_path: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default=str((shared_data() or Path("data")) / "ptb-xl"))
+    p.add_argument("--task", default="all", help="PTB-XL task: which records are labelled (all: every one)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batches", type=int, default=20, help="batches per throughput measurement")
     p.add_argument("--scale", type=int, default=10, help="memory test: the subset repeated this often")
@@ -110,7 +111,7 @@ def main() -> None:
         return
 
     torch.set_num_threads(1)
-    rs = PTBXL(args.root, task="superdiagnostic", fs=100)
+    rs = PTBXL(args.root, task=args.task, fs=100)
     tmp = Path(tempfile.mkdtemp(prefix="bench_data_"))
     try:
         builds, reuses = [], []
@@ -141,7 +142,7 @@ def main() -> None:
 
     c, n = statistics.median(cached), statistics.median(naive)
     result = {
-        "data": f"{args.root}: {len(rs)} PTB-XL records (superdiagnostic), 100 Hz",
+        "data": f"{args.root}: {len(rs)} PTB-XL records (task {args.task}), 100 Hz",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads 1",
         "command": "python scripts/bench_data.py " + " ".join(sys.argv[1:]),
         "cache_build_s_median": statistics.median(builds), "cache_build_s": builds,

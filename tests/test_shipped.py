@@ -12,7 +12,7 @@ from ecgrisk.io import read_ecg
 from ecgrisk.scoring.predict import predict_proba
 from ecgrisk.shipped import DEFAULT_BUNDLE, SHIPPED_DIR, list_shipped
 
-SHIPPED = ["ptbxl-superdiagnostic"]
+SHIPPED = ["ptbxl-superdiagnostic", "ptbxl-all"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -32,7 +32,7 @@ def test_the_default_bundle_is_shipped():
 
 
 def test_an_unknown_name_is_a_clear_error():
-    with pytest.raises(BundleError, match="no shipped bundle has that name.*ptbxl-superdiagnostic"):
+    with pytest.raises(BundleError, match="no shipped bundle has that name.*ptbxl-all, ptbxl-superdiagnostic"):
         Bundle.load("ptbxl-nonexistent")
 
 
@@ -48,13 +48,20 @@ def test_superdiagnostic_bundle_reads_a_normal_ecg_as_normal(record_00001):
     assert max(p, key=p.get) == "NORM" and p["NORM"] > 0.5
 
 
-def test_score_without_model_uses_the_default_bundle(shared, tmp_path):
+def test_all_statements_bundle_finds_normal_and_sinus_rhythm(record_00001):
+    bundle = Bundle.load("ptbxl-all")
+    p = dict(zip(bundle.classes, predict_proba(bundle, record_00001.signal, record_00001.fs), strict=True))
+    top = sorted(p, key=p.get, reverse=True)[:3]
+    assert {"NORM", "SR"} <= set(top) and p["NORM"] > 0.5 and p["SR"] > 0.5
+
+
+def test_score_without_model_uses_the_default_bundle(ptbxl_root, tmp_path):
     import pandas as pd
 
     from ecgrisk.cli import main
 
     out = tmp_path / "scores.csv"
-    rc = main(["score", str(shared / "ptb-xl" / "records100" / "00000" / "00001_lr.hea"),
+    rc = main(["score", str(ptbxl_root / "records100" / "00000" / "00001_lr.hea"),
                "--out", str(out), "--quiet", "--workers", "0"])
     assert rc == 0
     row = pd.read_csv(out).iloc[0]
