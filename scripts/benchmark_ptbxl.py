@@ -65,7 +65,17 @@ def throughput(name: str, batch: int = 64, samples: int = 250, reps: int = 3) ->
     return out
 
 
-PUBLISHED_VAL = {("xresnet1d101", "all"): 0.928081}  # ptbxl-benchmark-peer/val_results_xresnet1d101.csv
+def published_val(model: str, task: str) -> float | None:
+    """The published benchmark's own fold-9 macro AUROC, read from its results file in
+    ../shared/data/ptbxl-benchmark-peer (task ``all`` only; None where it is absent)."""
+    csv = (shared_data() or Path("/nonexistent")) / "ptbxl-benchmark-peer" / f"val_results_{model}.csv"
+    if task != "all" or not csv.is_file():
+        return None
+    import pandas as pd
+
+    return float(pd.read_csv(csv, index_col=0).loc["point", "macro_auc"])
+
+
 KEEP = ("macro_auroc", "macro_auroc/lower", "macro_auroc/upper", "fmax", "macro_auprc", "brier", "ece",
         "auroc_skipped_classes", "n_classes")
 
@@ -104,7 +114,7 @@ def run(model: str, task: str, args, out_root: Path) -> dict:
                epochs=m["train/epochs"], train_wall_s=m["train/wall_s"],
                samples_per_s=m["train/samples_per_s"], total_wall_s=wall,
                precision=args.precision, run_dir=str(run_path),
-               published_val=PUBLISHED_VAL.get((model, task)))
+               published_val=published_val(model, task))
     return row
 
 
