@@ -92,8 +92,7 @@ class ScoringModule(L.LightningModule):
             agg = aggregate_logits(logits, batch["positions"].cpu().numpy(), batch["n_ok"],
                                    self.bundle.aggregation)
             probs = calibrate(agg, self.bundle.temperature, self.bundle.bias)
-        rows = make_rows(batch["records"], probs, self.spec, list(self.bundle.classes), self.bands,
-                         self.bundle)
+        rows = make_rows(batch["records"], probs, self.spec, self.bands, self.bundle)
         for row, index in zip(rows, batch["indices"], strict=True):
             row["_index"] = index
         return rows

@@ -117,7 +117,7 @@ def _flush(pending: list[ReadRecord], predictor: Predictor, writer: TableWriter,
     bundle = predictor.bundle
     good = [rec.x for rec in pending if rec.x is not None]
     probs = predictor.predict_prepared(good, batch_size) if good else None
-    rows = make_rows(pending, probs, predictor.spec, list(bundle.classes), bands, bundle)
+    rows = make_rows(pending, probs, predictor.spec, bands, bundle)
     writer.write(rows)
     for row in rows:
         summary.add(row, list(bundle.classes))

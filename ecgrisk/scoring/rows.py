@@ -34,11 +34,12 @@ def check_bands(bands) -> tuple[float, float]:
 
 
 def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSpec,
-              classes: list[str], bands: tuple[float, float], bundle) -> list[dict]:
+              bands: tuple[float, float], bundle) -> list[dict]:
     """Output rows for read records; ``probs [n_ok, C]`` belong, in order, to the scored records.
 
     A record scored when it has a ``length`` (its prepared signal may already be dropped).
     """
+    classes = list(bundle.classes)
     norm = classes.index("NORM") if "NORM" in classes else None
     rows, k = [], 0
     for rec in records:
