@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,review,onnx,parquet,postgres,tensorboard,mlflow]"
+	$(PY) -m pip install --quiet -e ".[dev,formats,review,onnx,parquet,postgres,tensorboard,mlflow]"
 	touch $@
 
 demo: $(VENV)/.installed

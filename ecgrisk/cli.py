@@ -3,6 +3,7 @@
     ecgrisk download ptbxl --root data/ptb-xl --records 1000 --fs 100
     ecgrisk inspect data/ptb-xl/records100/00000/00001_lr [--plot ecg.png]
     ecgrisk score data/incoming/ --model runs/finetune/.../model.pt --out scores.csv
+    ecgrisk convert exports/ --to wfdb --out data/clinic
     ecgrisk export model.pt --onnx model.onnx
     ecgrisk feedback import|export|stats ...
     ecgrisk review --db feedback.db --model model.pt --data DIR
@@ -57,8 +58,10 @@ def _inspect(args) -> int:
             "amplitude_mV": {"min": float(sig.min()), "max": float(sig.max()),
                              "std_per_lead": [round(float(s), 4) for s in sig.std(axis=1)]},
             # the same checks scoring flags records with
-            "quality": {k: v for k, v in quality_flags(sig, ecg.fs, ecg.lead_mask, ecg.fs).items()
-                        if k in ("quality", "flat_leads", "saturated_leads", "noisy_leads")},
+            "quality": {k: v for k, v in quality_flags(sig, ecg.fs, ecg.lead_mask, ecg.fs,
+                                                       ecg.meta.get("derived_leads", ())).items()
+                        if k in ("quality", "flat_leads", "saturated_leads", "noisy_leads",
+                                 "derived_leads")},
             "meta": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ecg.meta.items()},
         }
         print(json.dumps(summary, indent=1, default=str))
@@ -72,6 +75,24 @@ def _inspect(args) -> int:
             plot_12lead(sig, ecg.fs, title=f"{ecg.record_id}  {ecg.fs:g} Hz", path=out, lead_mask=ecg.lead_mask)
             print(f"plot written to {out}")
     return status
+
+
+def _convert(args) -> int:
+    from ecgrisk.convert import convert_records
+    from ecgrisk.scoring.inputs import InputError, collect_records
+
+    try:
+        records = collect_records(args.inputs)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = convert_records(records, args.out, args.to, fs=args.fs, progress=not args.quiet)
+    failed = [r for r in rows if r["status"] != "ok"]
+    for r in failed:
+        print(f"failed: {r['source']}: {r['error']}", file=sys.stderr)
+    print(f"{len(rows) - len(failed)} of {len(rows)} records written to {args.out} "
+          f"(manifest: {Path(args.out) / 'manifest.csv'})")
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--fs", type=float, default=None, help="resample to / rate of a raw array")
     i.add_argument("--plot", default=None, help="write a 12-lead PNG")
     i.set_defaults(func=_inspect)
+
+    c = sub.add_parser("convert", help="convert ECG files (DICOM, XML, SCP, EDF, ...) to WFDB or npz")
+    c.add_argument("inputs", nargs="+", help="files, folders, globs or manifest .csv files")
+    c.add_argument("--to", choices=["wfdb", "npz"], default="wfdb")
+    c.add_argument("--out", required=True, help="output folder (gets manifest.csv)")
+    c.add_argument("--fs", type=float, default=None, help="resample to this rate (default: keep)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_convert)
 
     from ecgrisk.feedback.cli import add_parsers as add_feedback_parsers
     from ecgrisk.review.cli import add_parsers as add_review_parsers

@@ -22,7 +22,7 @@ LAYERS = {
     "feedback": ["feedback"],  # the judgements both refinement and review use
     "stages": ["pretrain", "finetune", "refine", "scoring"],
     "apps": ["review"],
-    "entry": ["cli", "demo", "__init__"],
+    "entry": ["cli", "demo", "convert", "__init__"],
 }
 RANK = {part: rank for rank, parts in enumerate(LAYERS.values()) for part in parts}
 

@@ -144,8 +144,11 @@ def test_shuffled_aliased_leads_land_in_their_rows(tmp_path, fmt, atol):
     for k, name in enumerate(names[:-1]):
         np.testing.assert_allclose(ecg.signal[IDX[normalise_lead_name(name)]], x[:, k], atol=atol)
     assert ecg.meta["unknown_leads"] == ["CM5"]
-    assert ecg.meta["missing_leads"] == ["aVF", "V2", "V3", "V4", "V5"]
-    assert ecg.lead_mask.sum() == 7 and not ecg.signal[~ecg.lead_mask].any()
+    # with I and II present the absent limb lead is derived (aVF = II - I/2), never zero-filled
+    assert ecg.meta["derived_leads"] == ["aVF"]
+    np.testing.assert_allclose(ecg.signal[IDX["aVF"]], x[:, 4] - x[:, 3] / 2, atol=2 * atol)
+    assert ecg.meta["missing_leads"] == ["V2", "V3", "V4", "V5"]
+    assert ecg.lead_mask.sum() == 8 and not ecg.signal[~ecg.lead_mask].any()
 
 
 def test_microvolt_units_become_millivolts(tmp_path):
@@ -256,10 +259,12 @@ def test_flat_and_all_nan_signals(tmp_path):
     np.save(tmp_path / "nan.npy", np.full((12, 200), np.nan, dtype=np.float32))
     _raises(InvalidSignalError, tmp_path / "nan.npy", "nan.npy", fs=100)
     x = _distinct(200, 12).T
-    x[3] = np.nan  # one dead lead among valid ones is treated as absent
+    x[3] = np.nan  # a dead lead among valid ones is treated as absent...
     np.save(tmp_path / "dead.npy", x)
     ecg = read_ecg(tmp_path / "dead.npy", fs=100)
-    assert ecg.meta["nan_leads"] == ["aVR"] and not ecg.lead_mask[3]
+    # ...and, being a limb lead, derived from I and II: aVR = -(I + II) / 2
+    assert ecg.meta["nan_leads"] == ["aVR"] and ecg.meta["derived_leads"] == ["aVR"]
+    np.testing.assert_allclose(ecg.signal[3], -(x[0] + x[1]) / 2, atol=1e-6)
     np.save(tmp_path / "three.npy", x[:3])
     _raises(InvalidSignalError, tmp_path / "three.npy", "three.npy", fs=100)
 

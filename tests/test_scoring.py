@@ -144,8 +144,9 @@ def test_broken_files_are_rows_not_crashes(ptbxl_root, challenge_record, bundle_
     for rec in [*good, hr, mat, d / "twolead"]:
         row = table[rec.name]
         np.testing.assert_allclose(probs_of(row), direct_probs(bundle, rec), atol=1e-5, rtol=0)
-    assert table["twolead"]["missing_leads"] == "III;aVR;aVL;aVF;V1;V2;V3;V4;V5;V6"
-    assert table["twolead"]["quality"] == "missing"
+    assert table["twolead"]["missing_leads"] == "V1;V2;V3;V4;V5;V6"
+    assert table["twolead"]["derived_leads"] == "III;aVR;aVL;aVF"
+    assert table["twolead"]["quality"] == "missing,derived"
     assert table["00001_hr"]["resampled"] == "True" and table["00001_hr"]["fs_in"] == "500.0"
     assert table[mat.name]["resampled"] == "True"
     assert table["00001_lr"]["resampled"] == "False"

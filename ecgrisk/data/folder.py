@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ecgrisk.data.base import RecordSet
+from ecgrisk.io.clinical import CLINICAL_SUFFIXES, sniff
 
 NUMPY_SUFFIXES = (".npy", ".npz")
 
@@ -26,7 +27,8 @@ def _candidates(root: Path, pattern: str | None) -> list[tuple[str, Path]]:
         if suffix == ".hea":
             # the signal file (.dat, .mat, ...) is named inside the header: one entry per record
             found.append((rel.with_suffix("").as_posix(), suffix, f.with_suffix("")))
-        elif suffix in NUMPY_SUFFIXES:
+        elif suffix in NUMPY_SUFFIXES or (
+                (suffix in CLINICAL_SUFFIXES or not suffix) and sniff(f) is not None):
             found.append((rel.with_suffix("").as_posix(), suffix, f))
     counts = Counter(stem for stem, _, _ in found)
     # a stem shared by two files (x.hea and x.npy) keeps its suffix so both ids stay unique
@@ -51,7 +53,8 @@ class ECGFolder(RecordSet):
     ----------
     record_ids : ``[n]`` path relative to its root without extension
         (``records100/00000/00001_lr``); with several roots prefixed by the root's folder name.
-    paths : ``[n]`` WFDB records without extension, ``.npy``/``.npz`` files as they are.
+    paths : ``[n]`` WFDB records without extension, other files (``.npy``/``.npz`` and the
+        clinical formats of ``ecgrisk.io.clinical``, told by content) as they are.
     """
 
     def __init__(
@@ -84,7 +87,8 @@ class ECGFolder(RecordSet):
             where = ", ".join(str(r) for r in roots)
             what = f" matching {pattern!r}" if pattern else ""
             raise FileNotFoundError(
-                f"no ECG file{what} under {where} (looked for WFDB .hea, .npy, .npz recursively)"
+                f"no ECG file{what} under {where} (looked recursively for WFDB .hea, .npy, .npz "
+                f"and DICOM, MUSE/Philips/aECG XML, SCP-ECG, EDF by content)"
             )
         self.roots = roots
         super().__init__(name=name, record_ids=ids, paths=paths)

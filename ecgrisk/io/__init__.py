@@ -11,6 +11,13 @@ Formats read
   ``# Age:``, ``# Sex:``, ``# Dx:`` comments (and MIT-BIH's ``# 69 M ...``) go into ``meta``.
 - ``.npy``: ``[12, samples]`` (or ``[samples, 12]``) in mV and standard lead order; ``fs`` must
   be passed. ``.npz``: key ``signal``, optional ``fs`` and ``leads``.
+- Clinical exports, recognised from their content whatever their suffix: DICOM General ECG,
+  GE MUSE XML, Philips (Sierra) XML, HL7 aECG, SCP-ECG and EDF (see ``ecgrisk.io.clinical``;
+  needs the ``formats`` extra).
+
+Files that store 8 leads (I, II, V1-V6, as MUSE and many carts do) get III, aVR, aVL and aVF
+derived from I and II (Einthoven's and Goldberger's relations, exact for a 12-lead recording),
+listed in ``meta["derived_leads"]``; other absent leads are zero-filled and masked.
 
 A record path may be given with or without extension (``00001_lr``, ``00001_lr.hea``,
 ``00001_lr.dat``, ``E07500.mat``). Headers are parsed here rather than by ``wfdb.rdheader``
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgrisk.io.clinical import CLINICAL_SUFFIXES, read_clinical, sniff
 from ecgrisk.io.errors import (
     ECGReadError,
     EmptyFileError,
@@ -75,8 +83,10 @@ class ECG:
     record_id : file stem, e.g. ``"00001_lr"``.
     path : the header (WFDB/Challenge) or array file that was read.
     meta : ``age`` (float|None), ``sex`` ("M"/"F"/None), ``dx`` (list[str]), ``resampled``,
-        ``original_fs``, ``source_format`` ("wfdb", "challenge-mat", "npy", "npz"),
-        ``missing_leads``, ``unknown_leads``, ``nan_samples``, plus header ``key: value`` comments.
+        ``original_fs``, ``source_format`` ("wfdb", "challenge-mat", "npy", "npz", or a clinical
+        format: "dicom", "ge-muse-xml", "philips-xml", "hl7-aecg", "scp-ecg", "edf"),
+        ``missing_leads``, ``derived_leads``, ``unknown_leads``, ``nan_samples``, plus header
+        ``key: value`` comments; clinical files add ``acquired``, ``reader``, ``reader_warnings``.
     """
 
     signal: np.ndarray
@@ -107,9 +117,13 @@ def normalise_lead_name(name: str) -> str | None:
 
 
 def _resolve(path) -> tuple[str, Path]:
-    """-> (kind, file) with kind in wfdb/npy/npz; ``file`` is the .hea for WFDB records."""
+    """-> (kind, file): kind is wfdb/npy/npz or a clinical format; ``file`` is the .hea for WFDB."""
     p = Path(os.fspath(path))
     suffix = p.suffix.lower()
+    if p.is_file() and suffix not in (".hea", ".dat", ".mat", ".npy", ".npz"):
+        kind = sniff(p)
+        if kind is not None:
+            return kind, p
     if suffix in (".npy", ".npz"):
         if not p.is_file():
             raise MissingSignalFileError(p, "file does not exist")
@@ -127,8 +141,12 @@ def _resolve(path) -> tuple[str, Path]:
         if p.with_name(p.name + ext).is_file():
             return ext[1:], p.with_name(p.name + ext)
     if p.is_file():
-        kinds = "WFDB .hea/.dat, Challenge .hea/.mat, .npy or .npz"
-        raise UnknownFormatError(p, f"unsupported file type {suffix or '(none)'!r}; read {kinds}")
+        if p.stat().st_size == 0:
+            raise EmptyFileError(p, "file is empty (0 bytes)")
+        kinds = ("WFDB .hea/.dat, Challenge .hea/.mat, .npy, .npz, DICOM, GE MUSE XML, "
+                 "Philips XML, HL7 aECG, SCP-ECG or EDF")
+        what = "content" if suffix in CLINICAL_SUFFIXES or not suffix else f"file type {suffix!r}"
+        raise UnknownFormatError(p, f"unsupported {what}; ecgrisk reads {kinds}")
     raise MissingSignalFileError(p, "no such record (no file, .hea, .npy or .npz)")
 
 
@@ -341,12 +359,18 @@ def read_header(path, fs: float | None = None) -> dict:
     if kind == "wfdb":
         h = parse_header(file)
         names, rec_fs, n = h.names, h.fs, h.n_samples
+    elif kind not in ("npy", "npz"):  # clinical files are small and have no separate header
+        raw, names, rec_fs, meta = read_clinical(file, kind)
+        return _described(file, kind, names, rec_fs, raw.shape[1], meta)
     else:
         h = None
         shape, rec_fs, names = _read_array(kind, file, header_only=True)
         rec_fs = rec_fs if rec_fs is not None else fs
         n = int(shape[1]) if len(shape) == 2 else None
-    meta = header_meta(kind, h)
+    return _described(file, kind, names, rec_fs, n, header_meta(kind, h))
+
+
+def _described(file: Path, kind: str, names: list[str], rec_fs, n, meta: dict) -> dict:
     _, rows, unknown, _ = _lead_order(names)
     mask = np.zeros(len(STANDARD_LEADS), dtype=bool)
     mask[rows] = True
@@ -394,6 +418,9 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         odd_units = sorted({u for u in h.units if u.lower() not in _UNIT_TO_MV})
         if odd_units:
             meta["units_assumed_mv"] = odd_units
+    elif kind not in ("npy", "npz"):
+        raw, names, rec_fs, meta = read_clinical(file, kind)
+        rec_fs = _check_fs(file, rec_fs, "sampling rate in file")
     else:
         raw, file_fs, names = _read_array(kind, file, header_only=False)
         if file_fs is None and fs is None:
@@ -401,6 +428,22 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         rec_fs = _check_fs(file, file_fs, "sampling rate in file") if file_fs is not None else fs
         meta = header_meta(kind, None)
     return _assemble(file, raw, names, rec_fs, fs, missing_leads, meta)
+
+
+# each lead as a*I + b*II: III = II - I (Einthoven), aVR/aVL/aVF (Goldberger)
+_FROM_I_II = {"III": (-1.0, 1.0), "aVR": (-0.5, -0.5), "aVL": (1.0, -0.5), "aVF": (-0.5, 1.0)}
+
+
+def _derive_limb_leads(sig: np.ndarray, rows: list[int]) -> tuple[np.ndarray, list[int], list[str]]:
+    """Add the limb leads a file left out (8-lead storage) when I and II are there."""
+    if 0 not in rows or 1 not in rows:
+        return sig, rows, []
+    lead_i, lead_ii = sig[rows.index(0)], sig[rows.index(1)]
+    new = [name for name in _FROM_I_II if _LEAD_INDEX[name] not in rows]
+    if not new:
+        return sig, rows, []
+    extra = np.stack([_FROM_I_II[n][0] * lead_i + _FROM_I_II[n][1] * lead_ii for n in new])
+    return np.concatenate([sig, extra.astype(sig.dtype)]), rows + [_LEAD_INDEX[n] for n in new], new
 
 
 def _assemble(file: Path, raw: np.ndarray, names: list[str], rec_fs: float, fs: float | None,
@@ -419,6 +462,10 @@ def _assemble(file: Path, raw: np.ndarray, names: list[str], rec_fs: float, fs: 
     if all_nan.any():  # a lead with no valid sample is as good as absent
         sig = sig[~all_nan]
         rows = [r for r, bad in zip(rows, all_nan, strict=True) if not bad]
+    sig, rows, derived = _derive_limb_leads(sig, rows)
+    # a record ecgrisk converted says which of its stored leads were derived
+    listed = str(meta.pop("derived leads", "")).split(",")
+    derived += [lead for lead in listed if lead in _LEAD_INDEX and _LEAD_INDEX[lead] in rows]
     missing = [lead for i, lead in enumerate(STANDARD_LEADS) if i not in rows]
     if missing and missing_leads == "refuse":
         found = [STANDARD_LEADS[r] for r in rows]
@@ -439,6 +486,7 @@ def _assemble(file: Path, raw: np.ndarray, names: list[str], rec_fs: float, fs: 
     mask = np.zeros(len(STANDARD_LEADS), dtype=bool)
     mask[rows] = True
     meta.update(resampled=out_fs != rec_fs, original_fs=float(rec_fs), missing_leads=missing,
+                derived_leads=derived,
                 unknown_leads=unknown, duplicate_leads=dup, nan_leads=nan_leads, nan_samples=n_nan)
     return ECG(signal=out, fs=float(out_fs), leads=STANDARD_LEADS, lead_mask=mask,
                record_id=file.stem, path=str(file), meta=meta)

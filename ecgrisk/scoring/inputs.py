@@ -80,7 +80,7 @@ def collect_records(inputs: list[str]) -> list[tuple[str, str]]:
         found = _expand(str(arg))
         if not found:
             raise InputError(f"INPUT {arg!r}: no ECG record found (folders hold WFDB .hea, "
-                             f".npy or .npz files; globs must match something)")
+                             f".npy, .npz or clinical ECG files; globs must match something)")
         for rec, path in found:
             seen.setdefault(path, rec)
     return [(rec, path) for path, rec in seen.items()]

@@ -8,6 +8,8 @@ from them (PTB-XL: lead std >= 0.027 mV, extreme-value share <= 0.7 %, power abo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ecgrisk.io import STANDARD_LEADS
@@ -21,14 +23,15 @@ NOISE_HF_FRACTION = 0.3  # share of power above NOISE_CUTOFF_HZ (muscle, mains i
 NOISE_CUTOFF_HZ = 35.0
 
 QUALITY_COLUMNS = ("quality", "flat_leads", "saturated_leads", "noisy_leads", "missing_leads",
-                   "resampled", "fs_in", "duration_s")
+                   "derived_leads", "resampled", "fs_in", "duration_s")
 
 
 def _names(mask: np.ndarray) -> str:
     return ";".join(lead for lead, bad in zip(STANDARD_LEADS, mask, strict=True) if bad)
 
 
-def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs: float) -> dict:
+def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs: float,
+                  derived_leads: Sequence[str] = ()) -> dict:
     """Quality flags of one record.
 
     Parameters
@@ -37,18 +40,24 @@ def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs
     fs : its sampling rate in Hz.
     lead_mask : bool ``[12]``, False for absent leads.
     model_fs : the model's rate; a record at another rate is resampled before scoring.
+    derived_leads : leads computed from I and II because the file did not store them
+        (``ECG.meta["derived_leads"]``): not measured, so their noise is I's and II's.
 
     Returns
     -------
-    dict with ``flat_leads``, ``saturated_leads``, ``noisy_leads``, ``missing_leads``
-    (``;``-joined lead names, ``""`` when none), ``resampled`` (bool), ``fs_in``, ``duration_s``
-    and ``quality``: ``"ok"`` or the ``,``-joined issues among flat, saturated, noisy, missing.
+    dict with ``flat_leads``, ``saturated_leads``, ``noisy_leads``, ``missing_leads``,
+    ``derived_leads`` (``;``-joined lead names, ``""`` when none), ``resampled`` (bool),
+    ``fs_in``, ``duration_s`` and ``quality``: ``"ok"`` or the ``,``-joined issues among flat,
+    saturated, noisy, missing, derived.
     """
     x = np.asarray(signal, dtype=np.float64)
     present = np.asarray(lead_mask, dtype=bool)
+    derived = np.isin(STANDARD_LEADS, list(derived_leads))
     std = x.std(axis=1)
-    flat = present & (std < FLAT_STD_MV)
-    live = present & ~flat
+    # a derived lead inherits I's and II's faults, which are flagged on I and II themselves
+    measured = present & ~derived
+    flat = measured & (std < FLAT_STD_MV)
+    live = measured & ~flat
     n = x.shape[1]
     at_max = (x == x.max(axis=1, keepdims=True)).sum(axis=1)
     at_min = (x == x.min(axis=1, keepdims=True)).sum(axis=1)
@@ -60,8 +69,8 @@ def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs
         hf = power[:, freq >= NOISE_CUTOFF_HZ].sum(axis=1) / np.maximum(power.sum(axis=1), 1e-20)
         noisy = live & (hf > NOISE_HF_FRACTION)
     issues = [name for name, m in (("flat", flat), ("saturated", saturated), ("noisy", noisy),
-                                   ("missing", ~present)) if m.any()]
+                                   ("missing", ~present), ("derived", derived)) if m.any()]
     return {"quality": ",".join(issues) or "ok", "flat_leads": _names(flat),
             "saturated_leads": _names(saturated), "noisy_leads": _names(noisy),
-            "missing_leads": _names(~present), "resampled": bool(fs != model_fs),
+            "missing_leads": _names(~present), "derived_leads": _names(derived), "resampled": bool(fs != model_fs),
             "fs_in": float(fs), "duration_s": round(n / fs, 3)}

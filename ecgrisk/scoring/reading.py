@@ -64,7 +64,8 @@ def read_chunk(jobs: list[tuple[str, str]], spec: InputSpec, missing_leads: str 
         try:
             fs = npy_fs if str(path).lower().endswith((".npy", ".npz")) else None
             ecg = read_ecg(path, fs=fs, missing_leads=missing_leads)
-            flags = quality_flags(ecg.signal, ecg.fs, ecg.lead_mask, spec.preprocessing.fs)
+            flags = quality_flags(ecg.signal, ecg.fs, ecg.lead_mask, spec.preprocessing.fs,
+                                  ecg.meta.get("derived_leads", ()))
             prepared = spec.prepare(ecg.signal, ecg.fs)
             if not np.isfinite(prepared).all():
                 raise ValueError("preprocessing produced non-finite values")

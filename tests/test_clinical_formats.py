@@ -1,0 +1,172 @@
+"""Clinical exports read by content into the same ECG, scored and converted like any record.
+
+Real files: pydicom's own 12-lead ``waveform_ecg.dcm`` and a real GE MUSE export
+(``tests/data/formats``, see its ATTRIBUTION.md). EDF files are written by edfio; HL7 aECG,
+SCP-ECG and Philips XML by ``clinical_samples.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clinical_samples import (
+    EIGHT,
+    FS,
+    TWELVE,
+    synthetic_uv,
+    write_hl7_aecg,
+    write_philips_xml,
+    write_scp_ecg,
+)
+
+from ecgrisk.cli import main as cli_main
+from ecgrisk.io import STANDARD_LEADS, read_ecg, read_header
+from ecgrisk.io.errors import ECGReadError, HeaderParseError, UnknownFormatError
+
+pytest.importorskip("ecgdatakit")
+pydicom = pytest.importorskip("pydicom")
+edfio = pytest.importorskip("edfio")
+
+MUSE = Path(__file__).parent / "data" / "formats" / "muse_sinus_rhythm.xml"
+IDX = {name: i for i, name in enumerate(STANDARD_LEADS)}
+
+
+def _dicom_example() -> Path:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("waveform_ecg.dcm"))
+
+
+def _write_edf(path: Path, signal_mv: np.ndarray, leads: list[str], fs: float) -> Path:
+    signals = [edfio.EdfSignal(x, sampling_frequency=fs, label=f"ECG {name}",
+                               physical_dimension="mV", physical_range=(-10, 10))
+               for x, name in zip(signal_mv, leads, strict=True)]
+    edf = edfio.Edf(signals, patient=edfio.Patient(code="P1", sex="F",
+                                                   birthdate=datetime.date(1961, 3, 1)),
+                    recording=edfio.Recording(startdate=datetime.date(2024, 3, 9)),
+                    starttime=datetime.time(14, 30, 5),
+                    annotations=[edfio.EdfAnnotation(0, None, "recording start")])
+    edf.write(path)
+    return path
+
+
+def test_pydicom_example_matches_pydicom_and_has_no_suffix(tmp_path):
+    plain = tmp_path / "ECG0001"  # PACS exports often carry no suffix
+    shutil.copy(_dicom_example(), plain)
+    ecg = read_ecg(plain)
+    ds = pydicom.dcmread(_dicom_example())
+    units = ds.WaveformSequence[0].ChannelDefinitionSequence[0].ChannelSensitivityUnitsSequence[0]
+    assert units.CodeValue == "uV"
+    expected = ds.waveform_array(0).T / 1000.0  # pydicom applies the channel sensitivity
+    assert ecg.meta["source_format"] == "dicom" and ecg.fs == 1000.0
+    assert ecg.signal.shape == (12, 10000) and ecg.lead_mask.all()
+    np.testing.assert_allclose(ecg.signal, expected, atol=1e-6)
+    assert (ecg.meta["age"], ecg.meta["sex"]) == (42.0, "F")
+    assert ecg.meta["acquired"].startswith("2013-01-25T10:59")
+    assert read_header(plain)["leads"] == STANDARD_LEADS
+
+
+def test_real_muse_export_derives_the_limb_leads():
+    ecg = read_ecg(MUSE)
+    assert ecg.meta["source_format"] == "ge-muse-xml" and ecg.fs == 500.0
+    assert ecg.signal.shape == (12, 5000) and ecg.lead_mask.all()
+    assert ecg.meta["derived_leads"] == ["III", "aVR", "aVL", "aVF"]
+    assert ecg.meta["missing_leads"] == []
+    i, ii = ecg.signal[IDX["I"]], ecg.signal[IDX["II"]]
+    np.testing.assert_allclose(ecg.signal[IDX["III"]], ii - i, atol=1e-6)
+    np.testing.assert_allclose(ecg.signal[IDX["aVR"]], -(i + ii) / 2, atol=1e-6)
+    # a real sinus-rhythm ECG: lead II has a QRS peak of roughly 1-2 mV
+    assert 0.5 < np.abs(ii).max() < 3.0
+    assert (ecg.meta["age"], ecg.meta["sex"]) == (11.0, "M")
+    assert ecg.meta["acquired"] == "2024-01-01T10:35:17"
+
+
+@pytest.mark.parametrize(("writer", "leads", "kind"), [
+    (write_hl7_aecg, TWELVE, "hl7-aecg"), (write_hl7_aecg, EIGHT, "hl7-aecg"),
+    (write_scp_ecg, TWELVE, "scp-ecg"), (write_scp_ecg, EIGHT, "scp-ecg"),
+    (write_philips_xml, TWELVE, "philips-xml"),
+], ids=["aecg-12", "aecg-8", "scp-12", "scp-8", "philips-xli"])
+def test_written_formats_read_by_content(tmp_path, writer, leads, kind):
+    uv = synthetic_uv(leads)
+    path = writer(tmp_path / "export.txt", uv, leads, FS, age=58, sex="M")  # misleading suffix
+    ecg = read_ecg(path, fs=100)
+    assert ecg.meta["source_format"] == kind and ecg.fs == 100.0 and ecg.signal.shape == (12, 1000)
+    full = read_ecg(path)
+    for k, name in enumerate(leads):
+        np.testing.assert_allclose(full.signal[IDX[name]], uv[k] / 1000.0, atol=1e-6)
+    assert full.meta["derived_leads"] == ([] if len(leads) == 12 else ["III", "aVR", "aVL", "aVF"])
+    assert (full.meta["age"], full.meta["sex"]) == (58.0, "M")
+
+
+def test_edf_written_by_edfio(tmp_path):
+    mv = synthetic_uv(TWELVE) / 1000.0
+    path = _write_edf(tmp_path / "rec.edf", mv, TWELVE, FS)
+    ecg = read_ecg(path)
+    assert ecg.meta["source_format"] == "edf" and ecg.fs == FS and ecg.lead_mask.all()
+    # 16-bit EDF over +-10 mV: resolution 20 mV / 65535 = 0.3 uV
+    np.testing.assert_allclose(ecg.signal, mv, atol=3e-4)
+    assert ecg.meta["sex"] == "F" and ecg.meta["age"] == 63.0
+    assert ecg.meta["acquired"] == "2024-03-09T14:30:05"
+
+
+def test_broken_and_unknown_files_name_the_reason(tmp_path):
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(_dicom_example().read_bytes()[:2000])
+    with pytest.raises(ECGReadError, match="cut.dcm"):
+        read_ecg(cut)
+    other = tmp_path / "notes.xml"
+    other.write_text("<?xml version='1.0'?><invoice><total>3</total></invoice>")
+    with pytest.raises(UnknownFormatError, match="notes.xml: unsupported content"):
+        read_ecg(other)
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<?xml version='1.0'?><RestingECG><Waveform>oops")
+    with pytest.raises(HeaderParseError, match="bad.xml: not a readable ge-muse-xml file"):
+        read_ecg(bad)
+
+
+def test_mixed_folder_scores_and_converts(tmp_path):
+    d = tmp_path / "clinic"
+    (d / "dicom").mkdir(parents=True)
+    shutil.copy(_dicom_example(), d / "dicom" / "IM0001")
+    shutil.copy(MUSE, d / "muse.xml")
+    write_scp_ecg(d / "cart.scp", synthetic_uv(EIGHT), EIGHT, FS, age=70, sex="F")
+    write_philips_xml(d / "philips.xml", synthetic_uv(TWELVE), TWELVE, FS, age=44, sex="M")
+    _write_edf(d / "holter.edf", synthetic_uv(TWELVE) / 1000.0, TWELVE, FS)
+    (d / "broken.dcm").write_bytes(_dicom_example().read_bytes()[:700])
+    (d / "readme.txt").write_text("not an ECG, and not taken for one")
+
+    scores = tmp_path / "scores.csv"
+    assert cli_main(["score", str(d), "--out", str(scores), "--quiet"]) == 0  # shipped model
+    with open(scores, newline="") as f:
+        table = {r["record"]: r for r in csv.DictReader(f)}
+    assert set(table) == {"dicom/IM0001", "muse", "cart", "philips", "holter", "broken"}
+    assert table["broken"]["error"].startswith("HeaderParseError")
+    for rec in ("dicom/IM0001", "muse", "cart", "philips", "holter"):
+        assert table[rec]["error"] == "" and 0 <= float(table[rec]["risk"]) <= 1
+    assert table["muse"]["derived_leads"] == "III;aVR;aVL;aVF"
+    assert "derived" in table["cart"]["quality"] and table["philips"]["derived_leads"] == ""
+
+    out = tmp_path / "converted"
+    assert cli_main(["convert", str(d), "--to", "wfdb", "--out", str(out), "--quiet"]) == 1
+    with open(out / "manifest.csv", newline="") as f:
+        manifest = {r["record"]: r for r in csv.DictReader(f)}
+    assert manifest["broken"]["status"] == "failed" and "broken.dcm" in manifest["broken"]["source"]
+    assert {r["status"] for k, r in manifest.items() if k != "broken"} == {"ok"}
+    back = read_ecg(out / manifest["muse"]["output"])
+    src = read_ecg(MUSE)
+    np.testing.assert_allclose(back.signal, src.signal, atol=1e-3)  # 1 uV per count
+    assert back.meta["derived_leads"] == ["III", "aVR", "aVL", "aVF"]
+    assert (back.meta["age"], back.meta["sex"]) == (11.0, "M")
+    dicom = read_ecg(out / manifest["dicom/IM0001"]["output"])
+    assert dicom.fs == 1000.0 and dicom.lead_mask.all() and dicom.meta["derived_leads"] == []
+
+    npz = tmp_path / "npz"
+    assert cli_main(["convert", str(d / "cart.scp"), "--to", "npz", "--out", str(npz),
+                     "--fs", "100", "--quiet"]) == 0
+    cart = read_ecg(npz / "cart.npz")
+    assert cart.fs == 100.0 and cart.signal.shape == (12, 1000) and cart.lead_mask.all()
