@@ -66,3 +66,21 @@ def test_score_without_model_uses_the_default_bundle(ptbxl_root, tmp_path):
     assert rc == 0
     row = pd.read_csv(out).iloc[0]
     assert row["model_name"] == Bundle.load(DEFAULT_BUNDLE).name and not isinstance(row["error"], str)
+
+
+def test_the_demo_sample_is_real_ptbxl_without_the_test_fold(tmp_path):
+    from ecgrisk.data.ptbxl import PTBXL
+    from ecgrisk.demo import SAMPLE, unpack_sample
+
+    assert SAMPLE.stat().st_size <= 10 * 2**20
+    root = unpack_sample(tmp_path)
+    assert unpack_sample(tmp_path) == root  # unpacked once, then reused
+    attribution = (root / "ATTRIBUTION.md").read_text()
+    assert "Creative Commons Attribution 4.0" in attribution and "Wagner" in attribution
+    assert "Attribution 4.0 International" in (root / "LICENSE.txt").read_text()
+    ds = PTBXL(root, task="superdiagnostic")
+    assert ds.missing == [] and len(ds.record_ids) + len(ds.unlabeled) == 400
+    assert set(ds.folds) <= set(range(1, 10)) and (ds.folds == 9).sum() >= 70
+    assert ds.classes == ["CD", "HYP", "MI", "NORM", "STTC"]  # every superclass is represented
+    ecg = read_ecg(ds.paths[0])
+    assert ecg.signal.shape == (12, 1000) and ecg.fs == 100.0 and ecg.lead_mask.all()
