@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -90,7 +91,16 @@ def test_bundle_that_needs_pickle_is_refused(tmp_path):
 
 
 class _Interrupt(L.Callback):
-    """Stops training after two epochs, as a killed job would leave it (last.ckpt at epoch 2)."""
+    """Stops training after two epochs, as a killed job would leave it (last.ckpt at epoch 2),
+    noting at each epoch's start which epoch the newest last.ckpt holds (None: none yet)."""
+
+    def __init__(self):
+        self.last_seen = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        saved = torch.load(last, weights_only=True)["epoch"] if last.is_file() else None
+        self.last_seen.append(saved)
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == 1:
@@ -100,16 +110,19 @@ class _Interrupt(L.Callback):
 def test_resume_continues_from_checkpoint(tmp_path, ptbxl_root, monkeypatch):
     import ecgrisk.finetune.app as ft
 
-    make = ft.make_trainer
-    monkeypatch.setattr(ft, "make_trainer", lambda cfg, out, cbs: make(cfg, out, cbs + [_Interrupt()]))
+    make, stop = ft.make_trainer, _Interrupt()
+    monkeypatch.setattr(ft, "make_trainer", lambda cfg, out, cbs: make(cfg, out, cbs + [stop]))
     # validation only after the third epoch: the first run stops before it ever validates, so
     # only the every-epoch last.ckpt can carry it on
     common = ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=3"]
     first = train(_cfg(tmp_path, ptbxl_root, *common, out="first"))
     assert first["train/epochs"] == 2
+    # written after every epoch while training runs, not only when it ends
+    assert stop.last_seen == [None, 0]  # at epoch 1's start: epoch 0, just finished
     monkeypatch.setattr(ft, "make_trainer", make)
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["epoch"] == 2  # two epochs done, none validated
+    # saved at the end of epoch 1 (the second): two epochs done, none validated
+    assert torch.load(last, weights_only=True)["epoch"] == 1
     metrics = train(_cfg(tmp_path, ptbxl_root, *common, f"resume={last}", out="resumed"))
     # the third epoch only, on top of the restored two (optimizer and one-cycle state included)
     log = pd.read_csv(tmp_path / "resumed" / "logs" / "metrics.csv")

@@ -71,9 +71,11 @@ def train(cfg: DictConfig) -> dict:
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:02d}",
                            monitor="val/macro_auroc", mode="max")
     # last.ckpt after every epoch, so a killed run loses at most one epoch however rarely it
-    # validates (trainer.check_val_every_n_epoch)
-    last = ModelCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True,
-                           save_on_train_epoch_end=True)
+    # validates (trainer.check_val_every_n_epoch). Lightning 2.6 writes save_last only in a step
+    # where another checkpoint was saved, so this is a top-1 checkpoint without a monitor: the
+    # newest epoch, named last.ckpt
+    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
     callbacks = [ckpt, last]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/macro_auroc", mode="max",
