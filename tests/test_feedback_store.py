@@ -43,7 +43,8 @@ def store_url(request, tmp_path):
     engine = sqlalchemy.create_engine(_PG_URL)
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text(
-            "DROP TABLE IF EXISTS verdicts, preferences, annotators, schema_version"))
+            "DROP TABLE IF EXISTS verdicts, preferences, annotators, accounts, sessions, "
+            "schema_version"))
     engine.dispose()
     return _PG_URL
 
@@ -110,7 +111,7 @@ def test_export_import_round_trip(tmp_path, store_url, fmt):
     with FeedbackStore(tmp_path / "a.db") as store:
         store.add_many(records)
         out = tmp_path / f"export.{fmt}"
-        n = store.export_jsonl(out) if fmt == "jsonl" else store.export_csv(out)
+        n = store.export(out)
     assert n == 4
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     with FeedbackStore(store_url) as other:
@@ -227,14 +228,14 @@ def test_opening_a_v1_store_runs_the_migration(tmp_path):
             conn.execute(sql)
     conn.close()
     with FeedbackStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         (old,) = store.verdicts()
         assert (old.annotator, old.marks, old.missed) == ("dr-old", {"MI": "wrong"}, ["STTC"])
         assert store.annotators() == {"dr-old": "2023-01-02T00:00:00+00:00"}
         store.add_many([_verdict(ecg_id="6")], source="app")
         assert [s for _, s, _ in store.rows("verdict")] == [None, "app"]
     with sqlite3.connect(path) as conn:
-        assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1, 2]
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1, 2, 3]
         conn.execute("INSERT INTO schema_version (version) VALUES (99)")
     conn.close()
     with pytest.raises(SchemaError, match="v99"):
@@ -250,7 +251,7 @@ def test_migrations_run_one_step_at_a_time_on_each_backend(store_url):
             '2023-05-01T00:00:00+00:00', '')""")
     backend.close()
     with FeedbackStore(store_url) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
         assert store.preferences()[0].reading_a == ["MI"]
         assert store.annotators() == {"dr-v1": "2023-05-01T00:00:00+00:00"}
 

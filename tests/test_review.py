@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 import shutil
@@ -23,6 +24,18 @@ with warnings.catch_warnings():  # starlette >= 1.x nudges towards httpx2; httpx
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient  # noqa: E402
 
+from review_support import (  # noqa: E402
+    CLASSES,
+    PASSWORD,
+    add_accounts,
+    cheap_hashes,
+    copy_records,
+    form_token,
+    login,
+    make_bundle,
+    post_feedback,
+)
+
 from ecgrisk.bundle import Bundle  # noqa: E402
 from ecgrisk.feedback import FeedbackStore, select  # noqa: E402
 from ecgrisk.io import read_ecg  # noqa: E402
@@ -32,49 +45,9 @@ from ecgrisk.preprocess import Preprocessing, Scaler  # noqa: E402
 from ecgrisk.review import auth  # noqa: E402
 from ecgrisk.review.app import create_app  # noqa: E402
 from ecgrisk.review.cli import main as review_main  # noqa: E402
+from ecgrisk.review.demographics import ptbxl_demographics  # noqa: E402
 from ecgrisk.review.queue import ReviewQueue  # noqa: E402
 from ecgrisk.scoring.predict import predict_proba  # noqa: E402
-
-CLASSES = ["NORM", "MI", "STTC", "CD", "HYP"]
-PASSWORD = "correct horse battery"
-RECORDS = ("00001_lr", "00002_lr", "00003_lr", "00004_lr")
-
-
-def make_bundle(path, bias, version="7", name="tiny", seed=0):
-    """A tiny random bundle whose head bias fixes which statements pass 0.5.
-
-    Small random head weights keep the probabilities record-dependent (so the acquisition
-    order is not trivial) while the bias decides the reading.
-    """
-    torch.manual_seed(seed)
-    model = ECGClassifier(create_encoder("xresnet1d18", base_channels=8), num_classes=5).eval()
-    linear = model.head[-1]
-    with torch.no_grad():
-        linear.weight.mul_(0.05)
-        linear.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-    Bundle(model=model, classes=CLASSES, preprocessing=Preprocessing(fs=100.0),
-           scaler=Scaler(mean=0.0, std=1.0), temperature=np.ones(5), name=name,
-           version=version).save(path)
-    return path
-
-
-def copy_records(ptbxl_root, dest):
-    """A data folder of four shared PTB-XL records."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for rec in RECORDS:
-        for ext in (".hea", ".dat"):
-            shutil.copy(ptbxl_root / "records100" / "00000" / (rec + ext), dest / (rec + ext))
-    return dest
-
-
-def login(client, name="dr-a", password=PASSWORD):
-    """Log in through the form; the page's CSRF token."""
-    page = client.get("/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    r = client.post("/login", data={"username": name, "password": password, "csrf_token": token},
-                    follow_redirects=False)
-    assert r.status_code == 303, r.text
-    return re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +60,7 @@ def env(ptbxl_root, tmp_path_factory):
     bundle = Bundle.load(bundle_path)
     queue = ReviewQueue.build(bundle, data, plot_dir=root / "plots")
     template = root / "template.db"
-    with pytest.MonkeyPatch.context() as mp:
-        # cheap hashes keep logins fast here; the stored parameters are honoured on verify,
-        # and the real ones are checked in test_password_hash_is_salted_and_verifies
-        mp.setattr(auth, "SCRYPT_N", 2**10)
-        auth.add_user(template, "dr-a", PASSWORD)
-        auth.add_user(template, "dr-b", PASSWORD)
+    add_accounts(template, "dr-a", "dr-b")
     return {"root": root, "bundle": bundle, "bundle_path": bundle_path, "other": other_path,
             "data": data, "queue": queue, "template": template}
 
@@ -106,12 +74,9 @@ def db(env, tmp_path):
 
 @pytest.fixture
 def app(env, db):
-    return create_app(db, env["queue"])
-
-
-def post_feedback(client, token, body, **headers):
-    return client.post("/api/feedback", json=body,
-                       headers={"X-CSRF-Token": token, **headers})
+    app = create_app(db, env["queue"])
+    yield app
+    app.state.review.close()
 
 
 # ------------------------------------------------------------------------------- auth
@@ -128,9 +93,8 @@ def test_password_hash_is_salted_and_verifies():
 
 def test_login_refuses_wrong_password_and_unknown_user(app):
     client = TestClient(app)
-    page = client.get("/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    for name, pw in (("dr-a", "wrong password"), ("nobody", PASSWORD)):
+    token = form_token(client)
+    for name, pw in (("dr-a", "wrong password"), ("nobody", PASSWORD), ("bad name!", PASSWORD)):
         r = client.post("/login", data={"username": name, "password": pw, "csrf_token": token},
                         follow_redirects=False)
         assert r.status_code == 401 and "wrong password" in r.text
@@ -144,7 +108,7 @@ def test_session_cookie_flags(app):
     client = TestClient(app)
     client.get("/login")
     r = client.post("/login", data={"username": "dr-a", "password": PASSWORD,
-                                    "csrf_token": client.cookies and _token(client)},
+                                    "csrf_token": form_token(client)},
                     follow_redirects=False)
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
@@ -152,14 +116,13 @@ def test_session_cookie_flags(app):
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
 
 
-def _token(client):
-    return re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
-
 
 def test_every_route_needs_a_session(app, env):
     ecg_id = env["queue"].items[0].ecg_id
     probes = {  # every route of the app; a new route without a probe fails below
         ("GET", "/"): ("/", 302),
+        ("GET", "/agreement"): ("/agreement", 302),
+        ("GET", "/export/judgements.{fmt}"): ("/export/judgements.csv", 302),
         ("GET", "/plot/{ecg_id:path}.png"): (f"/plot/{ecg_id}.png", 401),
         ("GET", "/api/queue"): ("/api/queue", 401),
         ("POST", "/api/feedback"): ("/api/feedback", 401),
@@ -309,9 +272,11 @@ def test_resume_after_browser_closed(app, env, db):
     with FeedbackStore(db) as store:
         assert store.count() == 1
     # a server restart (new secret, new app) on the same store keeps the position
-    restarted = TestClient(create_app(db, env["queue"]))
+    restarted_app = create_app(db, env["queue"])
+    restarted = TestClient(restarted_app)
     login(restarted)
     assert restarted.get("/api/queue").json()["progress"]["judged"] == 1
+    restarted_app.state.review.close()
 
 
 def test_plot_is_a_cached_png(app, env):
@@ -325,12 +290,17 @@ def test_plot_is_a_cached_png(app, env):
     assert client.get("/plot/nope.png").status_code == 404
 
 
-def test_review_page_shows_model_and_keys(app):
+def test_review_page_shows_model_keys_links_and_an_overlay_slot(app):
     client = TestClient(app)
     login(client)
     html = client.get("/").text
     assert "tiny v7" in html and "toggle right/wrong" in html and "/static/review.js" in html
     assert client.get("/static/review.js").status_code == 200
+    for link in ('href="/agreement"', 'href="/export/judgements.csv"',
+                 'href="/export/judgements.jsonl"'):
+        assert link in html
+    # the place an attribution overlay will use: an image over the plot, hidden until then
+    assert 'id="ecg-overlay" class="overlay hidden"' in html
 
 
 # ------------------------------------------------------------------------------- comparison
@@ -340,7 +310,8 @@ def test_comparison_mode_stores_preference(env, db):
     other = Bundle.load(env["other"])
     queue = ReviewQueue.build(env["bundle"], env["data"], compare=other,
                               plot_dir=env["root"] / "plots")
-    client = TestClient(create_app(db, queue))
+    app = create_app(db, queue)
+    client = TestClient(app)
     token = login(client)
     data = client.get("/api/queue", params={"limit": 4}).json()
     assert data["mode"] == "compare" and data["progress"]["total"] == 4
@@ -357,6 +328,7 @@ def test_comparison_mode_stores_preference(env, db):
     assert pref.choice == "a" and pref.annotator == "dr-a" and pref.model_version == "7"
     shown_a = "tiny@7" if readings["a"] == ["NORM", "STTC"] else "other@8"
     assert pref.note.startswith(f"A={shown_a}")
+    app.state.review.close()
 
 
 def test_compare_needs_same_labels(env, tmp_path):
@@ -374,29 +346,40 @@ def test_compare_needs_same_labels(env, tmp_path):
 def test_add_user_cli(tmp_path, monkeypatch, capsys):
     db = tmp_path / "fb.db"
     monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
-    assert review_main(["review", "add-user", "dr-c", "--db", str(db), "--password-stdin"]) == 0
-    assert auth.authenticate(db, "dr-c", PASSWORD)
-    assert not auth.authenticate(db, "dr-c", "wrong password")
+    with cheap_hashes():
+        assert review_main(["review", "add-user", "dr-c", "--db", str(db),
+                            "--password-stdin"]) == 0
+    with FeedbackStore(db) as store:
+        assert auth.authenticate(store, "dr-c", PASSWORD)
+        assert not auth.authenticate(store, "dr-c", "wrong password")
     monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))  # --db before add-user works
     assert review_main(["review", "--db", str(db), "add-user", "dr-c", "--password-stdin"]) == 1
     assert "already exists" in capsys.readouterr().err
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert review_main(["review", "add-user", "dr-d", "--db", str(db), "--password-stdin"]) == 1
     assert "at least 8" in capsys.readouterr().err
-    assert auth.list_users(db) == ["dr-c"]
-    with pytest.raises(auth.AuthError, match="user name"):
-        auth.add_user(db, "bad name!", PASSWORD)
-    # accounts share the store's file without disturbing it
     with FeedbackStore(db) as store:
+        assert auth.list_users(store) == ["dr-c"]
+        with pytest.raises(auth.AuthError, match="user name"):
+            auth.add_user(store, "bad name!", PASSWORD)
+        # accounts share the store's database without disturbing its records
         assert store.count() == 0
+    # a database that cannot be reached is named, with the reason, and nothing else happens
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    rc = review_main(["review", "add-user", "dr-e", "--db", "postgresql+psycopg://x@127.0.0.1:1/none",
+                      "--password-stdin"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot open the feedback store postgresql+psycopg://x@127.0.0.1:1/none" in err
 
 
-def test_serve_refuses_without_accounts(tmp_path, env, capsys):
-    rc = review_main(["review", "--db", str(tmp_path / "empty.db"), "--model",
-                      str(env["bundle_path"]), "--data", str(env["data"])])
-    assert rc == 2 and "add-user" in capsys.readouterr().err
+def test_serve_refuses_without_accounts_or_with_a_bad_limit(tmp_path, env, capsys):
+    args = ["review", "--db", str(tmp_path / "empty.db"), "--model", str(env["bundle_path"]),
+            "--data", str(env["data"])]
+    assert review_main(args) == 2 and "add-user" in capsys.readouterr().err
     assert review_main(["review", "--db", str(tmp_path / "x.db")]) == 2
     assert "--model --data" in capsys.readouterr().err
+    assert review_main([*args, "--login-limit-account", "five a minute"]) == 2
+    assert "per-account sign-in limit 'five a minute'" in capsys.readouterr().err
 
 
 def test_simultaneous_submissions_store_one_judgement(app, env, db):
@@ -428,7 +411,52 @@ def test_changing_a_password_ends_open_sessions(app, env, db):
     client = TestClient(app)
     login(client)
     assert client.get("/api/queue").status_code == 200
-    auth.add_user(db, "dr-a", "a-new-password-123", replace=True)
+    with cheap_hashes(), FeedbackStore(db) as store:
+        auth.add_user(store, "dr-a", "a-new-password-123", replace=True)
     assert client.get("/api/queue").status_code == 401
     assert client.get("/", follow_redirects=False).headers["location"].endswith("/login")
-    auth.add_user(db, "dr-a", PASSWORD, replace=True)  # the other tests log in with it
+    assert login(client, "dr-a", "a-new-password-123")  # the new password works
+
+
+# ------------------------------------------------------------------------------- age and sex
+
+
+def test_ptbxl_age_and_sex_come_from_its_database_csv(tmp_path):
+    root = tmp_path / "ptb-xl"
+    (root / "records100" / "00000").mkdir(parents=True)
+    (root / "ptbxl_database.csv").write_text(
+        "ecg_id,age,sex,filename_lr,filename_hr\n"
+        "1,56.0,1,records100/00000/00001_lr,records500/00000/00001_hr\n"
+        "2,300.0,0,records100/00000/00002_lr,records500/00000/00002_hr\n"  # PTB-XL's "> 89"
+        "3,,1,records100/00000/00003_lr,records500/00000/00003_hr\n")
+    # found from the root and from a folder two levels inside it
+    for where in (root, root / "records100" / "00000"):
+        table = ptbxl_demographics(where)
+        assert table[str(root / "records100/00000/00001_lr")] == (56.0, "F")
+        assert table[str(root / "records500/00000/00001_hr")] == (56.0, "F")
+        assert table[str(root / "records100/00000/00002_lr")] == (90.0, "M")
+        assert table[str(root / "records100/00000/00003_lr")] == (None, "F")
+    assert ptbxl_demographics(tmp_path / "elsewhere") == {}
+
+
+def test_review_items_carry_age_and_sex_from_file_or_ptbxl_csv(env, ptbxl_root, tmp_path):
+    # PTB-XL records read in place: the headers lack age and sex, the database CSV has them
+    queue = ReviewQueue.build(env["bundle"], ptbxl_root, pattern="records100/00000/0000[12]_lr.hea",
+                              plot_dir=tmp_path / "plots")
+    with open(ptbxl_root / "ptbxl_database.csv", newline="") as fh:
+        rows = {r["filename_lr"]: r for r in csv.DictReader(fh)}
+    assert len(queue.items) == 2
+    for item in queue.items:
+        assert read_ecg(item.path).meta["age"] is None  # so it did come from the CSV
+        row = rows[item.ecg_id]
+        assert item.age == pytest.approx(min(float(row["age"]), 90.0))
+        assert item.sex == {"0": "M", "1": "F"}[row["sex"].split(".")[0]]
+        assert queue.to_json(item)["age"] == item.age and queue.to_json(item)["sex"] == item.sex
+    # a Challenge-style header says it itself, and wins
+    data = copy_records(ptbxl_root, tmp_path / "data")
+    with open(data / "00001_lr.hea", "a") as fh:
+        fh.write("# Age: 61\n# Sex: Female\n")
+    queue = ReviewQueue.build(env["bundle"], data, pattern="0000[12]_lr.hea",
+                              plot_dir=tmp_path / "plots")
+    facts = {it.ecg_id: (it.age, it.sex) for it in queue.items}
+    assert facts == {"00001_lr": (61.0, "F"), "00002_lr": (None, None)}

@@ -1,9 +1,10 @@
 """Cardiologist feedback, shared by refinement and the review app.
 
 ``records`` (a verdict on a reading, a preference between two readings), ``store`` (SQLite or
-PostgreSQL, import/export), ``agreement`` (between annotators), ``simulated`` (a simulated
-cardiologist for benchmarks), ``acquisition`` (which ECGs to ask about) and ``cli``
-(``ecgrisk feedback ...``).
+PostgreSQL, import/export; its ``backends``, schema ``migrations``, and the review app's
+``accounts`` and sessions), ``agreement`` (between annotators, and with the model),
+``simulated`` (a simulated cardiologist for benchmarks), ``acquisition`` (which ECGs to ask
+about) and ``cli`` (``ecgrisk feedback ...``).
 """
 
 from __future__ import annotations

@@ -91,6 +91,29 @@ def statement_agreement(verdicts: Sequence[Verdict], classes: Sequence[str] | No
     return {s: {"n_pairs": total[s], "agreement": agree[s] / total[s]} for s in sorted(total)}
 
 
+def _kappa_row(a: Sequence[int], b: Sequence[int]) -> dict[str, Any]:
+    """``n_items``, raw ``agreement`` and Cohen's ``kappa`` (``None`` where undefined)."""
+    kappa = cohen_kappa(a, b)
+    return {"n_items": len(a), "agreement": float(np.mean(np.equal(a, b))),
+            "kappa": None if math.isnan(kappa) else kappa}
+
+
+def _pair_labels(verdicts: Sequence[Verdict], classes: Sequence[str] | None
+                 ) -> dict[tuple[str, str], dict[str, tuple[list[int], list[int]]]]:
+    """``(annotator a, annotator b) -> statement -> (a's 0/1 labels, b's)`` over the ECGs both
+    judged (each annotator's latest verdict per ECG; statements both judged)."""
+    out: dict[tuple[str, str], dict[str, tuple[list[int], list[int]]]] = defaultdict(
+        lambda: defaultdict(lambda: ([], [])))
+    for by_ann in latest_per_annotator(verdicts).values():
+        for x, y in combinations(sorted(by_ann), 2):
+            universe = _universe([by_ann[x], by_ann[y]], classes)
+            jx, jy = by_ann[x].judgements(universe), by_ann[y].judgements(universe)
+            for s in sorted(set(jx) & set(jy)):
+                out[(x, y)][s][0].append(jx[s])
+                out[(x, y)][s][1].append(jy[s])
+    return out
+
+
 def pairwise_kappa(verdicts: Sequence[Verdict], classes: Sequence[str] | None = None
                    ) -> list[dict[str, Any]]:
     """Cohen's kappa for every pair of annotators over the (ECG, statement) items both judged.
@@ -109,23 +132,59 @@ def pairwise_kappa(verdicts: Sequence[Verdict], classes: Sequence[str] | None = 
         ``{"annotators": [a, b], "n_items": int, "agreement": float, "kappa": float | None}``
         sorted by annotator names; ``kappa`` is ``None`` where undefined.
     """
+    out = []
+    for (x, y), by_statement in sorted(_pair_labels(verdicts, classes).items()):
+        la = [v for a, _ in by_statement.values() for v in a]
+        lb = [v for _, b in by_statement.values() for v in b]
+        if la:
+            out.append({"annotators": [x, y], **_kappa_row(la, lb)})
+    return out
+
+
+def statement_kappa(verdicts: Sequence[Verdict], classes: Sequence[str] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Cohen's kappa per statement for every pair of annotators, over the ECGs both judged.
+
+    Parameters
+    ----------
+    verdicts, classes
+        As for :func:`pairwise_kappa`; here each statement is its own two-rater table.
+
+    Returns
+    -------
+    list of dict
+        ``{"statement", "annotators": [a, b], "n_items", "agreement", "kappa"}`` sorted by
+        statement, then pair; ``kappa`` is ``None`` where undefined (both gave one same label).
+    """
+    rows = [{"statement": s, "annotators": [x, y], **_kappa_row(a, b)}
+            for (x, y), by_statement in _pair_labels(verdicts, classes).items()
+            for s, (a, b) in by_statement.items()]
+    return sorted(rows, key=lambda r: (r["statement"], r["annotators"]))
+
+
+def model_kappa(verdicts: Sequence[Verdict], classes: Sequence[str] | None = None
+                ) -> list[dict[str, Any]]:
+    """Cohen's kappa per statement between each annotator and the model's call they were shown.
+
+    The model's call is the verdict's ``reading`` (the statement at or above the model's
+    threshold); the annotator's is their judgement of it (:meth:`Verdict.judgements`: shown
+    positives by their mark, others present when added as missed). Each annotator's latest
+    verdict per ECG is used, and only statements they judged count.
+
+    Returns
+    -------
+    list of dict
+        ``{"statement", "annotator", "n_items", "agreement", "kappa"}`` sorted by statement,
+        then annotator; ``kappa`` compares ``[model, annotator]`` in that order.
+    """
     labels: dict[tuple[str, str], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     for by_ann in latest_per_annotator(verdicts).values():
-        for x, y in combinations(sorted(by_ann), 2):
-            universe = _universe([by_ann[x], by_ann[y]], classes)
-            jx, jy = by_ann[x].judgements(universe), by_ann[y].judgements(universe)
-            for s in sorted(set(jx) & set(jy)):
-                labels[(x, y)][0].append(jx[s])
-                labels[(x, y)][1].append(jy[s])
-    out = []
-    for (x, y), (la, lb) in sorted(labels.items()):
-        if not la:
-            continue
-        kappa = cohen_kappa(la, lb)
-        out.append({"annotators": [x, y], "n_items": len(la),
-                    "agreement": float(np.mean(np.equal(la, lb))),
-                    "kappa": None if math.isnan(kappa) else kappa})
-    return out
+        for annotator, v in by_ann.items():
+            for s, judged in v.judgements(_universe([v], classes)).items():
+                labels[(s, annotator)][0].append(int(v.reading.get(s, 0)))
+                labels[(s, annotator)][1].append(judged)
+    return [{"statement": s, "annotator": annotator, **_kappa_row(model, ann)}
+            for (s, annotator), (model, ann) in sorted(labels.items())]
 
 
 def verdict_conflicts(verdicts: Sequence[Verdict], classes: Sequence[str] | None = None,

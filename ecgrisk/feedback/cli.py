@@ -2,6 +2,7 @@
 
     ecgrisk feedback import batch1.jsonl batch2.csv --store feedback.db [--model model.pt]
     ecgrisk feedback export all.jsonl --store feedback.db
+    ecgrisk feedback export dr-a.csv --store feedback.db --annotator dr-a --model-version 7
     ecgrisk feedback stats --store feedback.db [--model model.pt | --classes NORM,MI,STTC]
 
 ``--store`` takes a path (SQLite) or an SQLAlchemy URL. Each command prints one JSON object on
@@ -41,9 +42,15 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     common(imp)
     imp.set_defaults(func=_import)
 
-    exp = sub.add_parser("export", help="write every record to a JSONL or CSV file")
+    exp = sub.add_parser("export", help="write the records to a JSONL or CSV file (atomically)")
     exp.add_argument("out", help="output file; .jsonl/.ndjson or .csv chooses the format")
     common(exp, classes=False)
+    exp.add_argument("--kind", choices=["verdict", "preference"], default=None,
+                     help="only this kind of record (default: both)")
+    exp.add_argument("--annotator", action="append", default=None,
+                     help="only this annotator's records (repeat for several)")
+    exp.add_argument("--model-version", action="append", default=None,
+                     help="only records on this model version (repeat for several)")
     exp.set_defaults(func=_export)
 
     st = sub.add_parser("stats", help="counts, agreement between annotators, conflicts")
@@ -103,12 +110,15 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from ecgrisk.feedback.store import EXPORT_FORMATS
+
     suffix = Path(args.out).suffix.lower()
-    if suffix not in (".jsonl", ".ndjson", ".csv"):
+    if suffix not in EXPORT_FORMATS:
         return _error(f"{args.out}: unknown export format {suffix!r} (use .jsonl or .csv)")
     try:
         with _open(args, must_exist=True) as store:
-            n = store.export_csv(args.out) if suffix == ".csv" else store.export_jsonl(args.out)
+            n = store.export(args.out, kind=args.kind, annotator=args.annotator,
+                             model_version=args.model_version)
     except OSError as err:
         return _error(str(err))
     print(json.dumps({"store": args.store, "file": args.out, "records": n}))

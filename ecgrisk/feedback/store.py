@@ -1,14 +1,9 @@
 """The feedback store: verdicts and preferences in SQLite (default) or PostgreSQL.
 
-One code path serves both databases: the SQL is a portable subset (named ``:param``
-placeholders, ``INSERT ... RETURNING id``, ``ON CONFLICT``), and a tiny backend adapter runs it
-through :mod:`sqlite3` or through SQLAlchemy Core. Only the id column type differs per dialect.
-
-SQLite: one file, ``journal_mode=WAL`` (readers never block the writer), a busy timeout, and
-every write one ``BEGIN IMMEDIATE`` transaction, so several processes can write at once.
-
-The schema is versioned: ``MIGRATIONS[i]`` upgrades version ``i`` to ``i + 1``; opening a store
-runs the missing ones in one transaction. A new schema change is a function appended there.
+One code path serves both databases (:mod:`~ecgrisk.feedback.backends` runs the same portable
+SQL through :mod:`sqlite3` or SQLAlchemy Core); the schema is versioned and migrated forward on
+opening (:mod:`~ecgrisk.feedback.migrations`). The review app's annotator accounts and sessions
+live in the same database (:mod:`~ecgrisk.feedback.accounts`, ``store.accounts``).
 """
 
 from __future__ import annotations
@@ -16,14 +11,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ecgrisk.feedback import agreement
+from ecgrisk.feedback.accounts import Accounts
+from ecgrisk.feedback.backends import Tx
+from ecgrisk.feedback.backends import open_backend as _open_backend
+from ecgrisk.feedback.migrations import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate
 from ecgrisk.feedback.records import (
     CSV_FIELDS,
     JSON_FIELDS,
@@ -36,173 +33,32 @@ from ecgrisk.feedback.records import (
 )
 from ecgrisk.files import atomic_path
 
-__all__ = ["FeedbackImportError", "FeedbackStore", "MIGRATIONS", "SCHEMA_VERSION", "SchemaError",
-           "migrate"]
+__all__ = ["EXPORT_FORMATS", "FeedbackImportError", "FeedbackStore", "MIGRATIONS",
+           "SCHEMA_VERSION", "SchemaError", "migrate"]
 
-_ID_COLUMN = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT",
-              "postgresql": "BIGSERIAL PRIMARY KEY"}
+# file suffix -> export format; the one table for the CLI, the store and the review app
+EXPORT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
-
-class SchemaError(RuntimeError):
-    """The store's schema is newer than this version of ecgrisk understands."""
+Row = tuple[int, "str | None", "Verdict | Preference"]
 
 
-# --------------------------------------------------------------------------- backends
+def _write_jsonl(fh: Any, rows: Sequence[Row]) -> None:
+    for row_id, source, record in rows:
+        fh.write(json.dumps({**record.to_dict(), "id": row_id, "source": source},
+                            sort_keys=True) + "\n")
 
 
-class _Tx:
-    """One open transaction: ``execute`` for statements, ``query`` for rows."""
-
-    def __init__(self, run: Callable[[str, dict], Any], dialect: str, rows: Callable[[Any], list]):
-        self._run, self.dialect, self._rows = run, dialect, rows
-
-    def execute(self, sql: str, params: dict | None = None) -> None:
-        self._run(sql, params or {})
-
-    def query(self, sql: str, params: dict | None = None) -> list[tuple]:
-        return [tuple(r) for r in self._rows(self._run(sql, params or {}))]
+def _write_csv(fh: Any, rows: Sequence[Row]) -> None:
+    writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for row_id, source, record in rows:
+        data = {**record.to_dict(), "id": row_id, "source": source or ""}
+        writer.writerow({k: (json.dumps(v, sort_keys=True) if k in JSON_FIELDS
+                             else ("" if v is None else v)) for k, v in data.items()})
 
 
-class _SqliteBackend:
-    dialect = "sqlite"
-
-    def __init__(self, path: str, busy_timeout_s: float):
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN ourselves so that writes take the lock up front
-        self.conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
-        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL, much faster
-
-    @contextmanager
-    def transaction(self, write: bool) -> Iterator[_Tx]:
-        # IMMEDIATE takes the write lock now (waiting up to busy_timeout) instead of failing
-        # with SQLITE_BUSY when a read transaction later tries to upgrade.
-        self.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield _Tx(self.conn.execute, self.dialect, lambda cur: cur.fetchall())
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class _SQLAlchemyBackend:
-    def __init__(self, url: str):
-        try:
-            import sqlalchemy
-        except ImportError as err:
-            raise ImportError(f"the feedback store {url!r} needs SQLAlchemy and a database "
-                              "driver: pip install ecgrisk[postgres]") from err
-        self._text = sqlalchemy.text
-        self.engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
-        self.dialect = self.engine.dialect.name
-        if self.dialect not in _ID_COLUMN:
-            raise ValueError(f"feedback store {url!r}: unsupported database {self.dialect!r} "
-                             f"(supported: {sorted(_ID_COLUMN)})")
-
-    @contextmanager
-    def transaction(self, write: bool) -> Iterator[_Tx]:
-        with self.engine.begin() as conn:
-            yield _Tx(lambda sql, params: conn.execute(self._text(sql), params), self.dialect,
-                      lambda result: result.fetchall())
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-# --------------------------------------------------------------------------- migrations
-
-
-def _v1_create_tables(tx: _Tx) -> None:
-    """Verdicts and preferences, readings as JSON text."""
-    idcol = _ID_COLUMN[tx.dialect]
-    tx.execute(f"""CREATE TABLE verdicts (
-        id {idcol}, ecg_id TEXT NOT NULL, ecg_path TEXT NOT NULL, reading TEXT NOT NULL,
-        marks TEXT NOT NULL, missed TEXT NOT NULL, annotator TEXT NOT NULL,
-        created_at TEXT NOT NULL, model_version TEXT NOT NULL, note TEXT)""")
-    tx.execute(f"""CREATE TABLE preferences (
-        id {idcol}, ecg_id TEXT NOT NULL, ecg_path TEXT NOT NULL, reading_a TEXT NOT NULL,
-        reading_b TEXT NOT NULL, choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie')),
-        annotator TEXT NOT NULL, created_at TEXT NOT NULL, model_version TEXT NOT NULL,
-        note TEXT)""")
-    tx.execute("CREATE INDEX verdicts_ecg ON verdicts (ecg_id)")
-    tx.execute("CREATE INDEX preferences_ecg ON preferences (ecg_id)")
-
-
-def _v2_provenance(tx: _Tx) -> None:
-    """Where each record came from (``source``), and a table of annotators."""
-    tx.execute("ALTER TABLE verdicts ADD COLUMN source TEXT")
-    tx.execute("ALTER TABLE preferences ADD COLUMN source TEXT")
-    tx.execute("CREATE TABLE annotators (name TEXT PRIMARY KEY, first_seen TEXT NOT NULL)")
-    tx.execute("""INSERT INTO annotators (name, first_seen)
-        SELECT annotator, MIN(created_at) FROM (
-            SELECT annotator, created_at FROM verdicts
-            UNION ALL SELECT annotator, created_at FROM preferences) AS t
-        GROUP BY annotator""")
-
-
-MIGRATIONS: list[Callable[[_Tx], None]] = [_v1_create_tables, _v2_provenance]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _current_version(tx: _Tx) -> int:
-    rows = tx.query("SELECT MAX(version) FROM schema_version")
-    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
-
-
-def _has_schema_table(backend: Any) -> bool:
-    sql = ("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-           if backend.dialect == "sqlite" else
-           "SELECT table_name FROM information_schema.tables "
-           "WHERE table_name = 'schema_version' AND table_schema = current_schema()")
-    with backend.transaction(write=False) as tx:
-        return bool(tx.query(sql))
-
-
-def migrate(backend: Any, target: int = SCHEMA_VERSION) -> int:
-    """Bring the schema to ``target`` (all missing migrations, one transaction); the version."""
-    if _has_schema_table(backend):
-        with backend.transaction(write=False) as tx:
-            if _current_version(tx) >= target:
-                return _check_not_newer(_current_version(tx))
-    with backend.transaction(write=True) as tx:
-        tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        if tx.dialect == "postgresql":  # SQLite's BEGIN IMMEDIATE already serialises this
-            tx.execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
-        version = _check_not_newer(_current_version(tx))  # re-read under the lock
-        for step in range(version, target):
-            MIGRATIONS[step](tx)
-            tx.execute("INSERT INTO schema_version (version) VALUES (:v)", {"v": step + 1})
-        return max(version, target)
-
-
-def _check_not_newer(version: int) -> int:
-    if version > SCHEMA_VERSION:
-        raise SchemaError(f"the feedback store has schema v{version}, newer than this ecgrisk "
-                          f"understands (v{SCHEMA_VERSION}); upgrade ecgrisk")
-    return version
-
-
-# --------------------------------------------------------------------------- the store
-
-
-def _open_backend(url_or_path: str | os.PathLike, busy_timeout_s: float) -> Any:
-    text = os.fspath(url_or_path)
-    if text.startswith("sqlite:///"):
-        return _SqliteBackend(text[len("sqlite:///"):], busy_timeout_s)
-    if "://" in text:
-        return _SQLAlchemyBackend(text)
-    return _SqliteBackend(text, busy_timeout_s)
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        write(fh)
+_WRITERS: dict[str, Callable[[Any, Sequence[Row]], None]] = {"jsonl": _write_jsonl,
+                                                             "csv": _write_csv}
 
 
 class FeedbackStore:
@@ -229,6 +85,7 @@ class FeedbackStore:
         self.url = os.fspath(url_or_path)
         self._backend = _open_backend(url_or_path, busy_timeout_s)
         self.schema_version = migrate(self._backend)
+        self.accounts = Accounts(self._backend)  # the review app's annotators and sessions
 
     def close(self) -> None:
         """Close the connection."""
@@ -262,12 +119,17 @@ class FeedbackStore:
     def add_first(self, item: Verdict | Preference, source: str | None = None) -> int | None:
         """Store ``item`` unless its annotator already judged its ECG for its model version.
 
-        The check and the write share one write transaction (``BEGIN IMMEDIATE`` on SQLite), so
-        a double-click or a retried request stores the judgement once. Returns the new id, or
-        None when the judgement was already there.
+        The check and the write share one write transaction (``BEGIN IMMEDIATE`` on SQLite; on
+        PostgreSQL a transaction lock on the (table, ECG, annotator, model version) key, since
+        its READ COMMITTED transactions would both see "not there yet"), so a double-click or
+        a retried request stores the judgement once. Returns the new id, or None when the
+        judgement was already there.
         """
         table = "verdicts" if isinstance(item, Verdict) else "preferences"
         with self._backend.transaction(write=True) as tx:
+            if tx.dialect == "postgresql":
+                key = json.dumps([table, item.ecg_id, item.annotator, item.model_version])
+                tx.query("SELECT pg_advisory_xact_lock(hashtext(:k))", {"k": key})
             if tx.query(f"SELECT 1 FROM {table} WHERE ecg_id = :e AND annotator = :a "
                         "AND model_version = :m LIMIT 1",
                         {"e": item.ecg_id, "a": item.annotator, "m": item.model_version}):
@@ -275,7 +137,7 @@ class FeedbackStore:
             return self._insert(tx, item, source)
 
     @staticmethod
-    def _insert(tx: _Tx, item: Verdict | Preference, source: str | None) -> int:
+    def _insert(tx: Tx, item: Verdict | Preference, source: str | None) -> int:
         table, columns = ((("verdicts", VERDICT_FIELDS)) if isinstance(item, Verdict)
                           else ("preferences", PREFERENCE_FIELDS))
         params = {c: (json.dumps(getattr(item, c), sort_keys=True) if c in JSON_FIELDS
@@ -370,40 +232,44 @@ class FeedbackStore:
         with self._backend.transaction(write=False) as tx:
             return dict(tx.query("SELECT name, first_seen FROM annotators ORDER BY name"))
 
-    def _all_rows(self) -> list[tuple[int, str | None, Verdict | Preference]]:
-        return self.rows("verdict") + self.rows("preference")
+    def _select(self, kind: str | None, filters: dict[str, Any]) -> list[Row]:
+        kinds = ("verdict", "preference") if kind is None else (kind,)
+        return [row for k in kinds for row in self.rows(k, **filters)]
 
     # ---------------------------------------------------------------- files
 
-    def export_jsonl(self, path: str | os.PathLike) -> int:
-        """Write every record as one JSON object per line (atomically); the count."""
-        rows = self._all_rows()
+    def dump(self, fh: Any, fmt: str, kind: str | None = None, **filters: Any) -> int:
+        """Write records to an open text file as ``"jsonl"`` or ``"csv"``; the count.
 
-        def write(fh: Any) -> None:
-            for row_id, source, record in rows:
-                fh.write(json.dumps({**record.to_dict(), "id": row_id, "source": source},
-                                    sort_keys=True) + "\n")
-
-        _atomic_write(path, write)
-        return len(rows)
-
-    def export_csv(self, path: str | os.PathLike) -> int:
-        """Write every record as a CSV row (atomically; dict/list cells hold JSON); the count.
-
-        An empty ``note`` cell reads back as ``None``.
+        Parameters
+        ----------
+        fh
+            A text file (or :class:`io.StringIO`) opened with ``newline=""``.
+        fmt
+            ``"jsonl"`` (one JSON object per line) or ``"csv"`` (dict/list cells hold JSON; an
+            empty ``note`` cell reads back as ``None``). Both carry ``id`` and ``source`` and
+            read back with :meth:`import_file`.
+        kind
+            ``"verdict"``, ``"preference"`` or None (both: verdicts first).
+        **filters
+            As for :meth:`rows` (``annotator``, ``model_version``, ``ecg_id``, ``source``,
+            ``since``, ``until``).
         """
-        rows = self._all_rows()
-
-        def write(fh: Any) -> None:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            for row_id, source, record in rows:
-                data = {**record.to_dict(), "id": row_id, "source": source or ""}
-                writer.writerow({k: (json.dumps(v, sort_keys=True) if k in JSON_FIELDS
-                                     else ("" if v is None else v)) for k, v in data.items()})
-
-        _atomic_write(path, write)
+        if fmt not in _WRITERS:
+            raise ValueError(f"export format must be one of {sorted(_WRITERS)}, got {fmt!r}")
+        rows = self._select(kind, filters)
+        _WRITERS[fmt](fh, rows)
         return len(rows)
+
+    def export(self, path: str | os.PathLike, kind: str | None = None, **filters: Any) -> int:
+        """:meth:`dump` into ``path`` atomically, the format told by its suffix
+        (:data:`EXPORT_FORMATS`); the count. Readers see the old file or the whole new one."""
+        suffix = Path(path).suffix.lower()
+        if suffix not in EXPORT_FORMATS:
+            raise ValueError(f"{path}: unknown export format {suffix!r} "
+                             f"(use {', '.join(EXPORT_FORMATS)})")
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+            return self.dump(fh, EXPORT_FORMATS[suffix], kind, **filters)
 
     def import_file(self, path: str | os.PathLike, classes: Sequence[str] | None = None
                     ) -> dict[str, Any]:

@@ -2,8 +2,13 @@
 
 ``ecgrisk review --db feedback.db --model model.pt --data DIR`` serves it (optional extra:
 ``pip install ecgrisk[review]``); ``ecgrisk review add-user NAME --db feedback.db`` creates an
-annotator account. The web framework is imported only when the app is built, so importing this
-package stays cheap and works without the extra.
+annotator account. ``--db`` may also be a PostgreSQL URL: accounts and sessions are in the
+feedback store's own schema. The web framework is imported only when the app is built, so
+importing this package stays cheap and works without the extra.
+
+Modules: ``app`` (routes), ``guards`` (sessions, CSRF, headers), ``auth`` (passwords, sessions),
+``throttle`` (failed sign-ins), ``queue`` (what to review), ``demographics`` (PTB-XL age/sex),
+``cli``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import importlib
 from typing import Any
 
 _LAZY = {"create_app": "app", "ReviewQueue": "queue", "ReviewItem": "queue",
-         "add_user": "auth", "authenticate": "auth", "AuthError": "auth"}
+         "add_user": "auth", "authenticate": "auth", "AuthError": "auth",
+         "LoginThrottle": "throttle"}
 
 __all__ = sorted(_LAZY)
 

@@ -1,11 +1,17 @@
-"""The review web app (Starlette): login, the review page, 12-lead plots and a JSON API.
+"""The review web app (Starlette): login, the review page, agreement, exports and a JSON API.
 
 Routes
 ------
 ``GET /login``, ``POST /login``, ``POST /logout``
-    Annotator login (scrypt-hashed passwords, see :mod:`ecgrisk.review.auth`).
+    Annotator login (scrypt-hashed passwords, see :mod:`ecgrisk.review.auth`); failed sign-ins
+    are throttled per account and per address (:mod:`ecgrisk.review.throttle`): 429 with
+    ``Retry-After`` before any password is checked.
 ``GET /``
     The review page (verdicts, or A/B/tie in comparison mode).
+``GET /agreement``
+    Per-statement Cohen's kappa between annotators, and of each annotator with the model.
+``GET /export/judgements.csv``, ``GET /export/judgements.jsonl``
+    The signed-in annotator's judgements in this review (this model version), as a download.
 ``GET /plot/{ecg_id}.png``
     The cached standard 12-lead sheet of a queued ECG.
 ``GET /api/queue?limit=N&skip=ID...``
@@ -13,23 +19,21 @@ Routes
 ``POST /api/feedback``
     One judgement (JSON), written to the feedback store in one transaction.
 
-Every route but ``/login`` and ``/static`` needs a session: pages redirect to ``/login``, the API
-and plots answer 401. Sessions are signed cookies (HttpOnly, SameSite=Strict). Every POST must
-carry the session's CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``) and, when
-the browser sends one, an ``Origin`` of this server; otherwise 403 and nothing is written.
+Sessions, CSRF and origin checks: :mod:`ecgrisk.review.guards`.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -39,62 +43,101 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from ecgrisk.feedback import agreement
 from ecgrisk.feedback.records import FeedbackError, Preference, Verdict, positives
 from ecgrisk.feedback.store import FeedbackStore
 from ecgrisk.io import ECGReadError
 from ecgrisk.review import auth
+from ecgrisk.review.guards import (
+    SecurityHeaders,
+    StoredSessions,
+    api,
+    check_post,
+    csrf_token,
+    current_user,
+    page,
+)
 from ecgrisk.review.queue import ReviewQueue
+from ecgrisk.review.throttle import Attempt, LoginThrottle
 
 HERE = Path(__file__).parent
 SOURCE = "review"  # provenance of every record this app writes (the store's ``source`` column)
 MAX_LIMIT = 20
+EXPORTS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 
 # Short descriptions of the PTB-XL superclasses; other statements are shown by their code.
 DESCRIPTIONS = {"NORM": "Normal ECG", "MI": "Myocardial infarction", "STTC": "ST/T change",
                 "CD": "Conduction disturbance", "HYP": "Hypertrophy"}
 
-_SECURITY_HEADERS = {
-    # the page handles keystrokes: never let another site frame it
-    "Content-Security-Policy": ("default-src 'self'; img-src 'self'; script-src 'self'; "
-                                "style-src 'self'; frame-ancestors 'none'; form-action 'self'; "
-                                "base-uri 'none'"),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
-
-Handler = Callable[[Request], Awaitable[Response]]
-
 
 class ReviewApp:
-    """State shared by the routes: the store location, the queue and the templates.
+    """State shared by the routes: the store, the queue, the login throttle and the templates.
 
     Parameters
     ----------
-    db : the feedback store's SQLite file (annotator accounts live in the same file).
+    db : the feedback store (SQLite path or SQLAlchemy URL); annotator accounts and sessions
+        live in it too. Opened once, for the app's life (the lifespan closes it).
     queue : the scored review queue.
+    throttle : counts failed sign-ins (see :class:`~ecgrisk.review.throttle.LoginThrottle`).
+    session_hours : how long a login lasts.
     """
 
-    def __init__(self, db: str | os.PathLike, queue: ReviewQueue):
+    def __init__(self, db: str | os.PathLike, queue: ReviewQueue, throttle: LoginThrottle,
+                 session_hours: float):
         self.db = os.fspath(db)
         self.queue = queue
+        self.throttle = throttle
+        self.session_hours = float(session_hours)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
-        with FeedbackStore(self.db):  # create or migrate the store once, up front
-            pass
+        self.store = FeedbackStore(self.db)  # creates or migrates the schema up front
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------ accounts
+
+    def sign_in(self, name: str, password: str, address: str) -> Attempt:
+        """Check a password unless the account or the address is throttled (worker thread)."""
+        # names that cannot be accounts share one counter: no memory per made-up name
+        account = name if auth.NAME_RE.match(name) else "(not a user name)"
+        return self.throttle.attempt(account, address,
+                                     lambda: auth.authenticate(self.store, name, password))
 
     # ------------------------------------------------------------------ store access
 
     def judged(self, user: str) -> set[str]:
         """ECG ids this annotator already judged for this model version (from the store)."""
-        with FeedbackStore(self.db) as store:
-            rows = store.rows(self.queue.kind, annotator=user,
-                              model_version=self.queue.model_version)
+        rows = self.store.rows(self.queue.kind, annotator=user,
+                               model_version=self.queue.model_version)
         return {r.ecg_id for _, _, r in rows}
 
     def write(self, record: Verdict | Preference) -> int | None:
         """Store one record in its own transaction; its id, or None if already judged."""
-        with FeedbackStore(self.db) as store:
-            return store.add_first(record, source=SOURCE)
+        return self.store.add_first(record, source=SOURCE)
+
+    def export(self, user: str, fmt: str) -> str:
+        """``user``'s judgements in this review (this model version) as CSV or JSONL text, in
+        the store's export format (what ``ecgrisk feedback import`` reads back)."""
+        buf = io.StringIO(newline="")
+        self.store.dump(buf, fmt, kind=self.queue.kind, annotator=user,
+                        model_version=self.queue.model_version)
+        return buf.getvalue()
+
+    def agreement(self) -> dict[str, Any]:
+        """Agreement on this model version's judgements (see :mod:`ecgrisk.feedback.agreement`).
+
+        ``annotator_kappa``: per-statement kappa for each pair of annotators;
+        ``model_kappa``: each annotator against the model's call as shown (its threshold);
+        ``preferences``: in comparison mode, the share of annotator pairs that chose alike.
+        """
+        q = self.queue
+        verdicts = self.store.verdicts(model_version=q.model_version)
+        prefs = self.store.preferences(model_version=q.model_version)
+        return {"n_verdicts": len(verdicts), "n_preferences": len(prefs),
+                "annotators": sorted({r.annotator for r in [*verdicts, *prefs]}),
+                "annotator_kappa": agreement.statement_kappa(verdicts, q.classes),
+                "model_kappa": agreement.model_kappa(verdicts, q.classes),
+                "preferences": agreement.preference_agreement(prefs)}
 
     # ------------------------------------------------------------------ judgements
 
@@ -143,167 +186,106 @@ class ReviewApp:
                           note=shown + (f"; {note}" if note else ""))
 
 
-# ---------------------------------------------------------------------- request guards
+def _wait_text(seconds: int) -> str:
+    minutes = -(-seconds // 60)
+    return f"{seconds} seconds" if seconds < 60 else f"{minutes} minute{'s' * (minutes != 1)}"
 
 
-class SecurityHeaders:
-    """ASGI middleware adding :data:`_SECURITY_HEADERS` to every HTTP response."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for key, value in _SECURITY_HEADERS.items():
-                    if key not in headers:
-                        headers[key] = value
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _user(request: Request) -> str | None:
-    return request.session.get("user")
-
-
-class RevokedSessions:
-    """ASGI middleware ending the session of an annotator whose password changed (or whose
-    account went) since login: the signed cookie alone would stay valid until it expires."""
-
-    def __init__(self, app, db):
-        self.app, self.db = app, db
-
-    async def __call__(self, scope, receive, send):
-        session = scope.get("session") if scope["type"] == "http" else None
-        if session and session.get("user"):
-            if session.get("stamp") != auth.credential_stamp(self.db, session["user"]):
-                session.clear()
-        await self.app(scope, receive, send)
-
-
-def _csrf(request: Request) -> str:
-    """The session's CSRF token (created on first use, also before login)."""
-    token = request.session.get("csrf")
-    if not token:
-        token = request.session["csrf"] = auth.new_token()
-    return token
-
-
-def _same_origin(request: Request) -> bool:
-    """False when the browser says the request comes from another site."""
-    if request.headers.get("sec-fetch-site") == "cross-site":
-        return False
-    host = request.headers.get("host", "")
-    origin = request.headers.get("origin")
-    if origin is not None:
-        return origin != "null" and urlsplit(origin).netloc == host
-    referer = request.headers.get("referer")
-    if referer is not None:
-        return urlsplit(referer).netloc == host
-    return True  # a non-browser client (no Origin): the CSRF token alone decides
-
-
-def _forbidden(api: bool, why: str) -> Response:
-    if api:
-        return JSONResponse({"error": why}, status_code=403)
-    return Response(why, status_code=403, media_type="text/plain")
-
-
-def page(handler: Handler) -> Handler:
-    """A route for people: no session -> 302 to the login page."""
-    async def wrapped(request: Request) -> Response:
-        if not _user(request):
-            return RedirectResponse("/login", status_code=302)
-        return await handler(request)
-    return wrapped
-
-
-def api(handler: Handler) -> Handler:
-    """A route for programs (and images): no session -> 401 JSON."""
-    async def wrapped(request: Request) -> Response:
-        if not _user(request):
-            return JSONResponse({"error": "login required"}, status_code=401)
-        return await handler(request)
-    return wrapped
-
-
-async def _check_post(request: Request, api_route: bool, form_token: str | None = None
-                      ) -> Response | None:
-    """403 unless the POST is same-origin and carries the session's CSRF token."""
-    if not _same_origin(request):
-        return _forbidden(api_route, "cross-site request refused")
-    given = request.headers.get("x-csrf-token") or form_token
-    if not auth.same_token(given, request.session.get("csrf")):
-        return _forbidden(api_route, "missing or wrong CSRF token")
-    return None
-
-
-# ---------------------------------------------------------------------- the app
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", text)
 
 
 def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | None = None,
                allowed_hosts: Sequence[str] | None = None, https_only: bool = False,
-               session_hours: float = 12.0) -> Starlette:
+               session_hours: float = 12.0, throttle: LoginThrottle | None = None) -> Starlette:
     """The review app as an ASGI application.
 
     Parameters
     ----------
-    db : feedback store SQLite file; annotators must exist in it (``ecgrisk review add-user``).
+    db : feedback store (SQLite path or SQLAlchemy URL); annotators must exist in it
+        (``ecgrisk review add-user``).
     queue : see :meth:`ReviewQueue.build`.
-    secret_key : signs session cookies; a fresh random key by default (sessions end when the
-        server stops; judgements are in the store, so nothing is lost).
+    secret_key : signs session cookies; a fresh random key by default (signed-in annotators
+        sign in again after a restart; judgements are in the store, so nothing is lost).
     allowed_hosts : ``Host`` headers to answer (guards against DNS rebinding); all if ``None``.
     https_only : mark the cookie ``Secure`` (behind an HTTPS proxy).
     session_hours : session lifetime.
+    throttle : failed sign-in limits; :class:`LoginThrottle` defaults when ``None``.
     """
-    state = ReviewApp(db, queue)
+    state = ReviewApp(db, queue, throttle or LoginThrottle(), session_hours)
     templates = state.templates
 
+    def login_form(request: Request, error: str | None, status: int, name: str = "",
+                   headers: dict[str, str] | None = None) -> Response:
+        return templates.TemplateResponse(
+            request, "login.html", {"csrf": csrf_token(request), "username": name,
+                                    "error": error}, status_code=status, headers=headers)
+
     async def login_page(request: Request) -> Response:
-        if _user(request):
+        if current_user(request):
             return RedirectResponse("/", status_code=302)
-        return templates.TemplateResponse(request, "login.html", {"csrf": _csrf(request),
-                                                                   "error": None})
+        return login_form(request, None, 200)
 
     async def login(request: Request) -> Response:
         form = await request.form()
-        refused = await _check_post(request, False, str(form.get("csrf_token") or ""))
+        refused = await check_post(request, False, str(form.get("csrf_token") or ""))
         if refused is not None:
             return refused
         name, password = str(form.get("username") or ""), str(form.get("password") or "")
-        ok = await run_in_threadpool(auth.authenticate, state.db, name, password)
-        if not ok:
-            return templates.TemplateResponse(
-                request, "login.html", {"csrf": _csrf(request), "username": name,
-                                        "error": "Unknown user or wrong password."},
-                status_code=401)
+        address = request.client.host if request.client else "unknown"
+        attempt = await run_in_threadpool(state.sign_in, name, password, address)
+        if attempt.throttled:
+            return login_form(
+                request, "Too many failed sign-ins for this account or from this address. "
+                f"Try again in {_wait_text(attempt.retry_after)}.", 429, name,
+                headers={"Retry-After": str(attempt.retry_after)})
+        if not attempt.ok:
+            return login_form(request, "Unknown user or wrong password.", 401, name)
+        token = await run_in_threadpool(auth.start_session, state.store, name,
+                                        state.session_hours)
         request.session.clear()  # a new session on login: no fixation of a pre-login cookie
-        stamp = await run_in_threadpool(auth.credential_stamp, state.db, name)
-        request.session.update({"user": name, "csrf": auth.new_token(), "stamp": stamp})
+        request.session.update({"sid": token, "csrf": auth.new_token()})
         return RedirectResponse("/", status_code=303)
 
     async def logout(request: Request) -> Response:
         form = await request.form()
-        refused = await _check_post(request, False, str(form.get("csrf_token") or ""))
+        refused = await check_post(request, False, str(form.get("csrf_token") or ""))
         if refused is not None:
             return refused
+        await run_in_threadpool(auth.end_session, state.store, request.session.get("sid"))
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
-    async def review(request: Request) -> Response:
+    def topbar(request: Request) -> dict[str, Any]:
         q = state.queue
-        labels = [{"name": c, "description": DESCRIPTIONS.get(c, "")} for c in q.classes]
-        return templates.TemplateResponse(request, "review.html", {
-            "csrf": _csrf(request), "user": _user(request), "mode": q.mode,
-            "model": f"{q.model_name} v{q.model_version}",
-            "compare": None if q.compare is None else f"{q.compare[0]} v{q.compare[1]}",
-            "labels": labels, "threshold": q.threshold})
+        return {"csrf": csrf_token(request), "user": current_user(request), "mode": q.mode,
+                "model": f"{q.model_name} v{q.model_version}",
+                "compare": None if q.compare is None else f"{q.compare[0]} v{q.compare[1]}",
+                "threshold": q.threshold}
+
+    async def review(request: Request) -> Response:
+        labels = [{"name": c, "description": DESCRIPTIONS.get(c, "")} for c in state.queue.classes]
+        return templates.TemplateResponse(request, "review.html",
+                                          {**topbar(request), "labels": labels})
+
+    async def agreement_page(request: Request) -> Response:
+        stats = await run_in_threadpool(state.agreement)
+        return templates.TemplateResponse(request, "agreement.html",
+                                          {**topbar(request), **stats},
+                                          headers={"Cache-Control": "no-store"})
+
+    async def export(request: Request) -> Response:
+        fmt = request.path_params["fmt"]
+        if fmt not in EXPORTS:
+            return Response(f"no export format {fmt!r} (csv or jsonl)", status_code=404,
+                            media_type="text/plain")
+        user = current_user(request)
+        text = await run_in_threadpool(state.export, user, fmt)
+        q = state.queue
+        name = _safe(f"judgements-{q.model_name}-v{q.model_version}-{user}.{fmt}")
+        return Response(text, media_type=EXPORTS[fmt], headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store"})  # patients' data: no copy in caches
 
     async def plot(request: Request) -> Response:
         ecg_id = request.path_params["ecg_id"]
@@ -323,7 +305,7 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
         except ValueError:
             return JSONResponse({"error": "limit must be an integer"}, status_code=400)
         limit = max(0, min(limit, MAX_LIMIT))
-        user = _user(request)
+        user = current_user(request)
         judged = await run_in_threadpool(state.judged, user)
         q = state.queue
         pending = q.pending(judged, request.query_params.getlist("skip"))
@@ -337,7 +319,7 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
         }, headers={"Cache-Control": "no-store"})
 
     async def api_feedback(request: Request) -> Response:
-        refused = await _check_post(request, True)
+        refused = await check_post(request, True)
         if refused is not None:
             return refused
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -349,7 +331,7 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
             return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
         if not isinstance(body, dict):
             return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
-        user = _user(request)
+        user = current_user(request)
         try:
             record = state.make_record(user, body)
         except KeyError:
@@ -374,6 +356,8 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
         Route("/login", login, methods=["POST"]),
         Route("/logout", page(logout), methods=["POST"]),
         Route("/", page(review), methods=["GET"]),
+        Route("/agreement", page(agreement_page), methods=["GET"]),
+        Route("/export/judgements.{fmt}", page(export), methods=["GET"]),
         Route("/plot/{ecg_id:path}.png", api(plot), methods=["GET"]),
         Route("/api/queue", api(api_queue), methods=["GET"]),
         Route("/api/feedback", api(api_feedback), methods=["POST"]),
@@ -382,11 +366,19 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
     middleware = [Middleware(SessionMiddleware, secret_key=secret_key or auth.new_token(),
                              session_cookie="ecgrisk_review", same_site="strict",
                              https_only=https_only, max_age=int(session_hours * 3600)),
-                  Middleware(RevokedSessions, db=state.db)]
+                  Middleware(StoredSessions, store=state.store)]
     if allowed_hosts is not None:
         middleware.insert(0, Middleware(TrustedHostMiddleware,
                                         allowed_hosts=list(allowed_hosts)))
     middleware.insert(0, Middleware(SecurityHeaders))
-    app = Starlette(routes=routes, middleware=middleware)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.review = state
     return app

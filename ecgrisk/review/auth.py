@@ -1,9 +1,13 @@
-"""Annotator accounts and request protection for the review app (standard library only).
+"""Annotator accounts, login sessions and request tokens for the review app.
 
-Passwords are hashed with scrypt (:func:`hashlib.scrypt`, a salted memory-hard KDF) and kept in a
-``review_users`` table this module creates in the feedback store's SQLite file, next to the
-store's own tables (whose schema it never touches). The encoded hash carries its parameters
-(``scrypt$n$r$p$salt$hash``) so they can be raised later without invalidating old accounts.
+Passwords are hashed with scrypt (:func:`hashlib.scrypt`, a salted memory-hard KDF); the encoded
+hash carries its parameters (``scrypt$n$r$p$salt$hash``) so they can be raised later without
+invalidating old accounts. Accounts and sessions live in the feedback store
+(``store.accounts``, schema v3), so an SQLite file and a PostgreSQL database work alike.
+
+A session is a random token kept in the signed session cookie; the store keeps only its SHA-256
+with the account and the expiry. Logging out deletes it, and a new password deletes every
+session of the account, so a copied cookie stops working at once, not when it expires.
 """
 
 from __future__ import annotations
@@ -14,10 +18,9 @@ import hmac
 import os
 import re
 import secrets
-import sqlite3
-from contextlib import closing
-from datetime import datetime, timezone
-from pathlib import Path
+
+from ecgrisk.feedback.accounts import AccountExistsError
+from ecgrisk.feedback.store import FeedbackStore
 
 # OWASP's scrypt floor is N=2^17 with r=8, p=1; 2^15 keeps a login near 0.1 s on a small shared
 # machine while still costing an attacker 32 MiB per guess. Stored per hash, so raisable later.
@@ -26,12 +29,9 @@ _SALT_BYTES, _KEY_BYTES = 16, 32
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 8
 
-_USERS_TABLE = """CREATE TABLE IF NOT EXISTS review_users (
-    name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_at TEXT NOT NULL)"""
-
 
 class AuthError(ValueError):
-    """A user name, password or user database is unusable; the message says which and why."""
+    """A user name or password is unusable; the message says which and why."""
 
 
 def _b64(data: bytes) -> str:
@@ -73,25 +73,6 @@ def verify_password(password: str, encoded: str) -> bool:
 _DUMMY_HASH: str | None = None
 
 
-def _sqlite_path(db: str | os.PathLike) -> str:
-    text = os.fspath(db)
-    if text.startswith("sqlite:///"):
-        return text[len("sqlite:///"):]
-    if "://" in text:
-        raise AuthError(f"--db {text!r}: the review app keeps annotator accounts in an SQLite "
-                        "file; give a path or sqlite:///path")
-    return text
-
-
-def _connect(db: str | os.PathLike) -> sqlite3.Connection:
-    path = _sqlite_path(db)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute(_USERS_TABLE)
-    return conn
-
-
 def check_name(name: str) -> str:
     """``name`` if it is a usable annotator name, else :class:`AuthError` saying why."""
     if not isinstance(name, str) or not NAME_RE.match(name):
@@ -100,8 +81,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def add_user(db: str | os.PathLike, name: str, password: str, *, replace: bool = False) -> None:
-    """Create annotator ``name`` (or set a new password with ``replace=True``).
+def add_user(store: FeedbackStore, name: str, password: str, *, replace: bool = False) -> None:
+    """Create annotator ``name`` (or set a new password with ``replace=True``, which ends the
+    account's open sessions).
 
     Raises
     ------
@@ -111,56 +93,57 @@ def add_user(db: str | os.PathLike, name: str, password: str, *, replace: bool =
     check_name(name)
     if len(password) < MIN_PASSWORD:
         raise AuthError(f"password for {name!r} must have at least {MIN_PASSWORD} characters")
-    encoded = hash_password(password)
-    now = datetime.now(timezone.utc).isoformat()
-    with closing(_connect(db)) as conn, conn:
-        if replace:
-            conn.execute("INSERT INTO review_users (name, password_hash, created_at) "
-                         "VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                         "password_hash = excluded.password_hash", (name, encoded, now))
-            return
-        try:
-            conn.execute("INSERT INTO review_users (name, password_hash, created_at) "
-                         "VALUES (?, ?, ?)", (name, encoded, now))
-        except sqlite3.IntegrityError as err:
-            raise AuthError(f"user {name!r} already exists in {os.fspath(db)}; pass --replace to "
-                            "set a new password") from err
+    try:
+        store.accounts.add(name, hash_password(password), replace=replace)
+    except AccountExistsError as err:
+        raise AuthError(f"user {name!r} already exists in {store.url}; pass --replace to set "
+                        "a new password") from err
 
 
-def list_users(db: str | os.PathLike) -> list[str]:
+def list_users(store: FeedbackStore) -> list[str]:
     """Annotator names, sorted."""
-    with closing(_connect(db)) as conn:
-        return [r[0] for r in conn.execute("SELECT name FROM review_users ORDER BY name")]
+    return store.accounts.names()
 
 
-def authenticate(db: str | os.PathLike, name: str, password: str) -> bool:
-    """Whether ``name`` exists and ``password`` is theirs."""
+def authenticate(store: FeedbackStore, name: str, password: str) -> bool:
+    """Whether ``name`` exists and ``password`` is theirs (one scrypt run either way)."""
     global _DUMMY_HASH
-    with closing(_connect(db)) as conn:
-        row = conn.execute("SELECT password_hash FROM review_users WHERE name = ?",
-                           (name,)).fetchone()
-    if row is None:
+    account = store.accounts.get(name) if NAME_RE.match(name) else None
+    if account is None:
         if _DUMMY_HASH is None:
             _DUMMY_HASH = hash_password(secrets.token_hex(8))
         verify_password(password, _DUMMY_HASH)
         return False
-    return verify_password(password, row[0])
+    return verify_password(password, account.password_hash)
 
 
-def credential_stamp(db: str | os.PathLike, name: str) -> str | None:
-    """A short digest of ``name``'s stored password hash (None for an unknown name).
+def _token_hash(token: str) -> str:
+    # the store keys sessions by this digest; the token itself is only in the user's cookie
+    return hashlib.sha256(token.encode()).hexdigest()
 
-    Kept in the session at login: when the password changes or the account goes, the stamp no
-    longer matches and the session ends, although its signed cookie is still valid.
-    """
-    with closing(_connect(db)) as conn:
-        row = conn.execute("SELECT password_hash FROM review_users WHERE name = ?",
-                           (name,)).fetchone()
-    return None if row is None else hashlib.sha256(row[0].encode()).hexdigest()[:16]
+
+def start_session(store: FeedbackStore, name: str, hours: float) -> str:
+    """Open a session of ``name`` lasting ``hours``; its token (for the session cookie)."""
+    token = new_token()
+    store.accounts.open_session(_token_hash(token), name, hours * 3600.0)
+    return token
+
+
+def session_user(store: FeedbackStore, token: str | None) -> str | None:
+    """The annotator of a live session token, or None (unknown, ended or expired)."""
+    if not token or not isinstance(token, str):
+        return None
+    return store.accounts.session_account(_token_hash(token))
+
+
+def end_session(store: FeedbackStore, token: str | None) -> None:
+    """End the session of ``token`` (logout); nothing happens for an unknown token."""
+    if token and isinstance(token, str):
+        store.accounts.close_session(_token_hash(token))
 
 
 def new_token() -> str:
-    """A fresh unguessable token (CSRF tokens, session secrets)."""
+    """A fresh unguessable token (sessions, CSRF tokens, cookie secrets)."""
     return secrets.token_urlsafe(32)
 
 

@@ -4,8 +4,10 @@
     echo "$PW" | ecgrisk review add-user dr-lee --db feedback.db --password-stdin
     ecgrisk review --db feedback.db --model model.pt --data ecgs/ [--host 127.0.0.1] [--port 8000]
     ecgrisk review --db feedback.db --model refined.pt --compare model.pt --data ecgs/
+    ecgrisk review --db postgresql+psycopg://review@dbhost/feedback --model model.pt --data ecgs/
 
-Wire into the ``ecgrisk`` parser with :func:`add_parsers`.
+``--db`` is the feedback store, an SQLite file or an SQLAlchemy URL; the annotator accounts and
+their sessions are kept in it. Wire into the ``ecgrisk`` parser with :func:`add_parsers`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,38 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import sqlite3
 import sys
+
+from ecgrisk.feedback.migrations import SchemaError
 
 LOOPBACK = ("127.0.0.1", "localhost")
 log = logging.getLogger(__name__)
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What opening an unreachable or unusable store raises (SQLAlchemy's where installed)."""
+    errors: list[type[BaseException]] = [OSError, ImportError, ValueError, SchemaError,
+                                         sqlite3.Error]
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:
+        pass
+    else:
+        errors.append(SQLAlchemyError)
+    return tuple(errors)
+
+
+def _open_store(db: str):
+    """The feedback store at ``db``, or None after printing why it cannot be opened."""
+    from ecgrisk.feedback.store import FeedbackStore
+
+    try:
+        return FeedbackStore(db)
+    except _store_errors() as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"error: cannot open the feedback store {db}: {reason}", file=sys.stderr)
+        return None
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -35,13 +65,19 @@ def _add_user(args: argparse.Namespace) -> int:
 
     db = getattr(args, "db", None)
     if not db:
-        print("error: review add-user needs --db FILE (the feedback store)", file=sys.stderr)
+        print("error: review add-user needs --db (the feedback store: an SQLite file or a "
+              "database URL)", file=sys.stderr)
         return 2
-    try:
-        add_user(db, args.name, _read_password(args), replace=args.replace)
-    except AuthError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    password = _read_password(args)
+    store = _open_store(db)
+    if store is None:
+        return 2
+    with store:
+        try:
+            add_user(store, args.name, password, replace=args.replace)
+        except AuthError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     print(f"annotator {args.name!r} {'updated' if args.replace else 'added'} in {db}")
     return 0
 
@@ -52,6 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: ecgrisk review needs {' '.join(missing)}", file=sys.stderr)
         return 2
     try:
+        import limits  # noqa: F401  (the sign-in throttle's; throttle.py imports it late)
         import uvicorn
 
         from ecgrisk.review.app import create_app
@@ -60,14 +97,20 @@ def _serve(args: argparse.Namespace) -> int:
               "pip install 'ecgrisk[review]'", file=sys.stderr)
         return 1
     from ecgrisk.bundle import Bundle, BundleError
-    from ecgrisk.review.auth import AuthError, list_users
+    from ecgrisk.review.auth import list_users
     from ecgrisk.review.queue import ReviewQueue
+    from ecgrisk.review.throttle import LoginThrottle
 
     try:
-        users = list_users(args.db)
-    except AuthError as err:
+        throttle = LoginThrottle(args.login_limit_account, args.login_limit_address)
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    store = _open_store(args.db)  # also creates or migrates its schema, up front
+    if store is None:
+        return 2
+    with store:
+        users = list_users(store)
     if not users:
         print(f"error: {args.db} has no annotator account; create one with\n"
               f"  ecgrisk review add-user NAME --db {args.db}", file=sys.stderr)
@@ -89,10 +132,15 @@ def _serve(args: argparse.Namespace) -> int:
         allowed = None
         print(f"warning: serving on {args.host}, reachable from other machines; put it behind "
               "an HTTPS proxy and pass --secure-cookie", file=sys.stderr)
-    app = create_app(args.db, queue, allowed_hosts=allowed, https_only=args.secure_cookie)
+    app = create_app(args.db, queue, allowed_hosts=allowed, https_only=args.secure_cookie,
+                     session_hours=args.session_hours, throttle=throttle)
     print(f"review app for {len(users)} annotator(s), {len(queue.items)} ECGs: "
           f"http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # behind a proxy, uvicorn takes the client address (which the sign-in throttle counts)
+    # from X-Forwarded-For only when the proxy is in --forwarded-allow-ips
+    extra = ({} if args.forwarded_allow_ips is None
+             else {"forwarded_allow_ips": args.forwarded_allow_ips})
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **extra)
     return 0
 
 
@@ -101,10 +149,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 
     Returns the ``review`` parser.
     """
+    from ecgrisk.review.throttle import DEFAULT_PER_ACCOUNT, DEFAULT_PER_ADDRESS
+
     r = subparsers.add_parser(
         "review", help="web app where cardiologists judge the model's readings",
         description="Serve the review app, or manage its annotator accounts (add-user).")
-    r.add_argument("--db", help="feedback store (SQLite file); accounts are kept in it too")
+    r.add_argument("--db", help="feedback store: an SQLite file or an SQLAlchemy URL "
+                                "(postgresql+psycopg://...); accounts are kept in it too")
     r.add_argument("--model", help="model bundle whose readings are judged (model.pt)")
     r.add_argument("--data", help="folder of ECG records to review")
     r.add_argument("--compare", default=None,
@@ -122,12 +173,24 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     r.add_argument("--port", type=int, default=8000)
     r.add_argument("--secure-cookie", action="store_true",
                    help="mark the session cookie Secure (when served behind HTTPS)")
+    r.add_argument("--session-hours", type=float, default=12.0,
+                   help="how long a sign-in lasts (default: 12)")
+    r.add_argument("--login-limit-account", default=DEFAULT_PER_ACCOUNT, metavar="RATE",
+                   help="failed sign-ins allowed per account name, then 429 until the window "
+                        f"frees a slot (default: '{DEFAULT_PER_ACCOUNT}')")
+    r.add_argument("--login-limit-address", default=DEFAULT_PER_ADDRESS, metavar="RATE",
+                   help="failed sign-ins allowed per client address, any account "
+                        f"(default: '{DEFAULT_PER_ADDRESS}')")
+    r.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                   help="proxies trusted to set X-Forwarded-For (uvicorn's option; default "
+                        "127.0.0.1): the client address the sign-in limit counts")
     r.set_defaults(func=_serve)
     sub = r.add_subparsers(dest="review_command", required=False, metavar="{add-user}")
     a = sub.add_parser("add-user", help="create an annotator account (password hashed, scrypt)")
     a.add_argument("name", help="annotator name (letters, digits, . _ @ -)")
     # SUPPRESS: a --db given before 'add-user' (on the review parser) is kept
-    a.add_argument("--db", default=argparse.SUPPRESS, help="feedback store (SQLite file)")
+    a.add_argument("--db", default=argparse.SUPPRESS,
+                   help="feedback store (SQLite file or SQLAlchemy URL)")
     a.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of stdin")
     a.add_argument("--replace", action="store_true", help="set a new password for an existing user")

@@ -23,6 +23,7 @@ import numpy as np
 
 from ecgrisk.feedback.acquisition import RULES, select
 from ecgrisk.files import atomic_path
+from ecgrisk.review.demographics import ptbxl_demographics
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecgrisk.bundle import Bundle
@@ -40,7 +41,8 @@ class ReviewItem:
     path : what :func:`~ecgrisk.io.read_ecg` reads.
     probs : ``[C]`` calibrated probabilities of the (primary) model.
     probs_b : ``[C]`` of the comparison model, or ``None``.
-    age, sex : from the file's header when known.
+    age, sex : from the file when it has them, else from PTB-XL's database CSV (see
+        :mod:`~ecgrisk.review.demographics`); None when unknown.
     fs, duration_s : of the recording as read.
     """
 
@@ -103,6 +105,17 @@ def score_folder(bundles: list[Bundle], paths: list[str], batch: int = 32
     n_classes = len(bundles[0].classes)
     probs = [np.concatenate(o) if o else np.zeros((0, n_classes)) for o in out]
     return kept, probs, info
+
+
+def _fill_demographics(info: list[dict], paths: list[str], data_dir: str | os.PathLike) -> None:
+    """Age and sex the files lack, from PTB-XL's database CSV when one is near ``data_dir``."""
+    if all(d["age"] is not None and d["sex"] is not None for d in info):
+        return
+    table = ptbxl_demographics(data_dir)
+    for d, path in zip(info, paths, strict=True):
+        age, sex = table.get(os.path.normpath(path), (None, None))
+        d["age"] = d["age"] if d["age"] is not None else age
+        d["sex"] = d["sex"] or sex
 
 
 def _swap(ecg_id: str) -> bool:
@@ -201,6 +214,7 @@ class ReviewQueue:
         probs_b = probs[1] if compare is not None else None
         ids = [folder.record_ids[i] for i in kept]
         paths = [str(folder.paths[i]) for i in kept]
+        _fill_demographics(info, paths, data_dir)
         candidates = np.arange(len(kept))
         if compare is not None:
             # identical readings admit only a tie: nothing to ask

@@ -178,7 +178,9 @@
     missed = [];
     choice = null;
     $("ecg-title").textContent = item.ecg_id;
-    $("ecg-age").textContent = item.age == null ? "unknown" : `${Math.round(item.age)} y`;
+    // 90 and over as one group, as PTB-XL records them (HIPAA: exact ages above 89 are identifying)
+    $("ecg-age").textContent = item.age == null ? "unknown"
+      : item.age >= 90 ? "≥ 90 y" : `${Math.round(item.age)} y`;
     $("ecg-sex").textContent = { M: "male", F: "female" }[item.sex] || "unknown";
     $("ecg-rec").textContent = `${item.duration_s} s · ${item.fs} Hz`;
     $("ecg-pos").textContent = `#${item.position}`;
