@@ -65,6 +65,8 @@ def _inspect(args) -> int:
             "meta": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ecg.meta.items()},
         }
         print(json.dumps(summary, indent=1, default=str))
+        if args.explain:
+            _explain(ecg, args)
         if args.plot:
             from ecgrisk.plotting import plot_12lead
 
@@ -95,6 +97,27 @@ def _convert(args) -> int:
     return 1 if failed else 0
 
 
+def _explain(ecg, args) -> None:
+    """The model's top statements for ``ecg`` and where their evidence lies, as a PNG."""
+    from ecgrisk.bundle import Bundle
+    from ecgrisk.plotting import plot_attribution
+    from ecgrisk.scoring.attribution import explain
+    from ecgrisk.scoring.predict import Predictor
+
+    bundle = Bundle.load(args.model)
+    explanations = explain(Predictor(bundle), ecg.signal, ecg.fs, top=args.top)
+    out = Path(args.explain)
+    if len(args.files) > 1:
+        out = out.with_name(f"{ecg.record_id}_{out.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_attribution(explanations, path=out, title=f"{ecg.record_id}: {bundle.name} "
+                     f"{bundle.version}, integrated gradients")
+    for e in explanations:
+        print(f"{e.statement}: p={e.probability:.3f}, evidence in {e.start_s:.2f}-"
+              f"{e.start_s + e.window.shape[1] / e.fs:.2f} s")
+    print(f"attribution written to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecgrisk", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -113,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("files", nargs="+")
     i.add_argument("--fs", type=float, default=None, help="resample to / rate of a raw array")
     i.add_argument("--plot", default=None, help="write a 12-lead PNG")
+    i.add_argument("--explain", default=None, metavar="PNG",
+                   help="write where the evidence for the model's top statements lies (needs captum)")
+    i.add_argument("--model", default="ptbxl-superdiagnostic", help="bundle for --explain")
+    i.add_argument("--top", type=int, default=3, help="statements --explain shows")
     i.set_defaults(func=_inspect)
 
     c = sub.add_parser("convert", help="convert ECG files (DICOM, XML, SCP, EDF, ...) to WFDB or npz")

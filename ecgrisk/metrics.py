@@ -304,6 +304,25 @@ def ece(y_true, y_prob, n_bins: int = 10) -> float:
     return float(per_label.mean())
 
 
+def reliability(y_true, y_prob, n_bins: int = 10) -> dict:
+    """Reliability-diagram points pooled over labels, in the bins :func:`ece` uses.
+
+    Returns
+    -------
+    dict of lists over the non-empty bins: ``mean_prob`` (x), ``frac_pos`` (y: observed share of
+    positives), ``count``; plus ``ece`` (this function's bins, per label, averaged).
+    """
+    yt, yp = _check(y_true, y_prob, "y_prob", probabilities=True)
+    b = np.minimum(np.floor(yp * n_bins).astype(np.int64), n_bins - 1).ravel()
+    count = np.bincount(b, minlength=n_bins)
+    sum_p = np.bincount(b, weights=yp.ravel(), minlength=n_bins)
+    sum_y = np.bincount(b, weights=yt.ravel(), minlength=n_bins)
+    keep = count > 0
+    return {"mean_prob": (sum_p[keep] / count[keep]).tolist(),
+            "frac_pos": (sum_y[keep] / count[keep]).tolist(), "count": count[keep].tolist(),
+            "ece": ece(yt, yp, n_bins)}
+
+
 def binary_cross_entropy(y_true, y_prob, eps: float = 1e-12) -> float:
     """Mean negative log-likelihood of independent Bernoulli labels over all N*C entries.
 

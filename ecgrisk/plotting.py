@@ -14,12 +14,16 @@ _MM_PER_S, _MM_PER_MV = 25.0, 10.0
 
 
 def plot_12lead(signal: np.ndarray, fs: float, title: str = "", path: str | Path | None = None,
-                lead_mask: np.ndarray | None = None, dpi: int = 100):
+                lead_mask: np.ndarray | None = None, dpi: int = 100,
+                evidence: np.ndarray | None = None):
     """Draw ``signal [12, samples]`` (mV, standard lead order) as a clinical 12-lead sheet.
 
     Returns the matplotlib Figure (not registered with pyplot, so the process's backend and open
     figures are left alone); writes a PNG when ``path`` is given.
     Columns show consecutive 2.5 s segments as a paper ECG does; the bottom strip is 10 s of II.
+    ``evidence`` (``[12, samples]`` in [-1, 1], e.g. from
+    :func:`ecgrisk.scoring.attribution.evidence_on_record`) colours the trace where it is
+    nonzero: red for a statement, blue against, as :func:`plot_attribution` does.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -43,15 +47,35 @@ def plot_12lead(signal: np.ndarray, fs: float, title: str = "", path: str | Path
             t_mm = c * 2.5 * _MM_PER_S + np.arange(len(y)) / fs * _MM_PER_S
             missing = lead_mask is not None and not lead_mask[i]
             ax.plot(t_mm, base + y * _MM_PER_MV, color="0.6" if missing else "k", lw=0.6)
+            if evidence is not None:
+                _colour_evidence(ax, t_mm, base + y * _MM_PER_MV, evidence[i, c * seg: (c + 1) * seg])
             ax.text(c * 2.5 * _MM_PER_S + 1, base + 8, lead + (" (missing)" if missing else ""), fontsize=7)
     y = signal[1, :strip]
     ax.plot(np.arange(len(y)) / fs * _MM_PER_S, row_mm * 0.5 + y * _MM_PER_MV, color="k", lw=0.6)
+    if evidence is not None:
+        _colour_evidence(ax, np.arange(len(y)) / fs * _MM_PER_S, row_mm * 0.5 + y * _MM_PER_MV,
+                         evidence[1, :strip])
     ax.text(1, row_mm * 0.5 + 8, "II", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9, x=0.01, ha="left")
     if path is not None:
         fig.savefig(path, dpi=dpi)
     return fig
+
+
+def _colour_evidence(ax, x: np.ndarray, y: np.ndarray, a: np.ndarray, width: float = 3.0) -> None:
+    """Colour a trace by ``a`` in [-1, 1]: red where positive, blue where negative, clear at 0."""
+    from matplotlib.collections import LineCollection
+
+    if len(x) < 2:
+        return
+    points = np.column_stack([x, y]).reshape(-1, 1, 2)
+    mid = (a[:-1] + a[1:]) / 2
+    colours = np.zeros((len(mid), 4))
+    colours[:, 0], colours[:, 2] = mid > 0, mid < 0
+    colours[:, 3] = np.clip(np.abs(mid), 0, 1)
+    ax.add_collection(LineCollection(np.concatenate([points[:-1], points[1:]], axis=1),
+                                     colors=colours, linewidths=width))
 
 
 def _grid(ax, width_mm: float, height_mm: float) -> None:
@@ -64,3 +88,73 @@ def _grid(ax, width_mm: float, height_mm: float) -> None:
         ax.axvline(x, color="#f4c7c7", lw=0.5 if x % 5 == 0 else 0.2, zorder=0)
     for y in np.arange(0, height_mm + 0.01, 1.0):
         ax.axhline(y, color="#f4c7c7", lw=0.5 if y % 5 == 0 else 0.2, zorder=0)
+
+
+def plot_attribution(explanations, title: str = "", path: str | Path | None = None, dpi: int = 100):
+    """The 12 leads of each explained window on ECG paper, the trace coloured by its attribution
+    (red: evidence for the statement, blue: against), one column per statement.
+
+    ``explanations`` are :class:`ecgrisk.scoring.attribution.Explanation` objects (``window`` and
+    ``attribution`` ``[12, samples]``, ``statement``, ``probability``, ``start_s``, ``fs``).
+    Returns the Figure; writes a PNG when ``path`` is given.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not explanations:
+        raise ValueError("nothing to plot: no explanation given")
+    row_mm = 15.0
+    width_mm = max(e.window.shape[1] / e.fs for e in explanations) * _MM_PER_S
+    height_mm = row_mm * len(STANDARD_LEADS)
+    fig = Figure(figsize=(len(explanations) * width_mm / 25.4 * 0.8 + 0.4,
+                          height_mm / 25.4 * 0.8 + 0.6), dpi=dpi)
+    FigureCanvasAgg(fig)
+    for k, e in enumerate(explanations):
+        ax = fig.add_subplot(1, len(explanations), k + 1)
+        _grid(ax, width_mm, height_mm)
+        # one colour scale per statement: its strongest evidence is full red
+        scale = float(np.abs(e.attribution).max()) or 1.0
+        t_mm = np.arange(e.window.shape[1]) / e.fs * _MM_PER_S
+        for i, lead in enumerate(STANDARD_LEADS):
+            y = height_mm - row_mm * (i + 0.5) + e.window[i] * _MM_PER_MV / 2  # 5 mm/mV
+            ax.plot(t_mm, y, color="k", lw=0.5)
+            _colour_evidence(ax, t_mm, y, e.attribution[i] / scale)
+            ax.text(1, height_mm - row_mm * (i + 0.5) + 4, lead, fontsize=7)
+        end = e.start_s + e.window.shape[1] / e.fs
+        ax.set_title(f"{e.statement}  p={e.probability:.2f}\n{e.start_s:.2f}-{end:.2f} s "
+                     f"(5 mm/mV)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
+
+
+def plot_reliability(curves: dict, title: str = "", path: str | Path | None = None, dpi: int = 100):
+    """Reliability diagram: observed share of positives against mean predicted probability.
+
+    ``curves`` maps a label (e.g. ``"uncalibrated, fold 9"``) to :func:`ecgrisk.metrics.reliability`
+    output; marker area follows each bin's count. Returns the Figure; writes a PNG given ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6, 4.4), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="perfectly calibrated")
+    for name, r in curves.items():
+        size = 8 + 120 * np.sqrt(np.asarray(r["count"]) / max(sum(r["count"]), 1))
+        line = ax.plot(r["mean_prob"], r["frac_pos"], lw=1.2, label=f"{name} (ECE {r['ece']:.3f})")
+        ax.scatter(r["mean_prob"], r["frac_pos"], s=size, color=line[0].get_color(), alpha=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed share of positives")
+    ax.set_title(title or "reliability (all statements pooled)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig

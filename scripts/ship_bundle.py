@@ -3,7 +3,9 @@
     python scripts/ship_bundle.py runs/benchmark_ptbxl/xresnet1d101-superdiagnostic \\
         --name ptbxl-superdiagnostic
 
-Copies ``RUN/model.pt`` to ``ecgrisk/shipped/<name>.pt`` (refused above 25 MB) and writes
+Copies ``RUN/model.pt`` to ``ecgrisk/shipped/<name>.pt`` (refused above 25 MB; a bundle from a
+run older than the split-conformal review flags gets them, and its reliability curves, from the
+run's ``predictions/val.csv``) and writes
 ``ecgrisk/shipped/<name>.md``: data and release, folds, fold-9 metrics with bootstrap CIs,
 calibration before and after, per-statement AUROC, the training command and budget, intended use
 and limits, PTB-XL's CC BY 4.0 attribution. Every figure on the card is read from the run
@@ -17,12 +19,15 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from ecgrisk.bundle import Bundle
+from ecgrisk.calibration import prob_to_logit
+from ecgrisk.conformal import fit_conformal, split_coverage
 from ecgrisk.files import atomic_path, atomic_write_text, file_sha256
-from ecgrisk.metrics import brier, ece
+from ecgrisk.metrics import brier, ece, reliability
 from ecgrisk.shipped import SHIPPED_DIR
 
 MAX_MB = 25.0
@@ -35,6 +40,24 @@ ATTRIBUTION = (
     "The weights are a derived work of PTB-XL and are shared under the same attribution.")
 
 
+def _val_predictions(run: Path, classes: list[str]):
+    val = pd.read_csv(run / "predictions" / "val.csv")
+    return (val[[f"true/{c}" for c in classes]].to_numpy(),
+            val[[f"prob/{c}" for c in classes]].to_numpy())
+
+
+def review_flags(run: Path, bundle: Bundle, alpha: float) -> dict:
+    """What fine-tuning now stores in a bundle, rebuilt from an older run's fold-9 predictions:
+    split-conformal thresholds and the reliability curves before and after calibration."""
+    y, p_cal = _val_predictions(run, list(bundle.classes))
+    # undo sigmoid(z / T + b) to get the model's own probabilities back
+    bias = bundle.bias if bundle.bias is not None else 0.0
+    raw = (prob_to_logit(p_cal) - bias) * bundle.temperature
+    return {"conformal": fit_conformal(y, p_cal, alpha).to_dict(),
+            "reliability": {"uncalibrated, validation": reliability(y, 1 / (1 + np.exp(-raw))),
+                            "calibrated, validation (fitted here)": reliability(y, p_cal)}}
+
+
 def _fmt_ci(m: dict, key: str) -> str:
     lo, hi = m.get(f"{key}/lower"), m.get(f"{key}/upper")
     ci = f" (90% CI {lo:.4f}-{hi:.4f})" if lo is not None and hi is not None else ""
@@ -45,9 +68,7 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
     m = json.loads((run / "metrics.json").read_text())
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     classes = list(bundle.classes)
-    val = pd.read_csv(run / "predictions" / "val.csv")
-    y = val[[f"true/{c}" for c in classes]].to_numpy()
-    p_cal = val[[f"prob/{c}" for c in classes]].to_numpy()
+    y, p_cal = _val_predictions(run, classes)
     scored = "fold 10 (test)" if m.get("test/records") else "fold 9 (validation)"
     split = "test" if m.get("test/records") else "val"
     data, model, trainer, ft = cfg["data"], cfg["model"], cfg["trainer"], cfg["finetune"]
@@ -107,6 +128,9 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
         f"{ece(y, p_cal):.4f} (uncalibrated -> calibrated). These are in-sample: the calibration was "
         f"fitted on the same records, so expect somewhat worse calibration elsewhere.",
         "",
+        "## Which ECGs need review",
+        *_review_lines(bundle, y, p_cal),
+        "",
         "## Intended use and limits",
         "- Research use: benchmarking, triage research, a base for fine-tuning or refinement from "
         "cardiologist feedback. **Not a medical device; its outputs must not drive clinical decisions on "
@@ -129,6 +153,23 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _review_lines(bundle: Bundle, y, p_cal) -> list[str]:
+    c = bundle.extra.get("conformal")
+    if not c:
+        return ["This bundle carries no split-conformal thresholds: `needs_review` follows the "
+                "quality flags only."]
+    cov = split_coverage(y, p_cal, c["alpha"])
+    l0 = np.array(cov["coverage/label0"], dtype=float)
+    l1 = np.array(cov["coverage/label1"], dtype=float)
+    return [f"`needs_review` is set by a quality flag or by split-conformal prediction sets per "
+            f"statement at alpha {c['alpha']:g} (nominal coverage {1 - c['alpha']:.0%} per statement "
+            f"and label), calibrated on fold 9. Measured on fold-9 halves the thresholds were not "
+            f"fitted on (two-way split, averaged): coverage of absent statements {np.nanmean(l0):.3f} "
+            f"(lowest {np.nanmin(l0):.3f}), of present statements {np.nanmean(l1):.3f} (lowest "
+            f"{np.nanmin(l1):.3f}); every statement covered in {cov['coverage/all_statements']:.1%} "
+            f"of ECGs; {cov['review_rate']:.1%} of ECGs flagged for review by the sets alone."]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, help="a fine-tuning run directory")
@@ -140,8 +181,14 @@ def main() -> None:
         raise SystemExit(f"{src}: {size:.1f} MB is over the {MAX_MB:g} MB a shipped bundle may take")
     bundle = Bundle.load(src)  # refuses a damaged file before it is shipped
     target = SHIPPED_DIR / f"{args.name}.pt"
-    with atomic_path(target) as tmp:
-        shutil.copyfile(src, tmp)
+    if "conformal" not in bundle.extra:
+        cfg = yaml.safe_load((args.run / ".hydra" / "config.yaml").read_text())
+        bundle.extra.update(review_flags(args.run, bundle, cfg.get("conformal_alpha", 0.1)))
+        with atomic_path(target) as tmp:
+            bundle.save(tmp)
+    else:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(src, tmp)
     atomic_write_text(SHIPPED_DIR / f"{args.name}.md", card(args.run, args.name, bundle, target))
     print(f"shipped {target} ({size:.1f} MB) and its card {target.with_suffix('.md')}")
 

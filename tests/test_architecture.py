@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ecgrisk"
 # and other parts of its own layer only in the shared ground and among the entry points
 LAYERS = {
     "shared": ["files", "paths", "progress", "config", "runs", "preprocess", "metrics",
-               "calibration", "plotting", "io", "models", "data", "bundle", "windowing", "shipped"],
+               "calibration", "plotting", "io", "models", "data", "bundle", "windowing", "shipped",
+               "conformal"],
     "feedback": ["feedback"],  # the judgements both refinement and review use
     "stages": ["pretrain", "finetune", "refine", "scoring"],
     "apps": ["review"],

@@ -34,8 +34,8 @@ def test_run_directory_holds_everything(finished_run, ptbxl_split_sizes):
     tmp, metrics = finished_run
     sizes = ptbxl_split_sizes["superdiagnostic"]  # val 72, test 64 on the shared subset
     run = tmp / "run"
-    for f in (".hydra/config.yaml", "metrics.json", "model.pt", "curves.png", "predictions/test.csv",
-              "checkpoints/last.ckpt", "logs/metrics.csv"):
+    for f in (".hydra/config.yaml", "metrics.json", "model.pt", "curves.png", "reliability.png",
+              "predictions/test.csv", "checkpoints/last.ckpt", "logs/metrics.csv"):
         assert (run / f).is_file(), f
     saved = json.loads((run / "metrics.json").read_text())
     for k in ("val/macro_auroc", "test/macro_auroc", "test/macro_auprc", "test/fmax", "test/brier",
@@ -48,6 +48,12 @@ def test_run_directory_holds_everything(finished_run, ptbxl_split_sizes):
     preds = pd.read_csv(run / "predictions" / "test.csv")
     assert len(preds) == sizes["test"] and preds["record"].is_unique
     assert {"prob/NORM", "true/NORM"} <= set(preds.columns)
+    # split-conformal coverage, measured on validation halves the thresholds never saw
+    assert saved["val/conformal/nominal"] == 0.9 and saved["val/conformal/records"] > 0
+    assert len(saved["val/conformal/coverage/label1"]) == 5
+    extra = Bundle.load(run / "model.pt").extra
+    assert len(extra["conformal"]["q1"]) == 5 and extra["conformal"]["alpha"] == 0.1
+    assert {"uncalibrated, test", "calibrated, test"} <= set(extra["reliability"])
 
 
 def test_bundle_is_weights_only_and_predicts_like_the_checkpoint(finished_run):

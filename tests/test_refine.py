@@ -185,6 +185,10 @@ def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root
     for k, v in refined.model.state_dict().items():
         torch.testing.assert_close(v, original.model.state_dict()[k], rtol=0, atol=0)
     assert refined.extra["refine"]["accepted_rounds"] == []
+    # no round kept: the refined model's reliability diagram is the base's, point for point
+    curves = refined.extra["refine"]["reliability"]
+    assert (tmp_path / "run" / "reliability.png").is_file()
+    assert curves["base, test"] == curves["refined, test"]
 
 
 def test_command_line_round_writes_the_run_directory(base, ptbxl_root, ptbxl_split_sizes, tmp_path,

@@ -124,6 +124,7 @@ def test_every_route_needs_a_session(app, env):
         ("GET", "/agreement"): ("/agreement", 302),
         ("GET", "/export/judgements.{fmt}"): ("/export/judgements.csv", 302),
         ("GET", "/plot/{ecg_id:path}.png"): (f"/plot/{ecg_id}.png", 401),
+        ("GET", "/evidence/{ecg_id:path}.png"): (f"/evidence/{ecg_id}.png", 401),
         ("GET", "/api/queue"): ("/api/queue", 401),
         ("POST", "/api/feedback"): ("/api/feedback", 401),
         ("POST", "/logout"): ("/logout", 302),
@@ -288,6 +289,28 @@ def test_plot_is_a_cached_png(app, env):
     assert r.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert env["queue"].plot_png(item).read_bytes() == r.content
     assert client.get("/plot/nope.png").status_code == 404
+
+
+def test_evidence_overlay_is_the_same_sheet_coloured_for_the_top_statement(app, env):
+    pytest.importorskip("captum")
+    from PIL import Image
+
+    client = TestClient(app)
+    login(client)
+    item = env["queue"].items[0]
+    plain = client.get(f"/plot/{item.ecg_id}.png")
+    r = client.get(f"/evidence/{item.ecg_id}.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    top = env["queue"].classes[int(np.argmax(item.probs))]
+    assert r.headers["x-evidence-for"] == top
+    assert client.get("/api/queue").json()["items"][0]["evidence_url"] == f"/evidence/{item.ecg_id}.png"
+    a, b = (np.asarray(Image.open(io.BytesIO(x.content)).convert("RGB"), dtype=int)
+            for x in (plain, r))
+    assert a.shape == b.shape  # laid over the plain sheet on the page, pixel for pixel
+    changed = (a != b).any(axis=2)
+    # only the trace changes, and where it does it turns red or blue (the grid is pale pink)
+    coloured = changed & ((b[..., 0] - b[..., 1] > 80) | (b[..., 2] - b[..., 1] > 80))
+    assert coloured.sum() > 50 and changed.mean() < 0.05
 
 
 def test_review_page_shows_model_keys_links_and_an_overlay_slot(app):

@@ -163,6 +163,16 @@ def test_review_in_chromium(server, browser, tmp_path):
     shot = _artifacts(tmp_path) / "review.png"
     browser.save_screenshot(str(shot))
     print(f"\nreview page screenshot: {shot}")
+    if server["queue"].explainer is not None:  # captum installed: the evidence overlay
+        browser.find_element(By.ID, "show-evidence").click()
+        WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+            "const i = document.getElementById('ecg-overlay');"
+            "return !i.classList.contains('hidden') && i.complete && i.naturalWidth > 0;"))
+        overlay = browser.find_element(By.ID, "ecg-overlay")
+        assert overlay.size == browser.find_element(By.ID, "ecg-plot").size
+        browser.save_screenshot(str(_artifacts(tmp_path) / "review-evidence.png"))
+        browser.find_element(By.ID, "show-evidence").click()
+        assert not overlay.is_displayed()
     browser.find_element(By.ID, "submit").click()
     _wait_for_ecg(browser, items[1].ecg_id, 1, 4)
 

@@ -18,21 +18,22 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
-from scipy.special import expit
-
 from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
 from ecgrisk.calibration import apply_temperature, fit_calibration
 from ecgrisk.config import run_app
+from ecgrisk.conformal import fit_conformal, split_coverage
 from ecgrisk.data.datamodule import ECGDataModule, build_datamodule
 from ecgrisk.files import atomic_path
 from ecgrisk.finetune.module import ClassifierModule
-from ecgrisk.metrics import evaluate
+from ecgrisk.metrics import evaluate, reliability
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.plotting import plot_reliability
 from ecgrisk.preprocess import Scaler
 from ecgrisk.runs import make_trainer, plot_curves, run_dir, write_metrics
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from scipy.special import expit
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,18 @@ def train(cfg: DictConfig) -> dict:
     # metrics stay uncalibrated because the calibration was fitted there
     metrics = evaluate(val["labels"], expit(val["logits"]), prefix="val/", classes=classes,
                        bootstrap=cfg.bootstrap, seed=cfg.seed)
-    metrics.update({"train/records": int(len(dm.split["train"][0])),
-                    "val/records": int(len(val["labels"])), "test/records": 0})
+    metrics.update({"train/records": len(dm.split["train"][0]),
+                    "val/records": len(val["labels"]), "test/records": 0})
+    val_prob = apply_temperature(val["logits"], temps, bias)
     _write_predictions(out / "predictions" / "val.csv", _seen_ids(dm, "val", val), classes,
-                       val["labels"], apply_temperature(val["logits"], temps, bias))
+                       val["labels"], val_prob)
+    # which readings need a human: thresholds from the whole fold go into the bundle; the
+    # coverage reported is measured on halves the thresholds were not fitted on
+    conformal = fit_conformal(val["labels"], val_prob, cfg.conformal_alpha)
+    metrics.update({f"val/conformal/{k}": v for k, v in
+                    split_coverage(val["labels"], val_prob, cfg.conformal_alpha, cfg.seed).items()})
+    curves = {"uncalibrated, validation": reliability(val["labels"], expit(val["logits"])),
+              "calibrated, validation (fitted here)": reliability(val["labels"], val_prob)}
     if has_test:
         test = module.eval_result["test"]
         metrics.update(evaluate(test["labels"], expit(test["logits"]), prefix="test/", classes=classes,
@@ -122,9 +131,13 @@ def train(cfg: DictConfig) -> dict:
         for k in ("brier", "ece", "nll"):  # the probabilities the bundle reports are the calibrated ones
             metrics[f"test/{k}_uncalibrated"] = metrics[f"test/{k}"]
             metrics[f"test/{k}"] = calibrated[f"test/{k}"]
-        metrics.update({"test/records": int(len(test["labels"])), "test/windows": test["windows"]})
+        metrics.update({"test/records": len(test["labels"]), "test/windows": test["windows"]})
         _write_predictions(out / "predictions" / "test.csv", _seen_ids(dm, "test", test), classes,
                            test["labels"], test_prob)
+        curves.update({"uncalibrated, test": reliability(test["labels"], expit(test["logits"])),
+                       "calibrated, test": reliability(test["labels"], test_prob)})
+    plot_reliability(curves, path=out / "reliability.png",
+                     title=f"{cfg.model.name} {cfg.data.task}: reliability, all statements pooled")
     metrics.update({
         "train/epochs": int(trainer.current_epoch), "train/best_checkpoint": str(best or ""),
         "train/wall_s": fit_s, "train/samples_per_s": sum(per_rank) / max(fit_s, 1e-9),
@@ -138,7 +151,8 @@ def train(cfg: DictConfig) -> dict:
                     scaler=dm.scaler, temperature=temps, bias=bias, window_s=cfg.data.window_s,
                     stride_s=cfg.data.stride_s, aggregation=ft.aggregation,
                     risk_bands=tuple(cfg.risk_bands), name=f"{cfg.model.name}-{cfg.data.task}",
-                    version=time.strftime("%Y%m%d-%H%M%S"), config=OmegaConf.to_yaml(cfg, resolve=True))
+                    version=time.strftime("%Y%m%d-%H%M%S"), config=OmegaConf.to_yaml(cfg, resolve=True),
+                    extra={"conformal": conformal.to_dict(), "reliability": curves})
     bundle.save(out / "model.pt")
     write_metrics(out / "metrics.json", metrics)
     plot_curves(out)

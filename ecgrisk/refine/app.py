@@ -22,6 +22,7 @@ round), ``metrics.json`` and ``model.pt`` (a bundle with ``base`` naming the bas
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -35,6 +36,8 @@ from ecgrisk.bundle import Bundle
 from ecgrisk.config import run_app
 from ecgrisk.data.datamodule import build_datamodule
 from ecgrisk.feedback.store import FeedbackStore
+from ecgrisk.metrics import reliability
+from ecgrisk.plotting import plot_reliability
 from ecgrisk.refine.loop import make_feedback, run_loop
 from ecgrisk.refine.policy import BernoulliPolicy
 from ecgrisk.refine.refiners import REFINERS
@@ -67,6 +70,16 @@ def _refined_bundle(bundle: Bundle, model: torch.nn.Module, cfg: DictConfig, ver
                                base=str(Path(cfg.base).resolve()),
                                config=OmegaConf.to_yaml(cfg, resolve=True),
                                extra={**bundle.extra, "refine": extra})
+
+
+def _reliability(bundle: Bundle, refined: BernoulliPolicy, sets) -> dict:
+    """Reliability of the base and the refined model on the reported split (test, else the
+    guard half, which the guard also chose rounds on)."""
+    split, ws = ("test", sets.test) if sets.test is not None else ("guard half", sets.guard)
+    base = BernoulliPolicy(copy.deepcopy(bundle.model), bundle.temperature, bundle.bias,
+                           aggregation=bundle.aggregation)
+    return {f"base, {split}": reliability(ws.labels, base.probs(ws)),
+            f"refined, {split}": reliability(ws.labels, refined.probs(ws))}
 
 
 def refine(cfg: DictConfig) -> dict:
@@ -115,8 +128,11 @@ def refine(cfg: DictConfig) -> dict:
              "accepted_rounds": result.accepted, "rounds_completed":
              metrics["rounds/completed"], "feedback_count": metrics["feedback/count"],
              "base_version": bundle.version}
+    curves = _reliability(bundle, result.policy, sets)
+    plot_reliability(curves, path=out / "reliability.png",
+                     title=f"{cfg.refine.method} refinement: reliability, all statements pooled")
     _refined_bundle(bundle, result.policy.model, cfg, f"{bundle.version}+refine.{stamp}",
-                    extra).save(out / "model.pt")
+                    {**extra, "reliability": curves}).save(out / "model.pt")
     write_metrics(out / "metrics.json", metrics)
     _print_summary(metrics, out)
     return metrics

@@ -14,6 +14,9 @@ Routes
     The signed-in annotator's judgements in this review (this model version), as a download.
 ``GET /plot/{ecg_id}.png``
     The cached standard 12-lead sheet of a queued ECG.
+``GET /evidence/{ecg_id}.png``
+    The same sheet with the evidence for the model's top statement coloured (integrated
+    gradients; header ``X-Evidence-For`` names the statement); 404 without captum.
 ``GET /api/queue?limit=N&skip=ID...``
     Progress and the next ``N`` ECGs the logged-in annotator has not judged.
 ``POST /api/feedback``
@@ -299,6 +302,19 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
         return FileResponse(path, media_type="image/png",
                             headers={"Cache-Control": "private, max-age=3600"})
 
+    async def evidence(request: Request) -> Response:
+        ecg_id = request.path_params["ecg_id"]
+        item = state.queue.by_id.get(ecg_id)
+        if item is None or state.queue.explainer is None:
+            why = "no evidence overlay (captum not installed)" if item else f"no ECG {ecg_id!r} in the queue"
+            return JSONResponse({"error": why}, status_code=404)
+        try:
+            path, statement = await run_in_threadpool(state.queue.evidence_png, item)
+        except ECGReadError as err:
+            return JSONResponse({"error": str(err)}, status_code=500)
+        return FileResponse(path, media_type="image/png", headers={
+            "Cache-Control": "private, max-age=3600", "X-Evidence-For": statement})
+
     async def api_queue(request: Request) -> Response:
         try:
             limit = int(request.query_params.get("limit", "3"))
@@ -359,6 +375,7 @@ def create_app(db: str | os.PathLike, queue: ReviewQueue, *, secret_key: str | N
         Route("/agreement", page(agreement_page), methods=["GET"]),
         Route("/export/judgements.{fmt}", page(export), methods=["GET"]),
         Route("/plot/{ecg_id:path}.png", api(plot), methods=["GET"]),
+        Route("/evidence/{ecg_id:path}.png", api(evidence), methods=["GET"]),
         Route("/api/queue", api(api_queue), methods=["GET"]),
         Route("/api/feedback", api(api_feedback), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -124,6 +124,18 @@ def _swap(ecg_id: str) -> bool:
     return hashlib.sha256(ecg_id.encode()).digest()[0] % 2 == 1
 
 
+def _explainer(bundle: Bundle):
+    """A Predictor for the evidence overlay, or None where captum is not installed."""
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        log.warning("captum is not installed: the review page shows no evidence overlay")
+        return None
+    from ecgrisk.scoring.predict import Predictor
+
+    return Predictor(bundle)
+
+
 class ReviewQueue:
     """The ECGs to review, in asking order, with each model's reading.
 
@@ -136,12 +148,14 @@ class ReviewQueue:
     compare : ``(name, version)`` of the comparison bundle, or ``None`` (verdict mode).
     plot_dir : where rendered PNGs are cached (a temporary folder by default).
     plot_dpi : resolution of the PNGs (200 stays sharp on high-density screens).
+    explainer : a :class:`~ecgrisk.scoring.predict.Predictor` of the judged bundle: the page can
+        then overlay where the evidence for the reading's top statement lies (needs captum).
     """
 
     def __init__(self, items: list[ReviewItem], classes: list[str], model_name: str,
                  model_version: str, *, threshold: float = 0.5,
                  compare: tuple[str, str] | None = None, plot_dir: str | os.PathLike | None = None,
-                 plot_dpi: int = 200):
+                 plot_dpi: int = 200, explainer=None):
         self.items = list(items)
         self.by_id = {it.ecg_id: it for it in self.items}
         self._position = {it.ecg_id: i + 1 for i, it in enumerate(self.items)}
@@ -156,6 +170,7 @@ class ReviewQueue:
         self.plot_dir.mkdir(parents=True, exist_ok=True)
         self.plot_dpi = int(plot_dpi)
         self._plot_lock = threading.Lock()  # pyplot is not thread-safe
+        self.explainer = explainer  # a scoring Predictor for the evidence overlay, or None
 
     @property
     def mode(self) -> str:
@@ -234,7 +249,7 @@ class ReviewQueue:
         log.info("review queue: %d ECGs by %s from %s", len(items), rule, data_dir)
         return cls(items, list(bundle.classes), bundle.name, bundle.version, threshold=threshold,
                    compare=None if compare is None else (compare.name, compare.version),
-                   plot_dir=plot_dir)
+                   plot_dir=plot_dir, explainer=_explainer(bundle))
 
     # ------------------------------------------------------------------ readings
 
@@ -262,6 +277,7 @@ class ReviewQueue:
             "age": item.age, "sex": item.sex, "fs": item.fs,
             "duration_s": round(item.duration_s, 2),
             "plot_url": f"/plot/{item.ecg_id}.png",
+            "evidence_url": f"/evidence/{item.ecg_id}.png" if self.explainer else None,
         }
         if self.compare is None:
             out["statements"] = self._statements(item.probs)
@@ -283,6 +299,29 @@ class ReviewQueue:
         return {"judged": len(set(judged) & set(self.by_id)), "total": len(self.items)}
 
     # ------------------------------------------------------------------ plots
+
+    def evidence_png(self, item: ReviewItem) -> tuple[Path, str]:
+        """The 12-lead PNG with the evidence for the model's top statement drawn on it (same
+        size as :meth:`plot_png`, so the page lays it over the plain one); and that statement."""
+        from ecgrisk.io import read_ecg
+        from ecgrisk.plotting import plot_12lead
+        from ecgrisk.scoring.attribution import evidence_on_record, explain
+
+        top = self.classes[int(np.argmax(item.probs))]
+        name = f"{hashlib.sha256(item.ecg_id.encode()).hexdigest()[:32]}-{self.plot_dpi}-why.png"
+        path = self.plot_dir / name
+        if path.is_file():
+            return path, top
+        with self._plot_lock:
+            if not path.is_file():
+                ecg = read_ecg(item.path)
+                (e,) = explain(self.explainer, ecg.signal, ecg.fs, top=1)
+                fig = plot_12lead(ecg.signal, ecg.fs, lead_mask=ecg.lead_mask, dpi=self.plot_dpi,
+                                  evidence=evidence_on_record(e, ecg.signal.shape[1], ecg.fs))
+                with atomic_path(path) as tmp:
+                    fig.savefig(tmp, format="png", dpi=self.plot_dpi, bbox_inches="tight",
+                                pad_inches=0.04)
+        return path, top
 
     def plot_png(self, item: ReviewItem) -> Path:
         """The cached 12-lead PNG of ``item`` (rendered on first request)."""

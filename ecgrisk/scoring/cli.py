@@ -73,8 +73,7 @@ def _score(args) -> int:
         from ecgrisk.bundle import Bundle
 
         bundle = Bundle.load(args.model)
-        files = write_report(summary, args.report, args.bands or bundle.risk_bands,
-                             model_name=f"({bundle.name} {bundle.version})")
+        files = write_report(summary, args.report, args.bands or bundle.risk_bands, bundle)
         console.print(f"report: {len(files)} files in {args.report}")
     if summary.scored == 0 and summary.resumed == 0:
         console.print("[red]no record could be scored[/red]")

@@ -8,6 +8,7 @@ files; :func:`write_report` re-reads only those N records to plot them.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ScoreSummary", "print_summary", "risk_band", "write_report"]
+
+log = logging.getLogger(__name__)
 
 BANDS = ("low", "moderate", "high")
 _HIST_BINS = 20
@@ -129,16 +132,20 @@ def print_summary(summary: ScoreSummary, out: str | Path, console=None) -> None:
 
 
 def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[float, float],
-                 model_name: str = "") -> list[Path]:
-    """``risk_hist.png`` and a 12-lead plot per highest-risk record; returns the files written."""
+                 bundle=None) -> list[Path]:
+    """``risk_hist.png``, and per highest-risk record a 12-lead plot and, given the ``bundle``
+    (and captum, in the ``review`` extra), ``*_attribution.png``: where the evidence for its top
+    statements lies. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from ecgrisk.io import ECGReadError, read_ecg
-    from ecgrisk.plotting import plot_12lead
+    from ecgrisk.plotting import plot_12lead, plot_attribution, plot_reliability
+    from ecgrisk.scoring.attribution import explain
 
+    explainer = _explainer(bundle)
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -149,11 +156,18 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
         ax.axvline(b, color="tab:red", ls="--", lw=1)
     ax.set_xlabel("risk")
     ax.set_ylabel("records")
+    model_name = f"({bundle.name} {bundle.version})" if bundle is not None else ""
     ax.set_title(f"risk of {summary.scored} records {model_name}".strip())
     fig.tight_layout()
     fig.savefig(report_dir / "risk_hist.png", dpi=100)
     plt.close(fig)
     written.append(report_dir / "risk_hist.png")
+    if bundle is not None and bundle.extra.get("reliability"):
+        # the model's calibration as measured when it was made: scores carry no labels
+        png = report_dir / "reliability.png"
+        plot_reliability(bundle.extra["reliability"], path=png,
+                         title=f"{model_name}: reliability on its own validation/test folds")
+        written.append(png)
     for rank, (risk, record, path, title) in enumerate(summary.highest(), start=1):
         try:
             ecg = read_ecg(path)
@@ -164,4 +178,23 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
         plot_12lead(ecg.signal, ecg.fs, title=f"#{rank} {record}  risk {risk:.2f}  |  {title}",
                     path=png, lead_mask=ecg.lead_mask)
         written.append(png)
+        if explainer is not None:
+            png = report_dir / f"top{rank:02d}_{safe}_attribution.png"
+            plot_attribution(explain(explainer, ecg.signal, ecg.fs), path=png,
+                             title=f"#{rank} {record}: where the evidence lies (integrated gradients)")
+            written.append(png)
     return written
+
+
+def _explainer(bundle):
+    """A Predictor to explain readings with, or None where captum is not installed."""
+    if bundle is None:
+        return None
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        log.warning("captum is not installed (the review extra): no attribution plots")
+        return None
+    from ecgrisk.scoring.predict import Predictor
+
+    return Predictor(bundle)

@@ -2,15 +2,22 @@
 
 Columns (see :func:`output_columns`): ``record``, ``path``, ``prob/<class>`` per statement
 (calibrated), ``risk`` (1 - P(NORM) when NORM is a class, else the max probability),
-``risk_band``, the quality columns of :mod:`ecgrisk.scoring.quality`, ``n_windows``,
-``model_name``, ``model_version``, ``error`` (empty when the record scored; otherwise
-``"<ErrorClass>: <reason>"`` and empty probabilities).
+``risk_band``, ``needs_review`` and ``review_reason``, the quality columns of
+:mod:`ecgrisk.scoring.quality`, ``n_windows``, ``model_name``, ``model_version``, ``error``
+(empty when the record scored; otherwise ``"<ErrorClass>: <reason>"`` and empty probabilities).
+
+``needs_review`` is true when a quality flag is raised (flat, noisy, saturated, missing or
+derived leads) or, for a bundle that carries split-conformal thresholds
+(:mod:`ecgrisk.conformal`), when a statement's prediction set holds both labels or none;
+``review_reason`` names them. Records that failed to read are not scored and have no review
+flag: their ``error`` says why.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ecgrisk.conformal import ConformalSets
 from ecgrisk.scoring.input_spec import InputSpec
 from ecgrisk.scoring.quality import QUALITY_COLUMNS
 from ecgrisk.scoring.reading import ReadRecord
@@ -23,7 +30,7 @@ __all__ = ["check_bands", "make_rows", "output_columns"]
 def output_columns(classes: list[str]) -> list[str]:
     """Column order of the output table for a bundle with ``classes``."""
     return ["record", "path", *[f"prob/{c}" for c in classes], "risk", "risk_band",
-            *QUALITY_COLUMNS, "n_windows", "model_name", "model_version", "error"]
+            "needs_review", "review_reason", *QUALITY_COLUMNS, "n_windows", "model_name", "model_version", "error"]
 
 
 def check_bands(bands) -> tuple[float, float]:
@@ -41,19 +48,26 @@ def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSp
     """
     classes = list(bundle.classes)
     norm = classes.index("NORM") if "NORM" in classes else None
+    conformal = bundle.extra.get("conformal")
+    sets = ConformalSets.from_dict(conformal) if conformal else None
     rows, k = [], 0
     for rec in records:
         row = {"record": rec.record, "path": rec.path, "model_name": bundle.name,
                "model_version": bundle.version, "error": rec.error}
         row.update({c: rec.flags.get(c) for c in QUALITY_COLUMNS})
         if rec.length is None:
-            row.update({f"prob/{c}": None for c in classes}, risk=None, risk_band="", n_windows=0)
+            row.update({f"prob/{c}": None for c in classes}, risk=None, risk_band="", n_windows=0,
+                       needs_review=None, review_reason="")
         else:
             p = probs[k]
             k += 1
             risk = float(1.0 - p[norm]) if norm is not None else float(p.max())
             n_win = len(evaluation_windows([rec.length], spec.window, spec.stride)[0])
+            reasons = [f"quality {rec.flags['quality']}"] if rec.flags.get("quality", "ok") != "ok" else []
+            if sets is not None:
+                reasons += [r for r in sets.review(p, classes) if r]
             row.update({f"prob/{c}": float(v) for c, v in zip(classes, p, strict=True)},
-                       risk=risk, risk_band=risk_band(risk, bands), n_windows=n_win)
+                       risk=risk, risk_band=risk_band(risk, bands), n_windows=n_win,
+                       needs_review=bool(reasons), review_reason="; ".join(reasons))
         rows.append(row)
     return rows

@@ -185,6 +185,12 @@
     $("ecg-rec").textContent = `${item.duration_s} s · ${item.fs} Hz`;
     $("ecg-pos").textContent = `#${item.position}`;
     $("ecg-plot").src = item.plot_url;
+    // the evidence overlay: same sheet, trace coloured where the top statement's evidence lies
+    const why = $("show-evidence");
+    why.classList.toggle("hidden", !item.evidence_url);
+    why.setAttribute("aria-pressed", "false");
+    $("ecg-overlay").classList.add("hidden");
+    $("ecg-overlay").removeAttribute("src");
     if (mode === "compare") {
       renderReading("reading-a", item.readings.a);
       renderReading("reading-b", item.readings.b);
@@ -299,4 +305,14 @@
   });
 
   refill().catch((e) => showError(String(e)));
+  // shows or hides the evidence overlay of the ECG on screen (rendered on first request)
+  document.addEventListener("click", (ev) => {
+    const btn = ev.target.closest("#show-evidence");
+    if (!btn || !shownId) return;
+    const overlay = $("ecg-overlay");
+    const on = btn.getAttribute("aria-pressed") !== "true";
+    btn.setAttribute("aria-pressed", String(on));
+    if (on && !overlay.getAttribute("src")) overlay.src = `/evidence/${shownId}.png`;
+    overlay.classList.toggle("hidden", !on);
+  });
 })();
