@@ -9,6 +9,9 @@
     ecgrisk review --db feedback.db --model model.pt --data DIR
 
 Training stages are Hydra apps of their own (``ecgrisk-pretrain``, ``ecgrisk-finetune``, ...).
+
+Every command stops cleanly on SIGINT/SIGTERM (exit status 130/143, one line on how to resume;
+see :mod:`ecgrisk.signals`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,18 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+from ecgrisk.signals import set_resume_hint, stop_on_signals
+
+# what an interrupted command keeps, and how to go on (``score`` says its own)
+_RESUME_HINTS = {
+    "download": "files already verified are kept; rerun the same command to fetch the rest",
+    "convert": "each record written so far is complete (the manifest comes last); rerun the "
+               "same command to convert them all",
+    "feedback": "an import stores each file whole or not at all (source import:<file name>); "
+                "rerun it with the files not stored yet",
+    "review": "every acknowledged judgement is in the store; start the app again to go on",
+}
 
 
 def _download(args) -> int:
@@ -161,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    return args.func(args)
+    with stop_on_signals(command="ecgrisk"):
+        args = build_parser().parse_args(argv)
+        set_resume_hint(_RESUME_HINTS.get(args.command, "rerun the same command"),
+                        command=f"ecgrisk {args.command}")
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+        return args.func(args)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from ecgrisk.files import atomic_write_text
 from ecgrisk.io import STANDARD_LEADS, ECGReadError, read_ecg
 from ecgrisk.io.write import write_ecg
+from ecgrisk.signals import raise_if_interrupted
 
 __all__ = ["MANIFEST_COLUMNS", "convert_records"]
 
@@ -44,6 +45,7 @@ def convert_records(records: list[tuple[str, str]], out: str | Path, to: str,
     rows, used = [], set()
     with progress_bar(len(records), f"converting to {to}", enabled=progress) as advance:
         for record_id, path in records:
+            raise_if_interrupted()  # a Ctrl-C whose exception Python dropped stops here
             name = _safe_name(record_id)
             stem, k = name, 1
             while name.lower() in used:  # a.xml and a.dcm are two records

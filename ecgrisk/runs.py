@@ -1,15 +1,23 @@
-"""What every stage's run directory gets: resolved config, loggers, metrics.json, curves PNG."""
+"""What every stage's run directory gets: resolved config, loggers, metrics.json, curves PNG;
+and what makes a killed run resumable exactly (:class:`ResumeState`, :func:`resume_hint`)."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
+import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ecgrisk.files import atomic_write_text
+from ecgrisk.signals import raise_if_interrupted
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -66,18 +74,130 @@ def _keep_history(logs: Path) -> None:
 
 
 def logged_metrics(logs: Path):
-    """Every row the CSV logger wrote in ``logs``, earlier (resumed) parts first; None if none."""
+    """Every row the CSV logger wrote in ``logs``, earlier (resumed) parts first; None if none.
+
+    A killed run may have logged part of the epoch it was killed in; the run resumed from its
+    last checkpoint logs that epoch again, so rows of an earlier part from the epoch a later
+    part starts at onwards are dropped: each epoch appears once.
+    """
     import pandas as pd
 
     parts = sorted(logs.glob("history-*.csv"), key=lambda f: int(f.stem.split("-")[1]))
     parts += [logs / "metrics.csv"] if (logs / "metrics.csv").is_file() else []
-    return pd.concat([pd.read_csv(f) for f in parts], ignore_index=True) if parts else None
+    frames = []
+    for f in parts:
+        df = pd.read_csv(f)
+        if "epoch" in df.columns and df["epoch"].notna().any():
+            start = df["epoch"].min()
+            frames = [d[d["epoch"] < start] if "epoch" in d.columns else d for d in frames]
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def make_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list | None = None) -> L.Trainer:
     kw = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
-    return L.Trainer(default_root_dir=str(out), callbacks=callbacks,
+    return L.Trainer(default_root_dir=str(out), callbacks=[*callbacks, ResumeState()],
                      logger=loggers if loggers is not None else make_loggers(cfg, out), **kw)
+
+
+def _rng_state() -> dict:
+    # plain types and tensors: checkpoints stay loadable with torch.load(weights_only=True)
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+
+
+class ResumeState(Callback):
+    """What a checkpoint needs beyond Lightning's own state for a resumed run to go on exactly
+    as the uninterrupted run would have; and a killed run's log and stop kept in order.
+
+    - The global random states (Python, NumPy, torch: data order, crops, dropout and DataLoader
+      worker seeds draw from them) travel in every checkpoint and are put back when the first
+      resumed epoch starts, after whatever the restart itself drew (the sanity check). With
+      ``data.num_workers=0`` a CPU run resumes bit for bit; persistent DataLoader workers keep
+      their own random state, which no checkpoint holds, and GPU kernels need not be
+      deterministic.
+    - The CSV log is written out at each epoch start, with each checkpoint and on an
+      interruption (by default Lightning writes it every 100 steps).
+    - A SIGINT/SIGTERM whose exception was dropped on its way stops the run at the next batch
+      (:func:`~ecgrisk.signals.raise_if_interrupted`).
+    """
+
+    def __init__(self) -> None:
+        self._restore: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"rng": _rng_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restore = state_dict.get("rng")
+
+    @staticmethod
+    def _flush_logs(trainer: L.Trainer) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        raise_if_interrupted()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0) -> None:
+        raise_if_interrupted()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                          dataloader_idx=0) -> None:
+        raise_if_interrupted()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        raise_if_interrupted()
+        if self._restore is not None:
+            _set_rng_state(self._restore)
+            self._restore = None
+            # a restarted fit reads its first epoch from the iterator Lightning made while
+            # setting up (before the checkpoint was restored, from other random states); an
+            # uninterrupted run makes that epoch's iterator here, so make it again
+            fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+            if fetcher is not None:
+                iter(fetcher)
+        self._flush_logs(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._flush_logs(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._flush_logs(trainer)
+
+
+def resume_hint(cfg: DictConfig, command: str) -> Callable[[], str]:
+    """The line an interrupted training run prints: the command that resumes it from
+    ``checkpoints/last.ckpt`` in the same run directory (its logged history continues there),
+    or that no epoch had finished. Call it inside the Hydra job (it reads the command line
+    there); the line itself is made when the signal comes."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(hc.runtime.output_dir)
+    args = [o for o in hc.overrides.task if not o.startswith(("resume=", "+resume="))]
+    if not cfg.get("output_dir") and not any(o.startswith("hydra.run.dir=") for o in args):
+        args.append(f"hydra.run.dir={out}")
+
+    def hint() -> str:
+        last = out / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            return "no epoch had finished: rerun the same command to start again"
+        return "resume from the last finished epoch with: " + shlex.join(
+            [command, *args, f"resume={last}"])
+
+    return hint
 
 
 def plot_curves(out: Path, keys=("train/loss_epoch", "val/macro_auroc")) -> Path | None:

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from ecgrisk.data.base import RecordSet
 from ecgrisk.preprocess import Preprocessing
 from ecgrisk.progress import progress_bar
+from ecgrisk.signals import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -298,5 +298,7 @@ def _map(fn, jobs, workers):
     if workers <= 1 or len(jobs) < 8:
         yield from map(fn, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as ex:
+    # worker_pool: the workers die with this process, and an interruption does not first wait
+    # for every queued record (Executor.map queues them all)
+    with worker_pool(workers) as ex:
         yield from ex.map(fn, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8))))

@@ -18,6 +18,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from scipy.special import expit
+
 from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
 from ecgrisk.calibration import apply_temperature, fit_calibration
 from ecgrisk.config import run_app
@@ -30,10 +34,8 @@ from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.plotting import plot_reliability
 from ecgrisk.preprocess import Scaler
-from ecgrisk.runs import make_trainer, plot_curves, run_dir, write_metrics
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
-from scipy.special import expit
+from ecgrisk.runs import make_trainer, plot_curves, resume_hint, run_dir, write_metrics
+from ecgrisk.signals import set_resume_hint, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,8 @@ def train(cfg: DictConfig) -> dict:
     # metrics stay uncalibrated because the calibration was fitted there
     metrics = evaluate(val["labels"], expit(val["logits"]), prefix="val/", classes=classes,
                        bootstrap=cfg.bootstrap, seed=cfg.seed)
-    metrics.update({"train/records": len(dm.split["train"][0]),
-                    "val/records": len(val["labels"]), "test/records": 0})
+    metrics.update({"train/records": int(len(dm.split["train"][0])),
+                    "val/records": int(len(val["labels"])), "test/records": 0})
     val_prob = apply_temperature(val["logits"], temps, bias)
     _write_predictions(out / "predictions" / "val.csv", _seen_ids(dm, "val", val), classes,
                        val["labels"], val_prob)
@@ -131,7 +133,7 @@ def train(cfg: DictConfig) -> dict:
         for k in ("brier", "ece", "nll"):  # the probabilities the bundle reports are the calibrated ones
             metrics[f"test/{k}_uncalibrated"] = metrics[f"test/{k}"]
             metrics[f"test/{k}"] = calibrated[f"test/{k}"]
-        metrics.update({"test/records": len(test["labels"]), "test/windows": test["windows"]})
+        metrics.update({"test/records": int(len(test["labels"])), "test/windows": test["windows"]})
         _write_predictions(out / "predictions" / "test.csv", _seen_ids(dm, "test", test), classes,
                            test["labels"], test_prob)
         curves.update({"uncalibrated, test": reliability(test["labels"], expit(test["logits"])),
@@ -199,13 +201,16 @@ def _print_table(m: dict, classes: list[str], out: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=None, config_name="finetune")
 def _hydra_main(cfg: DictConfig) -> float:
+    set_resume_hint(resume_hint(cfg, "ecgrisk-finetune"))
     metrics = train(cfg)
     return float(metrics.get("val/macro_auroc", float("nan")))
 
 
 def main() -> None:
-    """Console entry point (``ecgrisk-finetune``)."""
-    run_app(_hydra_main)
+    """Console entry point (``ecgrisk-finetune``); SIGINT/SIGTERM keep the last finished epoch's
+    checkpoint and exit with 130/143 naming the command that resumes from it."""
+    with stop_on_signals(command="ecgrisk-finetune"):
+        run_app(_hydra_main)
 
 
 if __name__ == "__main__":

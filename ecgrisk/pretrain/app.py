@@ -30,7 +30,8 @@ from ecgrisk.models import create_encoder
 from ecgrisk.preprocess import Preprocessing
 from ecgrisk.pretrain.module import PretrainModule
 from ecgrisk.pretrain.objectives import build_objective
-from ecgrisk.runs import make_trainer, plot_curves, run_dir, write_metrics
+from ecgrisk.runs import make_trainer, plot_curves, resume_hint, run_dir, write_metrics
+from ecgrisk.signals import set_resume_hint, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +179,16 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=None, config_name="pretrain")
 def _hydra_main(cfg: DictConfig) -> float:
+    set_resume_hint(resume_hint(cfg, "ecgrisk-pretrain"))
     metrics = train(cfg)
     return float(metrics.get("val/loss_end", metrics.get("train/loss_end", float("nan"))))
 
 
 def main() -> None:
-    """Console entry point (``ecgrisk-pretrain``)."""
-    run_app(_hydra_main)
+    """Console entry point (``ecgrisk-pretrain``); SIGINT/SIGTERM keep the last finished epoch's
+    checkpoint and exit with 130/143 naming the command that resumes from it."""
+    with stop_on_signals(command="ecgrisk-pretrain"):
+        run_app(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from ecgrisk.refine.policy import BernoulliPolicy
 from ecgrisk.refine.refiners import REFINERS
 from ecgrisk.refine.windows import prepare_sets
 from ecgrisk.runs import run_dir, write_metrics
+from ecgrisk.signals import raise_if_interrupted, set_resume_hint, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def refine(cfg: DictConfig) -> dict:
         _refined_bundle(bundle, policy.model, cfg, f"{bundle.version}+r{k}",
                         {"round": k, "accepted": accepted}).save(
             out / "checkpoints" / f"round_{k}.pt")
+        raise_if_interrupted()
 
     store = FeedbackStore(out / "feedback.db")
     try:
@@ -158,15 +160,31 @@ def _print_summary(m: dict, out: Path) -> None:
     Console().print(f"run directory: {out}")
 
 
+def _restart_hint(cfg: DictConfig) -> str:
+    """Refinement does not resume: its rounds are seeded, so a fresh run repeats the finished
+    ones exactly. The store keeps every judgement of a finished round (each round's are stored
+    in one transaction)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(
+        HydraConfig.get().runtime.output_dir)
+    new_dir = "with another output_dir " if cfg.get("output_dir") else ""
+    return (f"the judgements of finished rounds are in {out / 'feedback.db'} and their models in "
+            f"{out / 'checkpoints'}; rerun the same command {new_dir}to refine again "
+            "(seeded: the same rounds, the same result)")
+
+
 @hydra.main(version_base="1.3", config_path=None, config_name="refine")
 def _hydra_main(cfg: DictConfig) -> float:
+    set_resume_hint(_restart_hint(cfg))
     metrics = refine(cfg)
     return float(metrics.get("val/macro_auroc", float("nan")))
 
 
 def main() -> None:
-    """Console entry point (``ecgrisk-refine``)."""
-    run_app(_hydra_main)
+    """Console entry point (``ecgrisk-refine``); SIGINT/SIGTERM exit with 130/143."""
+    with stop_on_signals(command="ecgrisk-refine"):
+        run_app(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 
 Exit codes of ``score``: 0 when at least one record scored (or all were already in the output
 with ``--resume``), 1 when nothing could be scored, 2 for invalid arguments or an unusable model
-bundle, 130 when interrupted (rerun with ``--resume`` to continue).
+bundle, 130/143 when stopped by SIGINT/SIGTERM (rerun with ``--resume`` to continue; reader
+processes end with the run, even when it is killed with SIGKILL).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import sys
 
 from ecgrisk.shipped import DEFAULT_BUNDLE, list_shipped
+from ecgrisk.signals import stop_on_signals
 
 __all__ = ["add_parsers", "main"]
 
@@ -33,41 +35,19 @@ def _bands(text: str) -> tuple[float, float]:
 def _score(args) -> int:
     from rich.console import Console
 
-    from ecgrisk.bundle import BundleError, resolve
-    from ecgrisk.scoring.inputs import InputError
-    from ecgrisk.scoring.job import score_files
     from ecgrisk.scoring.report import print_summary, write_report
-    from ecgrisk.scoring.table import OutputError
 
     console = Console(stderr=True)
-    try:
-        args.model = str(resolve(args.model))  # a shipped name -> its file (digests need a file)
-        if args.devices:
-            from ecgrisk.scoring.distributed import score_distributed
-
-            summary = score_distributed(args.inputs, args.model, args.out, devices=args.devices,
-                                        num_nodes=args.num_nodes, accelerator=args.accelerator,
-                                        strategy=args.strategy, workers=args.workers,
-                                        batch_size=args.batch_size, bands=args.bands,
-                                        missing_leads=args.missing_leads, npy_fs=args.npy_fs)
-            if summary is None:  # a non-zero rank: rank 0 merges and reports
-                return 0
-        else:
-            summary = score_files(args.inputs, args.model, args.out, workers=args.workers,
-                                  batch_size=args.batch_size, resume=args.resume, bands=args.bands,
-                                  backend=args.backend, onnx_path=args.onnx,
-                                  missing_leads=args.missing_leads, npy_fs=args.npy_fs,
-                                  progress=not args.quiet, top_n=args.report_top)
-    except (BundleError, InputError, OutputError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        return 2
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: rows scored so far are kept; rerun with "
-                      "--resume to continue")
-        return 130
-    except Exception as e:  # e.g. OnnxBackendError: the chosen backend cannot run
-        console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
-        return 2
+    if args.devices:
+        hint = "rerun the same command (a scale-out run starts over; the output is replaced whole)"
+    elif args.resume or "--resume" in sys.argv:
+        hint = "the rows scored so far are kept; rerun the same command to continue"
+    else:
+        hint = "the rows scored so far are kept; rerun the same command with --resume to continue"
+    with stop_on_signals(hint, command="ecgrisk score"):
+        summary = _run_score(args, console)
+    if isinstance(summary, int):
+        return summary
     print_summary(summary, args.out, console)
     if args.report:
         from ecgrisk.bundle import Bundle
@@ -79,6 +59,38 @@ def _score(args) -> int:
         console.print("[red]no record could be scored[/red]")
         return 1
     return 0
+
+
+def _run_score(args, console):
+    """The summary, or the exit status: 2 after an error it printed, 0 on a DDP rank other than
+    0 (rank 0 merges and reports)."""
+    from ecgrisk.bundle import BundleError, resolve
+    from ecgrisk.scoring.inputs import InputError
+    from ecgrisk.scoring.job import score_files
+    from ecgrisk.scoring.table import OutputError
+
+    try:
+        args.model = str(resolve(args.model))  # a shipped name -> its file (digests need a file)
+        if args.devices:
+            from ecgrisk.scoring.distributed import score_distributed
+
+            summary = score_distributed(args.inputs, args.model, args.out, devices=args.devices,
+                                        num_nodes=args.num_nodes, accelerator=args.accelerator,
+                                        strategy=args.strategy, workers=args.workers,
+                                        batch_size=args.batch_size, bands=args.bands,
+                                        missing_leads=args.missing_leads, npy_fs=args.npy_fs)
+            return 0 if summary is None else summary
+        return score_files(args.inputs, args.model, args.out, workers=args.workers,
+                           batch_size=args.batch_size, resume=args.resume, bands=args.bands,
+                           backend=args.backend, onnx_path=args.onnx,
+                           missing_leads=args.missing_leads, npy_fs=args.npy_fs,
+                           progress=not args.quiet, top_n=args.report_top)
+    except (BundleError, InputError, OutputError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    except Exception as e:  # e.g. OnnxBackendError: the chosen backend cannot run
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
+        return 2
 
 
 def _export(args) -> int:

@@ -5,7 +5,9 @@ reading), scores them with the bundle's model and writes its rows to its own sha
 ``<out dir>/.<out name>.shards/shard-<rank>.csv``, through :class:`ShardWriter` (a
 ``BasePredictionWriter``). After a barrier rank 0 merges the shards into ``out`` in input order,
 each record once (Lightning's predict sampler repeats none, but a padding sampler would), and
-removes them. With several nodes the output folder must be on a filesystem they share.
+removes them (with what killed earlier runs left there). With several nodes the output folder
+must be on a filesystem they share. An interrupted run leaves ``out`` as it was; rerunning starts
+over. Reader (DataLoader worker) processes die with their rank, however it ends.
 
     ecgrisk score /data/ecgs --model model.pt --out scores.parquet --devices 8 --num-nodes 2
 """
@@ -13,8 +15,10 @@ removes them. With several nodes the output folder must be on a filesystem they 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from ecgrisk.scoring.reading import ReadRecord, read_chunk
 from ecgrisk.scoring.report import ScoreSummary
 from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
 from ecgrisk.scoring.table import TableWriter, read_rows
+from ecgrisk.signals import raise_if_interrupted, reader_init
 
 __all__ = ["RecordDataset", "ScoringModule", "ShardWriter", "merge_shards", "score_distributed"]
 
@@ -111,6 +116,7 @@ class ShardWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0) -> None:
+        raise_if_interrupted()
         if self._writer is None:
             self._writer = TableWriter(self.shard_path(trainer.global_rank), self.columns)
         self._writer.write(prediction)
@@ -179,7 +185,8 @@ def score_distributed(inputs: list[str], bundle_path, out, *, devices: int = 1,
     writer = ShardWriter(shard_dir, columns)
     loader = DataLoader(RecordDataset(records, spec, missing_leads, npy_fs),
                         batch_size=max(1, batch_size // 8), num_workers=workers,
-                        collate_fn=_Collate(spec), persistent_workers=False)
+                        collate_fn=_Collate(spec), persistent_workers=False,
+                        worker_init_fn=functools.partial(reader_init, os.getpid()))
     trainer = L.Trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator,
                         strategy=strategy if devices * num_nodes > 1 else "auto",
                         callbacks=[writer], logger=False, enable_checkpointing=False,
@@ -193,8 +200,7 @@ def score_distributed(inputs: list[str], bundle_path, out, *, devices: int = 1,
     if missing:
         raise RuntimeError(f"ranks did not write their shards: {missing}")
     summary = merge_shards(shards, out, columns, list(bundle.classes), top_n)
-    for s in shards:
-        s.unlink()
-    shard_dir.rmdir()
+    # also the partial shards of killed earlier runs, which no rank of this run will replace
+    shutil.rmtree(shard_dir, ignore_errors=True)
     summary.wall_s = time.perf_counter() - t0
     return summary

@@ -6,13 +6,15 @@ quality-check records in small chunks; the main process gathers their windows in
 done. At most ``4 * workers`` chunks are in flight, so memory stays flat however many files
 there are. Rows go to a partial file beside the output that replaces it only at the end
 (:mod:`ecgrisk.scoring.table`); an interrupted run leaves its partial file, which
-``resume=True`` reads (with the previous output) and carries forward.
+``resume=True`` reads (with the previous output) and carries forward. An exception (or
+:class:`~ecgrisk.signals.Interrupted`) ends the reader processes before it leaves.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from pathlib import Path
 
 from ecgrisk.bundle import Bundle
@@ -23,6 +25,7 @@ from ecgrisk.scoring.reading import ReadRecord, read_records
 from ecgrisk.scoring.report import ScoreSummary
 from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
 from ecgrisk.scoring.table import TableWriter, read_rows, stale_partials
+from ecgrisk.signals import fault_point, raise_if_interrupted
 
 __all__ = ["score_files"]
 
@@ -87,9 +90,10 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
         todo = [r for r in records if r[1] not in done]
         pending: list[ReadRecord] = []
         n_windows = 0
-        with progress_bar(len(todo), "scoring", enabled=progress) as advance:
-            stream = read_records(todo, predictor.spec, workers, chunk_size, missing_leads, npy_fs)
+        stream = read_records(todo, predictor.spec, workers, chunk_size, missing_leads, npy_fs)
+        with progress_bar(len(todo), "scoring", enabled=progress) as advance, closing(stream):
             for rec in stream:
+                raise_if_interrupted()
                 pending.append(rec)
                 if rec.length is not None:
                     n_windows += rec.length // predictor.spec.stride
@@ -99,6 +103,7 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
                     pending, n_windows = [], 0
             _flush(pending, predictor, writer, summary, bands, batch_size)
             advance(len(pending))
+        fault_point(f"write:{out.name}")
     except BaseException:
         writer.close()  # a finished partial file: --resume continues from it
         raise

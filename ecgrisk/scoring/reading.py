@@ -11,7 +11,6 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from ecgrisk.io import ECGReadError, read_ecg
 from ecgrisk.scoring.input_spec import InputSpec
 from ecgrisk.scoring.quality import quality_flags
+from ecgrisk.signals import worker_pool
 
 __all__ = ["ReadRecord", "read_chunk", "read_records"]
 
@@ -88,15 +88,18 @@ def read_records(records: list[tuple[str, str]], spec: InputSpec, workers: int, 
                  ) -> Iterator[ReadRecord]:
     """Yield read records in input order with at most ``4 * workers`` chunks in flight.
 
-    ``workers=0`` reads in the calling process.
+    ``workers=0`` reads in the calling process. Closing the generator early (or an exception
+    in it) ends the reader processes at once; close it explicitly (``contextlib.closing``)
+    rather than leaving that to the garbage collector.
     """
     if workers <= 0:
         for chunk in _chunks(records, chunk_size):
             yield from read_chunk(chunk, spec, missing_leads, npy_fs)
         return
-    # forkserver: reader processes never inherit the main process's torch threads
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as ex:
+    # spawn: readers never inherit the main process's torch threads, and each is this process's
+    # own child, so it dies with it (a forkserver's children die with the forkserver instead,
+    # which outlived a killed scoring run together with its resource tracker)
+    with worker_pool(workers, mp.get_context("spawn")) as ex:
         pending: deque = deque()
         for chunk in _chunks(records, chunk_size):
             pending.append(ex.submit(read_chunk, chunk, spec, missing_leads, npy_fs))
