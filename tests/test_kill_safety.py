@@ -1,8 +1,12 @@
 """Killed at any point, a long-running command leaves no process, no half-written file, and its
 resume (or rerun) gives what an uninterrupted run gives (issue 16).
 
-Each command is killed at three points with three signals, as a Latin square: every command
-meets every signal and every point once.
+``ecgrisk score``, ``ecgrisk convert``, ``ecgrisk-finetune``, ``ecgrisk-pretrain`` and
+``ecgrisk-refine`` are each killed at three points with three signals, as a Latin square (every
+command meets every signal and every point once); ``ecgrisk score`` also gets a terminal's
+Ctrl-C (SIGINT to its whole process group), a two-rank DDP fine-tune gets SIGTERM and SIGKILL
+after its first epoch, and ``ecgrisk review`` is stopped while starting (SIGTERM), while serving
+(SIGINT) and, in ``test_store_writers``, killed (SIGKILL) while judgements arrive.
 
 - early: before any result exists (reader processes starting, a cache being compiled, a
   server starting);
@@ -101,10 +105,12 @@ while True:  # one thread only: a fork copies no lock another thread holds
             pid = os.fork()
             if pid == 0:
                 os.setsid()
-                null = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(null, 0)
-                for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
-                    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+                for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
+                                        (1, req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                                        (2, req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+                    opened = os.open(path, flags, 0o644)
+                    os.dup2(opened, fd)
+                    os.close(opened)
                 os.environ.update(req["env"])
                 os.chdir(req["cwd"])
                 sys.argv = req["argv"]
