@@ -143,8 +143,8 @@ def run_model(folder: str, bundle_path: str, batch_size: int) -> dict:
 def _descendants_peak_mb(stop, peak: dict) -> None:
     """Poll /proc: the largest VmHWM (peak RSS) among this process's descendants.
 
-    Reader processes are forked by a forkserver, not by this process, so RUSAGE_CHILDREN
-    never sees them; they are found through the parent links instead.
+    RUSAGE_CHILDREN counts only children that have been waited for, and the reader processes
+    are still running when the peak matters, so they are found through the parent links.
     """
     me = os.getpid()
     while not stop.is_set():
