@@ -82,10 +82,10 @@ def shipped_on_sample(root: Path, scores: Path, n: int = TOP) -> tuple[list[dict
         db = {r["ecg_id"]: r for r in csv.DictReader(f)}
     with open(scores, newline="") as f:
         rows = {str(int(Path(r["record"]).name.split("_")[0])): r for r in csv.DictReader(f)}
-    ranked = sorted((r for r in rows.values() if r["risk"]), key=lambda r: -float(r["risk"]))
+    ranked = sorted((k for k, r in rows.items() if r["risk"]), key=lambda k: -float(rows[k]["risk"]))
     top = []
-    for r in ranked[:n]:
-        entry = db[str(int(Path(r["record"]).name.split("_")[0]))]
+    for ecg_id in ranked[:n]:
+        r, entry = rows[ecg_id], db[ecg_id]
         codes = entry["scp_codes"].strip("{}").replace("'", "").split(", ")
         top.append({"record": Path(r["record"]).name, "risk": float(r["risk"]),
                     "band": r["risk_band"], "report": " ".join(entry["report"].split()),

@@ -517,6 +517,25 @@ def _epoch_losses(run: Path, key: str = "train/loss_epoch") -> dict[int, float]:
     return dict(zip(rows["epoch"].astype(int), rows[key], strict=True))
 
 
+def _kill_training(zygote, stage, output, args, run_dir, marker, cache, tmp_path, sig, point):
+    """Start ``ecgrisk-<stage>``, kill it with ``sig`` at ``point`` (early: its cache compiling;
+    mid: after the first epoch's last.ckpt; final: inside the write of ``output``), check that
+    ``output`` is not there; return the run and its last.ckpt path."""
+    run = zygote.run(f"ecgrisk.{stage}.app:main", _cli(f"ecgrisk-{stage}", args, run_dir),
+                     tmp_path / "logs",
+                     _pause(f"write:{output}", marker) if point == "final" else {})
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if point == "early":
+        run.until(lambda: _compiling(cache, run), "the cache being compiled by its workers")
+    elif point == "mid":
+        run.until(last.exists, "the first epoch's checkpoint")
+    else:
+        run.until(marker.exists, f"the pause before {output}")
+    stop(run, sig)
+    assert not (run_dir / output).exists()
+    return run, last
+
+
 @pytest.mark.parametrize("sig,point", [(SIGTERM, "early"), (SIGKILL, "mid"), (SIGINT, "final")],
                          ids=["SIGTERM-early", "SIGKILL-mid", "SIGINT-final"])
 def test_finetune(zygote, data, finetune_base, tmp_path, sig, point):
@@ -526,18 +545,8 @@ def test_finetune(zygote, data, finetune_base, tmp_path, sig, point):
     run_dir, marker = tmp_path / "run", tmp_path / "paused"
     cache = tmp_path / "cache" if point == "early" else None  # a cache still to compile
     args = _train_args(data, run_dir, *FINETUNE, cache=cache)
-    run = zygote.run("ecgrisk.finetune.app:main", _cli("ecgrisk-finetune", args, run_dir),
-                     tmp_path / "logs",
-                     _pause("write:model.pt", marker) if point == "final" else {})
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if point == "early":
-        run.until(lambda: _compiling(cache, run), "the cache being compiled by its workers")
-    elif point == "mid":
-        run.until(last.exists, "the first epoch's checkpoint")
-    else:
-        run.until(marker.exists, "the pause before model.pt")
-    stop(run, sig)
-    assert not (run_dir / "model.pt").exists()
+    run, last = _kill_training(zygote, "finetune", "model.pt", args, run_dir, marker, cache,
+                               tmp_path, sig, point)
     if point == "early":
         _cache_is_sound(cache)
         assert not last.exists() and "no epoch had finished" in _hint(run)
@@ -572,18 +581,8 @@ def test_pretrain(zygote, data, pretrain_base, tmp_path, sig, point):
     run_dir, marker = tmp_path / "run", tmp_path / "paused"
     cache = tmp_path / "cache" if point == "early" else None
     args = _train_args(data, run_dir, cache=cache)
-    run = zygote.run("ecgrisk.pretrain.app:main", _cli("ecgrisk-pretrain", args, run_dir),
-                     tmp_path / "logs",
-                     _pause("write:encoder.pt", marker) if point == "final" else {})
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if point == "early":
-        run.until(lambda: _compiling(cache, run), "the cache being compiled by its workers")
-    elif point == "mid":
-        run.until(last.exists, "the first epoch's checkpoint")
-    else:
-        run.until(marker.exists, "the pause before encoder.pt")
-    stop(run, sig)
-    assert not (run_dir / "encoder.pt").exists()
+    run, last = _kill_training(zygote, "pretrain", "encoder.pt", args, run_dir, marker, cache,
+                               tmp_path, sig, point)
     if point == "early":
         _cache_is_sound(cache)
         assert not last.exists()

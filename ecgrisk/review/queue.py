@@ -124,18 +124,6 @@ def _swap(ecg_id: str) -> bool:
     return hashlib.sha256(ecg_id.encode()).digest()[0] % 2 == 1
 
 
-def _explainer(bundle: Bundle):
-    """A Predictor for the evidence overlay, or None where captum is not installed."""
-    try:
-        import captum  # noqa: F401
-    except ImportError:
-        log.warning("captum is not installed: the review page shows no evidence overlay")
-        return None
-    from ecgrisk.scoring.predict import Predictor
-
-    return Predictor(bundle)
-
-
 class ReviewQueue:
     """The ECGs to review, in asking order, with each model's reading.
 
@@ -221,6 +209,8 @@ class ReviewQueue:
                              f"{compare.classes[:5]}..., not the same list as "
                              f"{bundle.name}@{bundle.version} ({bundle.classes[:5]}...)")
         folder = ECGFolder(data_dir, pattern=pattern)
+        from ecgrisk.scoring.attribution import explainer
+
         bundles = [bundle] if compare is None else [bundle, compare]
         kept, probs, info = score_folder(bundles, [str(p) for p in folder.paths])
         if not kept:
@@ -249,7 +239,7 @@ class ReviewQueue:
         log.info("review queue: %d ECGs by %s from %s", len(items), rule, data_dir)
         return cls(items, list(bundle.classes), bundle.name, bundle.version, threshold=threshold,
                    compare=None if compare is None else (compare.name, compare.version),
-                   plot_dir=plot_dir, explainer=_explainer(bundle))
+                   plot_dir=plot_dir, explainer=explainer(bundle))
 
     # ------------------------------------------------------------------ readings
 

@@ -12,6 +12,7 @@ captum is in the ``review`` extra; nothing here is imported by the scoring hot p
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,9 @@ import torch
 
 from ecgrisk.scoring.predict import Predictor
 
-__all__ = ["Explanation", "evidence_on_record", "explain", "segment_deletion"]
+__all__ = ["Explanation", "evidence_on_record", "explain", "explainer", "segment_deletion"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +47,17 @@ class Explanation:
     start_s: float
     fs: float
     convergence: float
+
+
+def explainer(bundle) -> Predictor | None:
+    """A Predictor to explain ``bundle``'s readings with, or None (with a warning) where captum,
+    from the ``review`` extra, is not installed: plots then go without attribution."""
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        log.warning("captum is not installed (the review extra): no attribution plots")
+        return None
+    return Predictor(bundle)
 
 
 def explain(predictor: Predictor, signal: np.ndarray, fs: float, top: int = 3,

@@ -143,9 +143,9 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
 
     from ecgrisk.io import ECGReadError, read_ecg
     from ecgrisk.plotting import plot_12lead, plot_attribution, plot_reliability
-    from ecgrisk.scoring.attribution import explain
+    from ecgrisk.scoring.attribution import explain, explainer
 
-    explainer = _explainer(bundle)
+    predictor = explainer(bundle) if bundle is not None else None
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -178,23 +178,10 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
         plot_12lead(ecg.signal, ecg.fs, title=f"#{rank} {record}  risk {risk:.2f}  |  {title}",
                     path=png, lead_mask=ecg.lead_mask)
         written.append(png)
-        if explainer is not None:
+        if predictor is not None:
             png = report_dir / f"top{rank:02d}_{safe}_attribution.png"
-            plot_attribution(explain(explainer, ecg.signal, ecg.fs), path=png,
+            plot_attribution(explain(predictor, ecg.signal, ecg.fs), path=png,
                              title=f"#{rank} {record}: where the evidence lies (integrated gradients)")
             written.append(png)
     return written
 
-
-def _explainer(bundle):
-    """A Predictor to explain readings with, or None where captum is not installed."""
-    if bundle is None:
-        return None
-    try:
-        import captum  # noqa: F401
-    except ImportError:
-        log.warning("captum is not installed (the review extra): no attribution plots")
-        return None
-    from ecgrisk.scoring.predict import Predictor
-
-    return Predictor(bundle)
