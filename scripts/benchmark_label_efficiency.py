@@ -3,7 +3,7 @@
 Protocol (PTB-XL superdiagnostic, official folds):
   1. pretrain one encoder per objective (masked, contrastive) on every record outside the test
      fold (folds 1-9, labels ignored) with ``ecgrisk.pretrain.train``;
-  2. for each label fraction (seeded, stratified subset of training folds 1-8), seed, start
+  2. for each training fraction (seeded, stratified, by patient, of training folds 1-8), seed, start
      (random init or each pretrained encoder) and mode (``linear``: frozen encoder + head;
      ``full``: everything trains), fine-tune with ``ecgrisk.finetune.train`` (validation fold 9
      picks the epoch and calibrates) and read the test-fold (10) macro AUROC with its bootstrap
@@ -114,7 +114,7 @@ def finetune(args, root: Path, out: Path, init: str, encoder: str | None, mode: 
     from ecgrisk.config import compose
     from ecgrisk.finetune.app import train
 
-    o = [*common_overrides(args, root), "data.task=superdiagnostic", f"finetune.mode={mode}", f"data.label_fraction={fraction}",
+    o = [*common_overrides(args, root), "data.task=superdiagnostic", f"finetune.mode={mode}", f"data.train_fraction={fraction}",
          f"seed={seed}", f"trainer.max_epochs={args.finetune_epochs}", f"bootstrap={args.bootstrap}",
          "early_stopping_patience=null", f"output_dir={out}"]
     if encoder:
@@ -197,7 +197,7 @@ def plot(path: Path, result: dict) -> None:
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["fraction"] for r in rows}))
         ax.set_xticklabels([f"{f:g}" for f in sorted({r["fraction"] for r in rows})])
-        ax.set_xlabel("label fraction of training folds")
+        ax.set_xlabel("fraction of training-fold patients")
         ax.set_title(f"{mode} ({'frozen encoder' if mode == 'linear' else 'fine-tune'})")
         ax.grid(alpha=0.3)
         ax.legend()

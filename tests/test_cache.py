@@ -9,7 +9,7 @@ import wfdb
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.cache import ECGCache, build_cache, cache_key, get_or_build
 from ecgrisk.data.datamodule import ECGDataModule
-from ecgrisk.data.splits import label_fraction_subset, stable_folds
+from ecgrisk.data.splits import stable_folds
 from ecgrisk.io import STANDARD_LEADS, read_ecg
 from ecgrisk.preprocess import Preprocessing, Scaler
 
@@ -110,20 +110,6 @@ def test_parallel_build_matches_serial(tiny, tmp_path):
     a = build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False)
     b = build_cache(rs, tmp_path / "cache2", Preprocessing(fs=100), workers=2, progress=False)
     np.testing.assert_array_equal(np.asarray(a.signals), np.asarray(b.signals))
-
-
-def test_label_fraction_is_stratified_nested_and_seeded():
-    rng = np.random.default_rng(1)
-    y = (rng.random((400, 5)) < [0.5, 0.2, 0.1, 0.05, 0.02]).astype(np.uint8)
-    small = label_fraction_subset(y, 0.1, seed=3)
-    large = label_fraction_subset(y, 0.25, seed=3)
-    assert set(small) <= set(large)
-    assert (y[small].sum(0) > 0).all()  # the rarest class survives 10%
-    np.testing.assert_array_equal(small, label_fraction_subset(y, 0.1, seed=3))
-    assert not np.array_equal(small, label_fraction_subset(y, 0.1, seed=4))
-    assert 0.08 * 400 <= len(small) <= 0.14 * 400
-    with pytest.raises(ValueError):
-        label_fraction_subset(y, 0.0)
 
 
 def test_stable_folds_are_deterministic_and_cover_1_to_10():

@@ -157,3 +157,73 @@ def test_empty_root_fails_clearly(tmp_path):
         PTBXL(tmp_path)
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
         PTBXL(tmp_path / "nowhere")
+
+
+def _tiny_tree(root):
+    """Five records in PTB-XL's layout; the files exist but are empty (labels read no signal)."""
+    from ecgrisk.data.synthetic import SCP_STATEMENTS_CSV
+
+    codes = {1: {"IMI": 35.0, "NORM": 0.0}, 2: {"NORM": 100.0, "SR": 0.0},
+             3: {"IMI": 80.0, "ISC_": 50.0}, 4: {"SR": 0.0}, 5: {"LVH": 50.0}}
+    (root / "records100").mkdir(parents=True)
+    rows = []
+    for i, c in codes.items():
+        for ext in (".hea", ".dat"):
+            (root / "records100" / f"{i:05d}_lr{ext}").touch()
+        rows.append({"ecg_id": i, "patient_id": 10.0 + i, "scp_codes": str(c), "strat_fold": i,
+                     "filename_lr": f"records100/{i:05d}_lr", "filename_hr": f"records500/{i:05d}_hr"})
+    with open(root / "ptbxl_database.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "scp_statements.csv").write_text(SCP_STATEMENTS_CSV)
+    return root
+
+
+def _positives(ds):
+    return {r: {ds.classes[j] for j in np.flatnonzero(ds.labels[i])} for i, r in enumerate(ds.record_ids)}
+
+
+def test_min_likelihood_relabels_the_same_records_with_the_same_classes(tmp_path):
+    from ecgrisk.data.cache import cache_key
+    from ecgrisk.preprocess import Preprocessing
+
+    root = _tiny_tree(tmp_path / "ptb-xl")
+    standard, house = PTBXL(root), PTBXL(root, min_likelihood=80)
+    assert _positives(standard) == {"1": {"MI", "NORM"}, "2": {"NORM"}, "3": {"MI", "STTC"},
+                                    "5": {"HYP"}}
+    assert _positives(house) == {"1": set(), "2": {"NORM"}, "3": {"MI"}, "5": set()}
+    assert house.record_ids == standard.record_ids and house.unlabeled == standard.unlabeled == ["4"]
+    assert house.classes == standard.classes == ["HYP", "MI", "NORM", "STTC"]
+    np.testing.assert_array_equal(house.folds, standard.folds)
+    np.testing.assert_array_equal(house.groups, ["11", "12", "13", "15"])
+    # record 4 has only a rhythm statement at likelihood 0: kept by task all, with no label at 80
+    assert _positives(PTBXL(root, task="all", min_likelihood=80))["4"] == set()
+    # house labels land in their own cache entry
+    prep = Preprocessing(fs=100)
+    assert cache_key(house, prep) != cache_key(standard, prep)
+    with pytest.raises(ValueError, match="min_likelihood"):
+        PTBXL(root, min_likelihood=101)
+
+
+def test_min_likelihood_reaches_ptbxl_from_the_data_config(tmp_path, challenge_root):
+    from omegaconf import OmegaConf
+
+    from ecgrisk.config import compose
+    from ecgrisk.data.sources import load_source
+
+    root = _tiny_tree(tmp_path / "ptb-xl")
+    data = compose("finetune", [f"data.root={root}", "data.min_likelihood=80"]).data
+    ds = load_source(**OmegaConf.to_container(data, resolve=True))
+    assert ds.min_likelihood == 80 and _positives(ds)["1"] == set()
+    assert compose("finetune", []).data.min_likelihood == 0
+    with pytest.raises(ValueError, match="min_likelihood=80.*'challenge'"):
+        load_source("challenge", challenge_root, min_likelihood=80)
+    assert len(load_source("challenge", challenge_root, min_likelihood=0))
+
+
+def test_min_likelihood_keeps_the_records_of_the_shared_subset(real_ptbxl_root):
+    standard, house = PTBXL(real_ptbxl_root), PTBXL(real_ptbxl_root, min_likelihood=80)
+    assert house.record_ids == standard.record_ids and house.classes == standard.classes
+    assert (house.labels <= standard.labels).all()
+    assert house.labels.sum() < standard.labels.sum()

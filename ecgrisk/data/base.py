@@ -20,6 +20,8 @@ class RecordSet:
     labels : ``[n, len(classes)]`` uint8 0/1, or None when unlabeled.
     folds : ``[n]`` int fold numbers (PTB-XL ``strat_fold``), or None.
     missing : ids listed by the source whose files are absent (already excluded above).
+    groups : ``[n]`` group id of each record (PTB-XL: the patient), so that a training fraction
+        keeps or drops a patient's records together; None: each record is its own group.
     """
 
     name: str
@@ -29,6 +31,7 @@ class RecordSet:
     labels: np.ndarray | None = None
     folds: np.ndarray | None = None
     missing: list[str] = field(default_factory=list)
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -41,3 +44,5 @@ class RecordSet:
             raise ValueError(f"{self.name}: labels shape {self.labels.shape} != ({n}, {len(self.classes)})")
         if self.folds is not None and len(self.folds) != n:
             raise ValueError(f"{self.name}: {len(self.folds)} folds for {n} records")
+        if self.groups is not None and len(self.groups) != n:
+            raise ValueError(f"{self.name}: {len(self.groups)} group ids for {n} records")

@@ -18,8 +18,8 @@ from ecgrisk.data.splits import (
     TRAIN_FOLDS,
     VAL_FOLDS,
     fold_indices,
-    label_fraction_subset,
     stable_folds,
+    train_fraction_subset,
 )
 from ecgrisk.data.windows import CropDataset, WindowDataset
 from ecgrisk.preprocess import Preprocessing, Scaler
@@ -37,7 +37,8 @@ class ECGDataModule(L.LightningDataModule):
     cache_dir : where cache entries live.
     preprocessing : resampling/filter settings baked into the cache.
     crop_s, window_s, stride_s : train crop length; eval window length and stride, in seconds.
-    label_fraction, seed : a seeded stratified fraction of the training records.
+    train_fraction, seed : a seeded stratified fraction of the training records, drawn by
+        patient where the source knows patients (``RecordSet.groups``).
     scaler : a fitted Scaler to reuse (e.g. the fine-tuned bundle's); fitted on the training
         records when None.
     """
@@ -45,7 +46,7 @@ class ECGDataModule(L.LightningDataModule):
     def __init__(self, sources: RecordSet | list[RecordSet], cache_dir: str | Path,
                  preprocessing: Preprocessing | None = None, batch_size: int = 128,
                  crop_s: float = 2.5, window_s: float = 2.5, stride_s: float = 1.25,
-                 num_workers: int = 0, label_fraction: float = 1.0, seed: int = 0,
+                 num_workers: int = 0, train_fraction: float = 1.0, seed: int = 0,
                  train_folds=TRAIN_FOLDS, val_folds=VAL_FOLDS, test_folds=TEST_FOLDS,
                  cache_workers: int = 2, scaler: Scaler | None = None, progress: bool = True):
         super().__init__()
@@ -57,7 +58,7 @@ class ECGDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         fs = self.prep.fs
         self.crop, self.window, self.stride = round(crop_s * fs), round(window_s * fs), round(stride_s * fs)
-        self.label_fraction, self.seed = label_fraction, seed
+        self.train_fraction, self.seed = train_fraction, seed
         self.folds = {"train": tuple(train_folds), "val": tuple(val_folds), "test": tuple(test_folds)}
         self.cache_workers, self.progress = cache_workers, progress
         self.scaler = scaler
@@ -77,9 +78,11 @@ class ECGDataModule(L.LightningDataModule):
         self.caches = [get_or_build(s, self.cache_dir, self.prep, self.cache_workers, self.progress)
                        for s in self.sources]
         self.split = {name: [self._indices(c, name) for c in self.caches] for name in self.folds}
-        if self.labelled and self.label_fraction < 1:
-            c, idx = self.caches[0], self.split["train"][0]
-            self.split["train"][0] = idx[label_fraction_subset(c.labels[idx], self.label_fraction, self.seed)]
+        if self.labelled and self.train_fraction < 1:
+            idx = self.split["train"][0]
+            drawn = train_fraction_subset(self.caches[0].labels[idx], self.train_fraction, self.seed,
+                                          self._groups(idx))
+            self.split["train"][0] = idx[drawn]
         n = {k: sum(len(i) for i in v) for k, v in self.split.items()}
         if n["train"] == 0:
             raise ValueError(f"no training records in folds {self.folds['train']} of "
@@ -92,6 +95,19 @@ class ECGDataModule(L.LightningDataModule):
     def _indices(self, cache: ECGCache, split: str) -> np.ndarray:
         folds = cache.folds if cache.folds is not None else stable_folds(cache.record_ids)
         return fold_indices(folds, self.folds[split])
+
+    def _groups(self, indices: np.ndarray) -> np.ndarray | None:
+        """Group ids of the first cache's records at ``indices``, or None when the source has none.
+
+        Looked up by record id: the cache leaves out records it could not read, so its positions
+        are not the source's.
+        """
+        source = self.sources[0]
+        if source.groups is None:
+            return None
+        group_of = dict(zip(source.record_ids, source.groups, strict=True))
+        ids = self.caches[0].record_ids
+        return np.asarray([group_of[ids[i]] for i in indices])
 
     # -- what the stages read -----------------------------------------------------------
     @property
@@ -135,5 +151,5 @@ def build_datamodule(data: DictConfig, seed: int, scaler: Scaler | None = None,
         load_source(**node), cache_dir=data.cache_dir,
         preprocessing=Preprocessing.from_dict(node["preprocessing"]),
         batch_size=data.batch_size, crop_s=data.crop_s, window_s=data.window_s, stride_s=data.stride_s,
-        num_workers=data.num_workers, label_fraction=data.label_fraction, seed=seed,
+        num_workers=data.num_workers, train_fraction=data.train_fraction, seed=seed,
         cache_workers=data.cache_workers, scaler=scaler, progress=progress)

@@ -5,6 +5,10 @@ The label rules follow Strodthoff et al. 2021 (helme/ecg_ptbxl_benchmarking,
 ``min_samples=0``): every key of ``scp_codes`` counts whatever its likelihood (0.0 included),
 statements are mapped through ``scp_statements.csv``, records left without a label are dropped
 and the classes are the sorted label names (``MultiLabelBinarizer`` order).
+
+A stricter labelling convention (``min_likelihood``: a statement counts only when the reading
+cardiologist gave it at least that likelihood) relabels those same records with those same
+classes, so models trained under either convention are compared on one record set.
 """
 
 from __future__ import annotations
@@ -32,14 +36,17 @@ def _is_set(value) -> bool:
     return value == 1.0
 
 
-def statement_labels(scp_codes: dict, statements: pd.DataFrame, task: str) -> list[str]:
+def statement_labels(scp_codes: dict, statements: pd.DataFrame, task: str,
+                     min_likelihood: float = 0) -> list[str]:
     """Labels of one record for ``task``, as the benchmark's ``compute_label_aggregations``.
 
     Parameters
     ----------
-    scp_codes : ``{statement: likelihood}`` of one record; only the keys matter.
+    scp_codes : ``{statement: likelihood}`` of one record, likelihood 0-100.
     statements : ``scp_statements.csv`` indexed by statement code.
     task : one of :data:`TASKS`.
+    min_likelihood : statements with a lower likelihood are left out; 0 (the benchmark's rule)
+        counts every key.
 
     Returns
     -------
@@ -48,6 +55,8 @@ def statement_labels(scp_codes: dict, statements: pd.DataFrame, task: str) -> li
     """
     if task not in TASKS:
         raise ValueError(f"unknown PTB-XL task {task!r}; choose one of {TASKS}")
+    if min_likelihood:
+        scp_codes = {k: p for k, p in scp_codes.items() if p >= min_likelihood}
     if task == "all":
         return sorted(set(scp_codes))
     column = "diagnostic" if task in ("diagnostic", "subdiagnostic", "superdiagnostic") else task
@@ -76,7 +85,7 @@ def _read_csvs(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             f"Fetch it with `ecgrisk download ptbxl --root {root}`."
         )
     db = pd.read_csv(db_path)
-    needed = {"ecg_id", "scp_codes", "strat_fold", *FILENAME_COLUMN.values()}
+    needed = {"ecg_id", "patient_id", "scp_codes", "strat_fold", *FILENAME_COLUMN.values()}
     lacking = needed - set(db.columns)
     if lacking:
         raise ValueError(f"{db_path}: missing columns {sorted(lacking)}")
@@ -99,14 +108,18 @@ class PTBXL(RecordSet):
         are absent are listed in ``missing`` and skipped.
     task : one of :data:`TASKS`.
     fs : 100 (``filename_lr``) or 500 (``filename_hr``).
+    min_likelihood : 0-100; above 0 a statement counts only at that likelihood or higher. The
+        records and classes stay those of the benchmark's rule (0), so a record may be left
+        with no positive label.
 
     Attributes
     ----------
     record_ids : ``[n]`` ``ecg_id`` as strings, in CSV order.
     paths : ``[n]`` absolute record paths without extension.
     classes : ``[C]`` sorted label names of this task seen on the present records.
-    labels : ``[n, C]`` uint8 multi-hot.
+    labels : ``[n, C]`` uint8 multi-hot under ``min_likelihood``.
     folds : ``[n]`` int ``strat_fold`` (1-10).
+    groups : ``[n]`` ``patient_id`` as strings.
     meta : the kept rows of ``ptbxl_database.csv`` (``scp_codes`` parsed to dicts), ``[n]`` rows.
     unlabeled : ids present on disk but without any label for this task (dropped, as the
         benchmark drops them).
@@ -114,11 +127,14 @@ class PTBXL(RecordSet):
 
     TASKS = TASKS
 
-    def __init__(self, root: str | Path, task: str = "superdiagnostic", fs: int = 100):
+    def __init__(self, root: str | Path, task: str = "superdiagnostic", fs: int = 100,
+                 min_likelihood: float = 0):
         if task not in TASKS:
             raise ValueError(f"unknown PTB-XL task {task!r}; choose one of {TASKS}")
         if fs not in FILENAME_COLUMN:
             raise ValueError(f"PTB-XL fs must be 100 or 500, got {fs!r}")
+        if not 0 <= min_likelihood <= 100:
+            raise ValueError(f"PTB-XL min_likelihood must be in [0, 100], got {min_likelihood!r}")
         root = Path(root).expanduser().resolve()
         db, statements = _read_csvs(root)
         column = FILENAME_COLUMN[fs]
@@ -151,6 +167,9 @@ class PTBXL(RecordSet):
         meta = kept[has_label].reset_index(drop=True)
         per_record = [x for x, ok in zip(per_record, has_label, strict=True) if ok]
         classes = sorted({c for x in per_record for c in x})
+        if min_likelihood:
+            # records and classes above come from the benchmark's rule; only the labels change
+            per_record = [statement_labels(c, statements, task, min_likelihood) for c in meta["scp_codes"]]
         col = {c: j for j, c in enumerate(classes)}
         labels = np.zeros((len(per_record), len(classes)), dtype=np.uint8)
         for i, x in enumerate(per_record):
@@ -159,6 +178,7 @@ class PTBXL(RecordSet):
         self.root = root
         self.task = task
         self.fs = fs
+        self.min_likelihood = min_likelihood
         self.meta = meta
         self.unlabeled = kept.loc[~has_label, "ecg_id"].astype(int).astype(str).tolist()
         super().__init__(
@@ -169,6 +189,7 @@ class PTBXL(RecordSet):
             labels=labels,
             folds=meta["strat_fold"].astype(int).to_numpy(),
             missing=missing,
+            groups=meta["patient_id"].astype(int).astype(str).to_numpy(),
         )
 
     def split_indices(
@@ -190,6 +211,7 @@ class PTBXL(RecordSet):
     def __repr__(self) -> str:
         return (
             f"PTBXL(root={str(self.root)!r}, task={self.task!r}, fs={self.fs}, "
+            f"min_likelihood={self.min_likelihood}, "
             f"records={len(self)}, classes={len(self.classes)}, missing={len(self.missing)})"
         )
 

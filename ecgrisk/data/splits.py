@@ -1,4 +1,4 @@
-"""Train/validation/test selection: official folds, stable folds for fold-less sources, label fractions."""
+"""Train/validation/test selection: official folds, stable folds for fold-less sources, training fractions."""
 
 from __future__ import annotations
 
@@ -22,27 +22,52 @@ def fold_indices(folds: np.ndarray, which) -> np.ndarray:
     return np.flatnonzero(np.isin(folds, np.asarray(which)))
 
 
-def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
-    """Positions of a seeded, stratified ``fraction`` of the rows of ``labels [n, C]``.
+def train_fraction_subset(labels: np.ndarray, fraction: float, seed: int = 0,
+                          groups: np.ndarray | None = None) -> np.ndarray:
+    """Positions of a seeded, stratified ``fraction`` of the rows of ``labels``, drawn by group.
 
-    Multi-label stratification by each row's rarest positive class: rows are grouped by it
-    (unlabeled rows form one group) and every group keeps ``ceil(fraction * size)`` rows, so rare
-    classes survive small fractions. Nested: a smaller fraction is a subset of a larger one
-    under the same seed, which keeps label-efficiency curves comparable.
+    Parameters
+    ----------
+    labels : ``[n, C]`` 0/1 multi-hot rows (the training records).
+    fraction : in (0, 1]; the share of groups kept in every stratum.
+    seed : the draw's seed.
+    groups : ``[n]`` group id of each row (PTB-XL: the patient); a group's rows are all kept or
+        all dropped, so no patient is on both sides. None: each row is its own group.
+
+    Returns
+    -------
+    np.ndarray
+        ``[m]`` sorted int positions into ``labels``; the rows not listed are the complement.
+
+    Notes
+    -----
+    Multi-label stratification by each group's rarest positive class (a group's labels are the
+    union over its rows; unlabeled groups form one stratum), and every stratum keeps
+    ``ceil(fraction * groups in it)`` groups, so rare classes survive small fractions. Nested: a
+    smaller fraction is a subset of a larger one under the same seed, which keeps
+    label-efficiency curves comparable.
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels, dtype=bool)
     n = len(labels)
     if fraction == 1 or n == 0:
         return np.arange(n)
-    labels = np.asarray(labels, dtype=bool)
-    freq = labels.sum(axis=0)
-    rank = np.where(labels, freq[None, :], np.iinfo(np.int64).max)
-    group = np.where(labels.any(axis=1), rank.argmin(axis=1), -1)
+    if groups is None:
+        member, per_group = np.arange(n), labels
+    else:
+        if len(groups) != n:
+            raise ValueError(f"{len(groups)} group ids for {n} rows")
+        _, member = np.unique(np.asarray(groups), return_inverse=True)
+        per_group = np.zeros((member.max() + 1, labels.shape[1]), dtype=bool)
+        np.logical_or.at(per_group, member, labels)
+    freq = per_group.sum(axis=0)
+    rank = np.where(per_group, freq[None, :], np.iinfo(np.int64).max)
+    stratum = np.where(per_group.any(axis=1), rank.argmin(axis=1), -1)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(n)  # one permutation shared by all fractions -> nested subsets
+    order = rng.permutation(len(per_group))  # one permutation shared by all fractions -> nested
     keep = []
-    for g in np.unique(group):
-        members = order[group[order] == g]
+    for s in np.unique(stratum):
+        members = order[stratum[order] == s]
         keep.append(members[: int(np.ceil(fraction * len(members)))])
-    return np.sort(np.concatenate(keep))
+    return np.flatnonzero(np.isin(member, np.concatenate(keep)))
