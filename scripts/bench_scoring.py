@@ -69,7 +69,7 @@ def build_folder(src: Path, dst: Path, n: int, mixed: float) -> dict:
         if kind == "wfdb":
             text = h.read_text().replace(h.stem, name)  # record line and every signal file name
             (sub / f"{name}.hea").write_text(text)
-            os.symlink(h.with_suffix(".dat"), sub / f"{name}.dat")
+            os.symlink(h.with_suffix(".dat").resolve(), sub / f"{name}.dat")  # absolute: --root may be relative
         elif kind == "npz":
             write_ecg(read_ecg(h.with_suffix("")), sub / name, "npz")
         else:
@@ -203,6 +203,9 @@ def measure(mode: str, folder: Path, bundle: Path, n: int, args, tmp: Path) -> d
     if proc.returncode != 0 or not line:
         raise SystemExit(f"{mode} run failed:\n{proc.stderr[-3000:]}")
     res = json.loads(line[-1][7:])
+    if res["failed"]:
+        raise SystemExit(f"{mode} run: {res['failed']} of {n} files failed to score; a throughput "
+                         f"over failures measures nothing (see {out})")
     res.update(mode=mode, n=n, ecg_per_s=res["scored"] / res["wall_s"])
     print(f"{mode:9s} N={n:6d}: {res['ecg_per_s']:8.1f} ECG/s, peak RSS {res['peak_rss_mb']:.0f} MB "
           f"(readers {res['peak_rss_children_mb']:.0f} MB)", flush=True)
