@@ -150,9 +150,15 @@ class Bundle:
             "config": self.config, "base": self.base, "extra": self.extra,
         }
 
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def digest(self) -> str:
+        """The SHA-256 the saved file would carry (weights and metadata)."""
+        return _digest(self.meta(), self._state())
+
     def save(self, path: str | os.PathLike) -> None:
-        meta = self.meta()
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        meta, state = self.meta(), self._state()
         _atomic_save({"meta": meta, "state_dict": state, "sha256": _digest(meta, state)}, Path(path))
 
     @classmethod

@@ -151,7 +151,7 @@ def main() -> None:
         console.print(f"fine-tuned: test macro AUROC {ft['test/macro_auroc']:.3f} "
                       f"[{ft['test/macro_auroc/lower']:.3f}, {ft['test/macro_auroc/upper']:.3f}] on "
                       f"{ft['test/records']} records (fold 10)")
-        console.print(f"refined:    test macro AUROC {ref['test/macro_auroc']:.3f} after "
+        console.print(f"refined:    test macro AUROC {ref['report/macro_auroc']:.3f} after "
                       f"{ref['feedback/count']} judgements")
     else:
         console.print("[yellow]the test fold (10) is absent from this copy: validation figures "

@@ -1,28 +1,37 @@
-"""Benchmark refinement from (simulated) cardiologist feedback on PTB-XL superdiagnostic.
+"""Benchmark refinement from (simulated) cardiologist feedback on PTB-XL at full scale.
 
-From a fine-tuned model (``--base``, or one fine-tuned here on ``--root``), ask about ECGs of
-one half of the validation fold, guard on the other half, report on the test fold; K rounds of
-ask -> judge -> reward -> refine per arm:
+    python scripts/benchmark_preference.py --root data/ptb-xl-full --scenario scarce \\
+        --judgements 50 100 200 500 1000 --seeds 3
+    python scripts/benchmark_preference.py --root data/ptb-xl-full --scenario house ...
 
-- ``dpo/uncertainty``, ``dpo/random``: DPO on the simulated cardiologist's verdicts;
-- ``pg/uncertainty``, ``pg/random``: RLOO policy gradient against the reward model;
-- ``upper-bound/uncertainty``: masked BCE on the verdicts of a noise-free cardiologist, i.e.
-  fine-tuning the same head on the asked ECGs with their full labels.
+Scenarios (task ``superdiagnostic``; fold 10 is never used):
 
-Per round and number of judgements: test macro AUROC (90 % bootstrap CI), the paired change
-against the base (CI over the same resamples), Brier (CI), ECE, and agreement with the
-simulated cardiologist (fraction of statements where the thresholded reading matches what the
-cardiologist holds true, on the test fold). Writes ``results/preference.{json,md,png}``.
+- ``scarce``: the base is fine-tuned on ``--base-fraction`` (5%) of the folds 1-8 labels, drawn
+  by patient; the pool is the rest of folds 1-8, whose labels reach the loop only as the
+  simulated cardiologist's answers.
+- ``house``: the same base; the cardiologist reads by a stricter convention than the labels the
+  base learned: a statement only at PTB-XL likelihood >= ``--house-likelihood`` (80). Agreement
+  and AUROC are measured against those house labels.
 
-    python scripts/benchmark_preference.py                      # small CPU defaults
-    python scripts/benchmark_preference.py --base RUN/model.pt --rounds 5 --queries 100
+Both: the guard uses one seeded half of fold 9 and every figure is reported on the other half.
+The **oracle** is the same base with the same trainable part (the head on the frozen encoder's
+features) trained on the whole pool's labels (the scenario's convention), with its step chosen
+on the guard half. Each arm runs ``max(--judgements) / q`` rounds of ``q`` = gcd(--judgements)
+verdicts and is read at each requested count: the report-half macro AUROC, Brier, ECE and
+agreement with the cardiologist, with 90% bootstrap intervals over report-half records (one set
+of resamples for every row), and ``gap_closed = (refined - base) / (oracle - base)`` of macro
+AUROC. Rows "mean" average the seeds within each resample.
+
+Writes ``results/preference_<scenario>.{json,md,png}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -30,222 +39,352 @@ from pathlib import Path
 import numpy as np
 
 ARMS = {
+    "bce/uncertainty": ["refine=bce", "ask.rule=uncertainty"],
+    "bce/random": ["refine=bce", "ask.rule=random"],
+    "ipo/uncertainty": ["refine=ipo", "ask.rule=uncertainty"],
+    "ipo-weighted/uncertainty": ["refine=ipo", "refine.weighting=uncertainty",
+                                 "ask.rule=uncertainty"],
     "dpo/uncertainty": ["refine=dpo", "ask.rule=uncertainty"],
-    "dpo/random": ["refine=dpo", "ask.rule=random"],
     "pg/uncertainty": ["refine=pg", "ask.rule=uncertainty"],
-    "pg/random": ["refine=pg", "ask.rule=random"],
-    "upper-bound/uncertainty": ["refine=bce", "ask.rule=uncertainty", "feedback.noise=0.0",
-                                "feedback.bias={}"],
 }
+SCENARIOS = ("scarce", "house")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from ecgrisk.paths import shared_data
-
-    shared = shared_data()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default=str(shared / "ptb-xl") if shared else None,
-                   help="PTB-XL folder (default: the shared subset)")
-    p.add_argument("--base", default=None, help="a fine-tuned model.pt (default: fine-tune one)")
-    p.add_argument("--work", default="runs/benchmark_preference",
-                   help="base fine-tune, cache and feedback stores go here")
-    p.add_argument("--out", default="results", help="folder for preference.{json,md,png}")
-    p.add_argument("--epochs", type=int, default=8, help="base fine-tune epochs")
-    p.add_argument("--width", type=int, default=16, help="base xresnet1d18 base_channels")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--queries", type=int, default=12, help="ECGs asked per round")
-    p.add_argument("--seeds", type=int, default=1, help="repeats with different seeds")
-    p.add_argument("--noise", type=float, default=0.1, help="simulated cardiologist noise")
-    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--root", required=True, help="unpacked PTB-XL (folds 1-9 suffice)")
+    p.add_argument("--scenario", choices=SCENARIOS, required=True)
+    p.add_argument("--judgements", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
+    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of arms")
-    p.add_argument("overrides", nargs="*", help="extra refine config overrides, e.g. "
-                                                "refine.lr=3e-4 guard.tolerance=0.01")
+    p.add_argument("--base", default=None, help="a fine-tuned model.pt (default: fine-tune one "
+                                                "on --base-fraction of folds 1-8)")
+    p.add_argument("--base-fraction", type=float, default=0.05)
+    p.add_argument("--model", default="xresnet1d101", help="base architecture")
+    p.add_argument("--epochs", type=int, default=50, help="base fine-tuning epochs")
+    p.add_argument("--house-likelihood", type=float, default=80.0)
+    p.add_argument("--noise", type=float, default=0.05,
+                   help="probability that the simulated cardiologist flips a judgement")
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--work", default="runs/benchmark_preference",
+                   help="base fine-tune, feedback stores and oracle go here")
+    p.add_argument("--out", default="results")
+    p.add_argument("overrides", nargs="*", help="extra refine config overrides for every arm, "
+                                                "e.g. guard.tolerance=0.01")
     args = p.parse_args(argv)
-    if not args.root:
-        p.error("--root is required (no shared PTB-XL subset found)")
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         p.error(f"--arms: unknown {sorted(unknown)}; choose from {list(ARMS)}")
+    if min(args.judgements) < 1:
+        p.error("--judgements must be positive")
     return args
 
 
 def fine_tune_base(args: argparse.Namespace, work: Path) -> Path:
+    """The base: ``--model`` fine-tuned on ``--base-fraction`` of folds 1-8 (reused if there)."""
     from ecgrisk.config import compose
     from ecgrisk.finetune.app import train
 
-    out = work / "base"
+    out = work / f"base-{args.model}-f{args.base_fraction:g}"
+    if (out / "model.pt").is_file():
+        return out / "model.pt"
     train(compose("finetune", [
-        f"data.root={args.root}", f"data.cache_dir={work / 'cache'}", f"output_dir={out}",
-        "model=xresnet1d18", f"model.kwargs.base_channels={args.width}", "data.batch_size=64",
-        f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
-        "bootstrap=0", "early_stopping_patience=null"]))
+        f"data.root={args.root}", f"data.train_fraction={args.base_fraction}",
+        "data.task=superdiagnostic", f"model={args.model}", f"output_dir={out}",
+        f"trainer.max_epochs={args.epochs}", "trainer.check_val_every_n_epoch=5",
+        "trainer.enable_progress_bar=false"]))
     return out / "model.pt"
 
 
-def scores(y: np.ndarray, probs: np.ndarray, base: np.ndarray, truth: np.ndarray, n: int
-           ) -> dict:
-    """Test-fold metrics of one model, with CIs over shared bootstrap resamples."""
-    from ecgrisk.metrics import bootstrap_ci, brier, ece, macro_auroc
-    from ecgrisk.refine.policy import reading_accuracy
-
-    def auroc(a, b):
-        return macro_auroc(a, b, skip_degenerate=True)
-
-    # one set of resamples for every row, so intervals and the paired change line up
-    ids = np.random.default_rng(0).integers(0, len(y), (n, len(y)))
-    ci = {"auroc": bootstrap_ci(auroc, y, probs, ids=ids),
-          "brier": bootstrap_ci(brier, y, probs, ids=ids)}
-    deltas = [auroc(y[i], probs[i]) - auroc(y[i], base[i]) for i in ids]
-    ci["delta_auroc"] = {"point": auroc(y, probs) - auroc(y, base),
-                         "lower": float(np.nanpercentile(deltas, 5)),
-                         "upper": float(np.nanpercentile(deltas, 95))}
-    out = {}
-    for name, c in ci.items():
-        out.update({name: c["point"], f"{name}_lower": c["lower"], f"{name}_upper": c["upper"]})
-    out.update({"ece": ece(y, probs), "agreement": reading_accuracy(probs, truth)})
-    return out
-
-
-def run_arm(name: str, seed: int, args, bundle, sets, work: Path) -> list[dict]:
+def refine_cfg(args: argparse.Namespace, seed: int, arm: list[str], queries: int, rounds: int):
     from ecgrisk.config import compose
-    from ecgrisk.feedback.simulated import SimulatedCardiologist
+
+    house = [f"data.min_likelihood={args.house_likelihood}"] if args.scenario == "house" else []
+    return compose("refine", [
+        f"data.root={args.root}", "data.task=superdiagnostic", *house, f"base={args.base}",
+        "pool=folds", f"seed={seed}", f"feedback.seed={seed}", f"feedback.noise={args.noise}",
+        f"rounds={rounds}", f"queries_per_round={queries}", "bootstrap=0",
+        "report_each_round=true", "progress=false", *arm, *args.overrides])
+
+
+def oracle(bundle, sets, classes, seed: int = 0, lr: float = 1e-3, batch: int = 256,
+           steps: int = 3000, every: int = 100) -> tuple[np.ndarray, dict]:
+    """The base head trained on every pool label (masked BCE on all statements); the step with
+    the best guard macro AUROC is kept. Returns its report-set probabilities and a summary."""
+    import torch
+    import torch.nn.functional as F
+
+    from ecgrisk.refine.policy import BernoulliPolicy, evaluate_policy
+
+    torch.manual_seed(seed)
+    policy = BernoulliPolicy(copy.deepcopy(bundle.model), bundle.temperature, bundle.bias,
+                             bundle.aggregation, "head")
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
+    labels = torch.from_numpy(sets.pool.labels.astype(np.float32))
+    rng = np.random.default_rng(seed)
+    best = (evaluate_policy(policy, sets.guard, "val/", classes)[0]["val/macro_auroc"], 0,
+            policy.snapshot())
+    for step in range(1, steps + 1):
+        b = np.sort(rng.choice(len(sets.pool), min(batch, len(sets.pool)), replace=False))
+        loss = F.binary_cross_entropy_with_logits(policy.logits(sets.pool, b), labels[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0:
+            auc = evaluate_policy(policy, sets.guard, "val/", classes)[0]["val/macro_auroc"]
+            if auc > best[0]:
+                best = (auc, step, policy.snapshot())
+    policy.restore(best[2])
+    return policy.probs(sets.report), {"guard_auroc": best[0], "step": best[1]}
+
+
+def run_arm(name: str, seed: int, args, bundle, sets, queries: int, rounds: int,
+            work: Path) -> dict:
+    """One arm, one seed: report-set probabilities after each round, wall time, guard log."""
     from ecgrisk.feedback.store import FeedbackStore
     from ecgrisk.refine.loop import make_feedback, run_loop
     from ecgrisk.refine.refiners import REFINERS
 
-    cfg = compose("refine", [f"base={args.base}", f"seed={seed}", f"feedback.seed={seed}",
-                             f"feedback.noise={args.noise}", f"rounds={args.rounds}",
-                             f"queries_per_round={args.queries}", "bootstrap=0",
-                             "evaluate_test_each_round=true", *ARMS[name], *args.overrides])
+    cfg = refine_cfg(args, seed, ARMS[name], queries, rounds)
     folder = work / "arms" / name.replace("/", "_") / f"seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    # the cardiologist's view of the test fold (same bias coins) for the agreement column
-    bias = dict(cfg.feedback.bias) if cfg.feedback.get("bias") else None
-    truth = SimulatedCardiologist(sets.test.labels, bundle.classes, bias=bias,
-                                  seed=cfg.feedback.seed).truth
     t0 = time.perf_counter()
     with FeedbackStore(folder / "feedback.db") as store:
         feedback = make_feedback(cfg.feedback, sets.pool, store, bundle.classes)
         res = run_loop(cfg, bundle, sets, store, feedback, REFINERS[cfg.refine.method],
                        out=folder)
-    wall = time.perf_counter() - t0
-    m, rows = res.metrics, []
-    for k in range(0, args.rounds + 1):
-        if k not in res.test_probs:
-            break
-        pre = f"round_{k}/"
-        rows.append({"arm": name, "seed": seed, "round": k,
-                     "judgements": m.get(f"{pre}feedback/count", 0),
-                     "accepted": m.get(f"{pre}accepted"),
-                     "guard_auroc": m.get(f"{pre}val/macro_auroc", m["base/val/macro_auroc"]),
-                     "reward_pair_accuracy": m.get(f"{pre}reward/pair_accuracy"),
-                     **scores(sets.test.labels, res.test_probs[k], res.test_probs[0], truth,
-                              args.bootstrap)})
-    rows[-1]["wall_s"] = wall
-    return rows
+    m = res.metrics
+    guard, last = {}, m["base/val/macro_auroc"]
+    for k in range(1, rounds + 1):  # the kept model's guard AUROC: what tuning may look at
+        if m.get(f"round_{k}/accepted"):
+            last = m[f"round_{k}/val/macro_auroc"]
+        guard[k] = last
+    return {"probs": res.report_probs, "wall_s": time.perf_counter() - t0, "guard": guard,
+            "count": {k: m.get(f"round_{k}/feedback/count", 0) for k in range(1, rounds + 1)},
+            "kept": {k: bool(m.get(f"round_{k}/accepted")) for k in range(1, rounds + 1)},
+            "reasons": {k: m.get(f"round_{k}/guard_reason", "") for k in range(1, rounds + 1)},
+            "pair_accuracy": {k: m.get(f"round_{k}/reward/pair_accuracy")
+                              for k in range(1, rounds + 1)}}
 
 
-def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
-    def ci(r, k, digits=3):
-        return f"{r[k]:.{digits}f} [{r[k + '_lower']:.{digits}f}, {r[k + '_upper']:.{digits}f}]"
+def _metrics(y: np.ndarray, probs: np.ndarray, idx: np.ndarray | None = None) -> dict:
+    from ecgrisk.metrics import brier, ece, macro_auroc
+    from ecgrisk.refine.policy import reading_accuracy
 
+    if idx is not None:
+        y, probs = y[idx], probs[idx]
+    return {"auroc": macro_auroc(y, probs, skip_degenerate=True), "brier": brier(y, probs),
+            "ece": ece(y, probs), "agreement": reading_accuracy(probs, y)}
+
+
+def summarise(y: np.ndarray, runs: list[np.ndarray], base: np.ndarray, oracle_p: np.ndarray,
+              ids: np.ndarray) -> dict:
+    """Point values and 90% intervals of the seeds' mean metrics and of gap_closed, over the
+    shared bootstrap resamples ``ids [B, N]``."""
+    def mean_metrics(i):
+        ms = [_metrics(y, p, i) for p in runs]
+        return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+
+    point = mean_metrics(None)
+    b0, o0 = _metrics(y, base)["auroc"], _metrics(y, oracle_p)["auroc"]
+    point["delta_auroc"] = point["auroc"] - b0
+    point["gap_closed"] = (point["auroc"] - b0) / (o0 - b0) if o0 != b0 else math.nan
+    draws = []
+    for i in ids:
+        m = mean_metrics(i)
+        bb, oo = _metrics(y, base, i)["auroc"], _metrics(y, oracle_p, i)["auroc"]
+        m["delta_auroc"] = m["auroc"] - bb
+        m["gap_closed"] = (m["auroc"] - bb) / (oo - bb) if oo != bb else math.nan
+        draws.append(m)
+    out = {}
+    for k, v in point.items():
+        vals = np.array([d[k] for d in draws], dtype=float)
+        out[k] = v
+        out[f"{k}_lower"] = float(np.nanpercentile(vals, 5))
+        out[f"{k}_upper"] = float(np.nanpercentile(vals, 95))
+    return out
+
+
+def write_markdown(path: Path, result: dict) -> None:
+    meta, rows = result["meta"], result["rows"]
+
+    def ci(r, k, d=3):
+        return f"{r[k]:.{d}f} [{r[k + '_lower']:.{d}f}, {r[k + '_upper']:.{d}f}]"
+
+    scen = ("**scarce labels**: base fine-tuned on "
+            f"{meta['base_fraction']:.0%} of the folds 1-8 labels (by patient)"
+            if meta["scenario"] == "scarce" else
+            f"**house style**: the cardiologist calls a statement only at PTB-XL likelihood >= "
+            f"{meta['house_likelihood']:g}; base fine-tuned on {meta['base_fraction']:.0%} of "
+            "the folds 1-8 standard labels; every figure against the house labels")
     lines = [
-        "# Refinement from simulated cardiologist feedback (PTB-XL superdiagnostic)", "",
-        f"Base: `{meta['base']}`; pool: {meta['pool']} validation records (asked), guard: "
-        f"{meta['guard']} validation records, test: {meta['test']} records. {meta['rounds']} "
-        f"rounds x {meta['queries']} ECGs; simulated cardiologist noise {meta['noise']}; "
-        f"{meta['bootstrap']} bootstrap resamples (90 % intervals, shared across rows). "
-        f"Wall time {meta['wall_s']:.0f} s.", "",
-        "| arm | seed | round | judgements | kept | test macro AUROC | Δ vs base | Brier | "
-        "ECE | agreement | reward pair acc. |",
+        f"# Refinement from simulated cardiologist feedback: {meta['scenario']}", "",
+        f"`{meta['command']}`", "",
+        f"{scen}. Base `{meta['base']}` ({meta['model']}); pool: {meta['pool']} folds 1-8 "
+        f"records the base never saw; guard: {meta['guard']} fold-9 records, report: "
+        f"{meta['report']} other fold-9 records; PTB-XL superdiagnostic. Verdicts in rounds of "
+        f"{meta['queries']}; simulated cardiologist noise {meta['noise']}; {meta['seeds']} "
+        f"seeds; {meta['bootstrap']} bootstrap resamples of the report half (90% intervals, "
+        f"one set of resamples for every row). Feature extraction {meta['embed_s']:.0f} s, "
+        f"oracle {meta['oracle_s']:.0f} s, whole run {meta['wall_s'] / 60:.1f} min on "
+        f"{meta['machine']}.", "",
+        f"Base: report macro AUROC {ci(result['base'], 'auroc')}, Brier "
+        f"{result['base']['brier']:.4f}, ECE {result['base']['ece']:.4f}, agreement "
+        f"{result['base']['agreement']:.3f}. Oracle (head trained on all {meta['pool']} pool "
+        f"labels, step {result['oracle']['step']} chosen on the guard half): "
+        f"{ci(result['oracle'], 'auroc')}, Brier {result['oracle']['brier']:.4f}, ECE "
+        f"{result['oracle']['ece']:.4f}, agreement {result['oracle']['agreement']:.3f}.", "",
+        "| arm | judgements | macro AUROC | Δ vs base | gap closed | Brier | ECE | agreement "
+        "| rounds kept | reward pair acc. | wall s / seed |",
         "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        kept = "base" if r["round"] == 0 else ("yes" if r["accepted"] else "no (guard)")
-        acc = r["reward_pair_accuracy"]
+        if r["seed"] != "mean":
+            continue
+        acc = r.get("reward_pair_accuracy")
         lines.append(
-            f"| {r['arm']} | {r['seed']} | {r['round']} | {r['judgements']} | {kept} | "
-            f"{ci(r, 'auroc')} | {ci(r, 'delta_auroc')} | {ci(r, 'brier')} | {r['ece']:.3f} | "
-            f"{r['agreement']:.3f} | {'' if acc is None or acc != acc else f'{acc:.2f}'} |")
-    lines += ["", "Notes: the test fold is evaluated for the base and after every round (the "
-              "kept model: a round the guard rejects leaves the previous model in place). On a "
-              "test fold this small, differences whose Δ interval contains 0 are not wins. The "
-              "upper bound fine-tunes the same head on the asked ECGs with their full labels "
-              "(a noise-free cardiologist's verdicts); after round 1 its asked ECGs can differ "
-              "from the other arms' because each arm asks with its own current model.", ""]
+            f"| {r['arm']} | {r['judgements']} | {ci(r, 'auroc')} | {ci(r, 'delta_auroc')} | "
+            f"{ci(r, 'gap_closed', 2)} | {r['brier']:.4f} | {r['ece']:.4f} | "
+            f"{ci(r, 'agreement')} | {r['kept']} | "
+            f"{'' if acc is None else f'{acc:.2f}'} | {r['wall_s']:.0f} |")
+    lines += ["", "Gap closed is the share of the oracle's AUROC gain over the base that the "
+              "refined model reaches; its interval comes from the same resamples, so a wide one "
+              "means the gap itself is small against the report half's noise. Rounds kept: "
+              "rounds the guard accepted (AUROC, Brier and ECE against the base on the guard "
+              "half), summed over seeds. The reward model's held-out pair accuracy is on "
+              "judged ECGs it never trained on.", ""]
+    refusals = result.get("refusals", {})
+    if refusals:
+        lines += ["Guard refusals (first reason per arm):", ""]
+        lines += [f"- {arm}: {why}" for arm, why in refusals.items()]
+        lines.append("")
     path.write_text("\n".join(lines))
 
 
-def plot(path: Path, rows: list[dict]) -> None:
+def plot(path: Path, result: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    rows = [r for r in result["rows"] if r["seed"] == "mean"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for arm in dict.fromkeys(r["arm"] for r in rows):
-        for seed in dict.fromkeys(r["seed"] for r in rows if r["arm"] == arm):
-            rs = [r for r in rows if r["arm"] == arm and r["seed"] == seed]
-            x = [r["judgements"] for r in rs]
-            label = arm if seed == rs[0]["seed"] and seed == rows[0]["seed"] else None
-            for ax, key in zip(axes, ("auroc", "brier", "agreement"), strict=True):
-                line, = ax.plot(x, [r[key] for r in rs], marker="o", ms=3, label=label)
-                if key != "agreement":
-                    ax.fill_between(x, [r[f"{key}_lower"] for r in rs],
-                                    [r[f"{key}_upper"] for r in rs], alpha=0.12,
-                                    color=line.get_color())
-    for ax, title in zip(axes, ("test macro AUROC (90% CI)", "test Brier (90% CI)",
+        rs = [r for r in rows if r["arm"] == arm]
+        x = [r["judgements"] for r in rs]
+        for ax, key in zip(axes, ("gap_closed", "agreement"), strict=True):
+            line, = ax.plot(x, [r[key] for r in rs], marker="o", ms=3, label=arm,
+                            ls="--" if arm.endswith("/random") else "-")
+            ax.fill_between(x, [r[f"{key}_lower"] for r in rs], [r[f"{key}_upper"] for r in rs],
+                            alpha=0.1, color=line.get_color())
+    axes[0].axhline(1.0, color="k", lw=0.8, ls=":", label="oracle")
+    axes[0].axhline(0.5, color="grey", lw=0.8, ls=":")
+    axes[0].axhline(0.0, color="k", lw=0.8)
+    axes[1].axhline(result["oracle"]["agreement"], color="k", lw=0.8, ls=":", label="oracle")
+    axes[1].axhline(result["base"]["agreement"], color="k", lw=0.8, label="base")
+    for ax, title in zip(axes, ("macro AUROC gap closed, (refined - base) / (oracle - base)",
                                 "agreement with the cardiologist"), strict=True):
-        ax.set_xlabel("judgements")
-        ax.set_title(title)
+        ax.set_xscale("log")
+        ax.set_xlabel("judgements (verdicts)")
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    fig.suptitle(f"PTB-XL superdiagnostic, scenario {result['meta']['scenario']}: report half "
+                 f"of fold 9, mean of {result['meta']['seeds']} seeds, 90% CI", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
+    import platform
+    import sys
+
+    import torch
+
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ecgrisk.bundle import Bundle
-    from ecgrisk.config import compose
     from ecgrisk.data.datamodule import build_datamodule
     from ecgrisk.refine.app import data_for_bundle
-    from ecgrisk.refine.windows import prepare_sets
+    from ecgrisk.refine.pools import prepare_sets
 
     t0 = time.perf_counter()
     work, out = Path(args.work), Path(args.out)
-    work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if args.base is None:
         args.base = str(fine_tune_base(args, work))
     bundle = Bundle.load(args.base)
-    cfg = compose("refine", [f"data.root={args.root}", f"data.cache_dir={work / 'cache'}",
-                             f"base={args.base}", *args.overrides])
+    queries = math.gcd(*args.judgements)
+    rounds = max(args.judgements) // queries
+    cfg = refine_cfg(args, 0, [], queries, rounds)
     dm = build_datamodule(data_for_bundle(cfg.data, bundle), 0, scaler=bundle.scaler,
                           progress=False)
     dm.setup()
-    sets = prepare_sets(bundle.model, dm, cfg.pool, seed=0, batch_size=cfg.data.batch_size,
-                        keep_inputs=cfg.refine.train == "all")
-    rows = []
-    for seed in range(args.seeds):
-        for name in args.arms.split(","):
-            rows += run_arm(name, seed, args, bundle, sets, work)
-            last = rows[-1]
-            print(f"{name:26s} seed {seed}: {last['judgements']:4d} judgements, test AUROC "
-                  f"{last['auroc']:.3f} (Δ {last['delta_auroc']:+.3f} "
-                  f"[{last['delta_auroc_lower']:+.3f}, {last['delta_auroc_upper']:+.3f}])")
-    meta = {"base": args.base, "pool": len(sets.pool), "guard": len(sets.guard),
-            "test": len(sets.test), "rounds": args.rounds, "queries": args.queries,
-            "noise": args.noise, "bootstrap": args.bootstrap, "seeds": args.seeds,
-            "overrides": args.overrides, "wall_s": time.perf_counter() - t0}
-    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-             for r in rows]  # NaN (no held-out pairs) -> null: strict JSON
-    (out / "preference.json").write_text(json.dumps({"meta": meta, "rows": clean}, indent=1))
-    write_markdown(out / "preference.md", rows, meta)
-    plot(out / "preference.png", rows)
-    print(f"wrote {out / 'preference.json'}, {out / 'preference.md'}, {out / 'preference.png'}")
+    t_embed = time.perf_counter()
+    sets = prepare_sets(bundle, dm, cfg.pool, seed=0, batch_size=cfg.data.batch_size,
+                        cache_dir=cfg.data.cache_dir)
+    embed_s = time.perf_counter() - t_embed
+    classes, y = bundle.classes, sets.report.labels
+    print(f"pool {len(sets.pool)}, guard {len(sets.guard)}, report {len(sets.report)} "
+          f"({sets.report_split}); embedded in {embed_s:.0f} s", flush=True)
+    from ecgrisk.refine.policy import BernoulliPolicy
+
+    base_p = BernoulliPolicy(bundle.model, bundle.temperature, bundle.bias,
+                             bundle.aggregation).probs(sets.report)
+    t_or = time.perf_counter()
+    oracle_p, oracle_info = oracle(bundle, sets, classes)
+    oracle_s = time.perf_counter() - t_or
+    ids = np.random.default_rng(0).integers(0, len(y), (args.bootstrap, len(y)))
+    base_row = summarise(y, [base_p], base_p, oracle_p, ids)
+    oracle_row = {**summarise(y, [oracle_p], base_p, oracle_p, ids), **oracle_info}
+    print(f"base AUROC {base_row['auroc']:.4f}, oracle {oracle_row['auroc']:.4f} "
+          f"(step {oracle_info['step']}, {oracle_s:.0f} s)", flush=True)
+    rows, refusals = [], {}
+    for name in args.arms.split(","):
+        runs = [run_arm(name, s, args, bundle, sets, queries, rounds, work / args.scenario)
+                for s in range(args.seeds)]
+        reasons = [r for run in runs for r in run["reasons"].values() if r]
+        if reasons:
+            refusals[name] = f"{len(reasons)} refused rounds; e.g. {reasons[0]}"
+        for n in sorted(args.judgements):
+            k = n // queries
+            got = [run["probs"].get(k) for run in runs]
+            if any(g is None for g in got):  # the pool ran dry before n judgements
+                continue
+            accs = [run["pair_accuracy"][k] for run in runs if run["pair_accuracy"][k] is not None]
+            common = {"arm": name, "judgements": n,
+                      "guard_auroc": float(np.mean([run["guard"][k] for run in runs])),
+                      "kept": sum(sum(v for j, v in run["kept"].items() if j <= k) for run in runs),
+                      "reward_pair_accuracy": float(np.nanmean(accs)) if accs else None,
+                      "wall_s": float(np.mean([run["wall_s"] for run in runs])) * k / rounds}
+            rows.append({**common, "seed": "mean", **summarise(y, got, base_p, oracle_p, ids)})
+            for s, g in enumerate(got):
+                rows.append({**common, "seed": s, **_metrics(y, g)})
+            r = rows[-len(got) - 1]
+            print(f"{args.scenario} {name:26s} {n:5d}: guard AUROC {r['guard_auroc']:.4f}; "
+                  f"report AUROC {r['auroc']:.4f} gap closed "
+                  f"{r['gap_closed']:+.2f} [{r['gap_closed_lower']:+.2f}, "
+                  f"{r['gap_closed_upper']:+.2f}] agreement {r['agreement']:.3f}", flush=True)
+    meta = {"scenario": args.scenario, "base": args.base, "model": bundle.model.encoder.spec.get(
+                "name"), "base_fraction": args.base_fraction,
+            "house_likelihood": args.house_likelihood, "pool": len(sets.pool),
+            "guard": len(sets.guard), "report": len(sets.report), "queries": queries,
+            "rounds": rounds, "noise": args.noise, "seeds": args.seeds,
+            "bootstrap": args.bootstrap, "overrides": args.overrides, "embed_s": embed_s,
+            "oracle_s": oracle_s, "wall_s": time.perf_counter() - t0,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                       f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+            "command": "python scripts/benchmark_preference.py " + " ".join(sys.argv[1:])}
+    result = {"meta": meta, "base": base_row, "oracle": oracle_row, "rows": rows,
+              "refusals": refusals}
+    clean = json.loads(json.dumps(result, default=float).replace("NaN", "null"))
+    stem = out / f"preference_{args.scenario}"
+    Path(f"{stem}.json").write_text(json.dumps(clean, indent=1))
+    write_markdown(Path(f"{stem}.md"), result)
+    plot(Path(f"{stem}.png"), result)
+    print(f"wrote {stem}.json, .md, .png")
 
 
 if __name__ == "__main__":

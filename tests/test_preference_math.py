@@ -16,9 +16,10 @@ from ecgrisk.refine.losses import (
     bernoulli_kl,
     bernoulli_logprob,
     bradley_terry_loss,
-    dpo_loss,
     ppo_clip_loss,
+    preference_loss,
     rloo_pg_loss,
+    uncertainty_weights,
 )
 from ecgrisk.refine.reward import (
     RewardModel,
@@ -64,7 +65,7 @@ def test_dpo_loss_by_hand_and_its_gradient_prefers_the_chosen_reading():
     policy = torch.tensor([[0.0, LN3]], requires_grad=True)
     ref = torch.zeros(1, 2)
     chosen, rejected = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]])
-    loss, stats = dpo_loss(policy, ref, chosen, rejected, beta=0.5)
+    loss, stats = preference_loss(policy, ref, chosen, rejected, beta=0.5)
     assert loss.item() == pytest.approx(math.log(1 + 1 / math.sqrt(3)), abs=1e-6)
     assert stats["margin"] == pytest.approx(LN3 / 2, abs=1e-6)
     assert stats["chosen_reward"] == pytest.approx(0.5 * math.log(1.5), abs=1e-6)
@@ -76,7 +77,45 @@ def test_dpo_loss_by_hand_and_its_gradient_prefers_the_chosen_reading():
     after = (bernoulli_logprob(policy, chosen) - bernoulli_logprob(policy, rejected)).item()
     assert after > before
     with pytest.raises(ValueError, match="shapes must match"):
-        dpo_loss(policy, ref, chosen, rejected[:, :1])
+        preference_loss(policy, ref, chosen, rejected[:, :1])
+
+
+def test_ipo_loss_by_hand_is_bounded_where_dpo_keeps_pushing():
+    # the same pair as above: h = ln 3; IPO with beta = 0.5 targets h = 1 / (2 beta) = 1
+    # loss = (ln 3 - 1)^2 = 0.009679, and its gradient pulls h back down towards 1
+    policy = torch.tensor([[0.0, LN3]], requires_grad=True)
+    ref = torch.zeros(1, 2)
+    chosen, rejected = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]])
+    loss, stats = preference_loss(policy, ref, chosen, rejected, beta=0.5, kind="ipo")
+    assert loss.item() == pytest.approx((LN3 - 1) ** 2, abs=1e-6)
+    assert stats["margin"] == pytest.approx(LN3 / 2, abs=1e-6)
+    loss.backward()
+    h = lambda lg: (bernoulli_logprob(lg, chosen) - bernoulli_logprob(lg, rejected)).item()  # noqa: E731
+    with torch.no_grad():
+        stepped = policy - 0.1 * policy.grad
+    assert 1.0 < h(stepped) < LN3  # past the target: back towards it, not beyond
+    # DPO on the same pair keeps raising h
+    dpo_policy = policy.detach().clone().requires_grad_(True)
+    preference_loss(dpo_policy, ref, chosen, rejected, beta=0.5)[0].backward()
+    with torch.no_grad():
+        assert h(dpo_policy - 0.1 * dpo_policy.grad) > LN3
+    with pytest.raises(ValueError, match="'dpo' or 'ipo'"):
+        preference_loss(policy, ref, chosen, rejected, kind="kto")
+
+
+def test_uncertainty_weights_by_hand_and_weighted_loss():
+    # reference p = (0.5, 0.9, 0.1); pair 1 differs in statement 0 only: weight 4*.5*.5 = 1
+    # pair 2 differs in statements 1 and 2: weight mean(4*.9*.1, 4*.1*.9) = 0.36
+    ref = torch.logit(torch.tensor([[0.5, 0.9, 0.1], [0.5, 0.9, 0.1]]))
+    chosen = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    rejected = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    w = uncertainty_weights(ref, chosen, rejected)
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.36]), atol=1e-6, rtol=0)
+    policy = ref.clone()
+    each = [preference_loss(policy[i:i + 1], ref[i:i + 1], chosen[i:i + 1], rejected[i:i + 1],
+                            kind="ipo")[0].item() for i in range(2)]
+    weighted, _ = preference_loss(policy, ref, chosen, rejected, kind="ipo", weights=w)
+    assert weighted.item() == pytest.approx((each[0] * 1.0 + each[1] * 0.36) / 1.36, abs=1e-6)
 
 
 def test_bradley_terry_loss_by_hand():

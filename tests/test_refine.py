@@ -21,11 +21,12 @@ from ecgrisk.refine.losses import bernoulli_logprob
 from ecgrisk.refine.policy import (
     BernoulliPolicy,
     evaluate_policy,
-    guard_accepts,
+    guard_verdict,
     guarded_update,
 )
-from ecgrisk.refine.refiners import dpo_refine
-from ecgrisk.refine.windows import WindowSet, prepare_sets
+from ecgrisk.refine.pools import prepare_sets
+from ecgrisk.refine.refiners import preference_refine
+from ecgrisk.refine.windows import WindowSet
 
 CLASSES = ["CD", "HYP", "MI", "NORM", "STTC"]
 
@@ -77,13 +78,25 @@ def test_policy_logits_are_calibrated_window_max():
     assert {id(p) for p in policy.parameters()} == {id(p) for p in policy.model.head.parameters()}
 
 
-def test_guard_accepts_within_tolerance_only():
-    assert guard_accepts(0.800, 0.803, 0.005)
-    assert guard_accepts(0.900, 0.803, 0.005)
-    assert not guard_accepts(0.797, 0.803, 0.005)
-    assert not guard_accepts(float("nan"), 0.8, 0.005)
-    with pytest.raises(ValueError, match="tolerance"):
-        guard_accepts(0.8, 0.8, -0.1)
+def _guard_metrics(auroc, brier=0.10, ece=0.05):
+    return {"val/macro_auroc": auroc, "val/brier": brier, "val/ece": ece}
+
+
+def test_guard_holds_auroc_brier_and_ece_within_tolerance_and_says_why():
+    base = _guard_metrics(0.803)
+    tol = dict(tolerance=0.005, brier_tolerance=0.002, ece_tolerance=0.01)
+    assert guard_verdict(_guard_metrics(0.800), base, **tol) == ""
+    assert guard_verdict(_guard_metrics(0.900, 0.101, 0.059), base, **tol) == ""
+    assert guard_verdict(_guard_metrics(0.797), base, **tol) == \
+        "macro AUROC 0.7970 < base 0.8030 - 0.005"
+    # better ranking does not excuse worse probabilities
+    assert guard_verdict(_guard_metrics(0.900, 0.103), base, **tol) == \
+        "Brier 0.1030 > base 0.1000 + 0.002"
+    both = guard_verdict(_guard_metrics(0.790, 0.10, 0.07), base, **tol)
+    assert both.startswith("macro AUROC") and "ECE 0.0700 > base 0.0500 + 0.01" in both
+    assert "undefined" in guard_verdict(_guard_metrics(float("nan")), base, **tol)
+    with pytest.raises(ValueError, match="brier_tolerance"):
+        guard_verdict(base, base, 0.005, -0.1, 0.01)
 
 
 def test_candidate_readings_show_two_different_readings():
@@ -121,7 +134,7 @@ def test_dpo_increases_the_log_prob_margin_of_chosen_over_rejected():
     before = _logprob_margin(policy, ws, data)
     cfg = compose("refine", ["refine=dpo", "refine.lr=1e-2", "refine.steps=30"]).refine
     ctx = RoundContext(ws, ref_logits, data, None, ws.record_embeddings(), seed=0)
-    stats = dpo_refine(policy, ctx, cfg)
+    stats = preference_refine(policy, ctx, cfg)
     after = _logprob_margin(policy, ws, data)
     assert after > before + 0.5, (before, after)
     # the implicit reward beta * (log pi - log pi_ref) now prefers the chosen reading
@@ -142,14 +155,14 @@ def prepared(base, ptbxl_root):
     dm = build_datamodule(data_for_bundle(cfg.data, bundle), 0, scaler=bundle.scaler,
                           progress=False)
     dm.setup()
-    return bundle, dm, prepare_sets(bundle.model, dm, "val_half", seed=0, batch_size=64)
+    return bundle, dm, prepare_sets(bundle, dm, "val_half", seed=0, batch_size=64)
 
 
 def test_guard_rejects_a_worse_refinement_and_keeps_the_base(prepared, ptbxl_split_sizes):
     bundle, _, sets = prepared
     sizes = ptbxl_split_sizes["superdiagnostic"]  # val 72 = 36 + 36, test 64 on the shared subset
     assert len(sets.pool) == sizes["val"] // 2 and len(sets.guard) == sizes["val"] - len(sets.pool)
-    assert len(sets.test) == sizes["test"]
+    assert len(sets.report) == sizes["test"] and sets.report_split == "test fold"
     assert not set(sets.pool.record_ids) & set(sets.guard.record_ids)
     policy = BernoulliPolicy(bundle.model, bundle.temperature, bundle.bias, bundle.aggregation)
     base_val, _ = evaluate_policy(policy, sets.guard, "val/", CLASSES)
@@ -158,10 +171,10 @@ def test_guard_rejects_a_worse_refinement_and_keeps_the_base(prepared, ptbxl_spl
         last = policy.model.head[-1]
         last.weight.neg_()
         last.bias.neg_()
-    accepted, worse = guarded_update(policy, before, sets.guard, base_val["val/macro_auroc"],
-                                     0.005, CLASSES)
+    guard = compose("refine").guard
+    reason, worse = guarded_update(policy, before, sets.guard, base_val, guard, CLASSES)
     assert worse["val/macro_auroc"] < base_val["val/macro_auroc"] - 0.005
-    assert not accepted
+    assert reason.startswith("macro AUROC")
     for k, v in policy.model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
@@ -180,7 +193,8 @@ def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root
                           "queries_per_round=8"))
     assert metrics["round_1/accepted"] is False and metrics["round_2/accepted"] is False
     assert metrics["rounds/accepted"] == 0
-    assert metrics["test/macro_auroc"] == metrics["base/test/macro_auroc"]
+    assert metrics["report/macro_auroc"] == metrics["base/report/macro_auroc"]
+    assert metrics["round_1/guard_reason"].startswith("macro AUROC")
     refined, original = Bundle.load(tmp_path / "run" / "model.pt"), Bundle.load(base[1])
     for k, v in refined.model.state_dict().items():
         torch.testing.assert_close(v, original.model.state_dict()[k], rtol=0, atol=0)
@@ -188,7 +202,7 @@ def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root
     # no round kept: the refined model's reliability diagram is the base's, point for point
     curves = refined.extra["refine"]["reliability"]
     assert (tmp_path / "run" / "reliability.png").is_file()
-    assert curves["base, test"] == curves["refined, test"]
+    assert curves["base, test fold"] == curves["refined, test fold"]
 
 
 def test_command_line_round_writes_the_run_directory(base, ptbxl_root, ptbxl_split_sizes, tmp_path,
@@ -219,14 +233,15 @@ def test_command_line_round_writes_the_run_directory(base, ptbxl_root, ptbxl_spl
     Bundle.load(out / "checkpoints" / "round_1.pt")
 
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("base/test/macro_auroc", "test/macro_auroc", "test/brier", "test/ece",
+    for key in ("base/report/macro_auroc", "report/macro_auroc", "report/brier", "report/ece",
                 "reward/pair_accuracy", "round_1/val/macro_auroc", "round_1/accepted",
                 "round_1/reward/pair_accuracy", "round_1/refine/loss",
-                "test/macro_auroc/lower"):
+                "report/macro_auroc/lower"):
         assert key in m, key
     assert m["feedback/count"] == 16 and m["round_1/queries"] == 16
     sizes = ptbxl_split_sizes["superdiagnostic"]
-    assert m["pool/records"] == sizes["val"] // 2 and m["test/records"] == sizes["test"]
+    assert m["pool/records"] == sizes["val"] // 2 and m["report/records"] == sizes["test"]
+    assert m["report/split"] == "test fold"
     assert m["pool/records"] + m["guard/records"] == sizes["val"]
     # 16 ECGs, 20 % held out by ECG -> 3 ECGs whose pairs score the reward model
     assert m["round_1/reward/heldout_pairs"] > 0 and 0.0 <= m["reward/pair_accuracy"] <= 1.0

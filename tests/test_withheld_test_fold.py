@@ -58,7 +58,7 @@ def test_refinement_reports_the_guard_half_when_the_test_fold_is_absent(finetune
     m = refine(compose("refine", [f"data.root={no_test_fold}", f"data.cache_dir={tmp / 'cache'}",
                                   f"output_dir={tmp / 'refine'}", f"base={tmp / 'run' / 'model.pt'}",
                                   "progress=false", "bootstrap=10", "rounds=1", "queries_per_round=8"]))
-    assert m["test/records"] == 0 and "test/macro_auroc" not in m
+    assert m["report/records"] == 0 and "report/macro_auroc" not in m
     assert m["guard/records"] > 0 and 0.0 <= m["val/macro_auroc"] <= 1.0
     assert (tmp / "refine" / "model.pt").is_file()
 

@@ -4,16 +4,17 @@
         rounds=3 queries_per_round=32
     ecgrisk-refine data.root=DIR base=RUN/model.pt feedback=store feedback.store=fb.db refine=pg
 
-Each round asks about ECGs of the query pool (by default one half of the validation fold; the
-base was not trained on it), gets judgements (simulated cardiologist or a feedback store), fits
-a reward model and refines the classifier (DPO against the frozen base, a KL-regularised policy
-gradient against the reward model, or masked BCE on verdicts); a guard on the other half of the
-validation fold keeps a round only if macro AUROC holds (:mod:`ecgrisk.refine.loop`).
+Each round asks about ECGs of the query pool (``pool=val_half``, the default: one half of the
+validation fold; ``pool=folds``: the training-fold records the base never saw; ``pool=folder
+pool.root=DIR``: the clinic's own files, see :mod:`ecgrisk.refine.pools`), gets judgements
+(simulated cardiologist or a feedback store), fits a reward model and refines the classifier
+(DPO or IPO against the frozen base, a KL-regularised policy gradient against the reward model,
+or supervised correction from the verdicts); a guard on one half of the validation fold keeps a
+round only if macro AUROC, Brier and ECE hold (:mod:`ecgrisk.refine.loop`).
 
-The test fold is evaluated for the base and the kept final model (and after every round with
-``evaluate_test_each_round=true``, which the benchmark sets). With ``pool=val`` the guard checks
-on ECGs the loop asked about, so it is optimistic; ``pool=val_half`` (default) avoids that at the
-price of a guard half as large (36 records on the shared subset: the guard is noisy).
+The report set (the test fold; for pools outside the validation fold without one, the other
+half of the validation fold) is evaluated for the base and the kept final model, and after
+every round with ``report_each_round=true`` (the benchmark sets it).
 
 The run directory receives ``.hydra/``, ``feedback.db`` (every judgement the run used),
 ``queries/round_k.jsonl`` (what was asked), ``checkpoints/`` (the kept model after each
@@ -40,8 +41,8 @@ from ecgrisk.metrics import reliability
 from ecgrisk.plotting import plot_reliability
 from ecgrisk.refine.loop import make_feedback, run_loop
 from ecgrisk.refine.policy import BernoulliPolicy
+from ecgrisk.refine.pools import prepare_sets
 from ecgrisk.refine.refiners import REFINERS
-from ecgrisk.refine.windows import prepare_sets
 from ecgrisk.runs import run_dir, write_metrics
 from ecgrisk.signals import raise_if_interrupted, set_resume_hint, stop_on_signals
 
@@ -74,9 +75,10 @@ def _refined_bundle(bundle: Bundle, model: torch.nn.Module, cfg: DictConfig, ver
 
 
 def _reliability(bundle: Bundle, refined: BernoulliPolicy, sets) -> dict:
-    """Reliability of the base and the refined model on the reported split (test, else the
-    guard half, which the guard also chose rounds on)."""
-    split, ws = ("test", sets.test) if sets.test is not None else ("guard half", sets.guard)
+    """Reliability of the base and the refined model on the report set (else the guard half,
+    which the guard also chose rounds on)."""
+    split, ws = ((sets.report_split, sets.report) if sets.report is not None
+                 else ("guard half", sets.guard))
     base = BernoulliPolicy(copy.deepcopy(bundle.model), bundle.temperature, bundle.bias,
                            aggregation=bundle.aggregation)
     return {f"base, {split}": reliability(ws.labels, base.probs(ws)),
@@ -107,8 +109,12 @@ def refine(cfg: DictConfig) -> dict:
         raise ValueError(f"{cfg.base}: the bundle predicts {bundle.classes} but the data "
                          f"(task={cfg.data.get('task')}) has {dm.classes}; set data.task to the "
                          "bundle's task")
-    sets = prepare_sets(bundle.model, dm, cfg.pool, cfg.seed, cfg.data.batch_size,
-                        keep_inputs=cfg.refine.train == "all")
+    if cfg.pool.kind == "folder" and cfg.feedback.kind == "simulated":
+        raise ValueError("pool=folder has no labels for a simulated cardiologist to judge by: "
+                         "use feedback=store feedback.store=PATH|URL (judgements made in the "
+                         "review app on the same folder)")
+    sets = prepare_sets(bundle, dm, cfg.pool, cfg.seed, cfg.data.batch_size,
+                        keep_inputs=cfg.refine.train == "all", cache_dir=cfg.data.cache_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def save_round(k: int, policy: BernoulliPolicy, accepted: bool) -> None:
@@ -126,7 +132,8 @@ def refine(cfg: DictConfig) -> dict:
         store.close()
     metrics = {**result.metrics, "feedback/skipped": getattr(feedback, "skipped", 0),
                "refine/wall_s": time.perf_counter() - t0, "classes": list(bundle.classes)}
-    extra = {"method": cfg.refine.method, "feedback": cfg.feedback.kind, "pool": cfg.pool,
+    extra = {"method": cfg.refine.method, "feedback": cfg.feedback.kind,
+             "pool": OmegaConf.to_container(cfg.pool, resolve=True),
              "accepted_rounds": result.accepted, "rounds_completed":
              metrics["rounds/completed"], "feedback_count": metrics["feedback/count"],
              "base_version": bundle.version}
@@ -144,9 +151,9 @@ def _print_summary(m: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    split = "test" if m["test/records"] else "val"
-    where = (f"test fold: {m['test/records']} records" if split == "test" else
-             f"the test fold is absent; guard half of the validation fold: {m['guard/records']} records")
+    split = "report" if m["report/records"] else "val"
+    where = (f"{m['report/split']}: {m['report/records']} records" if split == "report" else
+             f"nothing beyond the guard half of the validation fold: {m['guard/records']} records")
     t = Table(title=f"{where}; {m['feedback/count']} judgements, "
                     f"{m['rounds/accepted']}/{m['rounds/completed']} rounds kept")
     for col in ("metric", "base", "refined"):

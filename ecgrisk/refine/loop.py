@@ -36,6 +36,7 @@ from ecgrisk.refine.policy import (
     evaluate_policy,
     guarded_update,
 )
+from ecgrisk.refine.pools import Sets
 from ecgrisk.refine.reward import (
     RewardModel,
     RewardPairs,
@@ -45,7 +46,7 @@ from ecgrisk.refine.reward import (
     verdict_targets,
     verdict_to_pairs,
 )
-from ecgrisk.refine.windows import Sets, WindowSet
+from ecgrisk.refine.windows import WindowSet
 
 log = logging.getLogger(__name__)
 
@@ -328,13 +329,14 @@ Refiner = Callable[["BernoulliPolicy", RoundContext, Any], dict]
 
 @dataclass
 class LoopResult:
-    """The kept policy, flat metrics, accepted round numbers, and test-fold probabilities
-    ``[N_test, C]`` by round (0: the base; others only when evaluated each round)."""
+    """The kept policy, flat metrics, accepted round numbers, and probabilities on the report
+    set ``[N_report, C]`` by round (0: the base; -1: the kept model; others only with
+    ``report_each_round``)."""
 
     policy: BernoulliPolicy
     metrics: dict
     accepted: list[int]
-    test_probs: dict[int, np.ndarray] = field(default_factory=dict)
+    report_probs: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
@@ -347,13 +349,13 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
     ----------
     cfg
         The ``refine.yaml`` config (``rounds``, ``queries_per_round``, ``ask``, ``reward``,
-        ``refine``, ``guard``, ``bootstrap``, ``evaluate_test_each_round``, ``seed``).
+        ``refine``, ``guard``, ``bootstrap``, ``report_each_round``, ``seed``).
     bundle
         The base: its classifier (copied, never changed), ``[C]`` calibration (logits /
         temperature + bias), window aggregation, classes, and version (written into the
         feedback records as ``model_version``).
     sets
-        Pool, guard and test windows.
+        Pool, guard and report windows (:mod:`ecgrisk.refine.pools`).
     store
         The run's store: judgements are written to it and read back from it.
     feedback
@@ -369,10 +371,11 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
     Returns
     -------
     LoopResult
-        Metrics hold ``base/val/*``, ``base/test/*``, per round ``round_k/{queries,
-        feedback/count, feedback/new, reward/*, refine/*, val/macro_auroc, accepted}`` (and
-        ``round_k/test/*`` with ``evaluate_test_each_round``), and for the kept model
-        ``val/*``, ``test/*``, ``reward/pair_accuracy``, ``feedback/count``, ``rounds/*``.
+        Metrics hold ``base/val/*``, ``base/report/*``, per round ``round_k/{queries,
+        feedback/count, feedback/new, reward/*, refine/*, val/macro_auroc, accepted,
+        guard_reason}`` (and ``round_k/report/*`` with ``report_each_round``), and for the kept
+        model ``val/*``, ``report/*``, ``reward/pair_accuracy``, ``feedback/count``,
+        ``rounds/*``; ``report/split`` names the report set.
     """
     classes = bundle.classes
     policy = BernoulliPolicy(copy.deepcopy(bundle.model), bundle.temperature, bundle.bias,
@@ -383,16 +386,17 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
         ref_logits = reference.logits(sets.pool)
     base_probs = torch.sigmoid(ref_logits).double().cpu().numpy()
     embeddings = sets.pool.record_embeddings()
-    metrics, _ = evaluate_policy(reference, sets.guard, "base/val/", classes)
+    base_val, _ = evaluate_policy(reference, sets.guard, "val/", classes)
+    metrics = {f"base/{k}": v for k, v in base_val.items()}
     result = LoopResult(policy, metrics, [])
 
-    def evaluate_test(model: BernoulliPolicy, prefix: str, key: int) -> None:
-        if sets.test is not None:  # None: a copy without the test fold
-            m, result.test_probs[key] = evaluate_policy(model, sets.test, prefix, classes,
-                                                        cfg.bootstrap, cfg.seed)
+    def report(model: BernoulliPolicy, prefix: str, key: int) -> None:
+        if sets.report is not None:  # None: nothing beyond the guard set
+            m, result.report_probs[key] = evaluate_policy(model, sets.report, prefix, classes,
+                                                          cfg.bootstrap, cfg.seed)
             metrics.update(m)
 
-    evaluate_test(reference, "base/test/", 0)
+    report(reference, "base/report/", 0)
     base_auroc = metrics["base/val/macro_auroc"]
     asked: list[int] = []
     current, last = bundle.version, {"reward/pair_accuracy": float("nan"), "feedback/count": 0}
@@ -420,18 +424,20 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
         before = policy.snapshot()
         ctx = RoundContext(sets.pool, ref_logits, data, reward, embeddings, cfg.seed + k)
         stats = refiner(policy, ctx, cfg.refine)
-        accepted, val = guarded_update(policy, before, sets.guard, base_auroc,
-                                       cfg.guard.tolerance, classes)
+        reason, val = guarded_update(policy, before, sets.guard, base_val, cfg.guard, classes)
+        accepted = not reason
         completed = k
         log.info("round %d: %d asked, %d judgements, reward pair accuracy %.3f, val macro AUROC "
                  "%.4f (base %.4f) -> %s", k, len(idx), data.count,
                  reward_metrics["reward/pair_accuracy"], val["val/macro_auroc"], base_auroc,
-                 "accepted" if accepted else "REJECTED by the guard, the previous model is kept")
+                 "accepted" if accepted else f"REFUSED by the guard ({reason}); the previous "
+                 "model is kept")
         last = {"reward/pair_accuracy": reward_metrics["reward/pair_accuracy"],
                 "feedback/count": data.count}
         metrics.update({f"{pre}queries": int(len(idx)), f"{pre}feedback/count": data.count,
                         f"{pre}feedback/new": int(new), f"{pre}val/macro_auroc":
                         val["val/macro_auroc"], f"{pre}accepted": bool(accepted),
+                        f"{pre}guard_reason": reason,
                         **{pre + key: v for key, v in reward_metrics.items()},
                         **{f"{pre}refine/{key}": v for key, v in stats.items()}})
         if accepted:
@@ -439,15 +445,16 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
             current = f"{bundle.version}+r{k}"
         if on_round is not None:
             on_round(k, policy, accepted)
-        if cfg.evaluate_test_each_round:
-            evaluate_test(policy, f"{pre}test/", k)
+        if cfg.report_each_round:
+            report(policy, f"{pre}report/", k)
     final_val, _ = evaluate_policy(policy, sets.guard, "val/", classes)
-    evaluate_test(policy, "test/", -1)
+    report(policy, "report/", -1)
     metrics.update({**final_val, **last, "rounds/completed": completed,
                     "rounds/accepted": len(result.accepted), "guard/tolerance":
                     float(cfg.guard.tolerance), "pool/records": len(sets.pool),
                     "guard/records": len(sets.guard),
-                    "test/records": 0 if sets.test is None else len(sets.test)})
+                    "report/records": 0 if sets.report is None else len(sets.report),
+                    "report/split": sets.report_split if sets.report is not None else "none"})
     if not result.accepted:
         log.warning("no refinement passed the guard: the kept model is the base model")
     return result

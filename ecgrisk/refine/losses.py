@@ -5,7 +5,7 @@ The classifier emits one logit per statement and treats statements as independen
 between two such policies is a sum of per-statement Bernoulli KLs — no sampling, no
 approximation. Everything uses ``logsigmoid`` so large logits stay finite.
 
-Ties in DPO: a tie says nothing about which reading is better, so :func:`dpo_loss` takes strict
+Ties: a tie says nothing about which reading is better, so :func:`preference_loss` takes strict
 pairs only; callers drop ties (``Preference.chosen_rejected()`` returns ``None`` for them).
 """
 
@@ -61,13 +61,19 @@ def bernoulli_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     return kl.sum(-1)
 
 
-def dpo_loss(policy_logits: Tensor, ref_logits: Tensor, chosen: Tensor, rejected: Tensor,
-             beta: float = 0.1, label_smoothing: float = 0.0) -> tuple[Tensor, dict[str, float]]:
-    """Direct preference optimisation against a frozen reference policy.
+def preference_loss(policy_logits: Tensor, ref_logits: Tensor, chosen: Tensor, rejected: Tensor,
+                    beta: float = 0.1, label_smoothing: float = 0.0, kind: str = "dpo",
+                    weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """DPO or IPO against a frozen reference policy, on strict pairs.
 
-    ``h = (log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))`` and the loss is
-    ``-(1 - ε) log σ(β h) - ε log σ(-β h)`` averaged over pairs (``ε = label_smoothing``, the
-    conservative-DPO guard against flipped labels; 0 gives plain DPO).
+    ``h = (log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))``.
+
+    - ``kind="dpo"``: ``-(1 - ε) log σ(β h) - ε log σ(-β h)`` (``ε = label_smoothing``, the
+      conservative-DPO guard against flipped labels; 0 gives plain DPO). Unbounded: a pair the
+      model already gets right keeps pushing ``h`` up, which on a few hundred noisy pairs drives
+      probabilities to 0 or 1 (Azar et al. 2023).
+    - ``kind="ipo"``: ``(h - 1 / (2 β))²``: the log-ratio gap is pulled to a finite target and
+      no further, so the policy stays near the reference however often a pair is seen.
 
     Parameters
     ----------
@@ -76,38 +82,64 @@ def dpo_loss(policy_logits: Tensor, ref_logits: Tensor, chosen: Tensor, rejected
     chosen, rejected
         ``[B, C]`` 0/1 readings, the preferred and the other one (no ties).
     beta
-        Strength of the implicit KL constraint (larger: stay closer to the reference).
+        Strength of the KL constraint (larger: stay closer to the reference).
     label_smoothing
-        Assumed probability that a preference label is flipped, in ``[0, 0.5)``.
+        DPO only: assumed probability that a preference label is flipped, in ``[0, 0.5)``.
+    kind
+        ``"dpo"`` or ``"ipo"``.
+    weights
+        ``[B]`` non-negative pair weights (e.g. :func:`uncertainty_weights`); None: equal.
 
     Returns
     -------
     loss : Tensor
-        Scalar.
+        Scalar: the weighted mean over pairs.
     stats : dict
         ``reward_accuracy`` (fraction with ``h > 0``), ``margin`` (mean ``β h``),
         ``chosen_reward`` and ``rejected_reward`` (mean implicit rewards ``β Δ log π``).
     """
     _check_same_shape(policy_logits=policy_logits, ref_logits=ref_logits, chosen=chosen,
                       rejected=rejected)
+    if kind not in ("dpo", "ipo"):
+        raise ValueError(f"preference loss must be 'dpo' or 'ipo', got {kind!r}")
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     if not 0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     ref_logits = ref_logits.detach()
-    chosen_reward = beta * (bernoulli_logprob(policy_logits, chosen)
-                            - bernoulli_logprob(ref_logits, chosen))
-    rejected_reward = beta * (bernoulli_logprob(policy_logits, rejected)
-                              - bernoulli_logprob(ref_logits, rejected))
-    margin = chosen_reward - rejected_reward
-    losses = (-(1 - label_smoothing) * F.logsigmoid(margin)
-              - label_smoothing * F.logsigmoid(-margin))
-    margin_, chosen_, rejected_ = margin.detach(), chosen_reward.detach(), rejected_reward.detach()
-    stats = {"reward_accuracy": float((margin_ > 0).float().mean()),
-             "margin": float(margin_.mean()),
-             "chosen_reward": float(chosen_.mean()),
-             "rejected_reward": float(rejected_.mean())}
-    return losses.mean(), stats
+    chosen_ratio = bernoulli_logprob(policy_logits, chosen) - bernoulli_logprob(ref_logits, chosen)
+    rejected_ratio = (bernoulli_logprob(policy_logits, rejected)
+                      - bernoulli_logprob(ref_logits, rejected))
+    h = chosen_ratio - rejected_ratio
+    if kind == "dpo":
+        losses = (-(1 - label_smoothing) * F.logsigmoid(beta * h)
+                  - label_smoothing * F.logsigmoid(-beta * h))
+    else:
+        losses = (h - 1 / (2 * beta)) ** 2
+    if weights is None:
+        loss = losses.mean()
+    else:
+        weights = weights.to(losses.dtype)
+        loss = (weights * losses).sum() / weights.sum().clamp(min=1e-12)
+    h_ = h.detach()
+    stats = {"reward_accuracy": float((h_ > 0).float().mean()),
+             "margin": float(beta * h_.mean()),
+             "chosen_reward": float(beta * chosen_ratio.detach().mean()),
+             "rejected_reward": float(beta * rejected_ratio.detach().mean())}
+    return loss, stats
+
+
+def uncertainty_weights(ref_logits: Tensor, chosen: Tensor, rejected: Tensor) -> Tensor:
+    """``[B]`` weight of each pair: the reference's uncertainty ``4 p (1 - p)`` (1 at p = 0.5,
+    0 when certain), averaged over the statements where the two readings differ.
+
+    A judgement about a statement the model was sure of and got right teaches little; one about
+    a statement it hesitated on is where the cardiologist's word moves the reading.
+    """
+    _check_same_shape(ref_logits=ref_logits, chosen=chosen, rejected=rejected)
+    p = torch.sigmoid(ref_logits.detach())
+    differ = (chosen != rejected).to(p.dtype)
+    return (4 * p * (1 - p) * differ).sum(-1) / differ.sum(-1).clamp(min=1)
 
 
 def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor, margin: float = 0.0

@@ -104,31 +104,57 @@ def reading_accuracy(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.
 # --------------------------------------------------------------------------- the guard
 
 
-def guard_accepts(candidate_auroc: float, base_auroc: float, tolerance: float) -> bool:
-    """Whether a refinement holds: its AUROC fell by at most ``tolerance`` from the base's.
+def guard_verdict(candidate: dict, base: dict, tolerance: float, brier_tolerance: float,
+                  ece_tolerance: float, prefix: str = "val/") -> str:
+    """Why a refinement does not hold on the guard set, or ``""`` when it does.
 
-    An undefined AUROC (every class one-valued in the guard set) never passes.
+    It holds while macro AUROC fell by at most ``tolerance`` from the base's and Brier and ECE
+    rose by at most ``brier_tolerance`` and ``ece_tolerance``: ranking alone can improve while
+    the probabilities a clinician reads get worse. An undefined AUROC never holds.
+
+    Parameters
+    ----------
+    candidate, base
+        Guard-set metrics (:func:`~ecgrisk.metrics.evaluate`) under ``prefix``.
     """
-    if tolerance < 0:
-        raise ValueError(f"guard.tolerance must be >= 0, got {tolerance}")
-    if not (math.isfinite(candidate_auroc) and math.isfinite(base_auroc)):
-        return False
-    return candidate_auroc >= base_auroc - tolerance
+    for name, tol in (("tolerance", tolerance), ("brier_tolerance", brier_tolerance),
+                      ("ece_tolerance", ece_tolerance)):
+        if tol < 0:
+            raise ValueError(f"guard.{name} must be >= 0, got {tol}")
+    auc, auc0 = candidate[f"{prefix}macro_auroc"], base[f"{prefix}macro_auroc"]
+    if not (math.isfinite(auc) and math.isfinite(auc0)):
+        return "macro AUROC is undefined on the guard set"
+    reasons = []
+    if auc < auc0 - tolerance:
+        reasons.append(f"macro AUROC {auc:.4f} < base {auc0:.4f} - {tolerance:g}")
+    for key, tol in (("brier", brier_tolerance), ("ece", ece_tolerance)):
+        v, v0 = candidate[f"{prefix}{key}"], base[f"{prefix}{key}"]
+        if v > v0 + tol:
+            reasons.append(f"{key.upper() if key == 'ece' else 'Brier'} {v:.4f} > base "
+                           f"{v0:.4f} + {tol:g}")
+    return "; ".join(reasons)
 
 
 def guarded_update(policy: BernoulliPolicy, before: dict[str, Tensor], guard: WindowSet,
-                   base_auroc: float, tolerance: float, classes: Sequence[str]
-                   ) -> tuple[bool, dict]:
+                   base: dict, cfg, classes: Sequence[str]) -> tuple[str, dict]:
     """Keep the refined weights if the guard accepts them, else restore ``before``.
+
+    Parameters
+    ----------
+    base
+        The base model's guard metrics (``val/...``).
+    cfg
+        The ``guard`` config node (``tolerance``, ``brier_tolerance``, ``ece_tolerance``).
 
     Returns
     -------
-    accepted : bool
+    reason : str
+        ``""`` when the round is kept, else why it was refused (:func:`guard_verdict`).
     metrics : dict
         The refined model's guard-set metrics (``val/...``), whatever the outcome.
     """
     metrics, _ = evaluate_policy(policy, guard, "val/", classes)
-    accepted = guard_accepts(metrics["val/macro_auroc"], base_auroc, tolerance)
-    if not accepted:
+    reason = guard_verdict(metrics, base, cfg.tolerance, cfg.brier_tolerance, cfg.ece_tolerance)
+    if reason:
         policy.restore(before)
-    return accepted, metrics
+    return reason, metrics

@@ -1,4 +1,4 @@
-"""The three ways a round turns judgements into a better policy: DPO, policy gradient, BCE.
+"""The ways a round turns judgements into a better policy: DPO/IPO, policy gradient, BCE.
 
 Each refiner is ``(policy, RoundContext, cfg.refine) -> stats`` and trains the policy in place;
 the loop's guard then decides whether the round is kept.
@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from ecgrisk.refine.loop import RoundContext
 from ecgrisk.refine.losses import (
     bernoulli_kl,
-    dpo_loss,
     ppo_clip_loss,
+    preference_loss,
     rloo_advantages,
     rloo_pg_loss,
     sample_bernoulli,
+    uncertainty_weights,
 )
 from ecgrisk.refine.policy import BernoulliPolicy
 
@@ -45,20 +46,29 @@ def _mean_stats(history: list[dict]) -> dict:
     return {k: float(np.mean([h[k] for h in tail])) for k in tail[0]} if tail else {}
 
 
-def dpo_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
-    """DPO on every strict pair the store holds, against the frozen reference."""
+def preference_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
+    """DPO or IPO (``cfg.method``) on every strict pair the store holds, against the frozen
+    reference; ``cfg.weighting=uncertainty`` weights pairs by the reference's uncertainty on
+    the statements they differ in."""
     d = ctx.data
     if len(d.record) == 0:
-        log.warning("refine=dpo: no strict pairs in the feedback (all ties?); nothing to train")
+        log.warning("refine=%s: no strict pairs in the feedback (all ties?); nothing to train",
+                    cfg.method)
         return {}
+    if cfg.weighting not in ("none", "uncertainty"):
+        raise ValueError(f"refine.weighting must be 'none' or 'uncertainty', got {cfg.weighting!r}")
     rng, opt, history = np.random.default_rng(ctx.seed), _optimiser(policy, cfg), []
     chosen, rejected = torch.from_numpy(d.chosen), torch.from_numpy(d.rejected)
     for _ in range(cfg.steps):
         b = rng.choice(len(d.record), min(cfg.batch_size, len(d.record)), replace=False)
         uniq, inv = np.unique(d.record[b], return_inverse=True)
         logits = policy.logits(ctx.pool, uniq)[torch.from_numpy(inv)]
-        loss, stats = dpo_loss(logits, ctx.ref_logits[d.record[b]], chosen[b], rejected[b],
-                               beta=cfg.beta, label_smoothing=cfg.label_smoothing)
+        ref = ctx.ref_logits[d.record[b]]
+        weights = (uncertainty_weights(ref, chosen[b], rejected[b])
+                   if cfg.weighting == "uncertainty" else None)
+        loss, stats = preference_loss(logits, ref, chosen[b], rejected[b], beta=cfg.beta,
+                                      label_smoothing=cfg.get("label_smoothing", 0.0),
+                                      kind=cfg.method, weights=weights)
         history.append(_step(opt, loss, stats))
     return _mean_stats(history)
 
@@ -105,11 +115,9 @@ def pg_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
 
 
 def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
-    """Supervised fine-tuning on the verdicts' judged statements (masked BCE).
-
-    With a noise-free simulated cardiologist the judged statements are the full labels: the
-    benchmark's upper bound.
-    """
+    """Supervised correction from the verdicts: masked BCE on the statements they judged, plus
+    ``cfg.kl_coef`` times the closed-form KL to the reference on the same ECGs, which holds the
+    model near the fine-tuned one where the verdicts are few."""
     d = ctx.data
     if len(d.target_record) == 0:
         raise ValueError("refine=bce trains on verdicts, and the store holds none about the "
@@ -121,10 +129,13 @@ def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
                        replace=False)
         uniq, inv = np.unique(d.target_record[b], return_inverse=True)
         logits = policy.logits(ctx.pool, uniq)[torch.from_numpy(inv)]
-        loss = F.binary_cross_entropy_with_logits(logits, targets[b], weight=mask[b],
-                                                  reduction="sum") / mask[b].sum().clamp(min=1)
-        history.append(_step(opt, loss))
+        fit = F.binary_cross_entropy_with_logits(logits, targets[b], weight=mask[b],
+                                                 reduction="sum") / mask[b].sum().clamp(min=1)
+        kl = bernoulli_kl(logits, ctx.ref_logits[d.target_record[b]]).mean()
+        history.append(_step(opt, fit + cfg.kl_coef * kl, {"bce": float(fit.detach()),
+                                                           "kl": float(kl.detach())}))
     return _mean_stats(history)
 
 
-REFINERS = {"dpo": dpo_refine, "pg": pg_refine, "bce": bce_refine}
+REFINERS = {"dpo": preference_refine, "ipo": preference_refine, "pg": pg_refine,
+            "bce": bce_refine}

@@ -1,8 +1,7 @@
 """The ECGs refinement works on: evaluation windows embedded once by the frozen base encoder.
 
 :class:`WindowSet` holds a set of records' window embeddings (and, for ``train="all"``, the
-window signals); :class:`Sets` is where the loop asks (``pool``), what the guard checks
-(``guard``) and what is reported (``test``).
+window signals); :mod:`ecgrisk.refine.pools` builds the sets the loop asks, guards and reports on.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
-
-POOLS = ("val_half", "val")
-
 
 @dataclass
 class WindowSet:
@@ -112,40 +108,3 @@ def embed_windows(model: torch.nn.Module, dataset: Any, labels: np.ndarray,
     k = np.concatenate(ks)
     return WindowSet(list(record_ids), np.asarray(labels), np.asarray(dataset.positions)[k],
                      torch.cat(embs), torch.cat(inputs) if keep_inputs else None)
-
-
-@dataclass
-class Sets:
-    """Where the loop asks (``pool``), what the guard checks (``guard``), what is reported
-    (``test``; None on a copy of the data without the test fold)."""
-
-    pool: WindowSet
-    guard: WindowSet
-    test: WindowSet | None
-
-
-def prepare_sets(model: torch.nn.Module, dm: Any, pool: str = "val_half", seed: int = 0,
-                 batch_size: int = 256, keep_inputs: bool = False) -> Sets:
-    """Embed the validation and test folds of a set-up DataModule and split the pool off.
-
-    ``pool="val_half"`` asks about a seeded half of the validation fold and guards on the
-    other half; ``pool="val"`` asks and guards on the whole fold (the guard then checks on
-    ECGs the loop has seen).
-    """
-    if pool not in POOLS:
-        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-    splits = ["val"] + (["test"] if len(dm.record_ids("test")) else [])
-    if "test" not in splits:
-        log.warning("the test fold is absent: refinement reports the guard half of the "
-                    "validation fold only")
-    emb = {s: embed_windows(model, dm.eval_dataset(s), dm.labels(s), dm.record_ids(s),
-                            batch_size, keep_inputs) for s in splits}
-    val = emb["val"]
-    if pool == "val":
-        return Sets(val, val, emb.get("test"))
-    if len(val) < 4:
-        raise ValueError(f"pool=val_half needs at least 4 validation records, got {len(val)}")
-    order = np.random.default_rng(seed).permutation(len(val))
-    half = len(val) // 2
-    return Sets(val.subset(np.sort(order[:half])), val.subset(np.sort(order[half:])),
-                emb.get("test"))

@@ -1,0 +1,160 @@
+"""Refinement pools beyond the validation fold: training-fold records the base never saw, and a
+clinic's own folder of ECG files judged in the review app; the embedding cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ecgrisk.bundle import Bundle
+from ecgrisk.config import compose
+from ecgrisk.data.folder import ECGFolder
+from ecgrisk.data.synthetic import make_synthetic_ptbxl
+from ecgrisk.feedback.records import Verdict
+from ecgrisk.feedback.store import FeedbackStore
+from ecgrisk.finetune.app import train
+from ecgrisk.refine.app import refine
+
+TINY = ["model=xresnet1d18", "model.kwargs.base_channels=8", "data.batch_size=32",
+        "trainer.enable_progress_bar=false", "bootstrap=0", "early_stopping_patience=null"]
+
+
+@pytest.fixture(scope="module")
+def scarce(tmp_path_factory):
+    """Folds 1-9 of a synthetic PTB-XL; a tiny base fine-tuned on 30% of folds 1-8 by patient."""
+    tmp = tmp_path_factory.mktemp("pools")
+    root = make_synthetic_ptbxl(tmp / "ptbxl", n_records=160, progress=False)
+    db = pd.read_csv(root / "ptbxl_database.csv")
+    db[db.strat_fold < 10].to_csv(root / "ptbxl_database.csv", index=False)
+    train(compose("finetune", [f"data.root={root}", f"data.cache_dir={tmp / 'cache'}",
+                               f"output_dir={tmp / 'base'}", "trainer.max_epochs=1",
+                               "data.train_fraction=0.3", *TINY]))
+    return tmp, root, db[db.strat_fold < 10]
+
+
+def _cfg(tmp, root, out, *extra):
+    return compose("refine", [f"data.root={root}", f"data.cache_dir={tmp / 'cache'}",
+                              f"output_dir={out}", f"base={tmp / 'base' / 'model.pt'}",
+                              "progress=false", "bootstrap=0", *extra])
+
+
+def test_folds_pool_asks_only_about_records_the_base_never_trained_on(scarce):
+    tmp, root, db = scarce
+    trained = set(Bundle.load(tmp / "base" / "model.pt").extra["train_records"])
+    labelled = set(map(str, db.ecg_id))  # every synthetic record carries a superclass
+    folds_1_8 = {str(i) for i, f in zip(db.ecg_id, db.strat_fold, strict=True) if f <= 8}
+    assert trained and trained < folds_1_8 and labelled >= folds_1_8
+    m = refine(_cfg(tmp, root, tmp / "run", "pool=folds", "rounds=2", "queries_per_round=10",
+                    "report_each_round=true"))
+    assert m["pool/records"] == len(folds_1_8 - trained)
+    # guard and report are the two halves of fold 9 (the test fold is absent here)
+    n_val = int((db.strat_fold == 9).sum())
+    assert m["report/split"] == "validation half"
+    assert m["guard/records"] + m["report/records"] == n_val
+    assert "round_1/report/macro_auroc" in m and "round_1/guard_reason" in m
+    with FeedbackStore(tmp / "run" / "feedback.db") as store:
+        asked = {v.ecg_id for v in store.verdicts()}
+    assert len(asked) == 20 and asked <= folds_1_8 - trained
+
+
+def test_a_bundle_without_its_training_list_counts_folds_1_8_as_seen(scarce, tmp_path):
+    tmp, root, _ = scarce
+    bundle = Bundle.load(tmp / "base" / "model.pt")
+    old = dataclasses.replace(bundle, extra={k: v for k, v in bundle.extra.items()
+                                             if k != "train_records"})
+    old.save(tmp_path / "old.pt")
+    cfg = _cfg(tmp, root, tmp_path / "run", "pool=folds", f"base={tmp_path / 'old.pt'}")
+    with pytest.raises(ValueError, match="no record of folds .* left that the base"):
+        refine(cfg)
+
+
+def test_pool_embeddings_are_computed_once_and_read_back(scarce, monkeypatch):
+    from ecgrisk.data.datamodule import build_datamodule
+    from ecgrisk.refine import pools
+    from ecgrisk.refine.app import data_for_bundle
+
+    tmp, root, _ = scarce
+    bundle = Bundle.load(tmp / "base" / "model.pt")
+    cfg = _cfg(tmp, root, tmp / "unused", "pool=folds")
+    dm = build_datamodule(data_for_bundle(cfg.data, bundle), 0, scaler=bundle.scaler,
+                          progress=False)
+    dm.setup()
+    first = pools.prepare_sets(bundle, dm, cfg.pool, cache_dir=tmp / "emb")
+    assert len(list((tmp / "emb" / "embeddings").glob("*.pt"))) == 2  # fold 9 and the pool
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded again instead of reading the cache")
+
+    monkeypatch.setattr(pools, "embed_windows", no_embedding)
+    again = pools.prepare_sets(bundle, dm, cfg.pool, cache_dir=tmp / "emb")
+    for a, b in ((first.pool, again.pool), (first.guard, again.guard)):
+        assert a.record_ids == b.record_ids
+        torch.testing.assert_close(a.embeddings, b.embeddings, rtol=0, atol=0)
+        np.testing.assert_array_equal(a.positions, b.positions)
+    # another model's embeddings are not these
+    other = dataclasses.replace(bundle, temperature=bundle.temperature * 2)
+    with pytest.raises(AssertionError, match="embedded again"):
+        pools.prepare_sets(other, dm, cfg.pool, cache_dir=tmp / "emb")
+
+
+def test_folder_pool_uses_the_review_apps_ids_and_the_store_its_judgements(scarce, tmp_path):
+    tmp, root, db = scarce
+    clinic = tmp_path / "clinic"
+    for rel in db.filename_lr[:12]:
+        dst = clinic / "export" / rel.split("/")[-1]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        for ext in (".hea", ".dat"):
+            shutil.copy(root / f"{rel}{ext}", f"{dst}{ext}")
+    (clinic / "export" / "broken.hea").write_text("not a header\n")
+    ids = ECGFolder(clinic).record_ids  # the ids the review app's queue gives these files
+    assert len(ids) == 13
+    with FeedbackStore(tmp_path / "clinic.db") as store:
+        store.add_many([Verdict(ecg_id=i, reading={"NORM": 1}, marks={"NORM": "wrong"},
+                                missed=["MI"], annotator="dr-a") for i in ids[:6]])
+
+    cfg = _cfg(tmp, root, tmp_path / "run", "pool=folder", f"pool.root={clinic}",
+               "feedback=store", f"feedback.store={tmp_path / 'clinic.db'}", "refine=bce",
+               "rounds=1", "queries_per_round=4")
+    m = refine(cfg)
+    assert m["pool/records"] == 12  # the broken file is left out, the rest are asked about
+    assert m["feedback/count"] == 6 and m["feedback/skipped"] == 0
+    simulated = _cfg(tmp, root, tmp_path / "run2", "pool=folder", f"pool.root={clinic}")
+    with pytest.raises(ValueError, match="no labels for a simulated cardiologist"):
+        refine(simulated)
+
+
+def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    tmp, root, _ = scarce
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_preference.py"
+    spec = importlib.util.spec_from_file_location("benchmark_preference", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--root", str(root), "--scenario", "house", "--judgements", "10", "20",
+                "--seeds", "2", "--arms", "bce/uncertainty,bce/random", "--bootstrap", "20",
+                "--base", str(tmp / "base" / "model.pt"), "--work", str(tmp_path / "work"),
+                "--out", str(tmp_path / "out"), f"data.cache_dir={tmp / 'cache'}"])
+    res = json.loads((tmp_path / "out" / "preference_house.json").read_text())
+    assert (tmp_path / "out" / "preference_house.md").is_file()
+    assert (tmp_path / "out" / "preference_house.png").stat().st_size > 10_000
+    means = [r for r in res["rows"] if r["seed"] == "mean"]
+    assert [(r["arm"], r["judgements"]) for r in means] == [
+        ("bce/uncertainty", 10), ("bce/uncertainty", 20), ("bce/random", 10), ("bce/random", 20)]
+    base, oracle = res["base"]["auroc"], res["oracle"]["auroc"]
+    for r in means:
+        seeds = [s for s in res["rows"] if s["arm"] == r["arm"] and s["judgements"] == r["judgements"]
+                 and s["seed"] != "mean"]
+        assert len(seeds) == 2
+        assert r["auroc"] == pytest.approx(np.mean([s["auroc"] for s in seeds]))
+        assert r["gap_closed"] == pytest.approx((r["auroc"] - base) / (oracle - base))
+        assert r["auroc_lower"] <= r["auroc"] <= r["auroc_upper"]
+    assert res["meta"]["queries"] == 10 and res["meta"]["rounds"] == 2
+    assert res["base"]["gap_closed"] == pytest.approx(0.0) and res["oracle"]["gap_closed"] == 1.0
