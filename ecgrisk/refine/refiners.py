@@ -116,8 +116,9 @@ def pg_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
 
 def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
     """Supervised correction from the verdicts: masked BCE on the statements they judged, plus
-    ``cfg.kl_coef`` times the closed-form KL to the reference on the same ECGs, which holds the
-    model near the fine-tuned one where the verdicts are few."""
+    ``cfg.kl_coef`` times the closed-form KL to the reference on as many ECGs drawn from the
+    whole pool: a few hundred verdicts on the ECGs the model was least sure of would otherwise
+    pull every reading (and its calibration) towards theirs."""
     d = ctx.data
     if len(d.target_record) == 0:
         raise ValueError("refine=bce trains on verdicts, and the store holds none about the "
@@ -131,7 +132,9 @@ def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
         logits = policy.logits(ctx.pool, uniq)[torch.from_numpy(inv)]
         fit = F.binary_cross_entropy_with_logits(logits, targets[b], weight=mask[b],
                                                  reduction="sum") / mask[b].sum().clamp(min=1)
-        kl = bernoulli_kl(logits, ctx.ref_logits[d.target_record[b]]).mean()
+        anchor = np.sort(rng.choice(len(ctx.pool), min(cfg.batch_size, len(ctx.pool)),
+                                    replace=False))
+        kl = bernoulli_kl(policy.logits(ctx.pool, anchor), ctx.ref_logits[anchor]).mean()
         history.append(_step(opt, fit + cfg.kl_coef * kl, {"bce": float(fit.detach()),
                                                            "kl": float(kl.detach())}))
     return _mean_stats(history)
