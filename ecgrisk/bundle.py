@@ -48,33 +48,63 @@ def _atomic_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def resolve(path_or_name: str | os.PathLike) -> Path:
-    """A bundle's file: ``path_or_name`` itself when it is a file, else the shipped bundle of
-    that name (``ecgrisk/shipped/<name>.pt``)."""
+_KINDS = {"bundle": "model bundle", "encoder": "encoder file"}
+
+
+def resolve(path_or_name: str | os.PathLike, kind: str = "bundle") -> Path:
+    """A model bundle's or encoder file's path: ``path_or_name`` itself when it is a file, else
+    the file shipped under that name (``ecgrisk/shipped/<name>.pt``).
+
+    ``kind`` ('bundle' or 'encoder') is what the caller wants: when neither matches, the error
+    lists the shipped names of that kind.
+    """
     path = Path(path_or_name)
     if path.is_file():
         return path
     shipped = shipped_path(str(path_or_name))
     if shipped is not None:
         return shipped
-    names = ", ".join(list_shipped()) or "none in this installation"
-    raise BundleError(f"{path}: no such file, and no shipped bundle has that name (shipped: {names})")
+    names = ", ".join(_shipped_names(kind)) or "none in this installation"
+    raise BundleError(f"{path}: no such file, and no shipped {kind} has that name "
+                      f"(shipped {kind}s: {names})")
+
+
+def _shipped_names(kind: str) -> list[str]:
+    """The shipped names whose file holds ``kind``; mmap reads the metadata, not the weights."""
+    names = []
+    for name in list_shipped():
+        try:
+            meta = torch.load(shipped_path(name), map_location="cpu", weights_only=True, mmap=True)["meta"]
+        except Exception:  # an unreadable file is no candidate; loading it by name says why
+            continue
+        if meta.get("kind") == kind:
+            names.append(name)
+    return names
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def _load(path: str | os.PathLike, kind: str) -> dict:
-    path = resolve(path)
+    """The verified contents of a ``kind`` ('bundle' or 'encoder') file, given by path or name."""
+    label = _KINDS[kind]
+    path = resolve(path, kind)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise BundleError(f"{path}: refused: not loadable with weights_only=True, so it may run "
                           f"code on load ({str(e).splitlines()[0]})") from e
     except Exception as e:
-        raise BundleError(f"{path}: not a readable {kind} file ({type(e).__name__}: {e})") from e
+        raise BundleError(f"{path}: not a readable {label} ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict) or "meta" not in obj or "state_dict" not in obj:
-        raise BundleError(f"{path}: not an ecgrisk {kind} file (missing meta/state_dict)")
+        raise BundleError(f"{path}: not an ecgrisk {label} (missing meta/state_dict)")
     if obj.get("sha256") != _digest(obj["meta"], obj["state_dict"]):
         raise BundleError(f"{path}: refused: its weights or metadata were altered after it was "
                           f"written (SHA-256 digest mismatch)")
+    if obj["meta"].get("kind") != kind:
+        found = _KINDS.get(obj["meta"].get("kind"), f"{obj['meta'].get('kind')!r} file")
+        raise BundleError(f"{path}: is {_a(found)}, not {_a(label)}")
     return obj
 
 
@@ -163,10 +193,8 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Bundle:
-        obj = _load(path, "model bundle")
+        obj = _load(path, "bundle")
         m = obj["meta"]
-        if m.get("kind") != "bundle":
-            raise BundleError(f"{path}: is a {m.get('kind')!r} file, not a model bundle")
         if m.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{path}: bundle format {m.get('format')} is not supported "
                               f"(this ecgrisk reads format {BUNDLE_FORMAT})")

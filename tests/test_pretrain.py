@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import wfdb
+from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from ecgrisk.bundle import BundleError
 from ecgrisk.config import compose
 from ecgrisk.finetune.app import build_classifier
-from ecgrisk.pretrain.app import build_sources, train
+from ecgrisk.pretrain.app import build_sources, pretraining_datamodule, source_weights, train
 
 TINY = ["model=xresnet1d18", "model.kwargs.base_channels=8", "data.batch_size=32",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
@@ -124,6 +125,46 @@ def test_vit_mae_fast_dev_run_on_pooled_sources_with_probe(tmp_path, ptbxl_root,
                               "model.kwargs.heads=2", f"model.pretrained={run / 'encoder.pt'}"])
     enc = build_classifier(ft.model, 5).encoder
     assert enc.spec["name"] == "vit1d" and enc.embed(torch.zeros(2, 12, 250)).shape == (2, 16)
+
+
+def _pooled(tmp_path, cache, weights, sizes=(6, 12)):
+    """Two folder sources of ``sizes`` records (4 s each) with ``weights``, set up."""
+    entries = ", ".join(f"{{source: folder, root: '{_write_folder(tmp_path / f'src{i}', n)}', weight: {w}}}"
+                        for i, (n, w) in enumerate(zip(sizes, weights, strict=True)))
+    cfg = compose("pretrain", [f"data.sources=[{entries}]", f"data.cache_dir={cache}",
+                               "data.batch_size=4", "ssl.segment_s=2.5"])
+    dm = pretraining_datamodule(cfg, progress=False)
+    dm.setup()
+    return cfg, dm
+
+
+def test_source_weights_set_each_records_draw_rate(tmp_path, cache):
+    cfg, dm = _pooled(tmp_path, cache, weights=(1, 3))
+    assert source_weights(cfg.data) == [1.0, 3.0] and dm.source_weights == [1.0, 3.0]
+    assert [r.name for r in build_sources(cfg.data)] == ["folder", "folder"]  # weight is no source field
+    n = [len(i) for i in dm.split["train"]]  # the stable hash folds 1-9 of each folder
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, WeightedRandomSampler) and loader.sampler.replacement
+    assert loader.sampler.num_samples == len(loader.dataset) == sum(n)  # epoch length unchanged
+    torch.manual_seed(0)
+    draws = torch.tensor([i for _ in range(400) for i in loader.sampler])
+    share = (draws >= n[0]).float().mean().item()  # indices past the first source's records
+    assert share == pytest.approx(3 * n[1] / (n[0] + 3 * n[1]), abs=0.02)
+
+
+def test_equal_source_weights_keep_plain_shuffling(tmp_path, cache):
+    _, dm = _pooled(tmp_path, cache, weights=(1, 1))
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, RandomSampler) and not loader.sampler.replacement
+    assert sorted(loader.sampler) == list(range(len(loader.dataset)))  # every record once
+
+
+def test_bad_source_weight_is_named(tmp_path, cache):
+    for bad in (0, -1, "'x'"):
+        cfg = compose("pretrain", [f"data.sources=[{{source: folder, root: /x}}, "
+                                   f"{{source: folder, root: /y, weight: {bad}}}]"])
+        with pytest.raises(ValueError, match=r"data.sources\[1\].weight must be a number > 0"):
+            source_weights(cfg.data)
 
 
 def test_contrastive_one_epoch(tmp_path, ptbxl_root, ptbxl_split_sizes, cache):

@@ -84,3 +84,32 @@ def test_the_demo_sample_is_real_ptbxl_without_the_test_fold(tmp_path):
     assert ds.classes == ["CD", "HYP", "MI", "NORM", "STTC"]  # every superclass is represented
     ecg = read_ecg(ds.paths[0])
     assert ecg.signal.shape == (12, 1000) and ecg.fs == 100.0 and ecg.lead_mask.all()
+
+
+def test_an_encoder_file_shipped_under_a_name_loads_by_that_name(tmp_path, monkeypatch):
+    import ecgrisk.shipped
+    from ecgrisk.bundle import save_encoder
+    from ecgrisk.config import compose
+    from ecgrisk.finetune.app import build_classifier
+    from ecgrisk.models import create_encoder
+    from ecgrisk.models.classifier import ECGClassifier
+    from ecgrisk.preprocess import Preprocessing, Scaler
+
+    monkeypatch.setattr(ecgrisk.shipped, "SHIPPED_DIR", tmp_path)
+    tiny = ["model=xresnet1d18", "model.kwargs.base_channels=8"]
+    encoder = create_encoder("xresnet1d18", base_channels=8, kernel_size=5, kernel_size_stem=5)
+    save_encoder(tmp_path / "tiny-encoder.pt", encoder, extra={"objective": "cpc"})
+    Bundle(model=ECGClassifier(encoder, 2), classes=["A", "B"], preprocessing=Preprocessing(),
+           scaler=Scaler(0.0, 1.0), temperature=[1.0, 1.0]).save(tmp_path / "tiny-bundle.pt")
+
+    assert list_shipped() == ["tiny-bundle", "tiny-encoder"]
+    model = build_classifier(compose("finetune", [*tiny, "model.pretrained=tiny-encoder"]).model, 5)
+    for k, v in encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    # a typo lists the shipped encoders (not the bundles); a bundle's name is told apart
+    with pytest.raises(BundleError, match=r"no shipped encoder has that name \(shipped encoders: tiny-encoder\)"):
+        build_classifier(compose("finetune", [*tiny, "model.pretrained=tiny-encodr"]).model, 5)
+    with pytest.raises(BundleError, match="tiny-bundle.pt: is a model bundle, not an encoder file"):
+        build_classifier(compose("finetune", [*tiny, "model.pretrained=tiny-bundle"]).model, 5)
+    with pytest.raises(BundleError, match="tiny-encoder.pt: is an encoder file, not a model bundle"):
+        Bundle.load("tiny-encoder")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.cache import ECGCache, get_or_build
@@ -41,6 +44,11 @@ class ECGDataModule(L.LightningDataModule):
         patient where the source knows patients (``RecordSet.groups``).
     scaler : a fitted Scaler to reuse (e.g. the fine-tuned bundle's); fitted on the training
         records when None.
+    source_weights : per-record draw rate of each source in training epochs (pooled sources):
+        a record of a weight-2 source is drawn twice as often as one of a weight-1 source, so a
+        source's share of the draws is ``weight * records / sum(weight * records)``. An epoch
+        still draws as many crops as there are training records, with replacement (some
+        records twice, some not at all). None, or all 1: plain shuffling, every record once.
     """
 
     def __init__(self, sources: RecordSet | list[RecordSet], cache_dir: str | Path,
@@ -48,11 +56,17 @@ class ECGDataModule(L.LightningDataModule):
                  crop_s: float = 2.5, window_s: float = 2.5, stride_s: float = 1.25,
                  num_workers: int = 0, train_fraction: float = 1.0, seed: int = 0,
                  train_folds=TRAIN_FOLDS, val_folds=VAL_FOLDS, test_folds=TEST_FOLDS,
-                 cache_workers: int = 2, scaler: Scaler | None = None, progress: bool = True):
+                 cache_workers: int = 2, scaler: Scaler | None = None, progress: bool = True,
+                 source_weights: Sequence[float] | None = None):
         super().__init__()
         self.sources = [sources] if isinstance(sources, RecordSet) else list(sources)
         if not self.sources:
             raise ValueError("ECGDataModule needs at least one source")
+        self.source_weights = [1.0] * len(self.sources) if source_weights is None else list(source_weights)
+        if len(self.source_weights) != len(self.sources) or not all(
+                math.isfinite(w) and w > 0 for w in self.source_weights):
+            raise ValueError(f"ECGDataModule: source_weights must be one finite number > 0 per "
+                             f"source ({len(self.sources)}), got {self.source_weights}")
         self.labelled = len(self.sources) == 1 and self.sources[0].labels is not None
         self.cache_dir, self.prep = Path(cache_dir), preprocessing or Preprocessing()
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -127,10 +141,17 @@ class ECGDataModule(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        parts = [CropDataset(c, idx, self.crop, self.scaler)
-                 for c, idx in zip(self.caches, self.split["train"], strict=True) if len(idx)]
+        kept = [(CropDataset(c, idx, self.crop, self.scaler), w) for c, idx, w in
+                zip(self.caches, self.split["train"], self.source_weights, strict=True) if len(idx)]
+        parts = [part for part, _ in kept]
         ds = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-        return self._loader(ds, shuffle=True, drop_last=len(ds) > self.batch_size)
+        drop_last = len(ds) > self.batch_size
+        if all(w == 1 for _, w in kept):
+            return self._loader(ds, shuffle=True, drop_last=drop_last)
+        rates = torch.cat([torch.full((len(part),), float(w), dtype=torch.float64) for part, w in kept])
+        # torch's global generator, as shuffling uses: seed_everything makes the draws reproducible
+        sampler = WeightedRandomSampler(rates, num_samples=len(ds), replacement=True)
+        return self._loader(ds, shuffle=False, drop_last=drop_last, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("val"), shuffle=False)
@@ -138,9 +159,10 @@ class ECGDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("test"), shuffle=False)
 
-    def _loader(self, ds, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, ds, shuffle: bool, drop_last: bool = False, sampler=None) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
 
 def build_datamodule(data: DictConfig, seed: int, scaler: Scaler | None = None,

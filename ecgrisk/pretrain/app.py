@@ -3,6 +3,7 @@
     ecgrisk-pretrain data.root=/data/ptb-xl model=vit1d ssl=masked ssl.masking=time
     python -m ecgrisk.pretrain model=xresnet1d50 ssl=contrastive probe.every_n_epochs=5
     ecgrisk-pretrain 'data.sources=[{source: ptbxl, root: /d/ptb-xl}, {source: challenge, root: /d/cinc}]'
+    ecgrisk-pretrain ssl=cpc 'data.sources=[{source: ptbxl, root: /d/ptb-xl}, {source: folder, root: /d/holter, weight: 3}]'
 
 The run directory receives ``.hydra/``, ``checkpoints/``, ``logs/metrics.csv``, ``curves.png``
 (losses, and the probe AUROC when enabled), ``metrics.json`` and ``encoder.pt``, which
@@ -46,14 +47,32 @@ def unlabeled(records: RecordSet) -> RecordSet:
                      paths=list(records.paths), folds=records.folds, missing=list(records.missing))
 
 
-def build_sources(data: DictConfig) -> list[RecordSet]:
-    """Unlabeled RecordSets of ``data`` (one) or of each ``data.sources`` entry over it (pooled)."""
+def _source_entries(data: DictConfig) -> tuple[dict, list[dict]]:
+    """The fields every source shares, and the ``data.sources`` entries (``[{}]``: data alone)."""
     base = OmegaConf.to_container(data, resolve=True)
     entries = base.get("sources") or [{}]
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ValueError(f"data.sources must be a list of data nodes (mappings), got {entries!r}")
-    common = {k: v for k, v in base.items() if k not in _RUN_KEYS}
-    return [unlabeled(load_source(**{**common, **entry})) for entry in entries]
+    return {k: v for k, v in base.items() if k not in _RUN_KEYS}, entries
+
+
+def build_sources(data: DictConfig) -> list[RecordSet]:
+    """Unlabeled RecordSets of ``data`` (one) or of each ``data.sources`` entry over it (pooled)."""
+    common, entries = _source_entries(data)
+    return [unlabeled(load_source(**{**common, **{k: v for k, v in entry.items() if k != "weight"}}))
+            for entry in entries]
+
+
+def source_weights(data: DictConfig) -> list[float]:
+    """Each source's ``weight`` (default 1): how often each of its records is drawn, relative to
+    a weight-1 source's (see `ECGDataModule`)."""
+    weights = []
+    for i, entry in enumerate(_source_entries(data)[1]):
+        w = entry.get("weight", 1.0)
+        if not isinstance(w, (int, float)) or not 0 < w < float("inf"):
+            raise ValueError(f"data.sources[{i}].weight must be a number > 0, got {w!r}")
+        weights.append(float(w))
+    return weights
 
 
 def _preprocessing(data: DictConfig) -> Preprocessing:
@@ -69,7 +88,8 @@ def pretraining_datamodule(cfg: DictConfig, progress: bool = True) -> ECGDataMod
         batch_size=data.batch_size, crop_s=float(segment), window_s=float(segment),
         stride_s=data.stride_s, num_workers=data.num_workers, seed=cfg.seed,
         train_folds=tuple(data.train_folds), val_folds=tuple(data.val_folds or ()),
-        test_folds=tuple(data.test_folds), cache_workers=data.cache_workers, progress=progress)
+        test_folds=tuple(data.test_folds), cache_workers=data.cache_workers, progress=progress,
+        source_weights=source_weights(data))
 
 
 def build_probe(cfg: DictConfig, scaler, progress: bool = True):
@@ -151,7 +171,8 @@ def train(cfg: DictConfig) -> dict:
         "train/samples_per_s": sum(per_rank) / max(fit_s, 1e-9),
         "train/samples_per_rank": per_rank,
         "train/records": int(sum(len(i) for i in dm.split["train"])), "val/records": int(n_val),
-        "train/sources": [s.name for s in dm.sources], "world_size": trainer.world_size,
+        "train/sources": [s.name for s in dm.sources], "train/source_weights": dm.source_weights,
+        "world_size": trainer.world_size,
         "ssl/objective": type(module.objective).__name__, "encoder": dict(module.encoder.spec),
     }
     if "val/loss" in trainer.callback_metrics:
@@ -166,6 +187,7 @@ def train(cfg: DictConfig) -> dict:
         "preprocessing": dm.prep.to_dict(),
         "scaler": {"mean": float(dm.scaler.mean), "std": float(dm.scaler.std)},
         "epochs": len(losses), "sources": metrics["train/sources"],
+        "source_weights": dm.source_weights,
         "train_folds": [int(f) for f in dm.folds["train"]],
         "config": OmegaConf.to_yaml(cfg, resolve=True),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),

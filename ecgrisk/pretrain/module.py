@@ -1,6 +1,6 @@
 """The pretraining LightningModule: any self-supervised objective that returns ``(loss, info)``.
 
-The objective (``ecgrisk.pretrain.masked`` or ``ecgrisk.pretrain.contrastive``) owns the encoder as
+The objective (``ecgrisk.pretrain.masked``, ``.contrastive`` or ``.cpc``) owns the encoder as
 ``objective.encoder``; this module owns the loop: AdamW with a one-cycle schedule, seeded
 masks and augmentations, per-epoch mean losses (``epoch_losses``) for ``metrics.json``.
 """

@@ -1,4 +1,5 @@
-"""Self-supervised objectives on unlabeled ECGs: masked reconstruction and contrastive views.
+"""Self-supervised objectives on unlabeled ECGs: masked reconstruction, contrastive views and
+contrastive predictive coding.
 
 `build_objective` turns an ``ssl`` config node (``conf/ssl/*.yaml``) and an encoder into the
 objective module that :class:`ecgrisk.pretrain.module.PretrainModule` trains; every objective keeps the
@@ -14,11 +15,12 @@ from torch import nn
 from ecgrisk.models.vit1d import ViT1d
 from ecgrisk.pretrain.augment import build_augment
 from ecgrisk.pretrain.contrastive import ContrastiveModel
+from ecgrisk.pretrain.cpc import CPCModel
 from ecgrisk.pretrain.masked import MaskedAutoencoder, MaskedSignalModel
 
 __all__ = ["OBJECTIVES", "build_objective"]
 
-OBJECTIVES = ("masked", "contrastive")
+OBJECTIVES = ("masked", "contrastive", "cpc")
 
 
 def build_objective(ssl: Mapping, encoder: nn.Module, fs: float = 100.0) -> nn.Module:
@@ -31,7 +33,8 @@ def build_objective(ssl: Mapping, encoder: nn.Module, fs: float = 100.0) -> nn.M
         spans otherwise; or ``patch``/``signal``), ``masking``, ``mask_ratio``, ``norm_target``,
         ``decoder`` {dim, depth, heads}, ``signal`` {mask_ratio, span_s, channels}; or
         ``name: contrastive`` with ``temperature``, ``proj_dim``, ``hidden_dim``, ``view_s``
-        and ``augment`` (see `build_augment`).
+        and ``augment`` (see `build_augment`); or ``name: cpc`` with ``segment_s``,
+        ``window_s``, ``steps``, ``proj_dim``, ``context_dim``.
     encoder : Encoder
     fs : sampling rate the encoder sees, for settings given in seconds.
     """
@@ -60,4 +63,15 @@ def build_objective(ssl: Mapping, encoder: nn.Module, fs: float = 100.0) -> nn.M
                                 proj_dim=int(ssl.get("proj_dim", 128)),
                                 hidden_dim=int(ssl.get("hidden_dim", 256)),
                                 temperature=float(ssl.get("temperature", 0.1)))
+    if name == "cpc":
+        model = CPCModel(encoder, window=max(1, round(float(ssl.get("window_s", 1.0)) * fs)),
+                         steps=int(ssl.get("steps", 4)), proj_dim=int(ssl.get("proj_dim", 128)),
+                         context_dim=int(ssl.get("context_dim", 256)))
+        segment_s = ssl.get("segment_s")
+        # fail at start-up, in the config's own terms, rather than at the first batch
+        if segment_s is not None and round(float(segment_s) * fs) < model.min_length:
+            raise ValueError(f"ssl.segment_s={segment_s} is too short for CPC: steps={model.steps} "
+                             f"needs {model.steps + 1} windows of ssl.window_s="
+                             f"{ssl.get('window_s', 1.0)} s, so segment_s >= {model.min_length / fs:g}")
+        return model
     raise ValueError(f"unknown ssl objective {name!r}; choose one of {OBJECTIVES}")

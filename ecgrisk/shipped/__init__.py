@@ -1,8 +1,10 @@
-"""The model bundles ecgrisk ships, each beside its model card (``<name>.pt``, ``<name>.md``).
+"""The model bundles and pretrained encoder files ecgrisk ships, each beside its card
+(``<name>.pt``, ``<name>.md``).
 
-``Bundle.load("ptbxl-superdiagnostic")`` and ``ecgrisk score DIR --model ptbxl-all`` find them by
-name; ``scripts/ship_bundle.py RUN --name NAME`` puts a fine-tuning run's bundle here and writes
-its card from the run's own files.
+``Bundle.load("ptbxl-superdiagnostic")`` and ``ecgrisk score DIR --model ptbxl-all`` find bundles
+by name, ``ecgrisk-finetune model.pretrained=NAME`` encoder files (both through
+`ecgrisk.bundle.resolve`); ``scripts/ship_bundle.py RUN --name NAME`` puts a fine-tuning run's
+bundle here and writes its card from the run's own files.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ DEFAULT_BUNDLE = "ptbxl-superdiagnostic"
 
 
 def list_shipped() -> list[str]:
-    """Names of the bundles shipped with this installation, sorted."""
+    """Names of the files (bundles and encoders) shipped with this installation, sorted."""
     return sorted(p.stem for p in SHIPPED_DIR.glob("*.pt"))
 
 
 def shipped_path(name: str) -> Path | None:
-    """The file of the shipped bundle ``name``, or None when no such bundle ships."""
+    """The shipped file ``name`` (a bundle or an encoder), or None when none ships by that name."""
     path = SHIPPED_DIR / f"{name}.pt"
     return path if "/" not in name and path.is_file() else None
