@@ -1,0 +1,163 @@
+"""scripts/benchmark_label_efficiency.py on a tiny synthetic PTB-XL copy without its test fold (as
+the full data here): fold-9 scores named as such, given encoders checked before anything
+trains, finished runs reused on a rerun, and the targets computed as documented."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecgrisk.bundle import save_encoder
+from ecgrisk.data.synthetic import make_synthetic_ptbxl
+from ecgrisk.models import create_encoder
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_label_efficiency.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark_label_efficiency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A synthetic PTB-XL whose database lists folds 1-9 only, and a fresh encoder file of the
+    architecture the quick settings ask for (xresnet1d18, width 8)."""
+    tmp = tmp_path_factory.mktemp("label_efficiency")
+    root = make_synthetic_ptbxl(tmp / "ptbxl", n_records=160, progress=False)
+    db = pd.read_csv(root / "ptbxl_database.csv")
+    db[db.strat_fold < 10].to_csv(root / "ptbxl_database.csv", index=False)
+    save_encoder(tmp / "contrastive.pt", create_encoder("xresnet1d18", base_channels=8))
+    return tmp, root
+
+
+def _argv(tmp: Path, root: Path, encoder: Path, runs: Path, *more: str) -> list[str]:
+    return ["--root", str(root), "--quick", "--tasks", "superdiagnostic", "--objectives", "masked",
+            "--encoder", f"contrastive={encoder}", "--fractions", "0.1", "1.0", "--seeds", "0",
+            "--bootstrap", "10", "--batch-size", "32", "--cache-dir", str(tmp / "cache"),
+            "--runs-dir", str(runs), "--out", str(tmp / "out"), "--name", "le", *more]
+
+
+@pytest.fixture(scope="module")
+def first(bench, work):
+    tmp, root = work
+    argv = _argv(tmp, root, tmp / "contrastive.pt", tmp / "runs")
+    return bench.main(argv), argv
+
+
+def _means(runs: list[dict]) -> dict[tuple, float]:
+    groups: dict[tuple, list[float]] = {}
+    for r in runs:
+        groups.setdefault((r["init"], r["mode"], r["fraction"]), []).append(r["macro_auroc"])
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+def test_every_run_is_scored_on_fold_9_and_the_tables_say_so(first, work):
+    tmp, _ = work
+    result, _ = first
+    saved = json.loads((tmp / "out" / "le.json").read_text())
+    assert saved["runs"] == result["runs"]
+    task = saved["tasks"]["superdiagnostic"]
+    assert task["split"] == "val" and task["fold"] == 9 and task["scored_on"].startswith("fold 9 (validation")
+    assert saved["meta"]["inits"] == ["random", "masked", "contrastive"]
+    assert [e["source"] for e in saved["encoders"]] == ["given", "pretrained here"]
+    runs = saved["runs"]
+    assert len(runs) == 2 * 2 * 3  # fractions x modes x inits, one seed
+    assert {(r["init"], r["mode"], r["fraction"]) for r in runs} == {
+        (i, m, f) for i in ("random", "masked", "contrastive") for m in ("linear", "full") for f in (0.1, 1.0)}
+    for r in runs:
+        assert r["split"] == "val" and r["fold"] == 9 and r["records"] > 0 and r["status"] == "trained"
+        assert 0.0 <= r["lower"] <= r["macro_auroc"] <= r["upper"] <= 1.0
+    small = [r["train_records"] for r in runs if r["fraction"] == 0.1]
+    large = [r["train_records"] for r in runs if r["fraction"] == 1.0]
+    assert max(small) < min(large)
+    md = (tmp / "out" / "le.md").read_text()
+    assert "## superdiagnostic: scored on fold 9 (validation; the epoch and the calibration were chosen on it)" in md
+    assert "test fold" not in md.lower()
+    assert (tmp / "out" / "le.png").stat().st_size > 10_000
+    assert not list((tmp / "out").glob(".*tmp"))  # written atomically, no leftovers
+
+
+def test_targets_follow_the_documented_formula_from_the_runs(first, work):
+    tmp, _ = work
+    saved = json.loads((tmp / "out" / "le.json").read_text())
+    means = _means(saved["runs"])
+    mid, low = saved["tasks"]["superdiagnostic"]["targets"]
+    best = max(v for (init, _, frac), v in means.items() if init != "random" and frac == 0.1)
+    ref = means[("random", "full", 1.0)]
+    assert mid["best"]["macro_auroc"] == pytest.approx(best)
+    assert mid["reference"]["macro_auroc"] == pytest.approx(ref)
+    assert mid["threshold"] == pytest.approx(0.97 * ref)
+    assert mid["ratio"] == pytest.approx(best / ref)
+    assert mid["passed"] == (best >= 0.97 * ref)
+    assert "passed" not in low  # fraction 0.01 was not run
+    md = (tmp / "out" / "le.md").read_text()
+    assert "Targets (fold 9 macro AUROC" in md
+    line = next(x for x in md.splitlines() if x.startswith("- **10% vs random init on 100%**"))
+    assert f"{best:.3f}" in line and f"{0.97 * ref:.3f}" in line
+    assert line.endswith("**PASS**" if mid["passed"] else "**FAIL**")
+    assert "not measured" in next(x for x in md.splitlines() if x.startswith("- **1%"))
+
+
+def test_the_1_percent_target_compares_the_best_pretrained_with_random_in_its_mode(bench):
+    def row(init, mode, auroc):
+        return {"init": init, "mode": mode, "fraction": 0.01, "macro_auroc": auroc, "ci_lower": auroc - 0.02,
+                "ci_upper": auroc + 0.02, "seeds": 3}
+
+    rows = [row("random", "linear", 0.70), row("random", "full", 0.60), row("masked", "linear", 0.74),
+            row("cpc", "full", 0.76), row("cpc", "linear", 0.72)]
+    low = bench.targets(rows)[1]
+    assert (low["best"]["init"], low["best"]["mode"]) == ("cpc", "full")
+    assert low["margin"] == pytest.approx(0.16) and low["passed"]
+    assert low["per_mode"]["linear"] == {"best": "masked", "margin": pytest.approx(0.04)}
+    rows[1] = row("random", "full", 0.72)
+    assert not bench.targets(rows)[1]["passed"]  # margin 0.04 in the best one's mode
+
+
+def test_a_rerun_with_the_same_runs_dir_reuses_every_run(bench, first, work, monkeypatch):
+    tmp, _ = work
+    result, argv = first
+
+    def refuse(cfg):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(bench, "finetune_train", refuse)
+    monkeypatch.setattr(bench, "pretrain_train", refuse)
+    again = bench.main(argv)
+    assert [r["status"] for r in again["runs"]] == ["reused"] * len(result["runs"])
+    assert [r["macro_auroc"] for r in again["runs"]] == [r["macro_auroc"] for r in result["runs"]]
+    assert again["encoders"][1]["status"] == "reused"
+    assert again["tasks"] == json.loads(json.dumps(result["tasks"]))
+
+
+def test_a_runs_dir_made_with_other_settings_is_refused(bench, first, work, monkeypatch):
+    tmp, root = work
+    monkeypatch.setattr(bench, "finetune_train", lambda cfg: pytest.fail("trained into a foreign run"))
+    argv = _argv(tmp, root, tmp / "contrastive.pt", tmp / "runs", "--finetune-epochs", "2")
+    with pytest.raises(SystemExit, match="other settings.*trainer.max_epochs"):
+        bench.main(argv)
+
+
+@pytest.mark.parametrize("spec, names", [
+    ({"name": "inception1d", "nb_filters": 8}, ("inception1d(nb_filters=8)", "xresnet1d18(")),
+    ({"name": "xresnet1d18", "base_channels": 16}, ("base_channels=16", "base_channels=8")),
+])
+def test_an_encoder_of_another_architecture_fails_before_anything_trains(bench, work, tmp_path,
+                                                                         monkeypatch, spec, names):
+    tmp, root = work
+    path = tmp_path / "other.pt"
+    save_encoder(path, create_encoder(**spec))
+    monkeypatch.setattr(bench, "finetune_train", lambda cfg: pytest.fail("fine-tuning started"))
+    monkeypatch.setattr(bench, "pretrain_train", lambda cfg: pytest.fail("pretraining started"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(_argv(tmp, root, path, tmp_path / "runs"))
+    assert all(n in str(e.value) for n in names), str(e.value)
+    assert not (tmp_path / "runs").exists()
