@@ -96,7 +96,7 @@ def _inspect(args) -> int:
 
 def _convert(args) -> int:
     from ecgrisk.convert import convert_records
-    from ecgrisk.scoring.inputs import InputError, collect_records
+    from ecgrisk.io.inputs import InputError, collect_records
 
     try:
         records = collect_records(args.inputs)

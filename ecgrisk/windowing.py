@@ -6,7 +6,7 @@ all cut and aggregate windows with these two functions, so a record is evaluated
 everywhere.
 
 Only numpy is imported at module level: scoring's reader processes import this module (through
-:class:`~ecgrisk.scoring.input_spec.InputSpec`) and must never load torch, so
+:class:`~ecgrisk.input_spec.InputSpec`) and must never load torch, so
 :func:`aggregate_windows` imports it when called.
 """
 

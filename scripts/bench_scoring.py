@@ -104,7 +104,7 @@ def run_naive(folder: str, bundle_path: str, out: str) -> dict:
     import torch
 
     from ecgrisk.bundle import Bundle
-    from ecgrisk.scoring.inputs import collect_records
+    from ecgrisk.io.inputs import collect_records
 
     bundle = Bundle.load(bundle_path)
     fs = bundle.preprocessing.fs
@@ -126,7 +126,7 @@ def run_naive(folder: str, bundle_path: str, out: str) -> dict:
 def run_model(folder: str, bundle_path: str, batch_size: int) -> dict:
     """The pipeline's own Predictor on records read and prepared beforehand (not timed)."""
     from ecgrisk.bundle import Bundle
-    from ecgrisk.scoring.inputs import collect_records
+    from ecgrisk.io.inputs import collect_records
     from ecgrisk.scoring.predict import Predictor
 
     predictor = Predictor(Bundle.load(bundle_path))

@@ -414,7 +414,7 @@ def test_score(zygote, data, tiny_bundle, score_base, tmp_path, sig, point, grou
 @pytest.fixture(scope="module")
 def convert_base(data, tmp_path_factory):
     from ecgrisk.convert import convert_records
-    from ecgrisk.scoring.inputs import collect_records
+    from ecgrisk.io.inputs import collect_records
 
     out = tmp_path_factory.mktemp("convert-base") / "out"
     convert_records(collect_records([str(data["few"])]), out, "wfdb", progress=False)
@@ -431,7 +431,7 @@ def _tree(root: Path) -> dict[str, bytes]:
                          ids=["SIGINT-early", "SIGKILL-mid", "SIGTERM-final"])
 def test_convert(zygote, data, convert_base, tmp_path, sig, point):
     from ecgrisk.convert import convert_records
-    from ecgrisk.scoring.inputs import collect_records
+    from ecgrisk.io.inputs import collect_records
 
     out = tmp_path / "out"
     marker = tmp_path / "paused"

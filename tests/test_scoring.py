@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from ecgrisk.bundle import Bundle
+from ecgrisk.input_spec import InputSpec
 from ecgrisk.io import read_ecg
+from ecgrisk.io.inputs import collect_records
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
 from ecgrisk.scoring.cli import main as cli_main
-from ecgrisk.scoring.input_spec import InputSpec
-from ecgrisk.scoring.inputs import collect_records
 from ecgrisk.scoring.job import score_files
 from ecgrisk.scoring.predict import Predictor, predict_proba
 from ecgrisk.scoring.quality import quality_flags
@@ -316,7 +316,7 @@ def test_windows_of_prepared_records_start_where_evaluation_windows_say():
 
 
 def test_reader_side_never_loads_torch():
-    code = ("import sys, ecgrisk.scoring.reading, ecgrisk.scoring.inputs; "
+    code = ("import sys, ecgrisk.scoring.reading, ecgrisk.io.inputs; "
             "assert 'torch' not in sys.modules, 'torch loaded'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

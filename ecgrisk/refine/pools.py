@@ -137,9 +137,9 @@ def _folder_pool(bundle: Any, root: str, embed: Embedder, num_classes: int) -> W
     scoring does; unreadable files are logged and left out."""
     from torch.utils.data import Dataset
 
+    from ecgrisk.input_spec import InputSpec
     from ecgrisk.io import read_ecg
-    from ecgrisk.scoring.input_spec import InputSpec
-    from ecgrisk.scoring.inputs import collect_records
+    from ecgrisk.io.inputs import collect_records
 
     spec = InputSpec.from_bundle(bundle)
     ids, prepared, failed = [], [], []

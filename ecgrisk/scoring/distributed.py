@@ -28,8 +28,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from ecgrisk.bundle import Bundle
-from ecgrisk.scoring.input_spec import InputSpec
-from ecgrisk.scoring.inputs import collect_records
+from ecgrisk.input_spec import InputSpec
+from ecgrisk.io.inputs import collect_records
 from ecgrisk.scoring.predict import aggregate_logits, calibrate
 from ecgrisk.scoring.reading import ReadRecord, read_chunk
 from ecgrisk.scoring.report import ScoreSummary

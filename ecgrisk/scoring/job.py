@@ -18,8 +18,8 @@ from contextlib import closing
 from pathlib import Path
 
 from ecgrisk.bundle import Bundle
+from ecgrisk.io.inputs import collect_records
 from ecgrisk.progress import progress_bar
-from ecgrisk.scoring.inputs import collect_records
 from ecgrisk.scoring.predict import Predictor
 from ecgrisk.scoring.reading import ReadRecord, read_records
 from ecgrisk.scoring.report import ScoreSummary

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ecgrisk.files import atomic_path, file_sha256
-from ecgrisk.scoring.input_spec import InputSpec
+from ecgrisk.input_spec import InputSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecgrisk.bundle import Bundle

@@ -11,7 +11,7 @@ A record is evaluated exactly as :mod:`ecgrisk.finetune` evaluates its test fold
    max by default);
 4. per-label temperature and bias on the aggregated logits, then a sigmoid (:func:`apply_temperature`).
 
-Steps 1-2 need only numpy/scipy (:class:`~ecgrisk.scoring.input_spec.InputSpec`, picklable, run
+Steps 1-2 need only numpy/scipy (:class:`~ecgrisk.input_spec.InputSpec`, picklable, run
 in reader processes, which never import this module); steps 3-4 need the model
 (:class:`Predictor`, main process).
 """
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ecgrisk.calibration import apply_temperature
-from ecgrisk.scoring.input_spec import InputSpec
+from ecgrisk.input_spec import InputSpec
 from ecgrisk.scoring.onnx_backend import OnnxLogits
 from ecgrisk.windowing import aggregate_windows
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ecgrisk.input_spec import InputSpec
 from ecgrisk.io import ECGReadError, read_ecg
-from ecgrisk.scoring.input_spec import InputSpec
 from ecgrisk.scoring.quality import quality_flags
 from ecgrisk.signals import worker_pool
 

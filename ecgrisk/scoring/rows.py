@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecgrisk.conformal import ConformalSets
-from ecgrisk.scoring.input_spec import InputSpec
+from ecgrisk.input_spec import InputSpec
 from ecgrisk.scoring.quality import QUALITY_COLUMNS
 from ecgrisk.scoring.reading import ReadRecord
 from ecgrisk.scoring.report import risk_band
