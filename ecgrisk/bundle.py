@@ -141,6 +141,17 @@ def encoder_meta(path: str | os.PathLike) -> dict:
     return _load(path, "encoder")["meta"]
 
 
+def _trained_precision(config: str) -> str:
+    """A bundle saved before ``precision`` was stored: the one its fine-tuning config names."""
+    import yaml
+
+    try:
+        trainer = (yaml.safe_load(config) or {}).get("trainer") or {}
+    except yaml.YAMLError:
+        return "32-true"
+    return str(trainer.get("precision", "32-true"))
+
+
 # -- model bundles (fine-tuning/refinement -> scoring) -----------------------------------------
 @dataclass
 class Bundle:
@@ -161,6 +172,9 @@ class Bundle:
     config: str = ""
     base: str = ""
     extra: dict = field(default_factory=dict)
+    # the autocast its validation and calibration ran under ("bf16-mixed" or "32-true"): scoring
+    # evaluates the same way, or its probabilities drift from the calibrated ones
+    precision: str = "32-true"
 
     def __post_init__(self) -> None:
         self.temperature = np.asarray(self.temperature, dtype=np.float64)
@@ -178,6 +192,7 @@ class Bundle:
             "window_s": self.window_s, "stride_s": self.stride_s, "aggregation": self.aggregation,
             "risk_bands": list(self.risk_bands), "name": self.name, "version": self.version,
             "config": self.config, "base": self.base, "extra": self.extra,
+            "precision": self.precision,
         }
 
     def _state(self) -> dict[str, torch.Tensor]:
@@ -211,4 +226,5 @@ class Bundle:
                    bias=np.asarray(m["bias"], np.float64),
                    window_s=m["window_s"], stride_s=m["stride_s"], aggregation=m["aggregation"],
                    risk_bands=tuple(m["risk_bands"]), name=m["name"], version=m["version"],
-                   config=m["config"], base=m["base"], extra=m.get("extra", {}))
+                   config=m["config"], base=m["base"], extra=m.get("extra", {}),
+                   precision=m.get("precision") or _trained_precision(m["config"]))

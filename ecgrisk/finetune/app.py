@@ -154,6 +154,7 @@ def train(cfg: DictConfig) -> dict:
                     stride_s=cfg.data.stride_s, aggregation=ft.aggregation,
                     risk_bands=tuple(cfg.risk_bands), name=f"{cfg.model.name}-{cfg.data.task}",
                     version=time.strftime("%Y%m%d-%H%M%S"), config=OmegaConf.to_yaml(cfg, resolve=True),
+                    precision=str(cfg.trainer.precision),
                     extra={"conformal": conformal.to_dict(), "reliability": curves,
                            # refinement asks only about ECGs the model never trained on
                            "train_records": dm.record_ids("train")})

@@ -7,7 +7,9 @@ A record is evaluated exactly as :mod:`ecgrisk.finetune` evaluates its test fold
 2. windows of ``round(window_s * fs)`` samples at ``round(stride_s * fs)`` stride
    (:func:`ecgrisk.windowing.evaluation_windows`), a record shorter than one window zero-padded
    at its end as ``ECGCache.window`` pads it; each window scaled with ``bundle.scaler``;
-3. the model's window logits aggregated per record (:func:`~ecgrisk.windowing.aggregate_windows`,
+3. the model's window logits, under the autocast the bundle was validated and calibrated with
+   (``bundle.precision``: bf16 for the shipped bundles, also 1.8x faster on this CPU),
+   aggregated per record (:func:`~ecgrisk.windowing.aggregate_windows`,
    max by default);
 4. per-label temperature and bias on the aggregated logits, then a sigmoid (:func:`apply_temperature`).
 
@@ -18,6 +20,7 @@ in reader processes, which never import this module); steps 3-4 need the model
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ecgrisk.bundle import Bundle
 
 __all__ = ["Predictor", "aggregate_logits", "calibrate", "predict_proba"]
+
+log = logging.getLogger(__name__)
 
 
 def aggregate_logits(logits: np.ndarray, positions: np.ndarray, n_records: int,
@@ -76,6 +81,10 @@ class Predictor:
         self._session = None
         if backend == "onnx":
             self._session = OnnxLogits(bundle, onnx_path, bundle_path=bundle_path)
+            if bundle.precision != "32-true":
+                log.warning("backend onnx runs the network in fp32, but %s was calibrated under "
+                            "%s autocast: its probabilities can differ from the torch backend's "
+                            "by about 0.01", bundle.name, bundle.precision)
         else:
             bundle.model.to(device).eval()
 
@@ -83,7 +92,9 @@ class Predictor:
         """``windows [B, leads, window]`` float32 -> logits ``[B, C]`` float32."""
         if self._session is not None:
             return self._session(windows)
-        with torch.inference_mode():
+        bf16 = self.bundle.precision.startswith("bf16")
+        device_type = torch.device(self.device).type
+        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=bf16):
             x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
             return self.bundle.model(x).float().cpu().numpy()
 
