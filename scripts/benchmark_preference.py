@@ -253,12 +253,34 @@ def write_markdown(path: Path, result: dict) -> None:
               "rounds the guard accepted (AUROC, Brier and ECE against the base on the guard "
               "half), summed over seeds. The reward model's held-out pair accuracy is on "
               "judged ECGs it never trained on.", ""]
+    lines += targets(rows)
     refusals = result.get("refusals", {})
     if refusals:
         lines += ["Guard refusals (first reason per arm):", ""]
         lines += [f"- {arm}: {why}" for arm, why in refusals.items()]
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+def targets(rows: list[dict], at: int = 200) -> list[str]:
+    """The issue's targets at ``at`` judgements: the best arm closes at least half the gap, and
+    asking by uncertainty beats asking at random for the same learner."""
+    means = {r["arm"]: r for r in rows if r["seed"] == "mean" and r["judgements"] == at}
+    if not means:
+        return [f"Targets at {at} judgements: not measured.", ""]
+    best = max(means.values(), key=lambda r: r["gap_closed"])
+    lines = [f"Targets at {at} judgements: best arm {best['arm']} closes "
+             f"{best['gap_closed']:.2f} [{best['gap_closed_lower']:.2f}, "
+             f"{best['gap_closed_upper']:.2f}] of the gap (target >= 0.5: "
+             f"{'PASS' if best['gap_closed'] >= 0.5 else 'FAIL'})."]
+    for arm, r in means.items():
+        other = means.get(arm.replace("/uncertainty", "/random"))
+        if arm.endswith("/uncertainty") and other is not None:
+            ahead = r["gap_closed"] > other["gap_closed"]
+            lines.append(f"{arm} vs {other['arm']}: gap closed {r['gap_closed']:.2f} vs "
+                         f"{other['gap_closed']:.2f}: uncertainty asking "
+                         f"{'ahead' if ahead else 'NOT ahead'} of random.")
+    return [" ".join(lines), ""]
 
 
 def plot(path: Path, result: dict) -> None:

@@ -143,7 +143,8 @@ def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_
                 "--base", str(tmp / "base" / "model.pt"), "--work", str(tmp_path / "work"),
                 "--out", str(tmp_path / "out"), f"data.cache_dir={tmp / 'cache'}"])
     res = json.loads((tmp_path / "out" / "preference_house.json").read_text())
-    assert (tmp_path / "out" / "preference_house.md").is_file()
+    md = (tmp_path / "out" / "preference_house.md").read_text()
+    assert "Targets at 200 judgements: not measured." in md  # only 10 and 20 were asked for
     assert (tmp_path / "out" / "preference_house.png").stat().st_size > 10_000
     means = [r for r in res["rows"] if r["seed"] == "mean"]
     assert [(r["arm"], r["judgements"]) for r in means] == [
