@@ -225,7 +225,8 @@ def stop_workers(executor: ProcessPoolExecutor, grace: float = 10.0) -> None:
         if p.is_alive():
             p.kill()
             p.join(5)
-    if manager is not None:
+    if manager is not None and manager.ident is not None:
+        # a signal can land while the pool is starting this thread, before it ever ran
         manager.join(5)
 
 

@@ -902,3 +902,17 @@ def test_store_writers(zygote, review_env, tmp_path, request, backend, victim, s
         assert importer.wait() == 0, importer.stderr
     who.client.close()
     _check_store(url, who, imported=N_IMPORT)
+
+
+def test_stopping_a_pool_whose_manager_thread_never_started():
+    """A signal can land while ProcessPoolExecutor is starting its manager thread (seen in CI:
+    SIGTERM inside ``submit``); stopping the pool then must not fail on the unstarted thread."""
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ecgrisk.signals import stop_workers
+
+    ex = ProcessPoolExecutor(max_workers=1)
+    ex._executor_manager_thread = threading.Thread(target=lambda: None)  # created, not started
+    stop_workers(ex, grace=1.0)  # before the fix: RuntimeError("cannot join thread before ...")
+    assert ex._shutdown_thread
