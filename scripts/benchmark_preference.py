@@ -256,7 +256,7 @@ def write_markdown(path: Path, result: dict) -> None:
     lines += targets(rows)
     refusals = result.get("refusals", {})
     if refusals:
-        lines += ["Guard refusals (first reason per arm):", ""]
+        lines += ["Guard refusals per arm (a round can fail on several counts):", ""]
         lines += [f"- {arm}: {why}" for arm, why in refusals.items()]
         lines.append("")
     path.write_text("\n".join(lines))
@@ -369,7 +369,10 @@ def main(argv: list[str] | None = None) -> None:
                 for s in range(args.seeds)]
         reasons = [r for run in runs for r in run["reasons"].values() if r]
         if reasons:
-            refusals[name] = f"{len(reasons)} refused rounds; e.g. {reasons[0]}"
+            kinds = {k: sum(k in r for r in reasons) for k in ("macro AUROC", "Brier", "ECE")}
+            refusals[name] = (f"{len(reasons)} of {rounds * len(runs)} rounds refused ("
+                              + ", ".join(f"{k} in {n}" for k, n in kinds.items() if n)
+                              + f"); e.g. {reasons[0]}")
         for n in sorted(args.judgements):
             k = n // queries
             got = [run["probs"].get(k) for run in runs]
