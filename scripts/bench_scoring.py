@@ -16,7 +16,9 @@ reports its own peak RSS and that of its reader processes.
 - ``naive``: for each file ``read_ecg`` + the bundle's preprocessing, scaler, windows, one model
   call per file, max aggregation and calibration; rows collected and written at the end with
   pandas (what a first script does; ``read_ecg`` because ``wfdb`` reads none of the clinical
-  formats).
+  formats). It calls the model in fp32, as such a script would; the pipeline and ``model`` run
+  under the bundle's own autocast (bf16 for the shipped bundles, the numerics it was calibrated
+  with), which is part of their lead.
 - ``model``: the same :class:`Predictor` on records already read and prepared in memory (the
   model's own forward pass, windows, aggregation and calibration): the ceiling the pipeline
   can reach on these cores.
@@ -305,7 +307,9 @@ def main() -> None:
         lines.append(f"| {r['mode']} | {r['n']} | {r['ecg_per_s']:.1f} | {r['wall_s']:.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['peak_rss_children_mb']:.0f} |")
     lines += ["", "`model` times only the prediction on records read and prepared beforehand; "
-              "its RSS includes those records in memory.", ""]
+              "its RSS includes those records in memory. `naive` calls the model in fp32, as a "
+              "first script would; `pipeline` and `model` use the bundle's own autocast "
+              "(its `precision`, bf16 for the shipped bundles), part of their lead.", ""]
     lines += [f"- **pipeline vs the naive loop at N={n}: {x:.1f}x** (target >= 5x)"
               for n, x in report["speedup_vs_naive"].items()]
     lines += [f"- **pipeline as a share of the model-only rate at N={n}: {x:.0%}** (target >= 70%)"
