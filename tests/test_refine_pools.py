@@ -148,9 +148,12 @@ def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_
     assert (tmp_path / "out" / "preference_house.png").stat().st_size > 10_000
     means = [r for r in res["rows"] if r["seed"] == "mean"]
     assert [(r["arm"], r["judgements"]) for r in means] == [
-        ("bce/uncertainty", 10), ("bce/uncertainty", 20), ("bce/random", 10), ("bce/random", 20)]
+        (bench.REFERENCE, 10), (bench.REFERENCE, 20), ("bce/uncertainty", 10),
+        ("bce/uncertainty", 20), ("bce/random", 10), ("bce/random", 20)]
     base, oracle = res["base"]["auroc"], res["oracle"]["auroc"]
-    for r in means:
+    for r in means[:2]:  # the yardstick: the oracle's head on n clean random labels
+        assert r["gap_closed"] == pytest.approx((r["auroc"] - base) / (oracle - base))
+    for r in means[2:]:
         seeds = [s for s in res["rows"] if s["arm"] == r["arm"] and s["judgements"] == r["judgements"]
                  and s["seed"] != "mean"]
         assert len(seeds) == 2
