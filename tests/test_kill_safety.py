@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,6 @@ FINETUNE = ["bootstrap=0", "early_stopping_patience=null"]
 REFINE = ["progress=false", "bootstrap=0", f"rounds={ROUNDS}", "queries_per_round=2",
           "reward.epochs=10", "refine.steps=5"]
 PASSWORD = "correct horse battery"
-_PG_URL = os.environ.get("ECGRISK_TEST_POSTGRES_URL")
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="walks /proc for the killed command's processes")
@@ -783,36 +782,22 @@ def test_review(zygote, review_env, tmp_path, sig, point):
     assert rows == dict(acknowledged)
 
 
-def _store_url(backend: str, tmp_path: Path, template: Path, request_cleanup: list) -> str:
+def _store_url(backend: str, tmp_path: Path, template: Path, stack: ExitStack) -> str:
     if backend == "sqlite":
         db = tmp_path / "feedback.db"
         shutil.copy(template, db)
         return str(db)
-    if not _PG_URL:
-        pytest.skip("ECGRISK_TEST_POSTGRES_URL is not set (source .ci/start-postgres)")
-    sqlalchemy = pytest.importorskip("sqlalchemy")
+    from review_support import fresh_store_url
+
     from ecgrisk.cli import main as cli_main
 
-    # a schema of its own (search_path), dropped afterwards: no other test's tables are touched
-    schema = f"kill_{uuid.uuid4().hex[:10]}"
-    engine = sqlalchemy.create_engine(_PG_URL)
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    request_cleanup.append(lambda: _drop_schema(engine, schema))
-    url = f"{_PG_URL}{'&' if '?' in _PG_URL else '?'}options=-csearch_path%3D{schema}"
+    # a schema of its own, dropped when the test ends: no other test's tables are touched
+    url = stack.enter_context(fresh_store_url("postgresql", tmp_path))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
         if cli_main(["review", "add-user", "dr-a", "--db", url, "--password-stdin"]) != 0:
             pytest.skip("this review app cannot keep its accounts in PostgreSQL")
     return url
-
-
-def _drop_schema(engine, schema: str) -> None:
-    import sqlalchemy
-
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
 
 
 def _importing(url: str) -> bool:
@@ -864,9 +849,9 @@ def _check_store(url: str, who: Reviewer, imported: int) -> None:
 def test_store_writers(zygote, review_env, tmp_path, request, backend, victim, sig):
     """The review app and ``ecgrisk feedback import`` write to one store; one is killed in
     the middle of its write transaction (the import) or while judgements arrive (the app)."""
-    cleanup: list = []
-    request.addfinalizer(lambda: [f() for f in cleanup])
-    url = _store_url(backend, tmp_path, review_env["template"], cleanup)
+    stack = ExitStack()
+    request.addfinalizer(stack.close)
+    url = _store_url(backend, tmp_path, review_env["template"], stack)
     server, port = _serve(zygote, review_env, url, tmp_path / "logs")
     server.until(lambda: _up(port), "the server", timeout=120)
     who = Reviewer(port)
