@@ -174,19 +174,19 @@ def run_arm(name: str, seed: int, args, bundle, sets, queries: int, rounds: int,
     folder = work / "arms" / name.replace("/", "_") / f"seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    t0 = time.perf_counter()
+    t0, elapsed = time.perf_counter(), {}
     with FeedbackStore(folder / "feedback.db") as store:
         feedback = make_feedback(cfg.feedback, sets.pool, store, bundle.classes)
         res = run_loop(cfg, bundle, sets, store, feedback, REFINERS[cfg.refine.method],
-                       out=folder)
+                       out=folder,
+                       on_round=lambda k, *_: elapsed.__setitem__(k, time.perf_counter() - t0))
     m = res.metrics
     guard, last = {}, m["base/val/macro_auroc"]
     for k in range(1, rounds + 1):  # the kept model's guard AUROC: what tuning may look at
         if m.get(f"round_{k}/accepted"):
             last = m[f"round_{k}/val/macro_auroc"]
         guard[k] = last
-    return {"probs": res.report_probs, "wall_s": time.perf_counter() - t0, "guard": guard,
-            "count": {k: m.get(f"round_{k}/feedback/count", 0) for k in range(1, rounds + 1)},
+    return {"probs": res.report_probs, "elapsed": elapsed, "guard": guard,
             "kept": {k: bool(m.get(f"round_{k}/accepted")) for k in range(1, rounds + 1)},
             "reasons": {k: m.get(f"round_{k}/guard_reason", "") for k in range(1, rounds + 1)},
             "pair_accuracy": {k: m.get(f"round_{k}/reward/pair_accuracy")
@@ -280,7 +280,8 @@ def write_markdown(path: Path, result: dict) -> None:
               "means the gap itself is small against the report half's noise. Rounds kept: "
               "rounds the guard accepted (AUROC, Brier and ECE against the base on the guard "
               "half), summed over seeds. The reward model's held-out pair accuracy is on "
-              "judged ECGs it never trained on.", ""]
+              "judged ECGs it never trained on. Wall s / seed: how long the loop took to reach "
+              "that many judgements (clocked at the end of that round), mean over seeds.", ""]
     lines += targets(rows)
     refusals = result.get("refusals", {})
     if refusals:
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
                       "guard_auroc": float(np.mean([run["guard"][k] for run in runs])),
                       "kept": sum(sum(v for j, v in run["kept"].items() if j <= k) for run in runs),
                       "reward_pair_accuracy": float(np.nanmean(accs)) if accs else None,
-                      "wall_s": float(np.mean([run["wall_s"] for run in runs])) * k / rounds}
+                      "wall_s": float(np.mean([run["elapsed"][k] for run in runs]))}
             rows.append({**common, "seed": "mean", **summarise(y, got, base_p, oracle_p, ids)})
             for s, g in enumerate(got):
                 rows.append({**common, "seed": s, **_metrics(y, g)})
