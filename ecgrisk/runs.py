@@ -7,6 +7,7 @@ import json
 import math
 import random
 import shlex
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,6 +101,12 @@ def make_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list | No
                      logger=loggers if loggers is not None else make_loggers(cfg, out), **kw)
 
 
+def resumed_wall_s(trainer: L.Trainer) -> float:
+    """Seconds the earlier parts of a resumed fit trained for (0 for a fresh run): add this
+    part's own to get the run's training time."""
+    return next((c.resumed_wall_s for c in trainer.callbacks if isinstance(c, ResumeState)), 0.0)
+
+
 def _rng_state() -> dict:
     # plain types and tensors: checkpoints stay loadable with torch.load(weights_only=True)
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -130,16 +137,33 @@ class ResumeState(Callback):
       interruption (by default Lightning writes it every 100 steps).
     - A SIGINT/SIGTERM whose exception was dropped on its way stops the run at the next batch
       (:func:`~ecgrisk.signals.raise_if_interrupted`).
+    - The seconds spent fitting travel too, so a run resumed (perhaps several times) reports
+      its whole training time (:attr:`wall_s`), not only its last part's; the part of a killed
+      epoch after its last checkpoint is lost with the epoch and not counted.
     """
 
     def __init__(self) -> None:
         self._restore: dict | None = None
+        self.resumed_wall_s = 0.0
+        """Fitting seconds of the earlier parts of a resumed run, up to its checkpoint."""
+        self._t0: float | None = None
+
+    @property
+    def wall_s(self) -> float:
+        """Fitting seconds so far, earlier parts of a resumed run included."""
+        here = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        return self.resumed_wall_s + here
 
     def state_dict(self) -> dict:
-        return {"rng": _rng_state()}
+        return {"rng": _rng_state(), "wall_s": self.wall_s}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restore = state_dict.get("rng")
+        # a checkpoint written before the clock travelled counts from this part on
+        self.resumed_wall_s = float(state_dict.get("wall_s", 0.0))
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
 
     @staticmethod
     def _flush_logs(trainer: L.Trainer) -> None:

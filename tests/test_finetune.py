@@ -135,6 +135,12 @@ def test_resume_continues_from_checkpoint(tmp_path, ptbxl_root, monkeypatch):
     trained = log.dropna(subset=["train/loss_epoch"])["epoch"].astype(int)
     assert sorted(trained.unique()) == [2]
     assert metrics["train/epochs"] == 3
+    # the training time counts the first run's two epochs too, as its checkpoint recorded them
+    ckpt_clock = torch.load(last, weights_only=True)["callbacks"]["ResumeState"]["wall_s"]
+    assert 0 < ckpt_clock <= first["train/wall_s"]
+    assert metrics["train/resumed_wall_s"] == pytest.approx(ckpt_clock)
+    assert metrics["train/wall_s"] > ckpt_clock
+    assert first["train/resumed_wall_s"] == 0.0
 
 
 def test_resume_into_the_same_run_directory_keeps_the_logged_history(tmp_path, ptbxl_root,

@@ -34,7 +34,8 @@ from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.plotting import plot_reliability
 from ecgrisk.preprocess import Scaler
-from ecgrisk.runs import make_trainer, plot_curves, resume_hint, run_dir, write_metrics
+from ecgrisk.runs import (make_trainer, plot_curves, resume_hint, resumed_wall_s, run_dir,
+                          write_metrics)
 from ecgrisk.signals import set_resume_hint, stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def train(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
     fit_s = time.perf_counter() - t0
+    resumed_s = resumed_wall_s(trainer)  # read now: validating from a checkpoint resets it
     samples = torch.tensor([float(module.train_samples)], device=module.device)
     per_rank = trainer.strategy.all_gather(samples).reshape(-1).tolist() if trainer.world_size > 1 else [samples.item()]
 
@@ -142,7 +144,8 @@ def train(cfg: DictConfig) -> dict:
                      title=f"{cfg.model.name} {cfg.data.task}: reliability, all statements pooled")
     metrics.update({
         "train/epochs": int(trainer.current_epoch), "train/best_checkpoint": str(best or ""),
-        "train/wall_s": fit_s, "train/samples_per_s": sum(per_rank) / max(fit_s, 1e-9),
+        "train/wall_s": resumed_s + fit_s, "train/resumed_wall_s": resumed_s,
+        "train/samples_per_s": sum(per_rank) / max(fit_s, 1e-9),
         "train/samples_per_rank": per_rank, "eval/wall_s": eval_s,
         "eval/windows_per_s": sum(module.eval_result[s]["windows"] for s in module.eval_result)
                               / max(eval_s, 1e-9),

@@ -31,7 +31,8 @@ from ecgrisk.models import create_encoder
 from ecgrisk.preprocess import Preprocessing
 from ecgrisk.pretrain.module import PretrainModule
 from ecgrisk.pretrain.objectives import build_objective
-from ecgrisk.runs import make_trainer, plot_curves, resume_hint, run_dir, write_metrics
+from ecgrisk.runs import (make_trainer, plot_curves, resume_hint, resumed_wall_s, run_dir,
+                          write_metrics)
 from ecgrisk.signals import set_resume_hint, stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def train(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
     fit_s = time.perf_counter() - t0
+    resumed_s = resumed_wall_s(trainer)  # read now: validating from a checkpoint resets it
     samples = torch.tensor([float(module.train_samples)], device=module.device)
     per_rank = (trainer.strategy.all_gather(samples).reshape(-1).tolist()
                 if trainer.world_size > 1 else [samples.item()])
@@ -167,7 +169,8 @@ def train(cfg: DictConfig) -> dict:
         "train/loss_start": losses[0] if losses else float("nan"),
         "train/loss_end": losses[-1] if losses else float("nan"),
         "train/loss_per_epoch": losses,
-        "train/epochs": len(losses), "train/wall_s": fit_s,
+        "train/epochs": len(losses), "train/wall_s": resumed_s + fit_s,
+        "train/resumed_wall_s": resumed_s,
         "train/samples_per_s": sum(per_rank) / max(fit_s, 1e-9),
         "train/samples_per_rank": per_rank,
         "train/records": int(sum(len(i) for i in dm.split["train"])), "val/records": int(n_val),
