@@ -34,8 +34,14 @@ from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.plotting import plot_reliability
 from ecgrisk.preprocess import Scaler
-from ecgrisk.runs import (make_trainer, plot_curves, resume_hint, resumed_wall_s, run_dir,
-                          write_metrics)
+from ecgrisk.runs import (
+    make_trainer,
+    plot_curves,
+    resume_hint,
+    resumed_wall_s,
+    run_dir,
+    write_metrics,
+)
 from ecgrisk.signals import set_resume_hint, stop_on_signals
 
 log = logging.getLogger(__name__)

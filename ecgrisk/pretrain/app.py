@@ -31,8 +31,14 @@ from ecgrisk.models import create_encoder
 from ecgrisk.preprocess import Preprocessing
 from ecgrisk.pretrain.module import PretrainModule
 from ecgrisk.pretrain.objectives import build_objective
-from ecgrisk.runs import (make_trainer, plot_curves, resume_hint, resumed_wall_s, run_dir,
-                          write_metrics)
+from ecgrisk.runs import (
+    make_trainer,
+    plot_curves,
+    resume_hint,
+    resumed_wall_s,
+    run_dir,
+    write_metrics,
+)
 from ecgrisk.signals import set_resume_hint, stop_on_signals
 
 log = logging.getLogger(__name__)
