@@ -1,15 +1,22 @@
-"""Ship a fine-tuning run's bundle under a name, with a model card written from the run's files.
+"""Ship a fine-tuning run's bundle, or a pretraining run's encoder, under a name, with a card
+written from the run's files.
 
     python scripts/ship_bundle.py runs/benchmark_ptbxl/xresnet1d101-superdiagnostic \\
         --name ptbxl-superdiagnostic
+    python scripts/ship_bundle.py runs/pretrain/cpc-xresnet1d101 --name ptbxl-cpc-xresnet1d101 \\
+        --label-efficiency results/label_efficiency_full.json
 
-Copies ``RUN/model.pt`` to ``ecgrisk/shipped/<name>.pt`` (refused above 25 MB; a bundle from a
-run older than the split-conformal review flags gets them, and its reliability curves, from the
-run's ``predictions/val.csv``) and writes
-``ecgrisk/shipped/<name>.md``: data and release, folds, fold-9 metrics with bootstrap CIs,
-calibration before and after, per-statement AUROC, the training command and budget, intended use
-and limits, PTB-XL's CC BY 4.0 attribution. Every figure on the card is read from the run
-(``metrics.json``, ``predictions/val.csv``, ``.hydra/config.yaml``), none is typed in.
+A fine-tuning run: copies ``RUN/model.pt`` to ``ecgrisk/shipped/<name>.pt`` (a bundle from a run
+older than the split-conformal review flags gets them, and its reliability curves, from the run's
+``predictions/val.csv``) and writes ``ecgrisk/shipped/<name>.md``: data and release, folds, fold-9
+metrics with bootstrap CIs, calibration before and after, per-statement AUROC, the training
+command and budget, intended use and limits, PTB-XL's CC BY 4.0 attribution.
+
+A pretraining run (``RUN/encoder.pt``): copies the encoder and writes its card: objective,
+sources and their records, epochs, loss, wall time, and, with ``--label-efficiency``, what it
+gave in that benchmark against random initialisation (the rows whose encoder digest is this
+file's). Either file is refused above 25 MB. Every figure on a card is read from the run
+(``metrics.json``, ``predictions/val.csv``, ``.hydra/``) or the benchmark's JSON, none is typed in.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
-from ecgrisk.bundle import Bundle
+from ecgrisk.bundle import Bundle, encoder_meta
 from ecgrisk.calibration import prob_to_logit
 from ecgrisk.conformal import fit_conformal, split_coverage
 from ecgrisk.files import atomic_path, atomic_write_text, file_sha256
@@ -38,6 +46,17 @@ ATTRIBUTION = (
     "7, 154 (2020); PhysioNet, Goldberger AL et al., Circulation 101(23):e215-e220 (2000)), "
     "released under the Creative Commons Attribution 4.0 International licence (CC BY 4.0). "
     "The weights are a derived work of PTB-XL and are shared under the same attribution.")
+
+SOURCE_ATTRIBUTION = {
+    "ptbxl": ATTRIBUTION.split(" The weights")[0],
+    "challenge": ("PhysioNet/Computing in Cardiology Challenge 2021 training data (Reyna MA et al., "
+                  "Will Two Do? Varying Dimensions in Electrocardiography: the PhysioNet/Computing in "
+                  "Cardiology Challenge 2021), CC BY 4.0."),
+    "folder": ("Whatever the run's `folder` sources held: name them and their licences here. In "
+               "this project's runs, the MIT-BIH Arrhythmia Database sample (Moody GB, Mark RG, The "
+               "impact of the MIT-BIH Arrhythmia Database, IEEE EMB Mag 20(3):45-50, 2001), Open "
+               "Data Commons Attribution License v1.0."),
+}
 
 
 def _val_predictions(run: Path, classes: list[str]):
@@ -56,6 +75,10 @@ def review_flags(run: Path, bundle: Bundle, alpha: float) -> dict:
     return {"conformal": fit_conformal(y, p_cal, alpha).to_dict(),
             "reliability": {"uncalibrated, validation": reliability(y, 1 / (1 + np.exp(-raw))),
                             "calibrated, validation (fitted here)": reliability(y, p_cal)}}
+
+
+def _device(name: str) -> str:
+    return {"cpu": "the CPU", "cuda": "a GPU"}.get(name, f"accelerator `{name}`")
 
 
 def _fmt_ci(m: dict, key: str) -> str:
@@ -105,7 +128,7 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
         f"random {data['crop_s']:g} s crops, {trainer['max_epochs']} epochs, precision `{trainer['precision']}`, "
         f"best of the validated epochs (every {trainer.get('check_val_every_n_epoch', 1)}) kept: "
         f"`{Path(m['train/best_checkpoint']).name}`. {m['train/wall_s'] / 60:.1f} min of training on "
-        f"{'the CPU' if trainer['accelerator'] == 'cpu' else trainer['accelerator']} "
+        f"{_device(trainer['accelerator'])} "
         f"({m['train/samples_per_s']:.0f} samples/s).",
         "",
         f"## Performance on {scored}",
@@ -170,27 +193,143 @@ def _review_lines(bundle: Bundle, y, p_cal) -> list[str]:
             f"of ECGs; {cov['review_rate']:.1%} of ECGs flagged for review by the sets alone."]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="a fine-tuning run directory")
-    p.add_argument("--name", required=True, help="the shipped name, e.g. ptbxl-superdiagnostic")
-    args = p.parse_args()
-    src = args.run / "model.pt"
-    size = src.stat().st_size / 2**20
-    if size > MAX_MB:
-        raise SystemExit(f"{src}: {size:.1f} MB is over the {MAX_MB:g} MB a shipped bundle may take")
+def _label_efficiency_lines(path: Path, sha: str) -> list[str]:
+    """The label-efficiency benchmark's rows for the encoder whose file digest is ``sha``, each
+    beside random initialisation at the same task, mode and fraction."""
+    le = json.loads(path.read_text())
+    inits = [e["init"] for e in le.get("encoders", []) if e.get("sha256") == sha]
+    if not inits:
+        raise SystemExit(f"{path}: no encoder in it has this file's digest {sha[:12]}...: pass the "
+                         f"benchmark run that used this encoder")
+    init, meta = inits[0], le["meta"]
+    lines = [f"From `{path}` (`{meta['command']}`; {meta['finetune_epochs']} fine-tuning epochs, "
+             f"seeds {meta['seeds']}, started {meta['started']}), where this encoder is `{init}`. "
+             "Macro AUROC means over seeds, with the mean of the seeds' 90% bootstrap bounds:", "",
+             "| task | mode | labels used | this encoder | random init | difference |",
+             "|---|---|---|---|---|---|"]
+    for task, t in le["tasks"].items():
+        rows = {(r["init"], r["mode"], r["fraction"]): r for r in t["summary"]}
+        for (i, mode, frac), r in rows.items():
+            ref = rows.get(("random", mode, frac))
+            if i != init or r["macro_auroc"] is None:
+                continue
+            def cell(x):
+                return f"{x['macro_auroc']:.3f} ({x['ci_lower']:.3f}-{x['ci_upper']:.3f}), {x['seeds']} seed(s)"
+            diff = f"{r['macro_auroc'] - ref['macro_auroc']:+.3f}" if ref and ref["macro_auroc"] is not None else "-"
+            lines.append(f"| {task} (fold {t.get('fold', 9)}) | {mode} | {frac:.0%} | {cell(r)} | "
+                         f"{cell(ref) if ref and ref['macro_auroc'] is not None else '-'} | {diff} |")
+    return lines
+
+
+def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | None) -> str:
+    m = json.loads((run / "metrics.json").read_text())
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    meta = encoder_meta(target)
+    spec, ssl, trainer = meta["spec"], cfg["ssl"], cfg["trainer"]
+    params = sum(v.numel() for v in torch.load(target, weights_only=True)["state_dict"].values())
+    sources = m["train/sources"]
+    counts = m.get("train/records_per_source") or [None] * len(sources)
+    weights = m.get("train/source_weights") or [1.0] * len(sources)
+    listed = "; ".join(f"{s} ({f'{n:,} records, ' if n is not None else ''}weight {w:g})"
+                       for s, n, w in zip(sources, counts, weights, strict=True))
+    overrides = run / ".hydra" / "overrides.yaml"
+    command = ("`ecgrisk-pretrain " + " ".join(yaml.safe_load(overrides.read_text())) + "`"
+               if overrides.is_file() else "the run's `.hydra/config.yaml`")
+    wall_min = m["train/wall_s"] / 60
+    resumed = m.get("train/resumed_wall_s")
+    lines = [
+        f"# Encoder card: `{name}`",
+        "",
+        f"`ecgrisk-finetune model={spec['name']} model.pretrained={name}`. File `ecgrisk/shipped/"
+        f"{name}.pt`, {target.stat().st_size / 2**20:.1f} MB, SHA-256 `{file_sha256(target)}`.",
+        "",
+        "## What it is",
+        f"A {spec['name']} encoder ({params:,} parameters; "
+        f"{', '.join(f'{k}={v}' for k, v in spec.items() if k != 'name')}) pretrained without labels "
+        f"by `{meta['objective']}` ({meta.get('objective_class', '')}: "
+        f"{', '.join(f'{k} {v}' for k, v in ssl.items() if k != 'name')}). No head: fine-tune it "
+        f"(`finetune.mode=full`) or probe it (`finetune.mode=linear`). Input: "
+        f"{meta['preprocessing'].get('fs', 100):g} Hz, 12 leads, standardised with the pretraining "
+        f"scaler (mean {meta['scaler']['mean']:.4f}, std {meta['scaler']['std']:.4f}).",
+        "",
+        "## Data",
+        f"{m['train/records']:,} unlabeled ECGs: {listed}. Labels were never read. PTB-XL records "
+        f"from strat_folds {meta['train_folds']}; fold 10, the benchmark's test fold, was withheld "
+        f"from this project. The validation fold 9 is among the pretraining records, so fine-tuning "
+        f"figures on fold 9 measure label efficiency, not generalisation to unseen signals.",
+        "",
+        "## Training",
+        f"{m['train/epochs']} epochs, AdamW one-cycle (lr {cfg['optim']['lr']:g}, weight decay "
+        f"{cfg['optim']['weight_decay']:g}), batch {cfg['data']['batch_size']}, precision "
+        f"`{trainer['precision']}`; loss {m['train/loss_start']:.3f} -> {m['train/loss_end']:.3f}. "
+        f"{wall_min:.1f} min of training on {_device(m.get('device') or trainer['accelerator'])}"
+        + (f" ({resumed / 60:.1f} min of it before the last resume)" if resumed else "")
+        + f", {m['train/samples_per_s']:.1f} samples/s in the last part. Command: {command}.",
+        "",
+        "## What it gives",
+        *(_label_efficiency_lines(label_efficiency, file_sha256(target)) if label_efficiency else
+          ["Not yet measured in the label-efficiency benchmark: ship again with `--label-efficiency`."]),
+        "",
+        "## Intended use and limits",
+        "- Research use: a starting point for fine-tuning ECG classifiers with few labels. Not a "
+        "medical device, and not a classifier on its own.",
+        "- Pretrained almost entirely on PTB-XL (one German centre, Schiller devices, 1989-1996, "
+        "10 s resting ECGs at 100 Hz): other devices, filters, lengths and populations are outside "
+        "what it has seen.",
+        "",
+        "## Licence and attribution",
+        *[f"- {SOURCE_ATTRIBUTION.get(s, s + ': see its own licence.')}" for s in dict.fromkeys(sources)],
+        "The weights are a derived work of these data and are shared under the same attributions.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def ship_encoder(run: Path, name: str, label_efficiency: Path | None) -> Path:
+    src = run / "encoder.pt"
+    encoder_meta(src)  # refuses a damaged file before it is shipped
+    target = SHIPPED_DIR / f"{name}.pt"
+    with atomic_path(target) as tmp:
+        shutil.copyfile(src, tmp)
+    atomic_write_text(SHIPPED_DIR / f"{name}.md", encoder_card(run, name, target, label_efficiency))
+    return target
+
+
+def ship_bundle(run: Path, name: str) -> Path:
+    src = run / "model.pt"
     bundle = Bundle.load(src)  # refuses a damaged file before it is shipped
-    target = SHIPPED_DIR / f"{args.name}.pt"
+    target = SHIPPED_DIR / f"{name}.pt"
     if "conformal" not in bundle.extra:
-        cfg = yaml.safe_load((args.run / ".hydra" / "config.yaml").read_text())
-        bundle.extra.update(review_flags(args.run, bundle, cfg.get("conformal_alpha", 0.1)))
+        cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        bundle.extra.update(review_flags(run, bundle, cfg.get("conformal_alpha", 0.1)))
         with atomic_path(target) as tmp:
             bundle.save(tmp)
     else:
         with atomic_path(target) as tmp:
             shutil.copyfile(src, tmp)
-    atomic_write_text(SHIPPED_DIR / f"{args.name}.md", card(args.run, args.name, bundle, target))
+    atomic_write_text(SHIPPED_DIR / f"{name}.md", card(run, name, bundle, target))
+    return target
+
+
+def main(argv=None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="a fine-tuning run (model.pt) or pretraining run (encoder.pt)")
+    p.add_argument("--name", required=True, help="the shipped name, e.g. ptbxl-superdiagnostic")
+    p.add_argument("--label-efficiency", type=Path, default=None,
+                   help="an encoder's card: the label-efficiency benchmark JSON that used it")
+    args = p.parse_args(argv)
+    is_encoder = (args.run / "encoder.pt").is_file()
+    src = args.run / ("encoder.pt" if is_encoder else "model.pt")
+    if not src.is_file():
+        raise SystemExit(f"{args.run}: neither model.pt nor encoder.pt: not a finished run")
+    size = src.stat().st_size / 2**20
+    if size > MAX_MB:
+        raise SystemExit(f"{src}: {size:.1f} MB is over the {MAX_MB:g} MB a shipped file may take")
+    if is_encoder:
+        target = ship_encoder(args.run, args.name, args.label_efficiency)
+    else:
+        target = ship_bundle(args.run, args.name)
     print(f"shipped {target} ({size:.1f} MB) and its card {target.with_suffix('.md')}")
+    return target
 
 
 if __name__ == "__main__":

@@ -118,6 +118,8 @@ def test_vit_mae_fast_dev_run_on_pooled_sources_with_probe(tmp_path, ptbxl_root,
     run = tmp_path / "vit"
     assert metrics["ssl/objective"] == "MaskedAutoencoder"
     assert metrics["train/sources"] == ["ptbxl", "folder"]
+    per_source = metrics["train/records_per_source"]
+    assert len(per_source) == 2 and min(per_source) > 0 and sum(per_source) == metrics["train/records"]
     assert metrics["train/epochs"] == 1 and np.isfinite(metrics["train/loss_end"])
     assert 0.0 <= metrics["probe/val_macro_auroc"] <= 1.0
     # the encoder hands off to fine-tuning: the same architecture loads its weights

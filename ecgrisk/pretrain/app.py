@@ -181,7 +181,8 @@ def train(cfg: DictConfig) -> dict:
         "train/samples_per_rank": per_rank,
         "train/records": int(sum(len(i) for i in dm.split["train"])), "val/records": int(n_val),
         "train/sources": [s.name for s in dm.sources], "train/source_weights": dm.source_weights,
-        "world_size": trainer.world_size,
+        "train/records_per_source": [len(i) for i in dm.split["train"]],
+        "world_size": trainer.world_size, "device": trainer.strategy.root_device.type,
         "ssl/objective": type(module.objective).__name__, "encoder": dict(module.encoder.spec),
     }
     if "val/loss" in trainer.callback_metrics:

@@ -1,0 +1,110 @@
+"""scripts/ship_bundle.py on a pretraining run: the encoder is copied byte for byte, loads by its
+shipped name, and its card's figures are the run's and the label-efficiency benchmark's own."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ecgrisk.bundle import resolve
+from ecgrisk.config import compose
+from ecgrisk.data.synthetic import make_synthetic_ptbxl
+from ecgrisk.files import file_sha256
+from ecgrisk.pretrain.app import train
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ship_bundle.py"
+
+
+@pytest.fixture(scope="module")
+def ship():
+    spec = importlib.util.spec_from_file_location("ship_bundle", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ship")
+    root = make_synthetic_ptbxl(tmp / "ptbxl", n_records=40, progress=False)
+    run = tmp / "run"
+    metrics = train(compose("pretrain", [
+        f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", f"output_dir={run}", "ssl=cpc",
+        "model=xresnet1d18", "model.kwargs.base_channels=8", "data.batch_size=16",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false"]))
+    return run, metrics
+
+
+def _label_efficiency(path: Path, sha: str) -> Path:
+    row = {"seeds": 3, "ci_lower": 0.70, "ci_upper": 0.80}
+    path.write_text(json.dumps({
+        "meta": {"command": "python scripts/benchmark_label_efficiency.py ...", "finetune_epochs": 30,
+                 "seeds": [0, 1, 2], "started": "2026-12-02 08:00:00"},
+        "encoders": [{"init": "cpc", "sha256": sha}],
+        "tasks": {"superdiagnostic": {"fold": 9, "summary": [
+            {**row, "init": "random", "mode": "linear", "fraction": 0.01, "macro_auroc": 0.712},
+            {**row, "init": "cpc", "mode": "linear", "fraction": 0.01, "macro_auroc": 0.775}]}}}))
+    return path
+
+
+def test_an_encoder_ships_with_a_card_read_from_its_run(ship, pretrain_run, tmp_path, monkeypatch):
+    import ecgrisk.shipped
+
+    run, metrics = pretrain_run
+    monkeypatch.setattr(ship, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(ecgrisk.shipped, "SHIPPED_DIR", tmp_path)
+    sha = file_sha256(run / "encoder.pt")
+    le = _label_efficiency(tmp_path / "le.json", sha)
+    target = ship.main([str(run), "--name", "tiny-cpc", "--label-efficiency", str(le)])
+    assert target == tmp_path / "tiny-cpc.pt" and file_sha256(target) == sha
+    assert resolve("tiny-cpc", "encoder") == target
+    assert torch.load(target, weights_only=True)["meta"]["objective"] == "cpc"
+    card = (tmp_path / "tiny-cpc.md").read_text()
+    assert sha in card and "model.pretrained=tiny-cpc" in card
+    assert f"{metrics['train/records']:,} unlabeled ECGs: ptbxl ({metrics['train/records']:,} records, weight 1)" in card
+    assert "training on the CPU" in card
+    assert f"loss {metrics['train/loss_start']:.3f} -> {metrics['train/loss_end']:.3f}" in card
+    # the benchmark's row for this encoder beside random init, difference computed
+    assert ("| superdiagnostic (fold 9) | linear | 1% | 0.775 (0.700-0.800), 3 seed(s) | "
+            "0.712 (0.700-0.800), 3 seed(s) | +0.063 |") in card
+    assert "CC BY 4.0" in card
+
+
+def test_an_encoder_card_refuses_a_benchmark_that_did_not_use_it(ship, pretrain_run, tmp_path,
+                                                                   monkeypatch):
+    run, _ = pretrain_run
+    monkeypatch.setattr(ship, "SHIPPED_DIR", tmp_path)
+    le = _label_efficiency(tmp_path / "le.json", "0" * 64)
+    with pytest.raises(SystemExit, match="no encoder in it has this file's digest"):
+        ship.main([str(run), "--name", "tiny-cpc", "--label-efficiency", str(le)])
+
+
+def test_a_directory_without_a_model_is_refused(ship, tmp_path):
+    with pytest.raises(SystemExit, match="neither model.pt nor encoder.pt"):
+        ship.main([str(tmp_path), "--name", "x"])
+
+
+def test_a_fine_tuning_run_ships_as_a_bundle_with_its_card(ship, tmp_path, monkeypatch):
+    from ecgrisk.bundle import Bundle
+    from ecgrisk.finetune.app import train as finetune
+
+    root = make_synthetic_ptbxl(tmp_path / "ptbxl", n_records=60, progress=False)
+    run = tmp_path / "ft"
+    metrics = finetune(compose("finetune", [
+        f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={run}",
+        "data.task=superdiagnostic", "model=xresnet1d18", "model.kwargs.base_channels=8",
+        "data.batch_size=16", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "bootstrap=10"]))
+    monkeypatch.setattr(ship, "SHIPPED_DIR", tmp_path)
+    target = ship.main([str(run), "--name", "tiny-superdiagnostic"])
+    bundle = Bundle.load(target)
+    assert bundle.classes == metrics["classes"]
+    card = (tmp_path / "tiny-superdiagnostic.md").read_text()
+    assert file_sha256(target) in card and "CC BY 4.0" in card
+    # scored on the test fold when the data has one (this synthetic copy does), else fold 9
+    split = "test" if metrics.get("test/records") else "val"
+    assert f"| macro AUROC | {metrics[f'{split}/macro_auroc']:.4f}" in card
