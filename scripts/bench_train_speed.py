@@ -13,7 +13,7 @@ like on a shared machine. ``torch.compile`` rows include neither compile time no
 and reports fold-9 macro AUROC with bootstrap CIs: the check that the faster setting keeps
 validation AUROC within noise.
 
-Writes results/train_speed.{json,md}.
+Writes results/train_speed.{json,md} (``--name`` for another stem).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def parity(root: str, model: str, task: str, epochs: int, out_root: Path) -> lis
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["xresnet1d50", "xresnet1d101", "inception1d", "vit1d"])
+    p.add_argument("--models", nargs="+", default=["xresnet1d50", "xresnet1d101", "inception1d", "vit1d", "s4"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--compile-models", nargs="*", default=["xresnet1d101", "vit1d"],
@@ -103,6 +103,7 @@ def main() -> None:
     p.add_argument("--parity-epochs", type=int, default=10)
     p.add_argument("--runs-dir", default="runs/train_speed")
     p.add_argument("--out", default="results")
+    p.add_argument("--name", default="train_speed", help="<out>/<name>.{json,md}")
     args = p.parse_args()
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -125,7 +126,7 @@ def main() -> None:
                     Path(args.runs_dir)) if args.parity_root else []
 
     command = "python scripts/bench_train_speed.py " + " ".join(sys.argv[1:])
-    atomic_write_text(Path(args.out) / "train_speed.json", json.dumps(
+    atomic_write_text(Path(args.out) / f"{args.name}.json", json.dumps(
         {"started": started, "machine": machine, "command": command, "speed": rows, "parity": checks}, indent=1))
     md = [f"# Training speed on CPU\n\n`{command}` on {machine}, started {started}. One training step = "
           f"forward + backward + AdamW on a batch of 128 crops [12 x 250] (benchmark head, 71 outputs); "
@@ -144,7 +145,7 @@ def main() -> None:
         for c in checks:
             md.append(f"| {c['precision']} | {c['val_macro_auroc']:.4f} ({c['lower']:.4f}-{c['upper']:.4f}) | "
                       f"{c['train_wall_s']:.0f} | {c['samples_per_s']:.0f} |")
-    atomic_write_text(Path(args.out) / "train_speed.md", "\n".join(md) + "\n")
+    atomic_write_text(Path(args.out) / f"{args.name}.md", "\n".join(md) + "\n")
     print("\n".join(md))
 
 

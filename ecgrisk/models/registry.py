@@ -21,6 +21,7 @@ from typing import Any
 from ecgrisk.models.hybrid import HybridEncoder
 from ecgrisk.models.inception1d import Inception1d
 from ecgrisk.models.layers import Encoder
+from ecgrisk.models.s4 import S4Encoder
 from ecgrisk.models.vit1d import ViT1d
 from ecgrisk.models.xresnet1d import XResNet1d
 
@@ -33,6 +34,7 @@ _REGISTRY: dict[str, tuple[type[Encoder], dict[str, Any]]] = {
     "inception1d": (Inception1d, {}),
     "vit1d": (ViT1d, {}),
     "hybrid": (HybridEncoder, {}),
+    "s4": (S4Encoder, {}),
 }
 
 
