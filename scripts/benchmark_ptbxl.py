@@ -11,6 +11,9 @@ lr 1e-2 (1e-3 for the transformers, whose training diverges at 1e-2), weight dec
 on validation macro AUROC; test macro AUROC with 100 bootstrap resamples (5-95%); F-max on the
 uncalibrated probabilities, as the benchmark computes it. Each run's directory keeps its config and metrics.
 
+With two or more ``--models``, each task also gets an ensemble row: the mean of the runs'
+calibrated probabilities on the scored fold.
+
 Writes results/benchmark_ptbxl.{json,md} (the runs) and results/encoder_throughput.{json,md};
 ``--models`` with no names measures throughput only.
 """
@@ -26,11 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from ecgrisk.config import compose
 from ecgrisk.files import atomic_write_text
 from ecgrisk.finetune.app import train
+from ecgrisk.metrics import evaluate
 from ecgrisk.models import create_encoder, list_encoders
 from ecgrisk.paths import shared_data
 
@@ -76,6 +82,9 @@ def published_val(model: str, task: str) -> float | None:
     return float(pd.read_csv(csv, index_col=0).loc["point", "macro_auc"])
 
 
+ENSEMBLE_NOTE = ("\nAn ensemble row averages its members' calibrated probabilities on the scored fold "
+                 "(each member's calibration was fitted on fold 9), so its F-max is on calibrated "
+                 "probabilities; its wall time is the members' sum.\n")
 KEEP = ("macro_auroc", "macro_auroc/lower", "macro_auroc/upper", "fmax", "macro_auprc", "brier", "ece",
         "auroc_skipped_classes", "n_classes")
 
@@ -118,6 +127,28 @@ def run(model: str, task: str, args, out_root: Path) -> dict:
     return row
 
 
+def ensemble(task: str, rows: list[dict], bootstrap: int, seed: int) -> dict | None:
+    """The mean of ``task``'s runs' calibrated probabilities on their scored fold, scored like a
+    run (same bootstrap draws as the members'), or None with fewer than two runs."""
+    members = [r for r in rows if r["task"] == task]
+    if len(members) < 2:
+        return None
+    split = members[0]["split"]
+    frames = [pd.read_csv(Path(r["run_dir"]) / "predictions" / f"{split}.csv").set_index("record")
+              for r in members]
+    if any(not f.index.equals(frames[0].index) for f in frames):
+        raise SystemExit(f"{task}: the runs scored different records; they cannot be averaged")
+    classes = [c.removeprefix("true/") for c in frames[0].columns if c.startswith("true/")]
+    y = frames[0][[f"true/{c}" for c in classes]].to_numpy()
+    prob = np.mean([f[[f"prob/{c}" for c in classes]].to_numpy() for f in frames], axis=0)
+    m = evaluate(y, prob, prefix="", classes=classes, bootstrap=bootstrap, seed=seed)
+    return {**{k: m.get(k) for k in KEEP}, "task": task, "split": split, "records": len(y),
+            "model": "ensemble: " + " + ".join(r["model"] for r in members),
+            "train_records": members[0]["train_records"], "epochs": "-",
+            "train_wall_s": sum(r["train_wall_s"] for r in members), "samples_per_s": None,
+            "published_val": None}
+
+
 def _table(rows: list[dict], header: str) -> str:
     md = [header, "",
           "| task | model | scored on | macro AUROC (90% CI) | published val | classes scored | F-max | "
@@ -130,7 +161,7 @@ def _table(rows: list[dict], header: str) -> str:
         scored = f"{r['n_classes'] - r['auroc_skipped_classes']}/{r['n_classes']}"
         md.append(f"| {r['task']} | {r['model']} | {fold} | {ci} | {pub} | {scored} | {r['fmax']:.3f} | "
                   f"{r['epochs']} | {r['train_records']}/{r['records']} | {r['train_wall_s'] / 60:.1f} | "
-                  f"{r['samples_per_s']:.0f} |")
+                  f"{'-' if r['samples_per_s'] is None else format(r['samples_per_s'], '.0f')} |")
     return "\n".join(md) + "\n"
 
 
@@ -182,12 +213,23 @@ def main() -> None:
     for t in args.tasks:
         for m in args.models:
             rows.append(run(m, t, args, Path(args.runs_dir)))
-            # written after every run, so a long sweep that is stopped keeps what finished
-            result = {"started": started, "root": str(args.root), "accelerator": args.accelerator,
-                      "machine": machine, "budget": budget, "command": sys.argv, "runs": rows}
-            atomic_write_text(out / f"{args.name}.json", json.dumps(result, indent=1))
-            atomic_write_text(out / f"{args.name}.md", _table(rows, header))
+            _write(out, args.name, rows, header, {
+                "started": started, "root": str(args.root), "accelerator": args.accelerator,
+                "machine": machine, "budget": budget, "command": sys.argv})
+        ens = ensemble(t, rows, bootstrap=100, seed=args.seed)
+        if ens is not None:
+            rows.append(ens)
+    _write(out, args.name, rows, header, {
+        "started": started, "root": str(args.root), "accelerator": args.accelerator,
+        "machine": machine, "budget": budget, "command": sys.argv})
     print(_table(rows, header))
+
+
+def _write(out: Path, name: str, rows: list[dict], header: str, meta: dict) -> None:
+    # written after every run, so a long sweep that is stopped keeps what finished
+    atomic_write_text(out / f"{name}.json", json.dumps({**meta, "runs": rows}, indent=1))
+    atomic_write_text(out / f"{name}.md", _table(rows, header) + ENSEMBLE_NOTE * any(
+        r["model"].startswith("ensemble") for r in rows))
 
 
 if __name__ == "__main__":
