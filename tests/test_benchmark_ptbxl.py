@@ -3,23 +3,18 @@ scored like a run."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from script_support import load_script
 from sklearn.metrics import roc_auc_score
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_ptbxl.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_ptbxl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_ptbxl")
 
 
 def _run(tmp_path: Path, name: str, y: np.ndarray, prob: np.ndarray, records) -> dict:

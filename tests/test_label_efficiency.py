@@ -4,27 +4,22 @@ trains, finished runs reused on a rerun, and the targets computed as documented.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from script_support import load_script
 
 from ecgrisk.bundle import save_encoder
 from ecgrisk.data.synthetic import make_synthetic_ptbxl
 from ecgrisk.models import create_encoder
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_label_efficiency.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_label_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_label_efficiency")
 
 
 @pytest.fixture(scope="module")

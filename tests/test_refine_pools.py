@@ -4,12 +4,14 @@ clinic's own folder of ECG files judged in the review app; the embedding cache."
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from script_support import load_script
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.config import compose
@@ -129,15 +131,9 @@ def test_folder_pool_uses_the_review_apps_ids_and_the_store_its_judgements(scarc
 
 
 def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_path):
-    import importlib.util
-    import json
-    from pathlib import Path
 
     tmp, root, _ = scarce
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_preference.py"
-    spec = importlib.util.spec_from_file_location("benchmark_preference", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark_preference")
     bench.main(["--root", str(root), "--scenario", "house", "--judgements", "10", "20",
                 "--seeds", "2", "--arms", "bce/uncertainty,bce/random", "--bootstrap", "20",
                 "--base", str(tmp / "base" / "model.pt"), "--work", str(tmp_path / "work"),

@@ -3,12 +3,12 @@ shipped name, and its card's figures are the run's and the label-efficiency benc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from script_support import load_script
 
 from ecgrisk.bundle import resolve
 from ecgrisk.config import compose
@@ -16,15 +16,10 @@ from ecgrisk.data.synthetic import make_synthetic_ptbxl
 from ecgrisk.files import file_sha256
 from ecgrisk.pretrain.app import train
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ship_bundle.py"
-
 
 @pytest.fixture(scope="module")
 def ship():
-    spec = importlib.util.spec_from_file_location("ship_bundle", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ship_bundle")
 
 
 @pytest.fixture(scope="module")
