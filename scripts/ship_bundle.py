@@ -3,8 +3,9 @@ written from the run's files.
 
     python scripts/ship_bundle.py runs/benchmark_ptbxl/xresnet1d101-superdiagnostic \\
         --name ptbxl-superdiagnostic
-    python scripts/ship_bundle.py runs/pretrain/cpc-xresnet1d101 --name ptbxl-cpc-xresnet1d101 \\
-        --label-efficiency results/label_efficiency_full.json
+    python scripts/ship_bundle.py runs/pretrain/cpc-xresnet1d101 --name cpc-xresnet1d101 \\
+        --label-efficiency results/label_efficiency_full.json \\
+        --source-attribution "folder=MIT-BIH Arrhythmia Database (Moody & Mark 2001), ODC-By 1.0"
 
 A fine-tuning run: copies ``RUN/model.pt`` to ``ecgrisk/shipped/<name>.pt`` (a bundle from a run
 older than the split-conformal review flags gets them, and its reliability curves, from the run's
@@ -52,10 +53,6 @@ SOURCE_ATTRIBUTION = {
     "challenge": ("PhysioNet/Computing in Cardiology Challenge 2021 training data (Reyna MA et al., "
                   "Will Two Do? Varying Dimensions in Electrocardiography: the PhysioNet/Computing in "
                   "Cardiology Challenge 2021), CC BY 4.0."),
-    "folder": ("Whatever the run's `folder` sources held: name them and their licences here. In "
-               "this project's runs, the MIT-BIH Arrhythmia Database sample (Moody GB, Mark RG, The "
-               "impact of the MIT-BIH Arrhythmia Database, IEEE EMB Mag 20(3):45-50, 2001), Open "
-               "Data Commons Attribution License v1.0."),
 }
 
 
@@ -221,7 +218,8 @@ def _label_efficiency_lines(path: Path, sha: str) -> list[str]:
     return lines
 
 
-def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | None) -> str:
+def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | None,
+                 attribution: dict[str, str]) -> str:
     m = json.loads((run / "metrics.json").read_text())
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     meta = encoder_meta(target)
@@ -230,8 +228,9 @@ def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | No
     sources = m["train/sources"]
     counts = m.get("train/records_per_source") or [None] * len(sources)
     weights = m.get("train/source_weights") or [1.0] * len(sources)
-    listed = "; ".join(f"{s} ({f'{n:,} records, ' if n is not None else ''}weight {w:g})"
-                       for s, n, w in zip(sources, counts, weights, strict=True))
+    roots = [node.get("root") for node in (cfg["data"].get("sources") or [cfg["data"]])]
+    listed = "; ".join(f"{s} (`{r}`, {f'{n:,} records, ' if n is not None else ''}weight {w:g})"
+                       for s, r, n, w in zip(sources, roots, counts, weights, strict=True))
     overrides = run / ".hydra" / "overrides.yaml"
     command = ("`ecgrisk-pretrain " + " ".join(yaml.safe_load(overrides.read_text())) + "`"
                if overrides.is_file() else "the run's `.hydra/config.yaml`")
@@ -263,7 +262,9 @@ def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | No
         f"{cfg['optim']['weight_decay']:g}), batch {cfg['data']['batch_size']}, precision "
         f"`{trainer['precision']}`; loss {m['train/loss_start']:.3f} -> {m['train/loss_end']:.3f}. "
         f"{wall_min:.1f} min of training on {_device(m.get('device') or trainer['accelerator'])}"
-        + (f" ({resumed / 60:.1f} min of it before the last resume)" if resumed else "")
+        + (f" ({resumed / 60:.1f} min of it before the last resume)" if resumed
+           else " in the run's last part (its metrics predate counting the parts before a resume)"
+           if resumed is None else "")
         + f", {m['train/samples_per_s']:.1f} samples/s in the last part. Command: {command}.",
         "",
         "## What it gives",
@@ -278,19 +279,27 @@ def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | No
         "what it has seen.",
         "",
         "## Licence and attribution",
-        *[f"- {SOURCE_ATTRIBUTION.get(s, s + ': see its own licence.')}" for s in dict.fromkeys(sources)],
+        *[f"- {attribution[s]}" for s in dict.fromkeys(sources)],
         "The weights are a derived work of these data and are shared under the same attributions.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def ship_encoder(run: Path, name: str, label_efficiency: Path | None) -> Path:
+def ship_encoder(run: Path, name: str, label_efficiency: Path | None,
+                 attribution: dict[str, str]) -> Path:
     src = run / "encoder.pt"
     encoder_meta(src)  # refuses a damaged file before it is shipped
+    sources = json.loads((run / "metrics.json").read_text())["train/sources"]
+    attribution = {**SOURCE_ATTRIBUTION, **attribution}
+    missing = sorted({s for s in sources if s not in attribution})
+    if missing:
+        raise SystemExit(f"{run}: say whose data the source(s) {missing} held and under which licence: "
+                         + " ".join(f"--source-attribution '{s}=...'" for s in missing))
     target = SHIPPED_DIR / f"{name}.pt"
     with atomic_path(target) as tmp:
         shutil.copyfile(src, tmp)
-    atomic_write_text(SHIPPED_DIR / f"{name}.md", encoder_card(run, name, target, label_efficiency))
+    atomic_write_text(SHIPPED_DIR / f"{name}.md", encoder_card(run, name, target, label_efficiency,
+                                                                       attribution))
     return target
 
 
@@ -316,7 +325,13 @@ def main(argv=None) -> Path:
     p.add_argument("--name", required=True, help="the shipped name, e.g. ptbxl-superdiagnostic")
     p.add_argument("--label-efficiency", type=Path, default=None,
                    help="an encoder's card: the label-efficiency benchmark JSON that used it")
+    p.add_argument("--source-attribution", action="append", default=[], metavar="SOURCE=TEXT",
+                   help="an encoder's card: the citation and licence of a pretraining source "
+                        f"(needed for sources other than {', '.join(SOURCE_ATTRIBUTION)}); repeatable")
     args = p.parse_args(argv)
+    attribution = dict(a.split("=", 1) for a in args.source_attribution if "=" in a)
+    if len(attribution) != len(args.source_attribution):
+        raise SystemExit("--source-attribution wants SOURCE=TEXT")
     is_encoder = (args.run / "encoder.pt").is_file()
     src = args.run / ("encoder.pt" if is_encoder else "model.pt")
     if not src.is_file():
@@ -325,7 +340,7 @@ def main(argv=None) -> Path:
     if size > MAX_MB:
         raise SystemExit(f"{src}: {size:.1f} MB is over the {MAX_MB:g} MB a shipped file may take")
     if is_encoder:
-        target = ship_encoder(args.run, args.name, args.label_efficiency)
+        target = ship_encoder(args.run, args.name, args.label_efficiency, attribution)
     else:
         target = ship_bundle(args.run, args.name)
     print(f"shipped {target} ({size:.1f} MB) and its card {target.with_suffix('.md')}")

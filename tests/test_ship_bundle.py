@@ -60,7 +60,8 @@ def test_an_encoder_ships_with_a_card_read_from_its_run(ship, pretrain_run, tmp_
     assert torch.load(target, weights_only=True)["meta"]["objective"] == "cpc"
     card = (tmp_path / "tiny-cpc.md").read_text()
     assert sha in card and "model.pretrained=tiny-cpc" in card
-    assert f"{metrics['train/records']:,} unlabeled ECGs: ptbxl ({metrics['train/records']:,} records, weight 1)" in card
+    n = metrics["train/records"]
+    assert f"{n:,} unlabeled ECGs: ptbxl (`{pretrain_run[0].parent / 'ptbxl'}`, {n:,} records, weight 1)" in card
     assert "training on the CPU" in card
     assert f"loss {metrics['train/loss_start']:.3f} -> {metrics['train/loss_end']:.3f}" in card
     # the benchmark's row for this encoder beside random init, difference computed
@@ -103,3 +104,26 @@ def test_a_fine_tuning_run_ships_as_a_bundle_with_its_card(ship, tmp_path, monke
     # scored on the test fold when the data has one (this synthetic copy does), else fold 9
     split = "test" if metrics.get("test/records") else "val"
     assert f"| macro AUROC | {metrics[f'{split}/macro_auroc']:.4f}" in card
+
+
+def test_a_folder_source_needs_its_attribution_before_the_encoder_ships(ship, pretrain_run, tmp_path,
+                                                                        monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(pretrain_run[0], run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    # as if pooled with a folder of the user's files
+    metrics.update({"train/sources": ["ptbxl", "folder"], "train/source_weights": [1.0, 2.0],
+                    "train/records_per_source": [metrics["train/records"] - 3, 3]})
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    cfg = (run / ".hydra" / "config.yaml").read_text()
+    (run / ".hydra" / "config.yaml").write_text(cfg.replace(
+        "  sources: null", "  sources:\n  - {source: ptbxl, root: a}\n  - {source: folder, root: b}"))
+    monkeypatch.setattr(ship, "SHIPPED_DIR", tmp_path)
+    with pytest.raises(SystemExit, match=r"source\(s\) \['folder'\].*--source-attribution 'folder=...'"):
+        ship.main([str(run), "--name", "pooled"])
+    assert not (tmp_path / "pooled.pt").exists()
+    ship.main([str(run), "--name", "pooled", "--source-attribution", "folder=Clinic X, CC BY 4.0"])
+    card = (tmp_path / "pooled.md").read_text()
+    assert "- Clinic X, CC BY 4.0" in card and "folder (`b`, 3 records, weight 2)" in card
