@@ -1,4 +1,5 @@
-"""What every stage's run directory gets: resolved config, loggers, metrics.json, curves PNG;
+"""What every stage's run directory gets: resolved config (and the command-line overrides), loggers,
+metrics.json, curves PNG;
 and what makes a killed run resumable exactly (:class:`ResumeState`, :func:`resume_hint`)."""
 
 from __future__ import annotations
@@ -31,11 +32,22 @@ def run_dir(cfg: DictConfig) -> Path:
         d = Path(HydraConfig.get().runtime.output_dir)
     d.mkdir(parents=True, exist_ok=True)
     hydra_dir = d / ".hydra"
+    hydra_dir.mkdir(exist_ok=True)
     if not (hydra_dir / "config.yaml").is_file():
         # runs started without Hydra's launcher still keep their resolved config
-        hydra_dir.mkdir(exist_ok=True)
         atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    overrides = _command_line_overrides()
+    if overrides is not None and not (hydra_dir / "overrides.yaml").is_file():
+        # an output_dir run keeps the command that started it (a resume does not replace it)
+        atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
     return d
+
+
+def _command_line_overrides() -> list[str] | None:
+    """The overrides of the running Hydra app's command line; None outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
 def write_metrics(path: Path, metrics: dict) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -232,7 +233,7 @@ def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | No
     listed = "; ".join(f"{s} (`{r}`, {f'{n:,} records, ' if n is not None else ''}weight {w:g})"
                        for s, r, n, w in zip(sources, roots, counts, weights, strict=True))
     overrides = run / ".hydra" / "overrides.yaml"
-    command = ("`ecgrisk-pretrain " + " ".join(yaml.safe_load(overrides.read_text())) + "`"
+    command = ("`" + shlex.join(["ecgrisk-pretrain", *yaml.safe_load(overrides.read_text())]) + "`"
                if overrides.is_file() else "the run's `.hydra/config.yaml`")
     wall_min = m["train/wall_s"] / 60
     resumed = m.get("train/resumed_wall_s")

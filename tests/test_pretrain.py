@@ -225,3 +225,18 @@ def test_resumed_pretraining_keeps_its_history(tmp_path, ptbxl_root, cache, monk
     with pytest.raises(ValueError, match="one-cycle schedule"):
         train(_cfg(tmp_path, ptbxl_root, cache, "ssl=masked", "trainer.max_epochs=5",
                    "trainer.limit_train_batches=2", f"resume={last}", out="longer"))
+
+
+def test_a_command_line_run_into_output_dir_keeps_its_overrides(tmp_path, ptbxl_root, cache):
+    import subprocess
+
+    import yaml
+
+    out = tmp_path / "run"
+    args = [f"data.root={ptbxl_root}", f"data.cache_dir={cache}", f"output_dir={out}", *TINY,
+            "ssl=masked", "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = subprocess.run([sys.executable, "-m", "ecgrisk.pretrain", *args], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Hydra's own settings (hydra.run.dir) are not part of the task's overrides
+    assert yaml.safe_load((out / ".hydra" / "overrides.yaml").read_text()) == args[:-1]
