@@ -1,6 +1,6 @@
-"""What every stage's run directory gets: resolved config (and the command-line overrides), loggers,
-metrics.json, curves PNG;
-and what makes a killed run resumable exactly (:class:`ResumeState`, :func:`resume_hint`)."""
+"""What every stage's run directory gets: resolved config (and the command-line overrides),
+loggers, metrics.json, curves PNG; and what makes a killed run resumable exactly
+(:class:`ResumeState`, :func:`resume_hint`)."""
 
 from __future__ import annotations
 
