@@ -67,9 +67,10 @@ class S4D(nn.Module):
             length = u.shape[-1]
             k = self.kernel(length)
             if self.bidirectional:
-                forward, backward = k.chunk(2, dim=0)
+                causal, anticausal = k.chunk(2, dim=0)
                 # causal part at lags 0..L-1, anti-causal part (time-reversed) at lags -L..-1
-                k = nn.functional.pad(forward, (0, length)) + nn.functional.pad(backward.flip(-1), (length, 0))
+                k = (nn.functional.pad(causal, (0, length))
+                     + nn.functional.pad(anticausal.flip(-1), (length, 0)))
             n = 2 * length
             y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :length]
             return y + u * self.d[:, None]
