@@ -191,6 +191,11 @@ def _review_lines(bundle: Bundle, y, p_cal) -> list[str]:
             f"of ECGs; {cov['review_rate']:.1%} of ECGs flagged for review by the sets alone."]
 
 
+def _cell(row: dict) -> str:
+    return (f"{row['macro_auroc']:.3f} ({row['ci_lower']:.3f}-{row['ci_upper']:.3f}), "
+            f"{row['seeds']} seed(s)")
+
+
 def _label_efficiency_lines(path: Path, sha: str) -> list[str]:
     """The label-efficiency benchmark's rows for the encoder whose file digest is ``sha``, each
     beside random initialisation at the same task, mode and fraction."""
@@ -211,11 +216,9 @@ def _label_efficiency_lines(path: Path, sha: str) -> list[str]:
             ref = rows.get(("random", mode, frac))
             if i != init or r["macro_auroc"] is None:
                 continue
-            def cell(x):
-                return f"{x['macro_auroc']:.3f} ({x['ci_lower']:.3f}-{x['ci_upper']:.3f}), {x['seeds']} seed(s)"
             diff = f"{r['macro_auroc'] - ref['macro_auroc']:+.3f}" if ref and ref["macro_auroc"] is not None else "-"
-            lines.append(f"| {task} (fold {t.get('fold', 9)}) | {mode} | {frac:.0%} | {cell(r)} | "
-                         f"{cell(ref) if ref and ref['macro_auroc'] is not None else '-'} | {diff} |")
+            lines.append(f"| {task} (fold {t.get('fold', 9)}) | {mode} | {frac:.0%} | {_cell(r)} | "
+                         f"{_cell(ref) if ref and ref['macro_auroc'] is not None else '-'} | {diff} |")
     return lines
 
 
