@@ -21,7 +21,7 @@ from ecgrisk.data.splits import (
     TRAIN_FOLDS,
     VAL_FOLDS,
     fold_indices,
-    stable_folds,
+    record_folds,
     train_fraction_subset,
 )
 from ecgrisk.data.windows import CropDataset, WindowDataset
@@ -107,8 +107,7 @@ class ECGDataModule(L.LightningDataModule):
                  n["train"], n["val"], n["test"], self.scaler.mean, self.scaler.std)
 
     def _indices(self, cache: ECGCache, split: str) -> np.ndarray:
-        folds = cache.folds if cache.folds is not None else stable_folds(cache.record_ids)
-        return fold_indices(folds, self.folds[split])
+        return fold_indices(record_folds(cache.folds, cache.record_ids), self.folds[split])
 
     def _groups(self, indices: np.ndarray) -> np.ndarray | None:
         """Group ids of the first cache's records at ``indices``, or None when the source has none.

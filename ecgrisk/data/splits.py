@@ -18,6 +18,11 @@ def stable_folds(record_ids: list[str]) -> np.ndarray:
     )
 
 
+def record_folds(folds: np.ndarray | None, record_ids: list[str]) -> np.ndarray:
+    """Each record's fold: the source's own (``folds``), else :func:`stable_folds`."""
+    return np.asarray(folds) if folds is not None else stable_folds(record_ids)
+
+
 def fold_indices(folds: np.ndarray, which) -> np.ndarray:
     return np.flatnonzero(np.isin(folds, np.asarray(which)))
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgrisk.data.splits import TRAIN_FOLDS, stable_folds
+from ecgrisk.data.splits import TRAIN_FOLDS, record_folds
 from ecgrisk.files import atomic_path
 from ecgrisk.refine.windows import WindowSet, embed_windows
 
@@ -109,15 +109,14 @@ def _fold_pool(bundle: Any, dm: Any, folds: list[int], embed: Embedder) -> Windo
     from ecgrisk.data.windows import WindowDataset
 
     cache = dm.caches[0]
-    # fold-less sources get the stable hash folds the DataModule gives them
-    record_folds = cache.folds if cache.folds is not None else stable_folds(cache.record_ids)
-    in_folds = np.flatnonzero(np.isin(record_folds, folds))
+    folds_of = record_folds(cache.folds, cache.record_ids)  # as the DataModule splits them
+    in_folds = np.flatnonzero(np.isin(folds_of, folds))
     trained = bundle.extra.get("train_records")
     if trained is None:
         trained_folds = set(TRAIN_FOLDS) & set(folds)
         log.warning("the base bundle does not list its training records: every record of "
                     "folds %s is taken as seen in training", sorted(trained_folds))
-        keep = in_folds[~np.isin(record_folds[in_folds], list(trained_folds))]
+        keep = in_folds[~np.isin(folds_of[in_folds], list(trained_folds))]
     else:
         seen = set(map(str, trained))
         keep = np.asarray([i for i in in_folds if cache.record_ids[i] not in seen], dtype=np.int64)
