@@ -222,13 +222,14 @@ def _label_efficiency_lines(path: Path, sha: str) -> list[str]:
     return lines
 
 
-def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | None,
-                 attribution: dict[str, str]) -> str:
-    m = json.loads((run / "metrics.json").read_text())
+def encoder_card(run: Path, name: str, target: Path, m: dict, meta: dict,
+                 label_efficiency: Path | None, attribution: dict[str, str]) -> str:
+    """The card of the encoder shipped at ``target`` from pretraining run ``run`` (its
+    ``metrics.json`` ``m``, the file's verified ``meta``)."""
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-    meta = encoder_meta(target)
     spec, ssl, trainer = meta["spec"], cfg["ssl"], cfg["trainer"]
     params = sum(v.numel() for v in torch.load(target, weights_only=True)["state_dict"].values())
+    sha = file_sha256(target)
     sources = m["train/sources"]
     counts = m.get("train/records_per_source") or [None] * len(sources)
     weights = m.get("train/source_weights") or [1.0] * len(sources)
@@ -244,7 +245,7 @@ def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | No
         f"# Encoder card: `{name}`",
         "",
         f"`ecgrisk-finetune model={spec['name']} model.pretrained={name}`. File `ecgrisk/shipped/"
-        f"{name}.pt`, {target.stat().st_size / 2**20:.1f} MB, SHA-256 `{file_sha256(target)}`.",
+        f"{name}.pt`, {target.stat().st_size / 2**20:.1f} MB, SHA-256 `{sha}`.",
         "",
         "## What it is",
         f"A {spec['name']} encoder ({params:,} parameters; "
@@ -272,7 +273,7 @@ def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | No
         + f", {m['train/samples_per_s']:.1f} samples/s in the last part. Command: {command}.",
         "",
         "## What it gives",
-        *(_label_efficiency_lines(label_efficiency, file_sha256(target)) if label_efficiency else
+        *(_label_efficiency_lines(label_efficiency, sha) if label_efficiency else
           ["Not yet measured in the label-efficiency benchmark: ship again with `--label-efficiency`."]),
         "",
         "## Intended use and limits",
@@ -292,8 +293,9 @@ def encoder_card(run: Path, name: str, target: Path, label_efficiency: Path | No
 def ship_encoder(run: Path, name: str, label_efficiency: Path | None,
                  attribution: dict[str, str]) -> Path:
     src = run / "encoder.pt"
-    encoder_meta(src)  # refuses a damaged file before it is shipped
-    sources = json.loads((run / "metrics.json").read_text())["train/sources"]
+    meta = encoder_meta(src)  # refuses a damaged file before it is shipped
+    m = json.loads((run / "metrics.json").read_text())
+    sources = m["train/sources"]
     attribution = {**SOURCE_ATTRIBUTION, **attribution}
     missing = sorted({s for s in sources if s not in attribution})
     if missing:
@@ -302,8 +304,8 @@ def ship_encoder(run: Path, name: str, label_efficiency: Path | None,
     target = SHIPPED_DIR / f"{name}.pt"
     with atomic_path(target) as tmp:
         shutil.copyfile(src, tmp)
-    atomic_write_text(SHIPPED_DIR / f"{name}.md", encoder_card(run, name, target, label_efficiency,
-                                                                       attribution))
+    atomic_write_text(SHIPPED_DIR / f"{name}.md", encoder_card(run, name, target, m, meta,
+                                                                       label_efficiency, attribution))
     return target
 
 
