@@ -209,19 +209,17 @@ def main() -> None:
               f"Started {started}. Command: `python scripts/benchmark_ptbxl.py {' '.join(sys.argv[1:])}`. "
               f"Where the test fold is absent the row is scored on fold 9, the fold the best epoch and the "
               f"calibration were chosen on.")
+    meta = {"started": started, "root": str(args.root), "accelerator": args.accelerator,
+            "machine": machine, "budget": budget, "command": sys.argv}
     rows = []
     for t in args.tasks:
         for m in args.models:
             rows.append(run(m, t, args, Path(args.runs_dir)))
-            _write(out, args.name, rows, header, {
-                "started": started, "root": str(args.root), "accelerator": args.accelerator,
-                "machine": machine, "budget": budget, "command": sys.argv})
+            _write(out, args.name, rows, header, meta)
         ens = ensemble(t, rows, bootstrap=100, seed=args.seed)
         if ens is not None:
             rows.append(ens)
-    _write(out, args.name, rows, header, {
-        "started": started, "root": str(args.root), "accelerator": args.accelerator,
-        "machine": machine, "budget": budget, "command": sys.argv})
+            _write(out, args.name, rows, header, meta)
     print(_table(rows, header))
 
 
