@@ -6,6 +6,8 @@ written from the run's files.
     python scripts/ship_bundle.py runs/pretrain/cpc-xresnet1d101 --name cpc-xresnet1d101 \\
         --label-efficiency results/label_efficiency_full.json \\
         --source-attribution "folder=MIT-BIH Arrhythmia Database (Moody & Mark 2001), ODC-By 1.0"
+    python scripts/ship_bundle.py --refresh-card cpc-xresnet1d101 \
+        --label-efficiency results/label_efficiency_superdiagnostic.json results/label_efficiency_all.json
 
 A fine-tuning run: copies ``RUN/model.pt`` to ``ecgrisk/shipped/<name>.pt`` (a bundle from a run
 older than the split-conformal review flags gets them, and its reliability curves, from the run's
@@ -16,7 +18,8 @@ command and budget, intended use and limits, PTB-XL's CC BY 4.0 attribution.
 A pretraining run (``RUN/encoder.pt``): copies the encoder and writes its card: objective,
 sources and their records, epochs, loss, wall time, and, with ``--label-efficiency``, what it
 gave in that benchmark against random initialisation (the rows whose encoder digest is this
-file's). Either file is refused above 25 MB. Every figure on a card is read from the run
+file's). ``--refresh-card`` rewrites only that section of a shipped encoder's card, for benchmarks
+run after it shipped. Either file is refused above 25 MB. Every figure on a card is read from the run
 (``metrics.json``, ``predictions/val.csv``, ``.hydra/``) or the benchmark's JSON, none is typed in.
 """
 
@@ -196,9 +199,17 @@ def _cell(row: dict) -> str:
             f"{row['seeds']} seed(s)")
 
 
-def _label_efficiency_lines(path: Path, sha: str) -> list[str]:
-    """The label-efficiency benchmark's rows for the encoder whose file digest is ``sha``, each
-    beside random initialisation at the same task, mode and fraction."""
+def _label_efficiency_lines(paths: list[Path], sha: str) -> list[str]:
+    """What each label-efficiency benchmark in ``paths`` measured for the encoder whose file
+    digest is ``sha``, or the line saying it was not measured yet."""
+    if not paths:
+        return ["Not yet measured in the label-efficiency benchmark: ship again with `--label-efficiency`."]
+    return [line for i, path in enumerate(paths) for line in ([""] if i else []) + _benchmark_lines(path, sha)]
+
+
+def _benchmark_lines(path: Path, sha: str) -> list[str]:
+    """One benchmark's rows for the encoder ``sha``, each beside random initialisation at the
+    same task, mode and fraction."""
     le = json.loads(path.read_text())
     inits = [e["init"] for e in le.get("encoders", []) if e.get("sha256") == sha]
     if not inits:
@@ -223,7 +234,7 @@ def _label_efficiency_lines(path: Path, sha: str) -> list[str]:
 
 
 def encoder_card(run: Path, name: str, target: Path, m: dict, meta: dict,
-                 label_efficiency: Path | None, attribution: dict[str, str]) -> str:
+                 label_efficiency: list[Path], attribution: dict[str, str]) -> str:
     """The card of the encoder shipped at ``target`` from pretraining run ``run`` (its
     ``metrics.json`` ``m``, the file's verified ``meta``)."""
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
@@ -273,8 +284,7 @@ def encoder_card(run: Path, name: str, target: Path, m: dict, meta: dict,
         + f", {m['train/samples_per_s']:.1f} samples/s in the last part. Command: {command}.",
         "",
         "## What it gives",
-        *(_label_efficiency_lines(label_efficiency, sha) if label_efficiency else
-          ["Not yet measured in the label-efficiency benchmark: ship again with `--label-efficiency`."]),
+        *_label_efficiency_lines(label_efficiency, sha),
         "",
         "## Intended use and limits",
         "- Research use: a starting point for fine-tuning ECG classifiers with few labels. Not a "
@@ -290,7 +300,7 @@ def encoder_card(run: Path, name: str, target: Path, m: dict, meta: dict,
     return "\n".join(lines) + "\n"
 
 
-def ship_encoder(run: Path, name: str, label_efficiency: Path | None,
+def ship_encoder(run: Path, name: str, label_efficiency: list[Path],
                  attribution: dict[str, str]) -> Path:
     src = run / "encoder.pt"
     meta = encoder_meta(src)  # refuses a damaged file before it is shipped
@@ -306,6 +316,23 @@ def ship_encoder(run: Path, name: str, label_efficiency: Path | None,
         shutil.copyfile(src, tmp)
     atomic_write_text(SHIPPED_DIR / f"{name}.md", encoder_card(run, name, target, m, meta,
                                                                        label_efficiency, attribution))
+    return target
+
+
+def refresh_card(name: str, label_efficiency: list[Path]) -> Path:
+    """Rewrite the "What it gives" section of a shipped encoder's card from benchmarks run after
+    it shipped; the rest of the card (read from a run that may be gone) stays as written."""
+    target, card_path = SHIPPED_DIR / f"{name}.pt", SHIPPED_DIR / f"{name}.md"
+    if not (target.is_file() and card_path.is_file()):
+        raise SystemExit(f"no shipped encoder {name!r} with a card in {SHIPPED_DIR}")
+    if not label_efficiency:
+        raise SystemExit("--refresh-card wants the benchmark(s) to read: --label-efficiency JSON ...")
+    head, sep, rest = card_path.read_text().partition("\n## What it gives\n")
+    if not sep:
+        raise SystemExit(f"{card_path}: no '## What it gives' section (not an encoder card?)")
+    _, nxt, tail = rest.partition("\n## ")
+    body = "\n".join(_label_efficiency_lines(label_efficiency, file_sha256(target)))
+    atomic_write_text(card_path, f"{head}{sep}{body}\n{nxt}{tail}")
     return target
 
 
@@ -327,14 +354,24 @@ def ship_bundle(run: Path, name: str) -> Path:
 
 def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="a fine-tuning run (model.pt) or pretraining run (encoder.pt)")
-    p.add_argument("--name", required=True, help="the shipped name, e.g. ptbxl-superdiagnostic")
-    p.add_argument("--label-efficiency", type=Path, default=None,
-                   help="an encoder's card: the label-efficiency benchmark JSON that used it")
+    p.add_argument("run", type=Path, nargs="?",
+                   help="a fine-tuning run (model.pt) or pretraining run (encoder.pt)")
+    p.add_argument("--name", help="the shipped name, e.g. ptbxl-superdiagnostic")
+    p.add_argument("--label-efficiency", type=Path, nargs="+", default=[],
+                   help="an encoder's card: the label-efficiency benchmark JSON(s) that used it")
+    p.add_argument("--refresh-card", metavar="NAME",
+                   help="only rewrite the 'What it gives' section of shipped encoder NAME's card "
+                        "from --label-efficiency (no run needed)")
     p.add_argument("--source-attribution", action="append", default=[], metavar="SOURCE=TEXT",
                    help="an encoder's card: the citation and licence of a pretraining source "
                         f"(needed for sources other than {', '.join(SOURCE_ATTRIBUTION)}); repeatable")
     args = p.parse_args(argv)
+    if args.refresh_card:
+        target = refresh_card(args.refresh_card, args.label_efficiency)
+        print(f"rewrote what {target.with_suffix('.md')} says the encoder gives")
+        return target
+    if args.run is None or args.name is None:
+        p.error("RUN and --name are needed to ship (or --refresh-card NAME)")
     attribution = dict(a.split("=", 1) for a in args.source_attribution if "=" in a)
     if len(attribution) != len(args.source_attribution):
         raise SystemExit("--source-attribution wants SOURCE=TEXT")

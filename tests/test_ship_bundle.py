@@ -127,3 +127,30 @@ def test_a_folder_source_needs_its_attribution_before_the_encoder_ships(ship, pr
     ship.main([str(run), "--name", "pooled", "--source-attribution", "folder=Clinic X, CC BY 4.0"])
     card = (tmp_path / "pooled.md").read_text()
     assert "- Clinic X, CC BY 4.0" in card and "folder (`b`, 3 records, weight 2)" in card
+
+
+def test_a_shipped_encoders_card_takes_later_benchmarks_without_its_run(ship, pretrain_run, tmp_path,
+                                                                          monkeypatch):
+    run, _ = pretrain_run
+    monkeypatch.setattr(ship, "SHIPPED_DIR", tmp_path)
+    ship.main([str(run), "--name", "tiny-cpc"])
+    before = (tmp_path / "tiny-cpc.md").read_text()
+    assert "Not yet measured" in before
+    sha = file_sha256(tmp_path / "tiny-cpc.pt")
+    first = _label_efficiency(tmp_path / "a.json", sha)
+    second = json.loads(first.read_text())
+    second["tasks"] = {"all": second["tasks"]["superdiagnostic"]}
+    (tmp_path / "b.json").write_text(json.dumps(second))
+    ship.main(["--refresh-card", "tiny-cpc", "--label-efficiency", str(first), str(tmp_path / "b.json")])
+    after = (tmp_path / "tiny-cpc.md").read_text()
+    assert "Not yet measured" not in after
+    assert "| superdiagnostic (fold 9) | linear | 1% | 0.775" in after and "| all (fold 9) | linear | 1% | 0.775" in after
+    # everything outside the section is the card as shipped
+    section = "\n## What it gives\n"
+    assert after.split(section)[0] == before.split(section)[0]
+    assert after.split("\n## Intended use")[1] == before.split("\n## Intended use")[1]
+    assert "+0.063 |\n\n## Intended use" in after
+    with pytest.raises(SystemExit, match="no shipped encoder 'nope'"):
+        ship.main(["--refresh-card", "nope", "--label-efficiency", str(first)])
+    with pytest.raises(SystemExit, match="no encoder in it has this file's digest"):
+        ship.main(["--refresh-card", "tiny-cpc", "--label-efficiency", str(_label_efficiency(tmp_path / "c.json", "0" * 64))])
