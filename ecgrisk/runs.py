@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ecgrisk.files import atomic_write_text
+from ecgrisk.hardware import resolve_precision
 from ecgrisk.signals import raise_if_interrupted
 
 
@@ -109,6 +110,7 @@ def logged_metrics(logs: Path):
 
 def make_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list | None = None) -> L.Trainer:
     kw = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    kw["precision"] = resolve_precision(kw.get("precision", "32-true"), kw.get("accelerator", "auto"))
     return L.Trainer(default_root_dir=str(out), callbacks=[*callbacks, ResumeState()],
                      logger=loggers if loggers is not None else make_loggers(cfg, out), **kw)
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ecgrisk.files import atomic_write_text
+from ecgrisk.hardware import describe
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 
@@ -107,7 +106,7 @@ def main() -> None:
     args = p.parse_args()
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = describe()
     rows = []
     for model in args.models:
         for threads in args.threads:

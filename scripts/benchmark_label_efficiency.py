@@ -44,15 +44,12 @@ import inspect
 import json
 import logging
 import math
-import os
-import platform
 import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from ecgrisk.bundle import BundleError, encoder_meta, resolve
@@ -60,6 +57,7 @@ from ecgrisk.config import compose
 from ecgrisk.data.splits import TEST_FOLDS, VAL_FOLDS
 from ecgrisk.files import atomic_path, atomic_write_text, file_sha256
 from ecgrisk.finetune.app import train as finetune_train
+from ecgrisk.hardware import describe
 from ecgrisk.models import create_encoder
 from ecgrisk.pretrain.app import train as pretrain_train
 
@@ -98,6 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH",
                    help="a pretrained encoder to use as init NAME instead of pretraining it here "
                         "(encoder.pt or a shipped encoder's name); repeatable")
+    p.add_argument("--inits", nargs="+", default=None,
+                   help="fine-tune only these inits ('random' and/or encoder names; default all), "
+                        "e.g. the random-init baseline at 100%% on its own")
     p.add_argument("--modes", nargs="+", default=["linear", "full"], choices=["linear", "full"])
     p.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -110,6 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the CIs")
     p.add_argument("--extra-pretrain", nargs="*", default=[], help="more pretrain overrides")
     p.add_argument("--extra-finetune", nargs="*", default=[], help="more finetune overrides")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: summarise the finished runs under --runs-dir (e.g. of sweeps "
+                        "split over cores), listing the unfinished ones")
     p.add_argument("--quick", action="store_true",
                    help="smoke run defaults: width 8, 1 epoch each, fractions 0.1 and 1.0, one seed, "
                         "one task, a few batches (explicit options still win)")
@@ -420,6 +424,10 @@ def write_markdown(path: Path, result: dict) -> None:
               f"Wall time: {meta['wall_s']:.0f} s this invocation ({meta['reused']} of {meta['runs']} "
               f"fine-tuning runs reused from earlier ones); fine-tuning fit + evaluation summed over "
               f"all runs {meta['finetune_s']:.0f} s, inline pretraining {meta['pretrain_s']:.0f} s.", ""]
+    if meta.get("missing"):
+        lines += [f"Not finished, left out ({len(meta['missing'])} of {meta['runs'] + len(meta['missing'])} "
+                  f"runs; `--no-train`): " + ", ".join(f"`{Path(m).parent.name}/{Path(m).name}`"
+                                                        for m in meta["missing"]), ""]
     atomic_write_text(path, "\n".join(lines))
 
 
@@ -493,6 +501,8 @@ def main(argv=None) -> dict:
     for obj in args.objectives:
         if obj in encoders:
             continue
+        if args.no_train and not (runs_dir / f"pretrain-{obj}" / "metrics.json").is_file():
+            raise SystemExit(f"--no-train: no finished {obj} pretraining under {runs_dir}; pass --encoder {obj}=...")
         print(f"[pretrain] {obj} ...", flush=True)
         info = pretrain(args, root, runs_dir, obj)
         enc = check_encoder(obj, str(runs_dir / f"pretrain-{obj}" / "encoder.pt"), model_spec)
@@ -501,9 +511,13 @@ def main(argv=None) -> dict:
               f"{_fmt(info['train/loss_end'], 4)} in {_fmt(info['train/wall_s'], 0)} s", flush=True)
     inits = ["random", *[o for o in args.objectives if o in encoders],
              *[n for n in encoders if n not in args.objectives]]
+    if args.inits:
+        unknown = sorted(set(args.inits) - set(inits))
+        if unknown:
+            raise SystemExit(f"--inits {unknown}: not among {inits}")
+        inits = [i for i in inits if i in args.inits]
 
-    device = (f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'} "
-              f"({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads, {platform.machine()})")
+    device = describe()
     meta = {"root": str(root), "model": args.model, "width": args.width, "model_spec": model_spec,
             "tasks": args.tasks, "objectives": args.objectives, "inits": inits, "modes": args.modes,
             "fractions": args.fractions, "seeds": args.seeds, "pretrain_epochs": args.pretrain_epochs,
@@ -517,26 +531,33 @@ def main(argv=None) -> dict:
     pretrain_s = sum(e.get("train/wall_s") or 0.0 for e in encoders.values())
     result: dict = {}
     runs: list[dict] = []
-    n_runs = len(args.tasks) * len(args.fractions) * len(args.seeds) * len(args.modes) * len(inits)
+    missing: list[str] = []  # --no-train: runs not finished, left out
     for task in args.tasks:
         for frac in args.fractions:
             for seed in args.seeds:
                 for mode in args.modes:
                     for init in inits:
                         out = runs_dir / task / f"ft-{init}-{mode}-f{frac:g}-s{seed}"
+                        if args.no_train and not (out / "metrics.json").is_file():
+                            missing.append(str(out))
+                            continue
                         r = finetune(args, root, out, task, init, encoders.get(init), mode, frac, seed)
                         runs.append(r)
                         print(f"[finetune] {task} {init:11s} {mode:6s} fraction {frac:<5g} seed {seed}: "
                               f"fold {r['fold']} macro AUROC {_fmt(r['macro_auroc'])} "
                               f"({_fmt(r['lower'])}-{_fmt(r['upper'])}), {r['train_records']} train "
                               f"records ({r['status']})", flush=True)
-                        meta.update(wall_s=time.perf_counter() - t0, runs=len(runs),
+                        meta.update(wall_s=time.perf_counter() - t0, runs=len(runs), missing=missing,
                                     reused=sum(x["status"] == "reused" for x in runs), pretrain_s=pretrain_s,
                                     finetune_s=sum((x["train_wall_s"] or 0) + (x["eval_wall_s"] or 0) for x in runs))
                         result = {"meta": meta, "encoders": list(encoders.values()), "runs": runs,
                                   "tasks": by_task(runs, args.tasks, inits, args.modes)}
-                        if r["status"] != "reused" or len(runs) == n_runs:
+                        if r["status"] != "reused":
                             write_outputs(args, result, stem)  # after every run: a stopped sweep keeps it
+    if not runs:
+        raise SystemExit(f"no finished fine-tuning run under {runs_dir} for these settings")
+    meta["missing"] = missing
+    write_outputs(args, result, stem)
     print((args.out / f"{stem}.md").read_text())
     print(f"wrote {args.out / stem}.json/.md/.png; runs under {runs_dir}")
     return result

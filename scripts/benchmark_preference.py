@@ -350,16 +350,14 @@ def plot(path: Path, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
-    import platform
     import sys
 
-    import torch
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ecgrisk.bundle import Bundle
     from ecgrisk.data.datamodule import build_datamodule
+    from ecgrisk.hardware import describe
     from ecgrisk.refine.app import data_for_bundle
     from ecgrisk.refine.pools import prepare_sets
 
@@ -431,8 +429,7 @@ def main(argv: list[str] | None = None) -> None:
             "rounds": rounds, "noise": args.noise, "seeds": args.seeds,
             "bootstrap": args.bootstrap, "overrides": args.overrides, "embed_s": embed_s,
             "oracle_s": oracle_s, "wall_s": time.perf_counter() - t0,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                       f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+            "machine": describe(),
             "command": "python scripts/benchmark_preference.py " + " ".join(sys.argv[1:])}
     result = {"meta": meta, "base": base_row, "oracle": oracle_row, "rows": rows,
               "refusals": refusals}

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ import torch
 from ecgrisk.config import compose
 from ecgrisk.files import atomic_write_text
 from ecgrisk.finetune.app import train
+from ecgrisk.hardware import describe, resolve_precision
 from ecgrisk.metrics import evaluate
 from ecgrisk.models import create_encoder, list_encoders
 from ecgrisk.paths import shared_data
@@ -122,7 +121,7 @@ def run(model: str, task: str, args, out_root: Path) -> dict:
                train_records=m["train/records"], val_macro_auroc=m["val/macro_auroc"],
                epochs=m["train/epochs"], train_wall_s=m["train/wall_s"],
                samples_per_s=m["train/samples_per_s"], total_wall_s=wall,
-               precision=args.precision, run_dir=str(run_path),
+               precision=m.get("train/precision", args.precision), run_dir=str(run_path),
                published_val=published_val(model, task))
     return row
 
@@ -172,7 +171,8 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=["xresnet1d50", "vit1d"])
     p.add_argument("--tasks", nargs="+", default=["superdiagnostic", "all"])
     p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--precision", default="bf16-mixed", help="Lightning precision (results/train_speed.md)")
+    p.add_argument("--precision", default="auto",
+                   help="Lightning precision; auto: bf16-mixed where bf16 is native (ecgrisk/hardware.py)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (the best of those is kept)")
     p.add_argument("--max-minutes", type=int, default=0, help="per-run wall-clock cap (0: none)")
     p.add_argument("--accelerator", default="cpu")
@@ -186,8 +186,7 @@ def main() -> None:
     args = p.parse_args()
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} threads")
+    machine = describe()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_throughput:
@@ -203,7 +202,7 @@ def main() -> None:
         print("\n".join(md))
     if not args.models:
         return
-    budget = (f"{args.epochs} epochs per run, {args.precision}, validation every {args.val_every} epoch(s), "
+    budget = (f"{args.epochs} epochs per run, {resolve_precision(args.precision, args.accelerator)}, validation every {args.val_every} epoch(s), "
               f"best validated epoch kept") + (f", {args.max_minutes} min cap" if args.max_minutes else "")
     header = (f"PTB-XL benchmark protocol on `{args.root}` ({machine}; {budget}; {args.accelerator}). "
               f"Started {started}. Command: `python scripts/benchmark_ptbxl.py {' '.join(sys.argv[1:])}`. "

@@ -12,6 +12,7 @@ import torch
 from ecgrisk.bundle import Bundle, BundleError
 from ecgrisk.config import compose
 from ecgrisk.finetune.app import train
+from ecgrisk.hardware import resolve_precision
 
 SMALL_MODEL = ["model=xresnet1d18", "model.kwargs.base_channels=8"]
 TINY = ["data.batch_size=32",
@@ -241,9 +242,10 @@ def test_scoring_reproduces_the_runs_own_calibrated_predictions(finished_run, pt
     from ecgrisk.io import read_ecg
     from ecgrisk.scoring.predict import predict_proba
 
-    tmp, _ = finished_run
+    tmp, bundle_metrics = finished_run
     bundle = Bundle.load(tmp / "run" / "model.pt")
-    assert bundle.precision == "bf16-mixed"  # the default trainer's, stored in the bundle
+    # the default trainer's (precision auto: bf16-mixed where bf16 is native), stored in the bundle
+    assert bundle.precision == resolve_precision("auto") == bundle_metrics["train/precision"]
     preds = pd.read_csv(tmp / "run" / "predictions" / "test.csv", dtype={"record": str}).head(16)
     path = dict(zip(PTBXL(ptbxl_root).record_ids, PTBXL(ptbxl_root).paths, strict=True))
     for _, row in preds.iterrows():

@@ -156,3 +156,34 @@ def test_an_encoder_of_another_architecture_fails_before_anything_trains(bench, 
         bench.main(_argv(tmp, root, path, tmp_path / "runs"))
     assert all(n in str(e.value) for n in names), str(e.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_inits_runs_only_the_named_ones_reusing_the_sweeps_runs(bench, first, work, monkeypatch):
+    tmp, root = work
+    result, _ = first
+    monkeypatch.setattr(bench, "finetune_train", lambda cfg: pytest.fail("trained again"))
+    monkeypatch.setattr(bench, "pretrain_train", lambda cfg: pytest.fail("trained again"))
+    only = bench.main(_argv(tmp, root, tmp / "contrastive.pt", tmp / "runs", "--inits", "random",
+                            "--name", "le-random"))
+    assert {r["init"] for r in only["runs"]} == {"random"} and only["meta"]["inits"] == ["random"]
+    want = {(r["mode"], r["fraction"]): r["macro_auroc"] for r in result["runs"] if r["init"] == "random"}
+    assert {(r["mode"], r["fraction"]): r["macro_auroc"] for r in only["runs"]} == want
+    with pytest.raises(SystemExit, match=r"--inits \['cpc'\]: not among"):
+        bench.main(_argv(tmp, root, tmp / "contrastive.pt", tmp / "runs", "--inits", "cpc"))
+
+
+def test_no_train_summarises_the_finished_runs_and_names_the_rest(bench, first, work, monkeypatch):
+    tmp, root = work
+    result, _ = first
+    monkeypatch.setattr(bench, "finetune_train", lambda cfg: pytest.fail("--no-train trained"))
+    monkeypatch.setattr(bench, "pretrain_train", lambda cfg: pytest.fail("--no-train trained"))
+    argv = _argv(tmp, root, tmp / "contrastive.pt", tmp / "runs", "--seeds", "0", "1", "--no-train",
+                 "--name", "le-so-far")
+    so_far = bench.main(argv)
+    assert [r["macro_auroc"] for r in so_far["runs"]] == [r["macro_auroc"] for r in result["runs"]]
+    assert len(so_far["meta"]["missing"]) == len(result["runs"]) and all(
+        m.endswith("-s1") for m in so_far["meta"]["missing"])
+    md = (tmp / "out" / "le-so-far.md").read_text()
+    assert f"Not finished, left out ({len(result['runs'])} of {2 * len(result['runs'])} runs" in md
+    with pytest.raises(SystemExit, match="no finished fine-tuning run"):
+        bench.main([*argv[:-2], "--name", "none", "--fractions", "0.5"])

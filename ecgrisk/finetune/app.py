@@ -151,6 +151,7 @@ def train(cfg: DictConfig) -> dict:
     metrics.update({
         "train/epochs": int(trainer.current_epoch), "train/best_checkpoint": str(best or ""),
         "train/wall_s": resumed_s + fit_s, "train/resumed_wall_s": resumed_s,
+        "train/precision": str(trainer.precision),
         "train/samples_per_s": sum(per_rank) / max(fit_s, 1e-9),
         "train/samples_per_rank": per_rank, "eval/wall_s": eval_s,
         "eval/windows_per_s": sum(module.eval_result[s]["windows"] for s in module.eval_result)
@@ -163,7 +164,7 @@ def train(cfg: DictConfig) -> dict:
                     stride_s=cfg.data.stride_s, aggregation=ft.aggregation,
                     risk_bands=tuple(cfg.risk_bands), name=f"{cfg.model.name}-{cfg.data.task}",
                     version=time.strftime("%Y%m%d-%H%M%S"), config=OmegaConf.to_yaml(cfg, resolve=True),
-                    precision=str(cfg.trainer.precision),
+                    precision=str(trainer.precision),
                     extra={"conformal": conformal.to_dict(), "reliability": curves,
                            # refinement asks only about ECGs the model never trained on
                            "train_records": dm.record_ids("train")})

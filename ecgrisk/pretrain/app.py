@@ -183,6 +183,7 @@ def train(cfg: DictConfig) -> dict:
         "train/sources": [s.name for s in dm.sources], "train/source_weights": dm.source_weights,
         "train/records_per_source": [len(i) for i in dm.split["train"]],
         "world_size": trainer.world_size, "device": trainer.strategy.root_device.type,
+        "train/precision": str(trainer.precision),
         "ssl/objective": type(module.objective).__name__, "encoder": dict(module.encoder.spec),
     }
     if "val/loss" in trainer.callback_metrics:

@@ -8,7 +8,8 @@ A record is evaluated exactly as :mod:`ecgrisk.finetune` evaluates its test fold
    (:func:`ecgrisk.windowing.evaluation_windows`), a record shorter than one window zero-padded
    at its end as ``ECGCache.window`` pads it; each window scaled with ``bundle.scaler``;
 3. the model's window logits, under the autocast the bundle was validated and calibrated with
-   (``bundle.precision``: bf16 for the shipped bundles, also 1.8x faster on this CPU),
+   (``bundle.precision``: bf16 for the shipped bundles; faster than fp32 where the hardware runs
+   bf16, several times slower where it is emulated, see :mod:`ecgrisk.hardware`),
    aggregated per record (:func:`~ecgrisk.windowing.aggregate_windows`,
    max by default);
 4. per-label temperature and bias on the aggregated logits, then a sigmoid (:func:`apply_temperature`).
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from ecgrisk.calibration import apply_temperature
+from ecgrisk.hardware import bf16_is_native
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.scoring.onnx_backend import OnnxLogits
 from ecgrisk.windowing import aggregate_windows
@@ -87,6 +89,11 @@ class Predictor:
                             "by about 0.01", bundle.name, bundle.precision)
         else:
             bundle.model.to(device).eval()
+            if bundle.precision.startswith("bf16") and not bf16_is_native(device):
+                log.warning("%s was calibrated under bf16 autocast, which this %s only emulates: "
+                            "scoring keeps it, so the probabilities are the validated ones, at "
+                            "several times the time of fp32; --backend onnx runs fp32 instead "
+                            "(ecgrisk/hardware.py)", bundle.name, torch.device(device).type.upper())
 
     def window_logits(self, windows: np.ndarray) -> np.ndarray:
         """``windows [B, leads, window]`` float32 -> logits ``[B, C]`` float32."""
