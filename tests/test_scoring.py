@@ -320,3 +320,20 @@ def test_reader_side_never_loads_torch():
             "assert 'torch' not in sys.modules, 'torch loaded'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_bf16_bundle_scores_in_bf16_only_where_bf16_is_native(bundle_path, monkeypatch, native):
+    import ecgrisk.scoring.predict as predict
+
+    monkeypatch.setattr(predict, "bf16_is_native", lambda device="cpu": native)
+    bundle = Bundle.load(bundle_path)
+    bundle.precision = "bf16-mixed"
+    windows = np.random.default_rng(0).standard_normal((4, 12, round(bundle.window_s * 100))).astype(np.float32)
+    got = Predictor(bundle).window_logits(windows)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=native):
+        want = bundle.model(torch.from_numpy(windows)).float().numpy()
+    np.testing.assert_array_equal(got, want)
+    with torch.inference_mode():  # the two precisions do differ, so the check above can tell them apart
+        fp32 = bundle.model(torch.from_numpy(windows)).numpy()
+    assert np.array_equal(got, fp32) != native

@@ -8,8 +8,9 @@ A record is evaluated exactly as :mod:`ecgrisk.finetune` evaluates its test fold
    (:func:`ecgrisk.windowing.evaluation_windows`), a record shorter than one window zero-padded
    at its end as ``ECGCache.window`` pads it; each window scaled with ``bundle.scaler``;
 3. the model's window logits, under the autocast the bundle was validated and calibrated with
-   (``bundle.precision``: bf16 for the shipped bundles; faster than fp32 where the hardware runs
-   bf16, several times slower where it is emulated, see :mod:`ecgrisk.hardware`),
+   (``bundle.precision``: bf16 for the shipped bundles) where the hardware runs it; where bf16
+   would be emulated (about 10x slower), in fp32, within 0.01 of the bf16 probabilities
+   (``results/scoring_precision.md``, :mod:`ecgrisk.hardware`),
    aggregated per record (:func:`~ecgrisk.windowing.aggregate_windows`,
    max by default);
 4. per-label temperature and bias on the aggregated logits, then a sigmoid (:func:`apply_temperature`).
@@ -89,19 +90,18 @@ class Predictor:
                             "by about 0.01", bundle.name, bundle.precision)
         else:
             bundle.model.to(device).eval()
-            if bundle.precision.startswith("bf16") and not bf16_is_native(device):
-                log.warning("%s was calibrated under bf16 autocast, which this %s only emulates: "
-                            "scoring keeps it, so the probabilities are the validated ones, at "
-                            "several times the time of fp32; --backend onnx runs fp32 instead "
-                            "(ecgrisk/hardware.py)", bundle.name, torch.device(device).type.upper())
+        self.bf16 = bundle.precision.startswith("bf16") and bf16_is_native(device)
+        if bundle.precision.startswith("bf16") and not self.bf16 and backend == "torch":
+            log.info("%s was calibrated under bf16 autocast, which this %s only emulates (about 10x "
+                     "slower than fp32): scoring in fp32, within 0.01 of the bf16 probabilities "
+                     "(results/scoring_precision.md)", bundle.name, torch.device(device).type.upper())
 
     def window_logits(self, windows: np.ndarray) -> np.ndarray:
         """``windows [B, leads, window]`` float32 -> logits ``[B, C]`` float32."""
         if self._session is not None:
             return self._session(windows)
-        bf16 = self.bundle.precision.startswith("bf16")
         device_type = torch.device(self.device).type
-        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=self.bf16):
             x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
             return self.bundle.model(x).float().cpu().numpy()
 
