@@ -59,7 +59,8 @@ def test_every_run_is_scored_on_fold_9_and_the_tables_say_so(first, work):
     tmp, _ = work
     result, _ = first
     saved = json.loads((tmp / "out" / "le.json").read_text())
-    assert saved["runs"] == result["runs"]
+    # as text: a NaN (a bootstrap bound on a tiny split) is never == another NaN object
+    assert json.dumps(saved["runs"], sort_keys=True) == json.dumps(result["runs"], sort_keys=True)
     task = saved["tasks"]["superdiagnostic"]
     assert task["split"] == "val" and task["fold"] == 9 and task["scored_on"].startswith("fold 9 (validation")
     assert saved["meta"]["inits"] == ["random", "masked", "contrastive"]
