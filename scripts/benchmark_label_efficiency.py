@@ -547,7 +547,7 @@ def main(argv=None) -> dict:
                               f"fold {r['fold']} macro AUROC {_fmt(r['macro_auroc'])} "
                               f"({_fmt(r['lower'])}-{_fmt(r['upper'])}), {r['train_records']} train "
                               f"records ({r['status']})", flush=True)
-                        meta.update(wall_s=time.perf_counter() - t0, runs=len(runs), missing=missing,
+                        meta.update(wall_s=time.perf_counter() - t0, runs=len(runs),
                                     reused=sum(x["status"] == "reused" for x in runs), pretrain_s=pretrain_s,
                                     finetune_s=sum((x["train_wall_s"] or 0) + (x["eval_wall_s"] or 0) for x in runs))
                         result = {"meta": meta, "encoders": list(encoders.values()), "runs": runs,

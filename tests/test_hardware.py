@@ -23,12 +23,14 @@ def test_an_explicit_precision_is_kept_whatever_the_hardware(monkeypatch):
     assert hardware.resolve_precision("32-true") == "32-true"
 
 
-def test_the_cpu_answer_is_onednns_own():
-    assert hardware.bf16_is_native("cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
+def test_a_gpu_that_is_not_there_never_runs_bf16():
+    assert not hardware.bf16_is_native("cuda")
 
 
-def test_the_default_trainer_takes_the_machines_precision(tmp_path):
+@pytest.mark.parametrize("native, want", [(True, "bf16-mixed"), (False, "32-true")])
+def test_the_default_trainer_takes_the_machines_precision(tmp_path, monkeypatch, native, want):
+    monkeypatch.setattr(hardware, "bf16_is_native", lambda device="cpu": native)
     cfg = compose("finetune", ["trainer.accelerator=cpu"])
     assert cfg.trainer.precision == "auto"
-    trainer = make_trainer(cfg, tmp_path, [], loggers=[])
-    assert trainer.precision == ("bf16-mixed" if hardware.bf16_is_native("cpu") else "32-true")
+    assert make_trainer(cfg, tmp_path, [], loggers=[]).precision == want

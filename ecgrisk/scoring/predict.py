@@ -90,8 +90,9 @@ class Predictor:
                             "by about 0.01", bundle.name, bundle.precision)
         else:
             bundle.model.to(device).eval()
-        self.bf16 = bundle.precision.startswith("bf16") and bf16_is_native(device)
-        if bundle.precision.startswith("bf16") and not self.bf16 and backend == "torch":
+        calibrated_bf16 = bundle.precision.startswith("bf16")
+        self.bf16 = calibrated_bf16 and bf16_is_native(device)
+        if calibrated_bf16 and not self.bf16 and backend == "torch":
             log.info("%s was calibrated under bf16 autocast, which this %s only emulates (about 10x "
                      "slower than fp32): scoring in fp32, within 0.01 of the bf16 probabilities "
                      "(results/scoring_precision.md)", bundle.name, torch.device(device).type.upper())
