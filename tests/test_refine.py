@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -176,7 +177,59 @@ def test_guard_rejects_a_worse_refinement_and_keeps_the_base(prepared, ptbxl_spl
     assert worse["val/macro_auroc"] < base_val["val/macro_auroc"] - 0.005
     assert reason.startswith("macro AUROC")
     for k, v in policy.model.state_dict().items():
-        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+        torch.testing.assert_close(v, before["model"][k], rtol=0, atol=0)
+
+
+def _sharpen(policy: BernoulliPolicy, factor: float) -> None:
+    """Multiply the head's logits by ``factor``: ranking kept, confidence changed."""
+    with torch.no_grad():
+        last = policy.model.head[-1]
+        last.weight.mul_(factor)
+        last.bias.mul_(factor)
+
+
+def test_recalibrating_guard_judges_a_rescaled_refinement_by_its_own_calibration():
+    from omegaconf import OmegaConf
+
+    policy, dim = _tiny_policy()
+    torch.manual_seed(1)
+    n, classes = 300, ["a", "b", "c"]
+    emb, positions = torch.randn(2 * n, dim), np.repeat(np.arange(n), 2)
+    unlabelled = WindowSet([f"r{i}" for i in range(n)], np.zeros((n, 3)), positions, emb)
+    # labels drawn from the policy's own probabilities: it is calibrated on them by construction
+    labels = (np.random.default_rng(0).random((n, 3)) < policy.probs(unlabelled)).astype(float)
+    guard = WindowSet(unlabelled.record_ids, labels, positions, emb)
+    base_val, _ = evaluate_policy(policy, guard, "val/", classes)
+    reference = BernoulliPolicy(copy.deepcopy(policy.model), policy.temperature.numpy(),
+                                policy.bias.numpy(), "max", "head")
+    reference.recalibrate(guard)
+
+    plain = compose("refine").guard
+    assert plain.recalibrate is False
+    before = policy.snapshot()
+    _sharpen(policy, 4.0)
+    reason, worse = guarded_update(policy, before, guard, base_val, plain, classes)
+    assert worse["val/macro_auroc"] == pytest.approx(base_val["val/macro_auroc"])
+    assert reason and "AUROC" not in reason and ("Brier" in reason or "ECE" in reason)
+    for k, v in policy.model.state_dict().items():
+        torch.testing.assert_close(v, before["model"][k], rtol=0, atol=0)
+
+    _sharpen(policy, 4.0)
+    reason, kept = guarded_update(policy, before, guard, base_val,
+                                  OmegaConf.merge(plain, {"recalibrate": True}), classes)
+    assert reason == ""
+    assert kept["val/brier"] <= base_val["val/brier"] + 1e-9  # refitted in-sample: never worse
+    # the refit undoes the rescaling: the same probabilities as the unscaled model refitted
+    np.testing.assert_allclose(policy.probs(guard), reference.probs(guard), atol=2e-3)
+    np.testing.assert_allclose(policy.calibration()[0], 4.0 * reference.calibration()[0],
+                               rtol=0.02)
+    # a refused round restores the calibration as well as the weights
+    snap = policy.snapshot()
+    _sharpen(policy, -1.0)
+    reason, _ = guarded_update(policy, snap, guard, base_val,
+                               OmegaConf.merge(plain, {"recalibrate": True}), classes)
+    assert reason.startswith("macro AUROC")
+    np.testing.assert_array_equal(policy.calibration()[0], snap["temperature"].numpy())
 
 
 def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root, tmp_path,

@@ -66,9 +66,11 @@ def data_for_bundle(data: DictConfig, bundle: Bundle) -> DictConfig:
     return data
 
 
-def _refined_bundle(bundle: Bundle, model: torch.nn.Module, cfg: DictConfig, version: str,
+def _refined_bundle(bundle: Bundle, policy: BernoulliPolicy, cfg: DictConfig, version: str,
                     extra: dict) -> Bundle:
-    return dataclasses.replace(bundle, model=model, version=version,
+    temperature, bias = policy.calibration()
+    return dataclasses.replace(bundle, model=policy.model, version=version,
+                               temperature=temperature, bias=bias,
                                base=str(Path(cfg.base).resolve()),
                                config=OmegaConf.to_yaml(cfg, resolve=True),
                                extra={**bundle.extra, "refine": extra})
@@ -118,7 +120,7 @@ def refine(cfg: DictConfig) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def save_round(k: int, policy: BernoulliPolicy, accepted: bool) -> None:
-        _refined_bundle(bundle, policy.model, cfg, f"{bundle.version}+r{k}",
+        _refined_bundle(bundle, policy, cfg, f"{bundle.version}+r{k}",
                         {"round": k, "accepted": accepted}).save(
             out / "checkpoints" / f"round_{k}.pt")
         raise_if_interrupted()
@@ -140,7 +142,7 @@ def refine(cfg: DictConfig) -> dict:
     curves = _reliability(bundle, result.policy, sets)
     plot_reliability(curves, path=out / "reliability.png",
                      title=f"{cfg.refine.method} refinement: reliability, all statements pooled")
-    _refined_bundle(bundle, result.policy.model, cfg, f"{bundle.version}+refine.{stamp}",
+    _refined_bundle(bundle, result.policy, cfg, f"{bundle.version}+refine.{stamp}",
                     {**extra, "reliability": curves}).save(out / "model.pt")
     write_metrics(out / "metrics.json", metrics)
     _print_summary(metrics, out)

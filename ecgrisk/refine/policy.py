@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ecgrisk.calibration import fit_calibration
 from ecgrisk.feedback.acquisition import threshold_reading
 from ecgrisk.metrics import evaluate
 from ecgrisk.refine.windows import WindowSet
@@ -44,10 +45,9 @@ class BernoulliPolicy:
         if train not in ("head", "all"):
             raise ValueError(f"refine.train must be 'head' or 'all', got {train!r}")
         self.model, self.aggregation, self.train = model.eval(), aggregation, train
-        param = next(model.parameters())
-        self.temperature = torch.as_tensor(np.asarray(temperature), dtype=param.dtype,
-                                           device=param.device)
-        self.bias = torch.as_tensor(np.asarray(bias), dtype=param.dtype, device=param.device)
+        # float64, as the bundle stores them: a refined bundle keeps them bit for bit
+        self.temperature = torch.as_tensor(np.asarray(temperature, dtype=np.float64))
+        self.bias = torch.as_tensor(np.asarray(bias, dtype=np.float64))
         for p in model.parameters():
             p.requires_grad_(train == "all")
         for p in model.head.parameters():
@@ -71,19 +71,37 @@ class BernoulliPolicy:
             z = torch.cat([self.model(ws.inputs[index[i:i + 1024]])
                            for i in range(0, len(index), 1024)])
         rec, _ = aggregate_windows(torch.arange(len(win)), z, pos, len(records), self.aggregation)
-        return rec / self.temperature + self.bias
+        return rec / self.temperature.to(rec) + self.bias.to(rec)
 
     @torch.no_grad()
     def probs(self, ws: WindowSet) -> np.ndarray:
         """Calibrated probabilities ``[N, C]`` float64 of every record of ``ws``."""
         return torch.sigmoid(self.logits(ws)).double().cpu().numpy()
 
-    def snapshot(self) -> dict[str, Tensor]:
-        """A copy of the weights (to restore when the guard rejects a round)."""
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+    @torch.no_grad()
+    def recalibrate(self, ws: WindowSet) -> None:
+        """Refit the per-statement temperature and bias on ``ws``'s labels.
 
-    def restore(self, state: dict[str, Tensor]) -> None:
-        self.model.load_state_dict(state)
+        The bundle's calibration was fitted to the base's logits on validation data; a
+        refinement moves the logits, and kept on the old calibration its probabilities drift
+        even where its ranking improved. Per-statement AUROC is unchanged by the refit.
+        """
+        z = self.logits(ws).double().cpu()
+        t, b = fit_calibration(((z - self.bias) * self.temperature).numpy(), ws.labels)
+        self.temperature, self.bias = torch.as_tensor(t), torch.as_tensor(b)
+
+    def calibration(self) -> tuple[np.ndarray, np.ndarray]:
+        """The current ``[C]`` temperature and bias, float64 (what a refined bundle stores)."""
+        return self.temperature.numpy().copy(), self.bias.numpy().copy()
+
+    def snapshot(self) -> dict:
+        """A copy of the weights and calibration (to restore when the guard rejects a round)."""
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "temperature": self.temperature.clone(), "bias": self.bias.clone()}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.temperature, self.bias = state["temperature"].clone(), state["bias"].clone()
 
 
 def evaluate_policy(policy: BernoulliPolicy, ws: WindowSet, prefix: str, classes: Sequence[str],
@@ -135,16 +153,21 @@ def guard_verdict(candidate: dict, base: dict, tolerance: float, brier_tolerance
     return "; ".join(reasons)
 
 
-def guarded_update(policy: BernoulliPolicy, before: dict[str, Tensor], guard: WindowSet,
+def guarded_update(policy: BernoulliPolicy, before: dict, guard: WindowSet,
                    base: dict, cfg, classes: Sequence[str]) -> tuple[str, dict]:
     """Keep the refined weights if the guard accepts them, else restore ``before``.
+
+    With ``cfg.recalibrate`` the candidate's calibration is first refitted on the guard set, as
+    the base's was fitted on validation data, so Brier and ECE judge the refined logits under a
+    calibration of their own rather than under one fitted to the base's.
 
     Parameters
     ----------
     base
         The base model's guard metrics (``val/...``).
     cfg
-        The ``guard`` config node (``tolerance``, ``brier_tolerance``, ``ece_tolerance``).
+        The ``guard`` config node (``tolerance``, ``brier_tolerance``, ``ece_tolerance``,
+        ``recalibrate``).
 
     Returns
     -------
@@ -153,6 +176,8 @@ def guarded_update(policy: BernoulliPolicy, before: dict[str, Tensor], guard: Wi
     metrics : dict
         The refined model's guard-set metrics (``val/...``), whatever the outcome.
     """
+    if cfg.recalibrate:
+        policy.recalibrate(guard)
     metrics, _ = evaluate_policy(policy, guard, "val/", classes)
     reason = guard_verdict(metrics, base, cfg.tolerance, cfg.brier_tolerance, cfg.ece_tolerance)
     if reason:
