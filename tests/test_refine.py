@@ -232,6 +232,34 @@ def test_recalibrating_guard_judges_a_rescaled_refinement_by_its_own_calibration
     np.testing.assert_array_equal(policy.calibration()[0], snap["temperature"].numpy())
 
 
+def test_guard_against_kept_holds_each_round_against_the_last_kept_one(base, ptbxl_root,
+                                                                       tmp_path, monkeypatch):
+    import ecgrisk.refine.refiners as rf
+
+    # a base with every statement's evidence reversed; the "refiner" reverses it each round, so
+    # round 1 mends the base and round 2 undoes the mend, back to exactly the base's metrics
+    bundle = Bundle.load(base[1])
+    _sharpen(BernoulliPolicy(bundle.model, bundle.temperature, bundle.bias), -1.0)
+    bundle.save(tmp_path / "reversed.pt")
+    monkeypatch.setitem(rf.REFINERS, "dpo", lambda policy, ctx, cfg: _sharpen(policy, -1.0) or {})
+    lenient = ["guard.tolerance=0", "guard.brier_tolerance=1", "guard.ece_tolerance=1"]
+    runs = {against: refine(_cfg((base[0], tmp_path / "reversed.pt"), ptbxl_root,
+                                 tmp_path / against, "rounds=2", "queries_per_round=8",
+                                 f"guard.against={against}", *lenient))
+            for against in ("base", "kept")}
+    for m in runs.values():
+        assert m["round_1/accepted"] is True
+        assert m["round_1/val/macro_auroc"] > m["base/val/macro_auroc"]
+    assert runs["base"]["round_2/accepted"] is True  # no worse than the base: kept
+    assert runs["base"]["val/macro_auroc"] == pytest.approx(runs["base"]["base/val/macro_auroc"])
+    assert runs["kept"]["round_2/accepted"] is False  # worse than round 1: refused
+    assert runs["kept"]["round_2/guard_reason"].startswith("macro AUROC") and \
+        "< kept" in runs["kept"]["round_2/guard_reason"]
+    assert runs["kept"]["val/macro_auroc"] == pytest.approx(runs["kept"]["round_1/val/macro_auroc"])
+    with pytest.raises(ValueError, match="guard.against"):
+        refine(_cfg(base, ptbxl_root, tmp_path / "bad", "guard.against=best"))
+
+
 def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root, tmp_path,
                                                                 monkeypatch):
     import ecgrisk.refine.refiners as rf

@@ -398,6 +398,9 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
 
     report(reference, "base/report/", 0)
     base_auroc = metrics["base/val/macro_auroc"]
+    if cfg.guard.against not in ("base", "kept"):
+        raise ValueError(f"guard.against must be 'base' or 'kept', got {cfg.guard.against!r}")
+    held = base_val  # what the guard holds a round against
     asked: list[int] = []
     current, last = bundle.version, {"reward/pair_accuracy": float("nan"), "feedback/count": 0}
     completed = 0
@@ -424,8 +427,10 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
         before = policy.snapshot()
         ctx = RoundContext(sets.pool, ref_logits, data, reward, embeddings, cfg.seed + k)
         stats = refiner(policy, ctx, cfg.refine)
-        reason, val = guarded_update(policy, before, sets.guard, base_val, cfg.guard, classes)
+        reason, val = guarded_update(policy, before, sets.guard, held, cfg.guard, classes)
         accepted = not reason
+        if accepted and cfg.guard.against == "kept":
+            held = val
         completed = k
         log.info("round %d: %d asked, %d judgements, reward pair accuracy %.3f, val macro AUROC "
                  "%.4f (base %.4f) -> %s", k, len(idx), data.count,

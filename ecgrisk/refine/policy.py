@@ -123,7 +123,7 @@ def reading_accuracy(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.
 
 
 def guard_verdict(candidate: dict, base: dict, tolerance: float, brier_tolerance: float,
-                  ece_tolerance: float, prefix: str = "val/") -> str:
+                  ece_tolerance: float, prefix: str = "val/", against: str = "base") -> str:
     """Why a refinement does not hold on the guard set, or ``""`` when it does.
 
     It holds while macro AUROC fell by at most ``tolerance`` from the base's and Brier and ECE
@@ -134,6 +134,8 @@ def guard_verdict(candidate: dict, base: dict, tolerance: float, brier_tolerance
     ----------
     candidate, base
         Guard-set metrics (:func:`~ecgrisk.metrics.evaluate`) under ``prefix``.
+    against
+        What ``base`` is, for the reason's wording (``"base"`` or ``"kept"``).
     """
     for name, tol in (("tolerance", tolerance), ("brier_tolerance", brier_tolerance),
                       ("ece_tolerance", ece_tolerance)):
@@ -144,11 +146,11 @@ def guard_verdict(candidate: dict, base: dict, tolerance: float, brier_tolerance
         return "macro AUROC is undefined on the guard set"
     reasons = []
     if auc < auc0 - tolerance:
-        reasons.append(f"macro AUROC {auc:.4f} < base {auc0:.4f} - {tolerance:g}")
+        reasons.append(f"macro AUROC {auc:.4f} < {against} {auc0:.4f} - {tolerance:g}")
     for key, tol in (("brier", brier_tolerance), ("ece", ece_tolerance)):
         v, v0 = candidate[f"{prefix}{key}"], base[f"{prefix}{key}"]
         if v > v0 + tol:
-            reasons.append(f"{key.upper() if key == 'ece' else 'Brier'} {v:.4f} > base "
+            reasons.append(f"{key.upper() if key == 'ece' else 'Brier'} {v:.4f} > {against} "
                            f"{v0:.4f} + {tol:g}")
     return "; ".join(reasons)
 
@@ -164,10 +166,11 @@ def guarded_update(policy: BernoulliPolicy, before: dict, guard: WindowSet,
     Parameters
     ----------
     base
-        The base model's guard metrics (``val/...``).
+        The guard metrics (``val/...``) to hold against: the base model's, or with
+        ``cfg.against == "kept"`` the last kept model's.
     cfg
         The ``guard`` config node (``tolerance``, ``brier_tolerance``, ``ece_tolerance``,
-        ``recalibrate``).
+        ``recalibrate``, ``against``).
 
     Returns
     -------
@@ -179,7 +182,8 @@ def guarded_update(policy: BernoulliPolicy, before: dict, guard: WindowSet,
     if cfg.recalibrate:
         policy.recalibrate(guard)
     metrics, _ = evaluate_policy(policy, guard, "val/", classes)
-    reason = guard_verdict(metrics, base, cfg.tolerance, cfg.brier_tolerance, cfg.ece_tolerance)
+    reason = guard_verdict(metrics, base, cfg.tolerance, cfg.brier_tolerance, cfg.ece_tolerance,
+                           against=cfg.against)
     if reason:
         policy.restore(before)
     return reason, metrics
