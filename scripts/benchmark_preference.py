@@ -278,8 +278,10 @@ def write_markdown(path: Path, result: dict) -> None:
               "", "Gap closed is the share of the oracle's AUROC gain over the base that the "
               "refined model reaches; its interval comes from the same resamples, so a wide one "
               "means the gap itself is small against the report half's noise. Rounds kept: "
-              "rounds the guard accepted (AUROC, Brier and ECE against the base on the guard "
-              "half), summed over seeds. The reward model's held-out pair accuracy is on "
+              "rounds the guard accepted on the guard half (macro AUROC, Brier and ECE against "
+              "the base, or against the last kept model with `guard.against=kept`; with "
+              "`guard.recalibrate=true` each candidate's calibration is first refitted on the "
+              "guard half), summed over seeds. The reward model's held-out pair accuracy is on "
               "judged ECGs it never trained on. Wall s / seed: how long the loop took to reach "
               "that many judgements (clocked at the end of that round), mean over seeds.", ""]
     lines += targets(rows)
