@@ -24,7 +24,10 @@ Targets, per task, on the means over seeds of the scored fold's macro AUROC:
 Each fine-tuning and pretraining run has its own directory under ``--runs-dir``; one that holds a
 finished ``metrics.json`` is read back ("reused"), one with ``checkpoints/last.ckpt`` resumes, so
 rerunning a killed benchmark with the same ``--runs-dir`` continues where it stopped. A run
-directory made with other settings is refused rather than mixed in.
+directory made with other settings is refused rather than mixed in. Run directories are not kept
+with the code; ``--recorded results/<name>.json`` takes a run whose directory is gone from the
+result JSON that recorded it (same model, epochs and validation interval; pretrained inits only
+with the same encoder file), so a sweep continues on a fresh checkout.
 
     python scripts/benchmark_label_efficiency.py --quick            # smoke run, ~2 minutes
     python scripts/benchmark_label_efficiency.py                    # CPU-sized, shared subset
@@ -47,6 +50,7 @@ import math
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +118,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: summarise the finished runs under --runs-dir (e.g. of sweeps "
                         "split over cores), listing the unfinished ones")
+    p.add_argument("--recorded", nargs="*", type=Path, default=[], metavar="JSON",
+                   help="earlier result JSONs: a run whose directory is gone (a fresh checkout) is "
+                        "taken from them instead of trained again, where the model, fine-tuning "
+                        "epochs, validation interval and (pretrained inits) encoder SHA-256 match")
     p.add_argument("--quick", action="store_true",
                    help="smoke run defaults: width 8, 1 epoch each, fractions 0.1 and 1.0, one seed, "
                         "one task, a few batches (explicit options still win)")
@@ -251,7 +259,29 @@ def finetune(args, root: Path, out: Path, task: str, init: str, enc: dict | None
             "upper": m.get(f"{split}/macro_auroc/upper"), "fmax": m.get(f"{split}/fmax"),
             "val_macro_auroc": m.get("val/macro_auroc"), "train_records": m.get("train/records"),
             "epochs": m.get("train/epochs"), "train_wall_s": m.get("train/wall_s"),
-            "eval_wall_s": m.get("eval/wall_s"), "status": status, "run": str(out)}
+            "eval_wall_s": m.get("eval/wall_s"), "precision": m.get("train/precision"),
+            "status": status, "run": str(out)}
+
+
+def recorded_runs(paths: list[Path], meta: dict, encoders: dict) -> dict[tuple, dict]:
+    """Finished runs of earlier result JSONs made with the same settings, by
+    ``(task, init, mode, fraction, seed)``; later files win."""
+    found = {}
+    for path in paths:
+        earlier = json.loads(path.read_text())
+        same = ("model_spec", "finetune_epochs", "eval_every")
+        differ = [f"{k} {earlier['meta'].get(k)} vs {meta[k]}" for k in same
+                  if earlier["meta"].get(k) != meta[k]]
+        if differ:
+            raise SystemExit(f"--recorded {path}: made with other settings ({', '.join(differ)})")
+        shas = {e["init"]: e.get("sha256") for e in earlier.get("encoders", [])}
+        for r in earlier["runs"]:
+            if r["init"] != "random" and (r["init"] not in encoders
+                                          or shas.get(r["init"]) != encoders[r["init"]].get("sha256")):
+                continue  # another encoder under the same name
+            key = (r["task"], r["init"], r["mode"], float(r["fraction"]), int(r["seed"]))
+            found[key] = {**r, "status": f"recorded in {path.name}"}
+    return found
 
 
 # -- summary and targets -----------------------------------------------------------------------
@@ -424,6 +454,16 @@ def write_markdown(path: Path, result: dict) -> None:
               f"Wall time: {meta['wall_s']:.0f} s this invocation ({meta['reused']} of {meta['runs']} "
               f"fine-tuning runs reused from earlier ones); fine-tuning fit + evaluation summed over "
               f"all runs {meta['finetune_s']:.0f} s, inline pretraining {meta['pretrain_s']:.0f} s.", ""]
+    runs = result["runs"]
+    recorded = sorted({r["status"] for r in runs if r["status"].startswith("recorded")})
+    if recorded:
+        lines += [f"Taken from earlier results (`--recorded`, their run directories gone): "
+                  f"{sum(r['status'] in recorded for r in runs)} runs, "
+                  + ", ".join(f"{sum(r['status'] == st for r in runs)} {st}" for st in recorded) + ".", ""]
+    precisions = Counter(r.get("precision") or "not recorded" for r in runs)
+    if len(precisions) > 1:
+        lines += ["Training precision: " + ", ".join(f"{n} runs {pr}" for pr, n in precisions.items())
+                  + " (chosen per machine, `trainer.precision=auto`).", ""]
     if meta.get("missing"):
         lines += [f"Not finished, left out ({len(meta['missing'])} of {meta['runs'] + len(meta['missing'])} "
                   f"runs; `--no-train`): " + ", ".join(f"`{Path(m).parent.name}/{Path(m).name}`"
@@ -529,17 +569,30 @@ def main(argv=None) -> dict:
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "targets": {"mid": MID, "full": FULL, "low": LOW, "ratio": RATIO, "margin": MARGIN}}
     pretrain_s = sum(e.get("train/wall_s") or 0.0 for e in encoders.values())
-    result: dict = {}
     runs: list[dict] = []
     missing: list[str] = []  # --no-train: runs not finished, left out
+    recorded = recorded_runs(args.recorded, meta, encoders)
+
+    def collect() -> dict:
+        meta.update(wall_s=time.perf_counter() - t0, runs=len(runs),
+                    reused=sum(x["status"] not in ("trained", "resumed") for x in runs),
+                    pretrain_s=pretrain_s,
+                    finetune_s=sum((x["train_wall_s"] or 0) + (x["eval_wall_s"] or 0) for x in runs))
+        return {"meta": meta, "encoders": list(encoders.values()), "runs": runs,
+                "tasks": by_task(runs, args.tasks, inits, args.modes)}
+
     for task in args.tasks:
         for frac in args.fractions:
             for seed in args.seeds:
                 for mode in args.modes:
                     for init in inits:
                         out = runs_dir / task / f"ft-{init}-{mode}-f{frac:g}-s{seed}"
-                        if args.no_train and not (out / "metrics.json").is_file():
-                            missing.append(str(out))
+                        earlier = recorded.get((task, init, mode, float(frac), int(seed)))
+                        if (earlier or args.no_train) and not (out / "metrics.json").is_file():
+                            if earlier:
+                                runs.append(earlier)
+                            else:
+                                missing.append(str(out))
                             continue
                         r = finetune(args, root, out, task, init, encoders.get(init), mode, frac, seed)
                         runs.append(r)
@@ -547,16 +600,12 @@ def main(argv=None) -> dict:
                               f"fold {r['fold']} macro AUROC {_fmt(r['macro_auroc'])} "
                               f"({_fmt(r['lower'])}-{_fmt(r['upper'])}), {r['train_records']} train "
                               f"records ({r['status']})", flush=True)
-                        meta.update(wall_s=time.perf_counter() - t0, runs=len(runs),
-                                    reused=sum(x["status"] == "reused" for x in runs), pretrain_s=pretrain_s,
-                                    finetune_s=sum((x["train_wall_s"] or 0) + (x["eval_wall_s"] or 0) for x in runs))
-                        result = {"meta": meta, "encoders": list(encoders.values()), "runs": runs,
-                                  "tasks": by_task(runs, args.tasks, inits, args.modes)}
-                        if r["status"] != "reused":
-                            write_outputs(args, result, stem)  # after every run: a stopped sweep keeps it
+                        if r["status"] in ("trained", "resumed"):  # a stopped sweep keeps it
+                            write_outputs(args, collect(), stem)
     if not runs:
         raise SystemExit(f"no finished fine-tuning run under {runs_dir} for these settings")
     meta["missing"] = missing
+    result = collect()
     write_outputs(args, result, stem)
     print((args.out / f"{stem}.md").read_text())
     print(f"wrote {args.out / stem}.json/.md/.png; runs under {runs_dir}")

@@ -188,3 +188,33 @@ def test_no_train_summarises_the_finished_runs_and_names_the_rest(bench, first, 
     assert f"Not finished, left out ({len(result['runs'])} of {2 * len(result['runs'])} runs" in md
     with pytest.raises(SystemExit, match="no finished fine-tuning run"):
         bench.main([*argv[:-2], "--name", "none", "--fractions", "0.5"])
+
+
+def test_recorded_takes_runs_whose_directories_are_gone_from_an_earlier_json(bench, first, work,
+                                                                             monkeypatch, tmp_path):
+    tmp, root = work
+    result, _ = first
+    monkeypatch.setattr(bench, "finetune_train", lambda cfg: pytest.fail("trained again"))
+    monkeypatch.setattr(bench, "pretrain_train", lambda cfg: pytest.fail("trained again"))
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text((tmp / "out" / "le.json").read_text())
+    masked = f"masked={tmp / 'runs' / 'pretrain-masked' / 'encoder.pt'}"  # the same encoder file
+    argv = _argv(tmp, root, tmp / "contrastive.pt", tmp_path / "fresh-checkout", "--encoder",
+                 masked, "--no-train", "--recorded", str(earlier), "--name", "le-recorded")
+    again = bench.main(argv)
+    assert {r["status"] for r in again["runs"]} == {"recorded in earlier.json"}
+    assert _means(again["runs"]) == _means(result["runs"]) and not again["meta"]["missing"]
+    assert json.loads(json.dumps(again["tasks"])) == json.loads(json.dumps(result["tasks"]))
+    md = (tmp / "out" / "le-recorded.md").read_text()
+    assert f"Taken from earlier results (`--recorded`, their run directories gone): " \
+           f"{len(result['runs'])} runs" in md
+
+    # another encoder under the same name is not the one those runs used: they are left out
+    other = tmp_path / "other-contrastive.pt"
+    save_encoder(other, create_encoder("xresnet1d18", base_channels=8))
+    mixed = bench.main(_argv(tmp, root, other, tmp_path / "fresh-checkout", "--encoder", masked,
+                             "--no-train", "--recorded", str(earlier), "--name", "le-other"))
+    assert "contrastive" not in {r["init"] for r in mixed["runs"]}
+    assert mixed["meta"]["missing"] and all("ft-contrastive-" in m for m in mixed["meta"]["missing"])
+    with pytest.raises(SystemExit, match="made with other settings.*finetune_epochs"):
+        bench.main([*argv, "--finetune-epochs", "2"])
