@@ -455,11 +455,10 @@ def write_markdown(path: Path, result: dict) -> None:
               f"fine-tuning runs reused from earlier ones); fine-tuning fit + evaluation summed over "
               f"all runs {meta['finetune_s']:.0f} s, inline pretraining {meta['pretrain_s']:.0f} s.", ""]
     runs = result["runs"]
-    recorded = sorted({r["status"] for r in runs if r["status"].startswith("recorded")})
+    recorded = Counter(r["status"] for r in runs if r["status"].startswith("recorded"))
     if recorded:
-        lines += [f"Taken from earlier results (`--recorded`, their run directories gone): "
-                  f"{sum(r['status'] in recorded for r in runs)} runs, "
-                  + ", ".join(f"{sum(r['status'] == st for r in runs)} {st}" for st in recorded) + ".", ""]
+        lines += ["Taken from earlier results (`--recorded`, their run directories gone): "
+                  + ", ".join(f"{n} runs {st}" for st, n in recorded.items()) + ".", ""]
     precisions = Counter(r.get("precision") or "not recorded" for r in runs)
     if len(precisions) > 1:
         lines += ["Training precision: " + ", ".join(f"{n} runs {pr}" for pr, n in precisions.items())
@@ -588,11 +587,12 @@ def main(argv=None) -> dict:
                     for init in inits:
                         out = runs_dir / task / f"ft-{init}-{mode}-f{frac:g}-s{seed}"
                         earlier = recorded.get((task, init, mode, float(frac), int(seed)))
-                        if (earlier or args.no_train) and not (out / "metrics.json").is_file():
-                            if earlier:
-                                runs.append(earlier)
-                            else:
-                                missing.append(str(out))
+                        finished = (out / "metrics.json").is_file()
+                        if earlier and not finished:
+                            runs.append(earlier)
+                            continue
+                        if args.no_train and not finished:
+                            missing.append(str(out))
                             continue
                         r = finetune(args, root, out, task, init, encoders.get(init), mode, frac, seed)
                         runs.append(r)

@@ -206,8 +206,8 @@ def test_recorded_takes_runs_whose_directories_are_gone_from_an_earlier_json(ben
     assert _means(again["runs"]) == _means(result["runs"]) and not again["meta"]["missing"]
     assert json.loads(json.dumps(again["tasks"])) == json.loads(json.dumps(result["tasks"]))
     md = (tmp / "out" / "le-recorded.md").read_text()
-    assert f"Taken from earlier results (`--recorded`, their run directories gone): " \
-           f"{len(result['runs'])} runs" in md
+    assert "Taken from earlier results (`--recorded`, their run directories gone): " \
+           f"{len(result['runs'])} runs recorded in earlier.json." in md
 
     # another encoder under the same name is not the one those runs used: they are left out
     other = tmp_path / "other-contrastive.pt"

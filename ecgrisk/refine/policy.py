@@ -59,6 +59,11 @@ class BernoulliPolicy:
 
     def logits(self, ws: WindowSet, records: np.ndarray | None = None) -> Tensor:
         """Calibrated per-record logits ``[n, C]`` (window-aggregated, divided by T, plus b)."""
+        rec = self.record_logits(ws, records)
+        return rec / self.temperature.to(rec) + self.bias.to(rec)
+
+    def record_logits(self, ws: WindowSet, records: np.ndarray | None = None) -> Tensor:
+        """Window-aggregated logits ``[n, C]`` before calibration."""
         records = np.arange(len(ws)) if records is None else np.asarray(records, dtype=np.int64)
         win, pos = ws.windows_of(records)
         if self.train == "head":
@@ -71,7 +76,7 @@ class BernoulliPolicy:
             z = torch.cat([self.model(ws.inputs[index[i:i + 1024]])
                            for i in range(0, len(index), 1024)])
         rec, _ = aggregate_windows(torch.arange(len(win)), z, pos, len(records), self.aggregation)
-        return rec / self.temperature.to(rec) + self.bias.to(rec)
+        return rec
 
     @torch.no_grad()
     def probs(self, ws: WindowSet) -> np.ndarray:
@@ -86,8 +91,7 @@ class BernoulliPolicy:
         refinement moves the logits, and kept on the old calibration its probabilities drift
         even where its ranking improved. Per-statement AUROC is unchanged by the refit.
         """
-        z = self.logits(ws).double().cpu()
-        t, b = fit_calibration(((z - self.bias) * self.temperature).numpy(), ws.labels)
+        t, b = fit_calibration(self.record_logits(ws).double().cpu().numpy(), ws.labels)
         self.temperature, self.bias = torch.as_tensor(t), torch.as_tensor(b)
 
     def calibration(self) -> tuple[np.ndarray, np.ndarray]:
