@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import Future
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from ecgrisk.bundle import Bundle
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
+from ecgrisk.scoring import reading
 from ecgrisk.scoring.job import score_files
 from ecgrisk.scoring.predict import Predictor
 
@@ -53,6 +56,39 @@ def test_rows_are_streamed_while_scoring(ptbxl_root, bundle_path, tmp_path, monk
     # 14 windows = 2 records per model call: the file holds 0, 2, 4, ... rows when each call starts
     assert seen == list(range(0, 20, 2))
     assert [r["record"] for r in _rows(out)] == [f"{i:05d}_lr" for i in range(1, 21)]
+
+
+def test_readers_hold_the_next_batch_while_the_model_scores(ptbxl_root, bundle_path, tmp_path,
+                                                           monkeypatch):
+    """When a model call starts, the next batch's records are already handed to the readers, so
+    they read it while the model works (with only the readers' own queue of 4 chunks in flight,
+    they ran dry and each batch waited for its second half)."""
+    submitted = []
+
+    class Inline:  # a reader pool that reads each chunk when it is handed over
+        def submit(self, fn, chunk, *args):
+            submitted.extend(chunk)
+            f = Future()
+            f.set_result(fn(chunk, *args))
+            return f
+
+    monkeypatch.setattr(reading, "worker_pool", lambda *a, **k: nullcontext(Inline()))
+    at_call = []
+    real = Predictor.window_logits
+
+    def spy(self, windows):
+        at_call.append(len(submitted))
+        return real(self, windows)
+
+    monkeypatch.setattr(Predictor, "window_logits", spy)
+    n = 40
+    inputs = [str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr") for i in range(1, n + 1)]
+    # 10 s records at 100 Hz, stride 1.25 s: 8 windows each, so 64 windows = 8 records a batch
+    score_files(inputs, bundle_path, tmp_path / "s.csv", workers=1, batch_size=64, chunk_size=1,
+                progress=False)
+    assert len(at_call) == n // 8
+    for j, handed in enumerate(at_call):
+        assert handed >= min(n, 8 * (j + 2)), (j, at_call)
 
 
 def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_path):

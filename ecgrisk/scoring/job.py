@@ -3,10 +3,10 @@
 Reader processes (``workers``, :mod:`ecgrisk.scoring.reading`) read, preprocess, scale and
 quality-check records in small chunks; the main process gathers their windows into batches of
 ``batch_size`` for the model and writes rows (:mod:`ecgrisk.scoring.rows`) as soon as a batch is
-done. At most ``4 * workers`` chunks are in flight, so memory stays flat however many files
-there are. Rows go to a partial file beside the output that replaces it only at the end
-(:mod:`ecgrisk.scoring.table`); an interrupted run leaves its partial file, which
-``resume=True`` reads (with the previous output) and carries forward. An exception (or
+done. At most ``4 * workers`` chunks and a batch of 10 s records are in flight, so memory
+stays flat however many files there are. Rows go to a partial file beside the output that
+replaces it only at the end (:mod:`ecgrisk.scoring.table`); an interrupted run leaves its
+partial file, which ``resume=True`` reads (with the previous output) and carries forward. An exception (or
 :class:`~ecgrisk.signals.Interrupted`) ends the reader processes before it leaves.
 """
 
@@ -28,6 +28,8 @@ from ecgrisk.scoring.table import TableWriter, read_rows, stale_partials
 from ecgrisk.signals import fault_point, raise_if_interrupted
 
 __all__ = ["score_files"]
+
+RESTING_ECG_S = 10.0  # the length of a resting 12-lead ECG, to size the read-ahead
 
 
 def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os.PathLike, *,
@@ -90,7 +92,12 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
         todo = [r for r in records if r[1] not in done]
         pending: list[ReadRecord] = []
         n_windows = 0
-        stream = read_records(todo, predictor.spec, workers, chunk_size, missing_leads, npy_fs)
+        # a batch of resting ECGs' worth of chunks in flight beyond the readers' own queue, so
+        # they read the next batch while the model scores this one
+        spec = predictor.spec
+        per_record = max(1, round(RESTING_ECG_S * spec.preprocessing.fs) // spec.stride)
+        stream = read_records(todo, spec, workers, chunk_size, missing_leads, npy_fs,
+                              ahead=-(-batch_size // (per_record * chunk_size)))
         with progress_bar(len(todo), "scoring", enabled=progress) as advance, closing(stream):
             for rec in stream:
                 raise_if_interrupted()

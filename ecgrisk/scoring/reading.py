@@ -84,10 +84,13 @@ def _chunks(records, size):
 
 
 def read_records(records: list[tuple[str, str]], spec: InputSpec, workers: int, chunk_size: int,
-                 missing_leads: str = "pad", npy_fs: float | None = None
-                 ) -> Iterator[ReadRecord]:
-    """Yield read records in input order with at most ``4 * workers`` chunks in flight.
+                 missing_leads: str = "pad", npy_fs: float | None = None,
+                 ahead: int = 0) -> Iterator[ReadRecord]:
+    """Yield read records in input order with at most ``4 * workers + ahead`` chunks in flight.
 
+    A consumer that stops to work on what it took (the model on a batch) should ask for a
+    batch's worth of chunks ``ahead``: chunks are only submitted as others are taken, so with
+    less in flight the readers run dry during that work and the next batch waits for them.
     ``workers=0`` reads in the calling process. Closing the generator early (or an exception
     in it) ends the reader processes at once; close it explicitly (``contextlib.closing``)
     rather than leaving that to the garbage collector.
@@ -103,7 +106,7 @@ def read_records(records: list[tuple[str, str]], spec: InputSpec, workers: int, 
         pending: deque = deque()
         for chunk in _chunks(records, chunk_size):
             pending.append(ex.submit(read_chunk, chunk, spec, missing_leads, npy_fs))
-            if len(pending) >= 4 * workers:
+            if len(pending) >= 4 * workers + ahead:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
