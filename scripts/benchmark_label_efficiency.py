@@ -18,8 +18,10 @@ Protocol (PTB-XL, official folds; tasks ``superdiagnostic`` and ``all`` by defau
 Targets, per task, on the means over seeds of the scored fold's macro AUROC:
   * 10%: max over pretrained inits and both modes of AUROC(init, mode, 0.1)
     >= 0.97 x AUROC(random, full, 1.0);
-  * 1%: take the best pretrained (init, mode) at 0.01 (highest AUROC); its AUROC minus
-    AUROC(random, that mode, 0.01) >= 0.05. Each mode's own margin is listed beside it.
+  * 1%: max over pretrained inits and modes of AUROC(init, mode, 0.01) minus max over modes of
+    AUROC(random, mode, 0.01) >= 0.05: the best use of the encoder against the best training from
+    scratch, since a frozen random encoder is no baseline a user would pick. Each mode's own margin
+    is listed beside it.
 
 Each fine-tuning and pretraining run has its own directory under ``--runs-dir``; one that holds a
 finished ``metrics.json`` is read back ("reused"), one with ``checkpoints/last.ckpt`` resumes, so
@@ -330,12 +332,11 @@ def targets(rows: list[dict]) -> list[dict]:
                  ratio=b["macro_auroc"] / ref[0]["macro_auroc"], passed=bool(b["macro_auroc"] >= thr))
     out.append(t)
     t = {"name": "1%: margin over random init",
-         "formula": f"(init*, mode*) = argmax over pretrained inits and modes of AUROC(init, mode, {LOW:g}); "
-                    f"AUROC(init*, mode*, {LOW:g}) - AUROC(random, mode*, {LOW:g}) >= {MARGIN}"}
-    best = _pick(rows, None, None, LOW)
+         "formula": f"max over pretrained inits and modes of AUROC(init, mode, {LOW:g}) - "
+                    f"max over modes of AUROC(random, mode, {LOW:g}) >= {MARGIN}"}
+    best, ref = _pick(rows, None, None, LOW), _pick(rows, "random", None, LOW)
     if best:
         b = max(best, key=lambda r: r["macro_auroc"])
-        ref = _pick(rows, "random", b["mode"], LOW)
         per_mode = {}
         for mode in sorted({r["mode"] for r in best}):
             p, q = _pick(rows, None, mode, LOW), _pick(rows, "random", mode, LOW)
@@ -344,8 +345,9 @@ def targets(rows: list[dict]) -> list[dict]:
                 per_mode[mode] = {"best": pb["init"], "margin": pb["macro_auroc"] - q[0]["macro_auroc"]}
         t["per_mode"] = per_mode
         if ref:
-            margin = b["macro_auroc"] - ref[0]["macro_auroc"]
-            t.update(best=brief(b), reference=brief(ref[0]), margin=margin, passed=bool(margin >= MARGIN))
+            r = max(ref, key=lambda r: r["macro_auroc"])
+            margin = b["macro_auroc"] - r["macro_auroc"]
+            t.update(best=brief(b), reference=brief(r), margin=margin, passed=bool(margin >= MARGIN))
     out.append(t)
     return out
 
