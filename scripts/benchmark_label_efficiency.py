@@ -71,6 +71,9 @@ WIDTH_KEY = {"xresnet1d18": "base_channels", "xresnet1d50": "base_channels",
              "xresnet1d101": "base_channels", "inception1d": "nb_filters", "vit1d": "dim",
              "hybrid": "dim"}
 OBJECTIVES = ("masked", "contrastive", "cpc")
+# benchmark mode -> finetune.mode; discriminative keeps a pretrained encoder close to where it
+# started (a frozen random encoder is a baseline, a slowed one is not: random init skips it)
+MODES = {"linear": "linear", "full": "full", "discriminative": "full"}
 FRACTIONS = (0.01, 0.1, 1.0)
 QUICK = {"width": 8, "pretrain_epochs": 1, "finetune_epochs": 1, "fractions": [0.1, 1.0],
          "seeds": [0], "bootstrap": 20, "tasks": ["superdiagnostic"]}
@@ -105,7 +108,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inits", nargs="+", default=None,
                    help="fine-tune only these inits ('random' and/or encoder names; default all), "
                         "e.g. the random-init baseline at 100%% on its own")
-    p.add_argument("--modes", nargs="+", default=["linear", "full"], choices=["linear", "full"])
+    p.add_argument("--modes", nargs="+", default=["linear", "full"], choices=list(MODES),
+                   help="linear: frozen encoder; full: everything at one rate; discriminative "
+                        "(pretrained inits only): full, the encoder at --encoder-lr-mult of the rate")
+    p.add_argument("--encoder-lr-mult", type=float, default=0.1,
+                   help="discriminative mode: the encoder's share of the learning rate")
     p.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--pretrain-epochs", type=int, default=20)
@@ -245,10 +252,12 @@ def pretrain(args, root: Path, runs: Path, objective: str) -> dict:
 # -- fine-tuning -------------------------------------------------------------------------------
 def finetune(args, root: Path, out: Path, task: str, init: str, enc: dict | None, mode: str,
              fraction: float, seed: int) -> dict:
-    o = [*common_overrides(args, root), f"data.task={task}", f"finetune.mode={mode}",
+    o = [*common_overrides(args, root), f"data.task={task}", f"finetune.mode={MODES[mode]}",
          f"data.train_fraction={fraction}", f"seed={seed}", f"trainer.max_epochs={args.finetune_epochs}",
          f"trainer.check_val_every_n_epoch={args.eval_every}", f"bootstrap={args.bootstrap}",
-         "early_stopping_patience=null", *args.extra_finetune]
+         "early_stopping_patience=null",
+         *([f"finetune.encoder_lr_mult={args.encoder_lr_mult:g}"] if mode == "discriminative" else []),
+         *args.extra_finetune]
     ident = identity_of(o, enc["sha256"] if enc else None)
     if enc:
         o.append(f"model.pretrained={enc['encoder']}")
@@ -281,6 +290,8 @@ def recorded_runs(paths: list[Path], meta: dict, encoders: dict) -> dict[tuple, 
             if r["init"] != "random" and (r["init"] not in encoders
                                           or shas.get(r["init"]) != encoders[r["init"]].get("sha256")):
                 continue  # another encoder under the same name
+            if r["mode"] == "discriminative" and earlier["meta"].get("encoder_lr_mult") != meta["encoder_lr_mult"]:
+                continue  # the encoder trained at another rate
             key = (r["task"], r["init"], r["mode"], float(r["fraction"]), int(r["seed"]))
             found[key] = {**r, "status": f"recorded in {path.name}"}
     return found
@@ -503,7 +514,9 @@ def plot(path: Path, result: dict) -> None:
             ax.set_xticks(fracs)
             ax.set_xticklabels([f"{f:g}" for f in fracs])
             ax.set_xlabel("fraction of the folds 1-8 patients")
-            ax.set_title(f"{task}, {mode} ({'frozen encoder' if mode == 'linear' else 'fine-tune'})")
+            what = {"linear": "frozen encoder", "full": "fine-tune",
+                    "discriminative": f"fine-tune, encoder lr x{result['meta']['encoder_lr_mult']:g}"}
+            ax.set_title(f"{task}, {mode} ({what[mode]})")
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
@@ -561,6 +574,7 @@ def main(argv=None) -> dict:
     device = describe()
     meta = {"root": str(root), "model": args.model, "width": args.width, "model_spec": model_spec,
             "tasks": args.tasks, "objectives": args.objectives, "inits": inits, "modes": args.modes,
+            "encoder_lr_mult": args.encoder_lr_mult,
             "fractions": args.fractions, "seeds": args.seeds, "pretrain_epochs": args.pretrain_epochs,
             "finetune_epochs": args.finetune_epochs, "eval_every": args.eval_every,
             "batch_size": args.batch_size, "bootstrap": args.bootstrap, "quick": args.quick,
@@ -587,6 +601,8 @@ def main(argv=None) -> dict:
             for seed in args.seeds:
                 for mode in args.modes:
                     for init in inits:
+                        if mode == "discriminative" and init == "random":
+                            continue
                         out = runs_dir / task / f"ft-{init}-{mode}-f{frac:g}-s{seed}"
                         earlier = recorded.get((task, init, mode, float(frac), int(seed)))
                         finished = (out / "metrics.json").is_file()

@@ -224,3 +224,19 @@ def test_recorded_takes_runs_whose_directories_are_gone_from_an_earlier_json(ben
     assert mixed["meta"]["missing"] and all("ft-contrastive-" in m for m in mixed["meta"]["missing"])
     with pytest.raises(SystemExit, match="made with other settings.*finetune_epochs"):
         bench.main([*argv, "--finetune-epochs", "2"])
+
+
+def test_discriminative_mode_slows_only_a_pretrained_encoder(bench, work):
+    tmp, root = work
+    runs = tmp / "runs-discriminative"
+    argv = _argv(tmp, root, tmp / "contrastive.pt", runs, "--modes", "discriminative",
+                 "--encoder-lr-mult", "0.25", "--fractions", "0.1", "--objectives", "contrastive",
+                 "--name", "le-discriminative")
+    result = bench.main(argv)
+    assert [(r["init"], r["mode"]) for r in result["runs"]] == [("contrastive", "discriminative")]
+    stamp = json.loads((runs / "superdiagnostic" / "ft-contrastive-discriminative-f0.1-s0"
+                        / bench.STAMP).read_text())
+    assert "finetune.mode=full" in stamp["overrides"]
+    assert stamp["overrides"][-1] == "finetune.encoder_lr_mult=0.25"
+    assert not (runs / "superdiagnostic" / "ft-random-discriminative-f0.1-s0").exists()
+    assert result["meta"]["encoder_lr_mult"] == 0.25
