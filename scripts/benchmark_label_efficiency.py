@@ -7,7 +7,9 @@ Protocol (PTB-XL, official folds; tasks ``superdiagnostic`` and ``all`` by defau
      whose architecture must be ``--model``/``--width``'s;
   2. for each task, training fraction (of the folds 1-8 patients: stratified by each patient's
      rarest class, nested, fixed by the seed; ``data.train_fraction``), seed, mode (``linear``:
-     frozen encoder + head; ``full``: everything trains) and init (random or each encoder),
+     frozen encoder + head; ``full``: everything trains; ``discriminative``, pretrained inits
+     only: everything trains, the encoder at ``--encoder-lr-mult`` of the rate) and init (random
+     or each encoder),
      fine-tune with ``ecgrisk.finetune.train``; fold 9 picks the epoch and calibrates;
   3. score each run's macro AUROC with its bootstrap 90% CI on the test fold (10) when the data
      has it, else on fold 9 (the full data here withholds fold 10), which is then the fold the
