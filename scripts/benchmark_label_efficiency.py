@@ -358,9 +358,9 @@ def targets(rows: list[dict]) -> list[dict]:
                 per_mode[mode] = {"best": pb["init"], "margin": pb["macro_auroc"] - q[0]["macro_auroc"]}
         t["per_mode"] = per_mode
         if ref:
-            r = max(ref, key=lambda r: r["macro_auroc"])
-            margin = b["macro_auroc"] - r["macro_auroc"]
-            t.update(best=brief(b), reference=brief(r), margin=margin, passed=bool(margin >= MARGIN))
+            base = max(ref, key=lambda x: x["macro_auroc"])
+            margin = b["macro_auroc"] - base["macro_auroc"]
+            t.update(best=brief(b), reference=brief(base), margin=margin, passed=bool(margin >= MARGIN))
     out.append(t)
     return out
 
