@@ -82,6 +82,7 @@ QUICK = {"width": 8, "pretrain_epochs": 1, "finetune_epochs": 1, "fractions": [0
 STAMP = "benchmark_run.json"  # a run directory's settings, checked before it is reused
 # the targets (issue "Self-supervised pretraining that pays")
 MID, FULL, LOW, RATIO, MARGIN = 0.1, 1.0, 0.01, 0.97, 0.05
+FOLD_KEYS = ("data.train_folds", "data.val_folds", "data.test_folds")
 SCORED = {"test": f"fold {TEST_FOLDS[0]} (test)",
           "val": f"fold {VAL_FOLDS[0]} (validation; the epoch and the calibration were chosen on it)"}
 
@@ -142,6 +143,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args = p.parse_args(argv)
     if not all(0 < f <= 1 for f in args.fractions):
         raise SystemExit(f"--fractions must lie in (0, 1], got {args.fractions}")
+    if any(o.split("=")[0].lstrip("+~") in FOLD_KEYS for o in args.extra_finetune):
+        raise SystemExit(f"--extra-finetune: the benchmark trains on folds 1-8 and scores fold 9 or 10; "
+                         f"for other folds sweep ecgrisk-finetune -m with {', '.join(FOLD_KEYS)}")
     if args.eval_every < 1:
         raise SystemExit(f"--eval-every must be >= 1, got {args.eval_every}")
     args.encoders = {}

@@ -44,6 +44,7 @@ def test_run_directory_holds_everything(finished_run, ptbxl_split_sizes):
               "train/wall_s", "train/samples_per_s"):
         assert k in saved, k
     assert saved["test/records"] == sizes["test"] and saved["val/records"] == sizes["val"]
+    assert (saved["train/folds"], saved["val/folds"], saved["test/folds"]) == ([1, 2, 3, 4, 5, 6, 7, 8], [9], [10])
     assert 0.0 <= saved["test/macro_auroc"] <= 1.0
     assert saved["test/macro_auroc/lower"] <= saved["test/macro_auroc"] <= saved["test/macro_auroc/upper"]
     preds = pd.read_csv(run / "predictions" / "test.csv")

@@ -113,3 +113,21 @@ def test_datamodule_draws_whole_patients_from_folds_1_to_8(shared_patients, tmp_
     full = ECGDataModule(rs, tmp_path / "cache", batch_size=8, progress=False)
     full.setup()
     assert full.record_ids("train") == folds_1_8
+
+
+def test_folds_from_the_data_config_choose_the_records(shared_patients, tmp_path):
+    from ecgrisk.config import compose
+    from ecgrisk.data.datamodule import build_datamodule
+
+    root, _ = shared_patients
+    cfg = compose("finetune", [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+                               "data.train_folds=[1,2,3,4,5,6,7]", "data.val_folds=[8]"])
+    dm = build_datamodule(cfg.data, 0, progress=False)
+    dm.setup()
+    fold = dict(zip(dm.caches[0].record_ids, dm.caches[0].folds, strict=True))
+    assert {fold[r] for r in dm.record_ids("train")} == set(range(1, 8))
+    assert dm.record_ids("val") == [r for r, f in fold.items() if f == 8]
+    assert {fold[r] for r in dm.record_ids("test")} == {10}
+    assert compose("finetune", []).data.val_folds == [9]  # the official split by default
+    with pytest.raises(ValueError, match=r"folds \[9\] are in more than one split"):
+        ECGDataModule(PTBXL(root), tmp_path / "cache", train_folds=range(1, 10), val_folds=[9])

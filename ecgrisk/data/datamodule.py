@@ -74,6 +74,11 @@ class ECGDataModule(L.LightningDataModule):
         self.crop, self.window, self.stride = round(crop_s * fs), round(window_s * fs), round(stride_s * fs)
         self.train_fraction, self.seed = train_fraction, seed
         self.folds = {"train": tuple(train_folds), "val": tuple(val_folds), "test": tuple(test_folds)}
+        shared = {f for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+                  for f in set(self.folds[a]) & set(self.folds[b])}
+        if shared:
+            raise ValueError(f"folds {sorted(shared)} are in more than one split of {self.folds}: "
+                             "a record must not train and score the same model")
         self.cache_workers, self.progress = cache_workers, progress
         self.scaler = scaler
         self.caches: list[ECGCache] = []
@@ -173,4 +178,5 @@ def build_datamodule(data: DictConfig, seed: int, scaler: Scaler | None = None,
         preprocessing=Preprocessing.from_dict(node["preprocessing"]),
         batch_size=data.batch_size, crop_s=data.crop_s, window_s=data.window_s, stride_s=data.stride_s,
         num_workers=data.num_workers, train_fraction=data.train_fraction, seed=seed,
+        train_folds=data.train_folds, val_folds=data.val_folds, test_folds=data.test_folds,
         cache_workers=data.cache_workers, scaler=scaler, progress=progress)

@@ -121,7 +121,8 @@ def train(cfg: DictConfig) -> dict:
     metrics = evaluate(val["labels"], expit(val["logits"]), prefix="val/", classes=classes,
                        bootstrap=cfg.bootstrap, seed=cfg.seed)
     metrics.update({"train/records": int(len(dm.split["train"][0])),
-                    "val/records": int(len(val["labels"])), "test/records": 0})
+                    "val/records": int(len(val["labels"])), "test/records": 0,
+                    **{f"{k}/folds": [int(f) for f in v] for k, v in dm.folds.items()}})
     val_prob = apply_temperature(val["logits"], temps, bias)
     _write_predictions(out / "predictions" / "val.csv", _seen_ids(dm, "val", val), classes,
                        val["labels"], val_prob)
