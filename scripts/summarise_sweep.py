@@ -7,9 +7,9 @@
 
 A run is a directory holding ``.hydra/overrides.yaml`` (every stage writes it); runs whose
 overrides differ only in ``seed`` are one setting, and a row is named by the overrides that
-differ between settings. A run without ``metrics.json`` (still running, or killed) is counted as
-unfinished, never averaged. Writes ``<out>.md`` and ``<out>.json`` (default ``<sweep>/summary``)
-and prints the table, best setting first.
+differ between settings ("-" where a run does not set it). A run without ``metrics.json`` (still
+running, or killed) is counted as unfinished, never averaged. Writes ``<out>.md`` and
+``<out>.json`` (default ``<sweep>/summary``) and prints the table, best setting first.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def markdown(s: dict) -> str:
                                 "seeds", "unfinished"]) + " |",
              "|" + "---|" * (len(cols) + 6)]
     for r in s["rows"]:
-        names = [str(r["setting"].get(k)) for k in s["varying"]] or ["all runs"]
+        names = ["-" if r["setting"].get(k) is None else str(r["setting"][k])
+                 for k in s["varying"]] or ["all runs"]
         lines.append("| " + " | ".join([*names, _f(r.get("mean")), _f(r.get("std")),
                                         f"{_f(r.get('min'))}-{_f(r.get('max'))}",
                                         f"{_f(r.get('lower'))}-{_f(r.get('upper'))}",
