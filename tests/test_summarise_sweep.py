@@ -38,6 +38,7 @@ def test_seeds_of_one_setting_are_averaged_and_rows_named_by_what_varies(tmp_pat
     assert killed["seeds"] == 0 and killed["unfinished"] == 1 and "mean" not in killed
     md = (tmp_path / "summary.md").read_text()
     assert md.index("| 0.1 | 0.750 | 0.014 |") < md.index("| 1.0 | 0.695 |")
+    assert f"Command: `python scripts/summarise_sweep.py {tmp_path}`" in md
 
 
 def test_an_empty_folder_is_refused(tmp_path):
