@@ -6,6 +6,7 @@ import csv
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -337,3 +338,37 @@ def test_a_bf16_bundle_scores_in_bf16_only_where_bf16_is_native(bundle_path, mon
     with torch.inference_mode():  # the two precisions do differ, so the check above can tell them apart
         fp32 = bundle.model(torch.from_numpy(windows)).numpy()
     assert np.array_equal(got, fp32) != native
+
+
+def test_a_large_batch_runs_as_one_single_threaded_call_per_thread(bundle_path, monkeypatch):
+    import ecgrisk.scoring.predict as predict
+
+    bundle = Bundle.load(bundle_path)
+    bundle.precision = "32-true"
+    predictor = Predictor(bundle)
+    windows = np.random.default_rng(1).standard_normal(
+        (3 * predict.MIN_SHARD_WINDOWS + 5, 12, round(bundle.window_s * 100))).astype(np.float32)
+    seen = []
+    real = Predictor._logits
+
+    def spy(self, w):
+        seen.append((len(w), torch.get_num_threads(), threading.get_ident()))
+        return real(self, w)
+
+    monkeypatch.setattr(Predictor, "_logits", spy)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        got = predictor.window_logits(windows)
+        assert torch.get_num_threads() == 3  # restored after the call
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(n for n, _, _ in seen) == [65, 66, 66]
+    assert {t for _, t, _ in seen} == {1}
+    assert len({ident for _, _, ident in seen}) == 3
+    with torch.inference_mode():
+        want = bundle.model(torch.from_numpy(windows)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    seen.clear()
+    predictor.window_logits(windows[:2 * predict.MIN_SHARD_WINDOWS - 1])  # too few to split
+    assert [n for n, _, _ in seen] == [2 * predict.MIN_SHARD_WINDOWS - 1]

@@ -23,6 +23,8 @@ in reader processes, which never import this module); steps 3-4 need the model
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +42,19 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Predictor", "aggregate_logits", "calibrate", "predict_proba"]
 
 log = logging.getLogger(__name__)
+
+# windows per single-threaded call below which one call on every thread is as fast
+MIN_SHARD_WINDOWS = 64
+
+
+@contextmanager
+def _one_thread_per_op():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def aggregate_logits(logits: np.ndarray, positions: np.ndarray, n_records: int,
@@ -82,6 +97,8 @@ class Predictor:
         self.bundle, self.backend, self.device = bundle, backend, device
         self.spec = InputSpec.from_bundle(bundle)
         self._session = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
         if backend == "onnx":
             self._session = OnnxLogits(bundle, onnx_path, bundle_path=bundle_path)
             if bundle.precision != "32-true":
@@ -98,9 +115,28 @@ class Predictor:
                      "(results/scoring_precision.md)", bundle.name, torch.device(device).type.upper())
 
     def window_logits(self, windows: np.ndarray) -> np.ndarray:
-        """``windows [B, leads, window]`` float32 -> logits ``[B, C]`` float32."""
+        """``windows [B, leads, window]`` float32 -> logits ``[B, C]`` float32.
+
+        On a CPU with ``n > 1`` torch threads a large batch goes as ``n`` single-threaded calls
+        on ``n`` Python threads (torch releases the GIL inside each op): one call's threads wait
+        for each other after every op, which left about a fifth of 2 cores idle, and more when
+        reader processes share the cores (``results/bench_scoring.md``).
+        """
         if self._session is not None:
             return self._session(windows)
+        n = torch.get_num_threads()
+        shards = min(n, len(windows) // MIN_SHARD_WINDOWS)
+        if torch.device(self.device).type != "cpu" or shards < 2:
+            return self._logits(windows)
+        if self._pool_size < shards:
+            self._pool = ThreadPoolExecutor(shards, thread_name_prefix="ecgrisk-model")
+            self._pool_size = shards
+        with _one_thread_per_op():
+            return np.concatenate(list(self._pool.map(self._logits,
+                                                      np.array_split(windows, shards))))
+
+    def _logits(self, windows: np.ndarray) -> np.ndarray:
+        # autocast and inference mode are per thread: set here, in the thread that runs the model
         device_type = torch.device(self.device).type
         with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=self.bf16):
             x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
