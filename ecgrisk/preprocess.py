@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy import signal as sps
 
 
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
@@ -20,6 +19,10 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
         raise ValueError(f"sampling rates must be positive, got {fs_in} -> {fs_out}")
     if fs_in == fs_out:
         return np.asarray(x, dtype=np.float32)
+    # scipy.signal takes about a second to import: a reader process scoring records already
+    # at the model's rate never pays it
+    from scipy import signal as sps
+
     ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
     y = sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
     return y.astype(np.float32, copy=False)
@@ -27,6 +30,8 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
 
 def bandpass(x: np.ndarray, fs: float, low: float = 0.5, high: float = 40.0, order: int = 3) -> np.ndarray:
     """Zero-phase Butterworth band-pass; ``low`` removes baseline wander. ``high`` is capped below Nyquist."""
+    from scipy import signal as sps
+
     nyq = fs / 2.0
     high = min(high, 0.95 * nyq)
     sos = sps.butter(order, [low / nyq, high / nyq], btype="bandpass", output="sos")
@@ -37,6 +42,8 @@ def notch(x: np.ndarray, fs: float, freq: float = 50.0, quality: float = 30.0) -
     """Zero-phase notch at the mains frequency (50 or 60 Hz); a no-op when ``freq`` is above Nyquist."""
     if freq >= fs / 2.0:
         return np.asarray(x, dtype=np.float32)
+    from scipy import signal as sps
+
     b, a = sps.iirnotch(freq, quality, fs)
     return sps.filtfilt(b, a, x, axis=-1).astype(np.float32, copy=False)
 

@@ -316,10 +316,25 @@ def test_windows_of_prepared_records_start_where_evaluation_windows_say():
     np.testing.assert_array_equal(windows[7], records[1])
 
 
-def test_reader_side_never_loads_torch():
-    code = ("import sys, ecgrisk.scoring.reading, ecgrisk.io.inputs; "
-            "assert 'torch' not in sys.modules, 'torch loaded'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+def test_reader_side_never_loads_torch_nor_scipy_signal_for_records_at_the_model_rate(tmp_path):
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    sig = np.random.default_rng(0).standard_normal((1000, 12)) * 0.3
+    _write_wfdb(tmp_path, "r100", sig, 100, leads)
+    _write_wfdb(tmp_path, "r500", np.repeat(sig, 5, axis=0), 500, leads)
+    code = (
+        "import sys\n"
+        "from ecgrisk.input_spec import InputSpec\n"
+        "from ecgrisk.preprocess import Preprocessing, Scaler\n"
+        "from ecgrisk.scoring.reading import read_chunk\n"
+        "spec = InputSpec(Preprocessing(fs=100.0), Scaler(0.0, 1.0), window=250, stride=125)\n"
+        "(r,) = read_chunk([('r100', sys.argv[1])], spec)\n"
+        "assert r.error == '' and r.length == 1000, r\n"
+        "assert 'torch' not in sys.modules and 'scipy.signal' not in sys.modules\n"
+        "(r,) = read_chunk([('r500', sys.argv[2])], spec)\n"
+        "assert r.error == '' and r.length == 1000, r\n"
+        "assert 'scipy.signal' in sys.modules  # resampling loads it when it is needed\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r100"), str(tmp_path / "r500")],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
