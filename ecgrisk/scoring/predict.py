@@ -118,9 +118,10 @@ class Predictor:
         """``windows [B, leads, window]`` float32 -> logits ``[B, C]`` float32.
 
         On a CPU with ``n > 1`` torch threads a large batch goes as ``n`` single-threaded calls
-        on ``n`` Python threads (torch releases the GIL inside each op): one call's threads wait
-        for each other after every op, which left about a fifth of 2 cores idle, and more when
-        reader processes share the cores (``results/bench_scoring.md``).
+        on ``n`` Python threads (torch releases the GIL inside each op), because one call's
+        threads wait for each other after every op: on 2 cores the shipped model ran 910-925
+        windows/s as one call and 1006-1092 as two, and batch scoring, whose readers share the
+        cores, gained 16%. The torch thread count is process-wide, so it is 1 during the call.
         """
         if self._session is not None:
             return self._session(windows)
@@ -129,6 +130,8 @@ class Predictor:
         if torch.device(self.device).type != "cpu" or shards < 2:
             return self._logits(windows)
         if self._pool_size < shards:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
             self._pool = ThreadPoolExecutor(shards, thread_name_prefix="ecgrisk-model")
             self._pool_size = shards
         with _one_thread_per_op():
