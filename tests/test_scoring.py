@@ -323,6 +323,7 @@ def test_reader_side_never_loads_torch_nor_scipy_signal_for_records_at_the_model
     _write_wfdb(tmp_path, "r500", np.repeat(sig, 5, axis=0), 500, leads)
     code = (
         "import sys\n"
+        "import ecgrisk.io.inputs  # noqa: F401\n"
         "from ecgrisk.input_spec import InputSpec\n"
         "from ecgrisk.preprocess import Preprocessing, Scaler\n"
         "from ecgrisk.scoring.reading import read_chunk\n"
