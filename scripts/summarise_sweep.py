@@ -73,7 +73,7 @@ def _f(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def markdown(s: dict, command: str = "") -> str:
+def markdown(s: dict, command: str) -> str:
     cols = s["varying"] or ["setting"]
     lines = [f"`{s['metric']}` per setting, mean over seeds (best first); every run shares "
              + (", ".join(f"`{k}={v}`" for k, v in s["shared"].items()) or "no override") + ".", "",
@@ -87,8 +87,7 @@ def markdown(s: dict, command: str = "") -> str:
                                         f"{_f(r.get('min'))}-{_f(r.get('max'))}",
                                         f"{_f(r.get('lower'))}-{_f(r.get('upper'))}",
                                         str(r["seeds"]), str(r["unfinished"])]) + " |")
-    if command:
-        lines += ["", f"Command: `{command}`; each run's resolved config is in its `.hydra/`."]
+    lines += ["", f"Command: `{command}`; each run's resolved config is in its `.hydra/`."]
     return "\n".join(lines) + "\n"
 
 
@@ -106,7 +105,7 @@ def main(argv=None) -> None:
     s = summarise(runs, args.metric, tuple(args.ignore))
     out = args.out or args.sweeps[0] / "summary"
     atomic_write_text(out.with_suffix(".json"), json.dumps(s, indent=1))
-    md = markdown(s, shlex.join(["python", "scripts/summarise_sweep.py", *map(str, argv or sys.argv[1:])]))
+    md = markdown(s, shlex.join(["python", "scripts/summarise_sweep.py", *map(str, sys.argv[1:] if argv is None else argv)]))
     atomic_write_text(out.with_suffix(".md"), md)
     print(md, end="")
 

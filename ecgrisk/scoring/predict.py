@@ -22,6 +22,7 @@ in reader processes, which never import this module); steps 3-4 need the model
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -45,6 +46,11 @@ log = logging.getLogger(__name__)
 
 # windows per single-threaded call below which one call on every thread is as fast
 MIN_SHARD_WINDOWS = 64
+
+
+@functools.cache
+def _model_threads(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(n, thread_name_prefix="ecgrisk-model")
 
 
 @contextmanager
@@ -97,8 +103,6 @@ class Predictor:
         self.bundle, self.backend, self.device = bundle, backend, device
         self.spec = InputSpec.from_bundle(bundle)
         self._session = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_size = 0
         if backend == "onnx":
             self._session = OnnxLogits(bundle, onnx_path, bundle_path=bundle_path)
             if bundle.precision != "32-true":
@@ -129,14 +133,9 @@ class Predictor:
         shards = min(n, len(windows) // MIN_SHARD_WINDOWS)
         if torch.device(self.device).type != "cpu" or shards < 2:
             return self._logits(windows)
-        if self._pool_size < shards:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(shards, thread_name_prefix="ecgrisk-model")
-            self._pool_size = shards
         with _one_thread_per_op():
-            return np.concatenate(list(self._pool.map(self._logits,
-                                                      np.array_split(windows, shards))))
+            return np.concatenate(list(_model_threads(shards).map(self._logits,
+                                                                  np.array_split(windows, shards))))
 
     def _logits(self, windows: np.ndarray) -> np.ndarray:
         # autocast and inference mode are per thread: set here, in the thread that runs the model
