@@ -29,6 +29,7 @@ from ecgrisk.bundle import Bundle  # noqa: E402
 from ecgrisk.data.ptbxl import PTBXL  # noqa: E402
 from ecgrisk.files import atomic_write_text  # noqa: E402
 from ecgrisk.io import read_ecg  # noqa: E402
+from ecgrisk.provenance import command_line  # noqa: E402
 from ecgrisk.scoring.attribution import explain, segment_deletion  # noqa: E402
 from ecgrisk.scoring.predict import Predictor  # noqa: E402
 
@@ -78,11 +79,11 @@ def main() -> None:
         rows = [measure(root, m, args.records, args.seconds) for m in args.models]
     wall = time.perf_counter() - t0
     result = {"root": str(args.root or "the shipped PTB-XL sample"), "wall_s": wall,
-              "command": sys.argv, "rows": rows}
+              "command": command_line(__file__), "rows": rows}
     out = Path(args.out)
     atomic_write_text(out / "attribution_faithfulness.json", json.dumps(result, indent=1))
     md = ["# Attribution faithfulness (segment deletion)", "",
-          f"`python scripts/bench_attribution.py {' '.join(sys.argv[1:])}` on fold-9 records of "
+          f"`{result['command']}` on fold-9 records of "
           f"{result['root']} whose top statement has p >= 0.5 ({wall:.0f} s). Probability drop of "
           f"that statement in its winning window when the most-attributed {args.seconds:g} s "
           "segment (all leads) is set to the baseline, against the mean of 20 random segments of "

@@ -39,6 +39,7 @@ from ecgrisk.data.windows import CropDataset
 from ecgrisk.files import atomic_write_text
 from ecgrisk.paths import shared_data
 from ecgrisk.preprocess import Preprocessing, Scaler
+from ecgrisk.provenance import command_line
 
 CROP, BATCH = 250, 128
 
@@ -144,7 +145,7 @@ def main() -> None:
     result = {
         "data": f"{args.root}: {len(rs)} PTB-XL records (task {args.task}), 100 Hz",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads 1",
-        "command": "python scripts/bench_data.py " + " ".join(sys.argv[1:]),
+        "command": command_line(__file__),
         "cache_build_s_median": statistics.median(builds), "cache_build_s": builds,
         "cache_reuse_s_median": statistics.median(reuses), "target_build_s_full": 60,
         "cache_build_workers": args.workers,

@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from ecgrisk.hardware import describe  # noqa: E402
 from ecgrisk.io import read_ecg  # noqa: E402
 from ecgrisk.io.write import write_ecg  # noqa: E402
+from ecgrisk.provenance import command_line  # noqa: E402
 
 
 def build_folder(src: Path, dst: Path, n: int, mixed: float) -> dict:
@@ -322,7 +323,7 @@ def main() -> None:
                     for n in args.sizes)
     lines = [
         "# Batch scoring benchmark", "",
-        f"`python scripts/bench_scoring.py {' '.join(sys.argv[1:])}` on {describe()}; "
+        f"`{command_line(__file__)}` on {describe()}; "
         f"{len(cores)} CPU cores pinned, started {time.strftime('%Y-%m-%d %H:%M')}: model "
         f"{model_desc}, {args.workers} reader processes, batches of {args.batch_size} windows. "
         f"Files ({mix}): PTB-XL 100 Hz records from `{src}`, DICOM 1000 Hz, MUSE 500 Hz "

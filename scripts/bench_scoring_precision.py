@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ecgrisk.files import atomic_write_text
 from ecgrisk.hardware import bf16_is_native, describe
 from ecgrisk.io import read_ecg
 from ecgrisk.metrics import macro_auroc
+from ecgrisk.provenance import command_line
 from ecgrisk.scoring.predict import Predictor
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     result = {
         "model": args.model, "records": len(idx), "windows": windows, "machine": describe(),
         "bf16_native": bf16_is_native("cpu"),
-        "command": "python scripts/bench_scoring_precision.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line(__file__, argv),
         "abs_diff": {"median": float(np.median(d)), "p99": float(np.quantile(d, 0.99)), "max": float(d.max())},
         "macro_auroc": {s: macro_auroc(y, probs[s]) for s in probs},
         "seconds": secs, "windows_per_s": {s: windows / secs[s] for s in secs},

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from ecgrisk.files import atomic_write_text
 from ecgrisk.hardware import describe
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.provenance import command_line
 
 MODES = ("fp32", "bf16", "compile", "compile+bf16")
 
@@ -124,7 +124,7 @@ def main() -> None:
     checks = parity(args.parity_root, args.parity_model, args.parity_task, args.parity_epochs,
                     Path(args.runs_dir)) if args.parity_root else []
 
-    command = "python scripts/bench_train_speed.py " + " ".join(sys.argv[1:])
+    command = command_line(__file__)
     atomic_write_text(Path(args.out) / f"{args.name}.json", json.dumps(
         {"started": started, "machine": machine, "command": command, "speed": rows, "parity": checks}, indent=1))
     md = [f"# Training speed on CPU\n\n`{command}` on {machine}, started {started}. One training step = "

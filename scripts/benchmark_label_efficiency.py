@@ -52,7 +52,6 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -68,6 +67,7 @@ from ecgrisk.finetune.app import train as finetune_train
 from ecgrisk.hardware import describe
 from ecgrisk.models import create_encoder
 from ecgrisk.pretrain.app import train as pretrain_train
+from ecgrisk.provenance import command_line
 
 WIDTH_KEY = {"xresnet1d18": "base_channels", "xresnet1d50": "base_channels",
              "xresnet1d101": "base_channels", "inception1d": "nb_filters", "vit1d": "dim",
@@ -585,8 +585,7 @@ def main(argv=None) -> dict:
             "finetune_epochs": args.finetune_epochs, "eval_every": args.eval_every,
             "batch_size": args.batch_size, "bootstrap": args.bootstrap, "quick": args.quick,
             "device": device, "runs_dir": str(runs_dir),
-            "command": " ".join(["python scripts/benchmark_label_efficiency.py",
-                                 *(sys.argv[1:] if argv is None else map(str, argv))]),
+            "command": command_line(__file__, argv),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "targets": {"mid": MID, "full": FULL, "low": LOW, "ratio": RATIO, "margin": MARGIN}}
     pretrain_s = sum(e.get("train/wall_s") or 0.0 for e in encoders.values())

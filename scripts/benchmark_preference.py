@@ -352,14 +352,12 @@ def plot(path: Path, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
-
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ecgrisk.bundle import Bundle
     from ecgrisk.data.datamodule import build_datamodule
     from ecgrisk.hardware import describe
+    from ecgrisk.provenance import command_line
     from ecgrisk.refine.app import data_for_bundle
     from ecgrisk.refine.pools import prepare_sets
 
@@ -432,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
             "bootstrap": args.bootstrap, "overrides": args.overrides, "embed_s": embed_s,
             "oracle_s": oracle_s, "wall_s": time.perf_counter() - t0,
             "machine": describe(),
-            "command": "python scripts/benchmark_preference.py " + " ".join(sys.argv[1:])}
+            "command": command_line(__file__, argv)}
     result = {"meta": meta, "base": base_row, "oracle": oracle_row, "rows": rows,
               "refusals": refusals}
     clean = json.loads(json.dumps(result, default=float).replace("NaN", "null"))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from ecgrisk.hardware import describe, resolve_precision
 from ecgrisk.metrics import evaluate
 from ecgrisk.models import create_encoder, list_encoders
 from ecgrisk.paths import shared_data
+from ecgrisk.provenance import command_line
 
 TRANSFORMERS = {"vit1d", "hybrid"}
 
@@ -205,11 +205,11 @@ def main() -> None:
     budget = (f"{args.epochs} epochs per run, {resolve_precision(args.precision, args.accelerator)}, validation every {args.val_every} epoch(s), "
               f"best validated epoch kept") + (f", {args.max_minutes} min cap" if args.max_minutes else "")
     header = (f"PTB-XL benchmark protocol on `{args.root}` ({machine}; {budget}; {args.accelerator}). "
-              f"Started {started}. Command: `python scripts/benchmark_ptbxl.py {' '.join(sys.argv[1:])}`. "
+              f"Started {started}. Command: `{command_line(__file__)}`. "
               f"Where the test fold is absent the row is scored on fold 9, the fold the best epoch and the "
               f"calibration were chosen on.")
     meta = {"started": started, "root": str(args.root), "accelerator": args.accelerator,
-            "machine": machine, "budget": budget, "command": sys.argv}
+            "machine": machine, "budget": budget, "command": command_line(__file__)}
     rows = []
     for t in args.tasks:
         for m in args.models:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ecgrisk.files import atomic_write_text  # noqa: E402
+from ecgrisk.provenance import command_line  # noqa: E402
 
 
 def read_runs(sweeps: list[Path]) -> list[dict]:
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     s = summarise(runs, args.metric, tuple(args.ignore))
     out = args.out or args.sweeps[0] / "summary"
     atomic_write_text(out.with_suffix(".json"), json.dumps(s, indent=1))
-    md = markdown(s, shlex.join(["python", "scripts/summarise_sweep.py", *map(str, sys.argv[1:] if argv is None else argv)]))
+    md = markdown(s, command_line(__file__, argv))
     atomic_write_text(out.with_suffix(".md"), md)
     print(md, end="")
 
