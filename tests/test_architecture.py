@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ecgrisk"
 LAYERS = {
     "shared": ["files", "paths", "progress", "config", "runs", "preprocess", "metrics",
                "calibration", "plotting", "io", "models", "data", "bundle", "windowing", "shipped",
-               "signals", "conformal", "input_spec", "hardware"],
+               "signals", "conformal", "input_spec", "hardware", "provenance"],
     "feedback": ["feedback"],  # the judgements both refinement and review use
     "stages": ["pretrain", "finetune", "refine", "scoring"],
     "apps": ["review"],
