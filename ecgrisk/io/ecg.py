@@ -1,0 +1,65 @@
+"""The ECG every reader returns: 12 standard leads in mV, and the names those leads go by."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["ECG", "LEAD_INDEX", "STANDARD_LEADS", "normalise_lead_name"]
+
+# fmt: off
+STANDARD_LEADS: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+)
+LEAD_INDEX = {name: i for i, name in enumerate(STANDARD_LEADS)}
+# Modified limb leads (MLII in MIT-BIH) and the D1-D3 / DI-DIII spellings of some exports.
+_ALIASES = {name.upper(): name for name in STANDARD_LEADS} | {
+    "MLI": "I", "MLII": "II", "MLIII": "III", "ML2": "II",
+    "DI": "I", "DII": "II", "DIII": "III", "D1": "I", "D2": "II", "D3": "III",
+}
+# fmt: on
+
+
+@dataclass
+class ECG:
+    """One 12-lead ECG.
+
+    Attributes
+    ----------
+    signal : float32 ``[12, samples]`` in mV, rows in ``STANDARD_LEADS`` order, zeros where absent.
+    fs : sampling rate in Hz.
+    leads : ``STANDARD_LEADS``.
+    lead_mask : bool ``[12]``, False where the lead was absent and zero-padded.
+    record_id : file stem, e.g. ``"00001_lr"``.
+    path : the header (WFDB/Challenge) or array file that was read.
+    meta : ``age`` (float|None), ``sex`` ("M"/"F"/None), ``dx`` (list[str]), ``resampled``,
+        ``original_fs``, ``source_format`` ("wfdb", "challenge-mat", "npy", "npz", or a clinical
+        format: "dicom", "ge-muse-xml", "philips-xml", "hl7-aecg", "scp-ecg", "edf"),
+        ``missing_leads``, ``derived_leads``, ``unknown_leads``, ``nan_samples``, plus header
+        ``key: value`` comments; clinical files add ``acquired``, ``reader``, ``reader_warnings``.
+    """
+
+    signal: np.ndarray
+    fs: float
+    leads: tuple[str, ...]
+    lead_mask: np.ndarray
+    record_id: str
+    path: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return self.signal.shape[1] / self.fs
+
+
+def normalise_lead_name(name: str) -> str | None:
+    """Map a lead label to its ``STANDARD_LEADS`` spelling: 'AVR'/'avr' -> 'aVR', 'MLII' -> 'II'.
+
+    Case, spaces, '-'/'_' and a leading 'lead' are ignored; unknown labels give None.
+    """
+    key = re.sub(r"[\s_\-]", "", str(name)).upper()
+    if key.startswith("LEAD") and len(key) > 4:
+        key = key[4:]
+    return _ALIASES.get(key)
