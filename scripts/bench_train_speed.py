@@ -30,6 +30,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def recipe_rates(root: str, model: str, batches: int, out_root: Path) -> list[di
         for layout, (procs, threads) in RECIPE_LAYOUTS.items():
             run = out_root / f"recipe-{cli}-{procs}x{threads}"
             shutil.rmtree(run, ignore_errors=True)
-            cmd = [cli, *overrides, f"model={model}", f"data.root={root}", "trainer.max_epochs=1",
+            # the console script beside this interpreter: runs in its environment unactivated
+            cmd = [str(Path(sys.executable).parent / cli), *overrides, f"model={model}", f"data.root={root}", "trainer.max_epochs=1",
                    f"trainer.limit_train_batches={batches}", "trainer.enable_progress_bar=false",
                    f"output_dir={run}"]
             if procs > 1:
