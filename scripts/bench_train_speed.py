@@ -99,6 +99,8 @@ def recipe_rates(root: str, model: str, batches: int, out_root: Path) -> list[di
             if procs > 1:
                 cmd += ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={procs}",
                         f"data.batch_size={128 // procs}"]
+            # a process per run, not train() here: torch fixes its thread count at start-up and
+            # DDP launches its own processes
             proc = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": str(threads)},
                                   capture_output=True, text=True)
             if proc.returncode != 0:

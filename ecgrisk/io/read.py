@@ -26,7 +26,7 @@ from ecgrisk.io.errors import (
     UnknownFormatError,
 )
 from ecgrisk.io.header import header_meta, parse_header
-from ecgrisk.io.wfdb_signal import UNIT_TO_MV, read_wfdb_signal
+from ecgrisk.io.wfdb_signal import read_wfdb_signal
 
 __all__ = ["MIN_FS", "read_ecg", "read_header"]
 
@@ -161,12 +161,8 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         if h.fs is None:
             raise SamplingRateError(file, "header gives no sampling frequency")
         rec_fs = _check_fs(file, h.fs, "header sampling rate")
-        raw = read_wfdb_signal(h)
-        scale = np.array([UNIT_TO_MV.get(u.lower(), 1.0) for u in h.units], dtype=np.float32)
-        if (scale != 1.0).any():
-            raw *= scale[:, None]
+        raw, odd_units = read_wfdb_signal(h)
         names, meta = h.names, header_meta(kind, h)
-        odd_units = sorted({u for u in h.units if u.lower() not in UNIT_TO_MV})
         if odd_units:
             meta["units_assumed_mv"] = odd_units
     elif kind not in ("npy", "npz"):

@@ -22,15 +22,25 @@ from ecgrisk.io.errors import (
 )
 from ecgrisk.io.header import Header
 
-__all__ = ["UNIT_TO_MV", "read_wfdb_signal"]
+__all__ = ["read_wfdb_signal"]
 
-UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "nv": 1e-6, "v": 1e3}
+_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "nv": 1e-6, "v": 1e3}
 # Bytes per sample of WFDB formats with a fixed size (FLAC 5xx is compressed: not checked).
 _BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2,
                      "212": 1.5, "310": 4 / 3, "311": 4 / 3}
 
 
-def read_wfdb_signal(h: Header) -> np.ndarray:
+def read_wfdb_signal(h: Header) -> tuple[np.ndarray, list[str]]:
+    """Signal ``[n_sig, samples]`` float32 in mV (NaN = invalid sample), and the header's units
+    it did not know, whose channels are taken to be in mV already."""
+    x = _physical(h)
+    scale = np.array([_UNIT_TO_MV.get(u.lower(), 1.0) for u in h.units], dtype=np.float32)
+    if (scale != 1.0).any():
+        x *= scale[:, None]
+    return x, sorted({u for u in h.units if u.lower() not in _UNIT_TO_MV})
+
+
+def _physical(h: Header) -> np.ndarray:
     """Physical signal ``[n_sig, samples]`` float32 in the header's units (NaN = invalid sample)."""
     folder = h.path.parent
     n_sig = len(h.files)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgrisk.files import atomic_path
-from ecgrisk.io import ECG, STANDARD_LEADS
+from ecgrisk.io.ecg import ECG, STANDARD_LEADS
 
 __all__ = ["WRITE_FORMATS", "write_ecg"]
 
