@@ -155,6 +155,14 @@ def test_microvolt_units_become_millivolts(tmp_path):
     x = _distinct(300, 12) * 1000.0
     ecg = read_ecg(_write(tmp_path, "uv", x, STANDARD_LEADS, units="uV"))
     np.testing.assert_allclose(ecg.signal, x.T / 1000.0, atol=2e-3)
+    assert "units_assumed_mv" not in ecg.meta
+
+
+def test_a_unit_nobody_knows_is_read_as_millivolts_and_named(tmp_path):
+    x = _distinct(300, 12)
+    ecg = read_ecg(_write(tmp_path, "odd", x, STANDARD_LEADS, units="counts"))
+    np.testing.assert_allclose(ecg.signal, x.T, atol=2e-3)
+    assert ecg.meta["units_assumed_mv"] == ["counts"]
 
 
 def test_nan_samples_inside_a_lead_become_zero(tmp_path):
