@@ -71,6 +71,65 @@ def test_pydicom_example_matches_pydicom_and_has_no_suffix(tmp_path):
     assert read_header(plain)["leads"] == STANDARD_LEADS
 
 
+def test_pydicom_reads_the_common_dicom_as_ecgdatakit_does():
+    from ecgdatakit import FileParser
+
+    ecg = read_ecg(_dicom_example())
+    assert ecg.meta["reader"].startswith("pydicom ")  # the fast path took it
+    ref = FileParser.parse(_dicom_example(), units="mV")
+    assert ecg.leads == tuple(lead.label for lead in ref.leads)
+    np.testing.assert_allclose(ecg.signal, np.stack([lead.samples for lead in ref.leads]), atol=1e-6)
+    assert ecg.fs == float(ref.leads[0].sampling_rate)
+    assert (ecg.meta["age"], ecg.meta["sex"]) == (float(ref.patient.age), ref.patient.sex)
+    assert ecg.meta["acquired"] == ref.recording.date.isoformat()
+
+
+def _edited_dicom(tmp_path, name, edit) -> Path:
+    ds = pydicom.dcmread(_dicom_example())
+    edit(ds)
+    path = tmp_path / name
+    ds.save_as(path)
+    return path
+
+
+def test_an_eight_lead_dicom_in_millivolts_gets_its_limb_leads_derived(tmp_path):
+    keep = [0, 1, 6, 7, 8, 9, 10, 11]  # I, II, V1-V6 of the example's rhythm group
+
+    def eight_leads_in_mv(ds):
+        g = ds.WaveformSequence[0]
+        raw = np.frombuffer(g.WaveformData, dtype="<i2").reshape(-1, 12)[:, keep]
+        g.WaveformData = np.ascontiguousarray(raw).tobytes()
+        g.NumberOfWaveformChannels = 8
+        g.ChannelDefinitionSequence = pydicom.Sequence([g.ChannelDefinitionSequence[k] for k in keep])
+        for ch in g.ChannelDefinitionSequence:
+            ch.ChannelSensitivity = f"{float(ch.ChannelSensitivity) / 1000:g}"
+            ch.ChannelSensitivityUnitsSequence[0].CodeValue = "mV"
+        del ds.PatientAge  # then the age comes from the birth date and the acquisition date
+
+    ecg = read_ecg(_edited_dicom(tmp_path, "eight.dcm", eight_leads_in_mv))
+    full = read_ecg(_dicom_example())
+    assert ecg.meta["reader"].startswith("pydicom ") and ecg.meta["age"] == 42.0
+    assert ecg.meta["derived_leads"] == ["III", "aVR", "aVL", "aVF"]
+    for name in ("I", "II", "V1", "V6"):
+        np.testing.assert_allclose(ecg.signal[IDX[name]], full.signal[IDX[name]], atol=1e-6)
+    np.testing.assert_allclose(ecg.signal[IDX["aVF"]],
+                               full.signal[IDX["II"]] - full.signal[IDX["I"]] / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda ds: ds.WaveformSequence[0].add_new(0x5400100A, "OW", b"\x00\x80"),  # padding value
+    lambda ds: setattr(ds.WaveformSequence[0].ChannelDefinitionSequence[3]
+                       .ChannelSensitivityUnitsSequence[0], "CodeValue", "mmHg"),
+], ids=["padding-value", "pressure-unit"])
+def test_a_dicom_outside_the_common_case_is_left_to_ecgdatakit(tmp_path, edit):
+    from ecgrisk.io.dicom import read_dicom
+
+    path = _edited_dicom(tmp_path, "odd.dcm", edit)
+    assert read_dicom(path) is None
+    ecg = read_ecg(path)
+    assert ecg.meta["reader"].startswith("ecgdatakit ") and ecg.lead_mask.all()
+
+
 def test_real_muse_export_derives_the_limb_leads():
     ecg = read_ecg(MUSE)
     assert ecg.meta["source_format"] == "ge-muse-xml" and ecg.fs == 500.0
