@@ -17,6 +17,7 @@ from ecgrisk.io import read_ecg
 from ecgrisk.metrics import macro_auroc
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.models.layers import fuse_conv_bn
 from ecgrisk.preprocess import Preprocessing, Scaler
 from ecgrisk.scoring.predict import Predictor
 
@@ -42,17 +43,24 @@ def test_both_settings_score_the_same_records_and_the_differences_are_theirs(set
     data = PTBXL(root)
     idx = np.flatnonzero(data.folds == 9)[:6]
     assert r["records"] == len(idx) and r["windows"] == 7 * len(idx)  # 10 s at 2.5 s windows, 1.25 s stride
-    predictor = Predictor(Bundle.load(path))
+    bundle = Bundle.load(path)
+    predictor = Predictor(bundle)
     prepared = [predictor.spec.prepare(e.signal, e.fs) for e in (read_ecg(data.paths[i]) for i in idx)]
-    predictor.bf16 = False
-    fp32 = predictor.predict_prepared(prepared)
-    predictor.bf16 = True
-    bf16 = predictor.predict_prepared(prepared)
-    d = np.abs(fp32 - bf16)
-    assert r["abs_diff"]["max"] == pytest.approx(d.max()) and r["abs_diff"]["median"] == pytest.approx(np.median(d))
-    assert 0 < r["abs_diff"]["max"] < 0.1
+    probs = {}
+    for name, model, bf16 in bench.SETTINGS:
+        predictor.model = fuse_conv_bn(bundle.model) if model == "folded" else bundle.model.eval()
+        predictor.bf16 = bf16
+        probs[name] = predictor.predict_prepared(prepared)
+    reference = bench.SETTINGS[0][0]
+    assert r["reference"] == reference and set(r["abs_diff"]) == set(probs) - {reference}
+    for name, p in probs.items():
+        if name != reference:
+            d = np.abs(p - probs[reference])
+            assert r["abs_diff"][name]["max"] == pytest.approx(d.max())
+            assert r["abs_diff"][name]["median"] == pytest.approx(np.median(d))
+            assert 0 < r["abs_diff"][name]["max"] < 0.1
     y = data.labels[idx]
-    for setting, probs in (("fp32", fp32), ("bf16", bf16)):
-        np.testing.assert_allclose(r["macro_auroc"][setting], macro_auroc(y, probs), equal_nan=True)
+    for name, p in probs.items():
+        np.testing.assert_allclose(r["macro_auroc"][name], macro_auroc(y, p), equal_nan=True)
     md = (tmp / "out" / "scoring_precision.md").read_text()
-    assert "| bf16 |" in md and "| fp32 |" in md and "bf16" in md
+    assert all(f"| {name} |" in md for name in probs)
