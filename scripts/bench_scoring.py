@@ -51,7 +51,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ecgrisk.hardware import describe  # noqa: E402
+# The pipeline's spawned reader processes import this script again as their main module, so
+# it imports nothing heavy at the top: ecgrisk.hardware (torch) is imported in main().
 from ecgrisk.io import read_ecg  # noqa: E402
 from ecgrisk.io.write import write_ecg  # noqa: E402
 from ecgrisk.provenance import command_line  # noqa: E402
@@ -262,6 +263,7 @@ def main() -> None:
         return
 
     from ecgrisk.bundle import Bundle, resolve
+    from ecgrisk.hardware import describe
 
     cores = sorted(os.sched_getaffinity(0))[: args.cores]
     os.sched_setaffinity(0, cores)  # children inherit the pinning
