@@ -94,6 +94,11 @@ def read_records(records: list[tuple[str, str]], spec: InputSpec, workers: int, 
     ``workers=0`` reads in the calling process. Closing the generator early (or an exception
     in it) ends the reader processes at once; close it explicitly (``contextlib.closing``)
     rather than leaving that to the garbage collector.
+
+    Spawned readers import the caller's main script again, as multiprocessing's spawn does: a
+    script that imports torch at its top level costs every reader torch's import (seconds,
+    and about 50 MB each) before its first record. ``ecgrisk score`` imports nothing heavy
+    there, nor does ``scripts/bench_scoring.py``.
     """
     if workers <= 0:
         for chunk in _chunks(records, chunk_size):
