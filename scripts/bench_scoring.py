@@ -265,6 +265,7 @@ def main() -> None:
     from ecgrisk.bundle import Bundle, resolve
     from ecgrisk.hardware import describe
 
+    started = time.strftime("%Y-%m-%d %H:%M")
     cores = sorted(os.sched_getaffinity(0))[: args.cores]
     os.sched_setaffinity(0, cores)  # children inherit the pinning
     if args.root:
@@ -326,7 +327,7 @@ def main() -> None:
     lines = [
         "# Batch scoring benchmark", "",
         f"`{command_line(__file__)}` on {describe()}; "
-        f"{len(cores)} CPU cores pinned, started {time.strftime('%Y-%m-%d %H:%M')}: model "
+        f"{len(cores)} CPU cores pinned, started {started}: model "
         f"{model_desc}, {args.workers} reader processes, batches of {args.batch_size} windows. "
         f"Files ({mix}): PTB-XL 100 Hz records from `{src}`, DICOM 1000 Hz, MUSE 500 Hz "
         "(8 leads), all 10 s.", "",

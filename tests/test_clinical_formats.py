@@ -120,7 +120,8 @@ def test_an_eight_lead_dicom_in_millivolts_gets_its_limb_leads_derived(tmp_path)
     lambda ds: ds.WaveformSequence[0].add_new(0x5400100A, "OW", b"\x00\x80"),  # padding value
     lambda ds: setattr(ds.WaveformSequence[0].ChannelDefinitionSequence[3]
                        .ChannelSensitivityUnitsSequence[0], "CodeValue", "mmHg"),
-], ids=["padding-value", "pressure-unit"])
+    lambda ds: setattr(ds.WaveformSequence[0].ChannelDefinitionSequence[0], "ChannelBaseline", "5"),
+], ids=["padding-value", "pressure-unit", "baseline"])
 def test_a_dicom_outside_the_common_case_is_left_to_ecgdatakit(tmp_path, edit):
     from ecgrisk.io.dicom import read_dicom
 

@@ -4,10 +4,11 @@ ecgdatakit (:mod:`ecgrisk.io.clinical`) reads DICOM too, but decodes every attri
 annotation of the file first: 43 ms for pydicom's own 12-lead example against 22 ms for the
 few elements read here (pinned to one core, side by side), and a PACS export is DICOM
 throughout. :func:`read_dicom` takes the common case only: a rhythm multiplex group of
-integer samples (pydicom's ``waveform_array`` applies each channel's baseline, sensitivity
-and correction factor), every channel a coded standard lead in V, mV or uV, no padding value.
-Anything else returns None and ecgdatakit reads the file in full (mu-law samples, padded or
-uncoded channels, files pydicom cannot parse), so an odd file is never read differently here.
+integer samples (pydicom's ``waveform_array`` applies each channel's sensitivity and
+correction factor), every channel a coded standard lead in V, mV or uV with a stated
+sensitivity and a zero baseline, no padding value. Anything else returns None and ecgdatakit
+reads the file in full (mu-law samples, padded or uncoded channels, baselines, files pydicom
+cannot parse), so an unusual file is read as it was before this module.
 """
 
 from __future__ import annotations
@@ -50,10 +51,15 @@ def read_dicom(path: Path) -> tuple[np.ndarray, list[str], float, dict] | None:
         if found is None:
             return None
         index, group = found
-        leads = [_lead(ch) for ch in group.ChannelDefinitionSequence]
+        channels = group.ChannelDefinitionSequence
+        leads = [_lead(ch) for ch in channels]
         scale = np.array([_UNIT_TO_MV.get(_code(ch, "ChannelSensitivityUnitsSequence")[0], np.nan)
-                          for ch in group.ChannelDefinitionSequence])
-        if None in leads or not np.isfinite(scale).all():
+                          for ch in channels])
+        # pydicom takes an absent sensitivity for 1 and adds the baseline after scaling, where
+        # readers differ: such channels are left to ecgdatakit
+        scaled = all("ChannelSensitivity" in ch and not float(ch.get("ChannelBaseline") or 0)
+                     for ch in channels)
+        if None in leads or not np.isfinite(scale).all() or not scaled:
             return None
         signal = (ds.waveform_array(index) * scale).T.astype(np.float32)
         fs = float(group.SamplingFrequency)
