@@ -38,7 +38,9 @@ def setup(tmp_path_factory):
 def test_both_settings_score_the_same_records_and_the_differences_are_theirs(setup):
     tmp, root, path = setup
     bench = load_script("bench_scoring_precision")
-    r = bench.main(["--root", str(root), "--model", str(path), "--records", "6", "--out", str(tmp / "out")])
+    r = bench.main(["--root", str(root), "--model", str(path), "--records", "6", "--repeats", "2",
+                    "--out", str(tmp / "out")])
+    assert r["repeats"] == 2
     assert json.loads((tmp / "out" / "scoring_precision.json").read_text()) == json.loads(json.dumps(r))
     data = PTBXL(root)
     idx = np.flatnonzero(data.folds == 9)[:6]

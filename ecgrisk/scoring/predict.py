@@ -8,7 +8,7 @@ A record is evaluated step for step as :mod:`ecgrisk.finetune` evaluates its tes
    (:func:`ecgrisk.windowing.evaluation_windows`), a record shorter than one window zero-padded
    at its end as ``ECGCache.window`` pads it; each window scaled with ``bundle.scaler``;
 3. the model's window logits, with its BatchNorm folded into the convolutions
-   (:func:`~ecgrisk.models.layers.fuse_conv_bn`, 1.4x the windows/s), under the autocast the
+   (:func:`~ecgrisk.models.layers.fuse_conv_bn`, about 1.1x the windows/s), under the autocast the
    bundle was validated and calibrated with (``bundle.precision``: bf16 for the shipped
    bundles) where the hardware runs it; where bf16 would be emulated (about 10x slower), in
    fp32. Both stayed within 0.009 of the probabilities fine-tuning evaluated on 300 fold-9
