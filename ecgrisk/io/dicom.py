@@ -1,9 +1,9 @@
 """DICOM 12-lead ECG waveforms read through pydicom: the rhythm group in mV, age, sex and time.
 
 ecgdatakit (:mod:`ecgrisk.io.clinical`) reads DICOM too, but decodes every attribute and
-annotation of the file first: 43 ms for pydicom's own 12-lead example against 22 ms for the
-few elements read here (pinned to one core, side by side), and a PACS export is DICOM
-throughout. :func:`read_dicom` takes the common case only: a rhythm multiplex group of
+annotation of the file first: 45 ms for pydicom's own 12-lead example against 20 ms for the
+few elements read here (medians of 12 alternating rounds on one core), and a PACS export is
+DICOM throughout. :func:`read_dicom` takes the common case only: a rhythm multiplex group of
 integer samples (pydicom's ``waveform_array`` applies each channel's sensitivity and
 correction factor), every channel a coded standard lead in V, mV or uV with a stated
 sensitivity and a zero baseline, no padding value. Anything else returns None and ecgdatakit
