@@ -97,6 +97,9 @@ class Predictor:
     onnx_path : an ONNX file written by :func:`ecgrisk.scoring.onnx_backend.export_onnx` from
         this bundle.
     device : torch device for the torch backend.
+
+    The torch backend scores a BatchNorm-folded copy of ``bundle.model`` taken here
+    (``self.model``): weights changed afterwards are not seen, so make a new Predictor.
     """
 
     def __init__(self, bundle: Bundle, backend: str = "torch", onnx_path=None,
