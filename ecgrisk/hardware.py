@@ -4,7 +4,7 @@ says so in every benchmark's header.
 bf16 autocast pays only where the hardware runs bf16: on a CPU with AVX-512 (oneDNN's bf16
 kernels) training xresnet1d101 ran 1.7x faster than fp32 at one thread (``results/train_speed.md``),
 but on an AVX2-only CPU oneDNN emulates bf16 and the same step is 12x slower than fp32
-(``results/train_speed_avx2.md``), scoring 13x (``results/scoring_precision_avx2.md``). So the config
+(``results/train_speed_avx2.md``), scoring 13x (``results/scoring_precision.md``). So the config
 says ``trainer.precision: auto`` and scoring asks :func:`bf16_is_native`, per machine.
 """
 

@@ -7,20 +7,17 @@ Every encoder maps an ECG batch ``x [B, leads, T]`` to a feature map ``[B, featu
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
     "Encoder",
     "AdaptiveConcatPool1d",
     "ConvBNAct",
     "TransformerBlock",
-    "fuse_conv_bn",
     "init_cnn",
     "sinusoidal_positions",
 ]
@@ -142,22 +139,6 @@ class ConvBNAct(nn.Sequential):
         if act:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
-
-
-def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """An inference copy of ``model``: each ConvBNAct's BatchNorm folded into its conv.
-
-    Equal to ``model.eval()`` up to float rounding (1e-5 in fp32); under bf16 autocast the
-    folded weights round differently: on 300 fold-9 records the shipped superdiagnostic
-    model's probabilities moved by at most 0.0084, and it ran 1.09x the windows/s on one core
-    (median of 7 alternating rounds, ``results/scoring_precision.md``). The copy is for
-    inference only: there is no BatchNorm left to train. ``model`` is untouched.
-    """
-    fused = copy.deepcopy(model).eval()
-    for m in fused.modules():
-        if isinstance(m, ConvBNAct) and isinstance(m[1], nn.BatchNorm1d):
-            m[0], m[1] = fuse_conv_bn_eval(m[0], m[1]), nn.Identity()
-    return fused
 
 
 def init_cnn(module: nn.Module) -> None:

@@ -79,7 +79,7 @@ def explain(predictor: Predictor, signal: np.ndarray, fs: float, top: int = 3,
     starts = np.arange(len(windows)) * spec.stride
     logits = predictor.window_logits(windows)  # [W, C]
     probs = predictor.calibrate(predictor.aggregate(logits, np.zeros(len(windows), int), 1))[0]
-    model = predictor.model  # the model that scored (BatchNorm folded), in fp32 for gradients
+    model = bundle.model.eval()
     ig = IntegratedGradients(lambda x: model(x).float())
     out = []
     for c in np.argsort(-probs)[:top]:

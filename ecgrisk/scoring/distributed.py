@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, Dataset
 from ecgrisk.bundle import Bundle
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io.inputs import collect_records
-from ecgrisk.models.layers import fuse_conv_bn
 from ecgrisk.scoring.predict import aggregate_logits, calibrate
 from ecgrisk.scoring.reading import ReadRecord, read_chunk
 from ecgrisk.scoring.report import ScoreSummary
@@ -81,7 +80,7 @@ class ScoringModule(L.LightningModule):
 
     def __init__(self, bundle, bands: tuple[float, float]):
         super().__init__()
-        self.model = fuse_conv_bn(bundle.model)
+        self.model = bundle.model.eval()
         self.bundle, self.bands = bundle, bands
         self.spec = InputSpec.from_bundle(bundle)
 

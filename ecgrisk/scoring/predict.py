@@ -1,20 +1,18 @@
 """Bundle -> calibrated per-record probabilities: the one evaluation both fine-tuning and scoring use.
 
-A record is evaluated step for step as :mod:`ecgrisk.finetune` evaluates its test fold:
+A record is evaluated exactly as :mod:`ecgrisk.finetune` evaluates its test fold:
 
 1. ``bundle.preprocessing.apply(signal, fs)`` (resample to the bundle's rate, optional filters),
    as the cache does when it compiles records;
 2. windows of ``round(window_s * fs)`` samples at ``round(stride_s * fs)`` stride
    (:func:`ecgrisk.windowing.evaluation_windows`), a record shorter than one window zero-padded
    at its end as ``ECGCache.window`` pads it; each window scaled with ``bundle.scaler``;
-3. the model's window logits, with its BatchNorm folded into the convolutions
-   (:func:`~ecgrisk.models.layers.fuse_conv_bn`, about 1.1x the windows/s), under the autocast the
-   bundle was validated and calibrated with (``bundle.precision``: bf16 for the shipped
-   bundles) where the hardware runs it; where bf16 would be emulated (about 10x slower), in
-   fp32. Both stayed within 0.009 of the probabilities fine-tuning evaluated on 300 fold-9
-   records (``results/scoring_precision.md``; ``_avx2.md`` where bf16 is emulated, and
-   :mod:`ecgrisk.hardware`); aggregated per record
-   (:func:`~ecgrisk.windowing.aggregate_windows`, max by default);
+3. the model's window logits, under the autocast the bundle was validated and calibrated with
+   (``bundle.precision``: bf16 for the shipped bundles) where the hardware runs it; where bf16
+   would be emulated (about 10x slower), in fp32, within 0.01 of the bf16 probabilities
+   (``results/scoring_precision.md``, :mod:`ecgrisk.hardware`),
+   aggregated per record (:func:`~ecgrisk.windowing.aggregate_windows`,
+   max by default);
 4. per-label temperature and bias on the aggregated logits, then a sigmoid (:func:`apply_temperature`).
 
 Steps 1-2 need only numpy/scipy (:class:`~ecgrisk.input_spec.InputSpec`, picklable, run
@@ -36,7 +34,6 @@ import torch
 from ecgrisk.calibration import apply_temperature
 from ecgrisk.hardware import bf16_is_native
 from ecgrisk.input_spec import InputSpec
-from ecgrisk.models.layers import fuse_conv_bn
 from ecgrisk.scoring.onnx_backend import OnnxLogits
 from ecgrisk.windowing import aggregate_windows
 
@@ -97,9 +94,6 @@ class Predictor:
     onnx_path : an ONNX file written by :func:`ecgrisk.scoring.onnx_backend.export_onnx` from
         this bundle.
     device : torch device for the torch backend.
-
-    The torch backend scores a BatchNorm-folded copy of ``bundle.model`` taken here
-    (``self.model``): weights changed afterwards are not seen, so make a new Predictor.
     """
 
     def __init__(self, bundle: Bundle, backend: str = "torch", onnx_path=None,
@@ -109,7 +103,6 @@ class Predictor:
         self.bundle, self.backend, self.device = bundle, backend, device
         self.spec = InputSpec.from_bundle(bundle)
         self._session = None
-        self.model = None
         if backend == "onnx":
             self._session = OnnxLogits(bundle, onnx_path, bundle_path=bundle_path)
             if bundle.precision != "32-true":
@@ -117,13 +110,13 @@ class Predictor:
                             "%s autocast: its probabilities can differ from the torch backend's "
                             "by about 0.01", bundle.name, bundle.precision)
         else:
-            self.model = fuse_conv_bn(bundle.model).to(device)
+            bundle.model.to(device).eval()
         calibrated_bf16 = bundle.precision.startswith("bf16")
         self.bf16 = calibrated_bf16 and bf16_is_native(device)
         if calibrated_bf16 and not self.bf16 and backend == "torch":
             log.info("%s was calibrated under bf16 autocast, which this %s only emulates (about 10x "
                      "slower than fp32): scoring in fp32, within 0.01 of the bf16 probabilities "
-                     "(results/scoring_precision_avx2.md)", bundle.name, torch.device(device).type.upper())
+                     "(results/scoring_precision.md)", bundle.name, torch.device(device).type.upper())
 
     def window_logits(self, windows: np.ndarray) -> np.ndarray:
         """``windows [B, leads, window]`` float32 -> logits ``[B, C]`` float32.
@@ -149,7 +142,7 @@ class Predictor:
         device_type = torch.device(self.device).type
         with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=self.bf16):
             x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
-            return self.model(x).float().cpu().numpy()
+            return self.bundle.model(x).float().cpu().numpy()
 
     def aggregate(self, logits: np.ndarray, positions: np.ndarray, n_records: int) -> np.ndarray:
         """Window logits ``[W, C]`` -> record logits ``[n_records, C]`` (see :func:`aggregate_logits`)."""
