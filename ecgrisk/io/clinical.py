@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgrisk.io.dicom import read_dicom
+from ecgrisk.io.ecg import normalise_sex
 from ecgrisk.io.errors import (
     ECGReadError,
     EmptyFileError,
@@ -95,10 +96,7 @@ def read_clinical(path: Path, kind: str) -> tuple[np.ndarray, list[str], float, 
         fast = read_dicom(path)
         if fast is not None:
             signal, leads, fs, meta = fast
-            import pydicom
-
             return signal, leads, fs, {**meta, "dx": [], "source_format": kind,
-                                       "reader": f"pydicom {pydicom.__version__}",
                                        "reader_warnings": []}
     try:
         from ecgdatakit import FileParser, __version__
@@ -130,7 +128,7 @@ def read_clinical(path: Path, kind: str) -> tuple[np.ndarray, list[str], float, 
         raise HeaderSignalMismatchError(path, f"leads sampled at different rates {sorted(rates)}")
     n = min(len(lead.samples) for lead in leads)
     signal = np.stack([np.asarray(lead.samples[:n], dtype=np.float32) for lead in leads])
-    meta = {"age": _age(rec.patient.age), "sex": _sex(rec.patient.sex),
+    meta = {"age": _age(rec.patient.age), "sex": normalise_sex(rec.patient.sex),
             "acquired": _iso(rec.recording.date), "dx": [], "source_format": kind,
             "reader": f"ecgdatakit {__version__}",
             "reader_warnings": sorted({str(w.message) for w in caught})}
@@ -144,10 +142,6 @@ def _age(value) -> float | None:
         return None
     return age if 0 <= age < 130 else None
 
-
-def _sex(value) -> str | None:
-    s = str(value or "").strip().upper()[:1]
-    return s if s in ("M", "F") else None
 
 
 def _iso(value) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgrisk.io.ecg import normalise_lead_name
+from ecgrisk.io.ecg import normalise_lead_name, normalise_sex
 
 __all__ = ["read_dicom"]
 
@@ -39,7 +39,7 @@ def read_dicom(path: Path) -> tuple[np.ndarray, list[str], float, dict] | None:
     Returns
     -------
     (signal ``[channels, samples]`` float32 in mV, standard lead names, fs in Hz, meta with
-    ``age``, ``sex`` and ``acquired``), as :func:`~ecgrisk.io.clinical.read_clinical` returns.
+    ``age``, ``sex``, ``acquired`` and ``reader``), as :func:`~ecgrisk.io.clinical.read_clinical` returns.
     """
     try:
         import pydicom  # the formats extra: without it ecgdatakit's path names the install
@@ -63,7 +63,8 @@ def read_dicom(path: Path) -> tuple[np.ndarray, list[str], float, dict] | None:
             return None
         signal = (ds.waveform_array(index) * scale).T.astype(np.float32)
         fs = float(group.SamplingFrequency)
-        meta = {"age": _age(ds), "sex": _sex(ds.get("PatientSex")), "acquired": _acquired(ds)}
+        meta = {"age": _age(ds), "sex": normalise_sex(ds.get("PatientSex")),
+                "acquired": _acquired(ds), "reader": f"pydicom {pydicom.__version__}"}
     except Exception:  # whatever pydicom or a malformed element raises: ecgdatakit decides
         return None
     return signal, leads, fs, meta
@@ -112,10 +113,6 @@ def _age(ds) -> float | None:
     years = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
     return float(years) if 0 <= years < 130 else None
 
-
-def _sex(value) -> str | None:
-    s = str(value or "").strip().upper()[:1]
-    return s if s in ("M", "F") else None
 
 
 def _acquired(ds) -> str | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ECG", "LEAD_INDEX", "STANDARD_LEADS", "normalise_lead_name"]
+__all__ = ["ECG", "LEAD_INDEX", "STANDARD_LEADS", "normalise_lead_name", "normalise_sex"]
 
 # fmt: off
 STANDARD_LEADS: tuple[str, ...] = (
@@ -63,3 +63,9 @@ def normalise_lead_name(name: str) -> str | None:
     if key.startswith("LEAD") and len(key) > 4:
         key = key[4:]
     return _ALIASES.get(key)
+
+
+def normalise_sex(value) -> str | None:
+    """A file's sex field as ``"M"``/``"F"`` (first letter, any case), else None."""
+    s = str(value or "").strip().upper()[:1]
+    return s if s in ("M", "F") else None
