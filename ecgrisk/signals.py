@@ -4,9 +4,11 @@ Every long-running command runs inside :func:`stop_on_signals`. The first SIGINT
 raises :class:`Interrupted` wherever the main thread is, as Ctrl-C raises ``KeyboardInterrupt``,
 so the ``finally`` blocks and context managers on the way out stop worker processes and finish
 partial files; the context then prints one line saying how to resume and exits with 128 + the
-signal number (130 for SIGINT, 143 for SIGTERM). Python drops an exception raised where it
-cannot propagate (an at-fork hook, a ``__del__``), so long loops also call
-:func:`raise_if_interrupted` once a step: the stop then comes at the next step.
+signal number (130 for SIGINT, 143 for SIGTERM). Code that an exception half-way would leave
+inconsistent runs under :func:`deferred_signals` (a reader pool starting its workers does), so
+the stop comes right after it. Python drops an exception raised where it cannot propagate (an
+at-fork hook, a ``__del__``), so long loops also call :func:`raise_if_interrupted` once a step:
+the stop then comes at the next step.
 
 SIGKILL runs no cleanup at all, so every worker process starts with :func:`die_with_parent`
 (reader pools through :func:`worker_pool`, DataLoaders through ``worker_init_fn``, DDP ranks
@@ -33,8 +35,8 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["Interrupted", "die_with_parent", "fault_point", "raise_if_interrupted", "reader_init",
-           "set_resume_hint", "stop_on_signals", "stop_workers", "worker_pool"]
+__all__ = ["Interrupted", "deferred_signals", "die_with_parent", "fault_point", "raise_if_interrupted",
+           "reader_init", "set_resume_hint", "stop_on_signals", "stop_workers", "worker_pool"]
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -62,6 +64,7 @@ class _State:
         self.depth = 0
         self.signum: int | None = None
         self.reported = False
+        self.deferring = 0
         self.hints: list[tuple[str, str | Callable[[], str]]] = []  # (command, hint)
 
 
@@ -72,7 +75,21 @@ def _handler(signum: int, frame) -> None:
     if _state.signum is not None:
         return  # already stopping: a second Ctrl-C must not break the cleanup half-way
     _state.signum = signum
-    raise Interrupted(signum)
+    if not _state.deferring:
+        raise Interrupted(signum)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold back the :class:`Interrupted` of a SIGINT/SIGTERM that arrives in the body until the
+    body is done, for code that an exception half-way leaves inconsistent."""
+    _state.deferring += 1
+    try:
+        yield
+    finally:
+        _state.deferring -= 1
+    if not _state.deferring:
+        raise_if_interrupted()
 
 
 def raise_if_interrupted() -> None:
@@ -230,11 +247,19 @@ def stop_workers(executor: ProcessPoolExecutor, grace: float = 10.0) -> None:
         manager.join(5)
 
 
+class _Pool(ProcessPoolExecutor):
+    def submit(self, fn, /, *args, **kwargs):
+        # submit starts worker processes: a signal between a worker's fork and the pool recording
+        # it left a worker no one stops, which multiprocessing's exit then joins forever
+        with deferred_signals():
+            return super().submit(fn, *args, **kwargs)
+
+
 @contextmanager
 def worker_pool(workers: int, mp_context=None) -> Iterator[ProcessPoolExecutor]:
     """A process pool whose workers die with this process and stop at once when the body
     raises (an interruption, an error, or a generator closed early)."""
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context,
+    ex = _Pool(max_workers=workers, mp_context=mp_context,
                              initializer=reader_init, initargs=(os.getpid(),))
     try:
         yield ex

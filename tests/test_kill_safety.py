@@ -901,3 +901,31 @@ def test_stopping_a_pool_whose_manager_thread_never_started():
     ex._executor_manager_thread = threading.Thread(target=lambda: None)  # created, not started
     stop_workers(ex, grace=1.0)  # before the fix: RuntimeError("cannot join thread before ...")
     assert ex._shutdown_thread
+
+
+_SIGNAL_AT_FORK = r"""
+import os, signal
+from multiprocessing.context import ForkContext, ForkProcess
+from ecgrisk.signals import stop_on_signals, worker_pool
+
+class SignalledProcess(ForkProcess):
+    def start(self):  # SIGTERM lands after the fork, before the pool has recorded the worker
+        super().start()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+class Context(ForkContext):
+    Process = SignalledProcess
+
+with stop_on_signals(command="probe"), worker_pool(2, Context()) as ex:
+    list(ex.map(abs, range(100)))
+"""
+
+
+def test_a_signal_while_the_pool_forks_a_worker_stops_the_command():
+    """Seen once in CI (test_finetune[SIGTERM-early]): SIGTERM between a worker's fork and the
+    pool recording it left a worker nobody stopped, and the interrupted command then waited
+    for it at exit forever."""
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AT_FORK], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == EXIT[SIGTERM], proc.stderr
+    assert proc.stderr.count("interrupted by SIGTERM") == 1, proc.stderr
