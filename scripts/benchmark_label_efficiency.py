@@ -501,7 +501,7 @@ def plot(path: Path, result: dict) -> None:
     for row, (task, t) in zip(axes, tasks.items(), strict=False):
         ref = _pick(t["summary"], "random", "full", FULL)
         for ax, mode in zip(row, modes, strict=True):
-            for init in result["meta"]["inits"]:
+            for i, init in enumerate(result["meta"]["inits"]):  # i: one colour per init in every panel
                 rs = [r for r in t["summary"] if r["mode"] == mode and r["init"] == init
                       and r["macro_auroc"] is not None]
                 if not rs:
@@ -511,7 +511,7 @@ def plot(path: Path, result: dict) -> None:
                 lo = np.array([np.nan if r["ci_lower"] is None else r["ci_lower"] for r in rs], dtype=float)
                 hi = np.array([np.nan if r["ci_upper"] is None else r["ci_upper"] for r in rs], dtype=float)
                 ax.errorbar(x, y, yerr=[np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)], marker="o",
-                            capsize=3, label=init, ls="--" if init == "random" else "-")
+                            capsize=3, label=init, color=f"C{i}", ls="--" if init == "random" else "-")
             if ref:
                 ax.axhline(RATIO * ref[0]["macro_auroc"], color="grey", lw=0.8, ls=":",
                            label=f"{RATIO} x random full @ {FULL:g}")
