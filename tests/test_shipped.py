@@ -117,20 +117,22 @@ def test_an_encoder_file_shipped_under_a_name_loads_by_that_name(tmp_path, monke
         Bundle.load("tiny-encoder")
 
 
-def test_the_shipped_cpc_encoder_loads_by_name_into_fine_tuning():
+@pytest.mark.parametrize("name,objective", [("cpc-xresnet1d101", "cpc"),
+                                            ("contrastive-xresnet1d101", "contrastive")])
+def test_a_shipped_encoder_loads_by_name_into_fine_tuning(name, objective):
     from ecgrisk.bundle import encoder_meta
     from ecgrisk.config import compose
     from ecgrisk.finetune.app import build_classifier
 
-    path = SHIPPED_DIR / "cpc-xresnet1d101.pt"
+    path = SHIPPED_DIR / f"{name}.pt"
     assert path.stat().st_size <= 25 * 2**20
-    meta = encoder_meta("cpc-xresnet1d101")  # checks the stored digest
-    assert meta["objective"] == "cpc" and meta["spec"]["name"] == "xresnet1d101"
+    meta = encoder_meta(name)  # checks the stored digest
+    assert meta["objective"] == objective and meta["spec"]["name"] == "xresnet1d101"
     assert meta["train_folds"] == list(range(1, 10))  # fold 10 never read
     saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     model = build_classifier(compose("finetune", ["model=xresnet1d101",
-                                                  "model.pretrained=cpc-xresnet1d101"]).model, 5)
+                                                  f"model.pretrained={name}"]).model, 5)
     for k, v in saved.items():
         torch.testing.assert_close(model.encoder.state_dict()[k], v, rtol=0, atol=0, msg=k)
-    card = (SHIPPED_DIR / "cpc-xresnet1d101.md").read_text()
+    card = (SHIPPED_DIR / f"{name}.md").read_text()
     assert file_sha256(path) in card and "CC BY 4.0" in card and "Open Data Commons" in card
