@@ -243,7 +243,8 @@ def stop_workers(executor: ProcessPoolExecutor, grace: float = 10.0) -> None:
             p.kill()
             p.join(5)
     if manager is not None and manager.ident is not None:
-        # a signal can land while the pool is starting this thread, before it ever ran
+        # submit can fail while the pool starts this thread, before it ever ran (a signal did,
+        # before submit deferred them)
         manager.join(5)
 
 
@@ -259,8 +260,8 @@ class _Pool(ProcessPoolExecutor):
 def worker_pool(workers: int, mp_context=None) -> Iterator[ProcessPoolExecutor]:
     """A process pool whose workers die with this process and stop at once when the body
     raises (an interruption, an error, or a generator closed early)."""
-    ex = _Pool(max_workers=workers, mp_context=mp_context,
-                             initializer=reader_init, initargs=(os.getpid(),))
+    ex = _Pool(max_workers=workers, mp_context=mp_context, initializer=reader_init,
+               initargs=(os.getpid(),))
     try:
         yield ex
     except BaseException:

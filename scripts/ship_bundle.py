@@ -60,6 +60,11 @@ SOURCE_ATTRIBUTION = {
 }
 
 
+def _precision(m: dict, trainer: dict) -> str:
+    """The precision the run used (``auto`` resolves per machine), else the configured one."""
+    return m.get("train/precision") or trainer["precision"]
+
+
 def _val_predictions(run: Path, classes: list[str]):
     val = pd.read_csv(run / "predictions" / "val.csv")
     return (val[[f"true/{c}" for c in classes]].to_numpy(),
@@ -126,7 +131,7 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
         f"{model['name']} ({sum(p.numel() for p in bundle.model.parameters()):,} parameters), head "
         f"`{model['head']}`, {ft['mode']} fine-tuning from {'`' + str(model['pretrained']) + '`' if model.get('pretrained') else 'random initialisation'}; "
         f"AdamW one-cycle, lr {ft['lr']:g}, weight decay {ft['weight_decay']:g}, batch {data['batch_size']}, "
-        f"random {data['crop_s']:g} s crops, {trainer['max_epochs']} epochs, precision `{m.get('train/precision') or trainer['precision']}`, "
+        f"random {data['crop_s']:g} s crops, {trainer['max_epochs']} epochs, precision `{_precision(m, trainer)}`, "
         f"best of the validated epochs (every {trainer.get('check_val_every_n_epoch', 1)}) kept: "
         f"`{Path(m['train/best_checkpoint']).name}`. {m['train/wall_s'] / 60:.1f} min of training on "
         f"{_device(trainer['accelerator'])} "
@@ -276,7 +281,7 @@ def encoder_card(run: Path, name: str, target: Path, m: dict, meta: dict,
         "## Training",
         f"{m['train/epochs']} epochs, AdamW one-cycle (lr {cfg['optim']['lr']:g}, weight decay "
         f"{cfg['optim']['weight_decay']:g}), batch {cfg['data']['batch_size']}, precision "
-        f"`{m.get('train/precision') or trainer['precision']}`; loss {m['train/loss_start']:.3f} -> {m['train/loss_end']:.3f}. "
+        f"`{_precision(m, trainer)}`; loss {m['train/loss_start']:.3f} -> {m['train/loss_end']:.3f}. "
         f"{wall_min:.1f} min of training on {_device(m.get('device') or trainer['accelerator'])}"
         + (f" ({resumed / 60:.1f} min of it before the last resume)" if resumed
            else " in the run's last part (its metrics predate counting the parts before a resume)"

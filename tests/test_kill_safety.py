@@ -890,8 +890,9 @@ def test_store_writers(zygote, review_env, tmp_path, request, backend, victim, s
 
 
 def test_stopping_a_pool_whose_manager_thread_never_started():
-    """A signal can land while ProcessPoolExecutor is starting its manager thread (seen in CI:
-    SIGTERM inside ``submit``); stopping the pool then must not fail on the unstarted thread."""
+    """ProcessPoolExecutor can fail while starting its manager thread (seen in CI, before submit
+    deferred signals: SIGTERM inside ``submit``); stopping the pool then must not fail on the
+    unstarted thread."""
     import threading
     from concurrent.futures import ProcessPoolExecutor
 

@@ -143,6 +143,5 @@ def _age(value) -> float | None:
     return age if 0 <= age < 130 else None
 
 
-
 def _iso(value) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else None

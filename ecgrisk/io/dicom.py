@@ -114,7 +114,6 @@ def _age(ds) -> float | None:
     return float(years) if 0 <= years < 130 else None
 
 
-
 def _acquired(ds) -> str | None:
     at = _acquired_datetime(ds)
     return None if at is None else at.isoformat()
