@@ -31,7 +31,9 @@ rerunning a killed benchmark with the same ``--runs-dir`` continues where it sto
 directory made with other settings is refused rather than mixed in. Run directories are not kept
 with the code; ``--recorded results/<name>.json`` takes a run whose directory is gone from the
 result JSON that recorded it (same model, epochs and validation interval; pretrained inits only
-with the same encoder file), so a sweep continues on a fresh checkout.
+with the same encoder file), so a sweep continues on a fresh checkout. An encoder whose file is
+gone as well is named in ``--inits`` alone: its recorded runs count, its missing ones are listed,
+not trained.
 
     python scripts/benchmark_label_efficiency.py --quick            # smoke run, ~2 minutes
     python scripts/benchmark_label_efficiency.py                    # CPU-sized, shared subset
@@ -110,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(encoder.pt or a shipped encoder's name); repeatable")
     p.add_argument("--inits", nargs="+", default=None,
                    help="fine-tune only these inits ('random' and/or encoder names; default all), "
-                        "e.g. the random-init baseline at 100%% on its own")
+                        "tabled in this order, e.g. the random-init baseline at 100%% on its own")
     p.add_argument("--modes", nargs="+", default=["linear", "full"], choices=list(MODES),
                    help="linear: frozen encoder; full: everything at one rate; discriminative "
                         "(pretrained inits only): full, the encoder at --encoder-lr-mult of the rate")
@@ -451,7 +453,8 @@ def write_markdown(path: Path, result: dict) -> None:
                                                     ("made", "created")) if e.get(key) is not None]
             if e.get("train_folds"):
                 known.append(f"folds {_folds(e['train_folds'])}")
-            where = f"given: `{e['encoder']}` ({', '.join(known) or 'its file records no pretraining details'})"
+            how = e["source"] if e["source"].startswith("recorded") else "given"
+            where = f"{how}: `{e['encoder']}` ({', '.join(known) or 'its file records no pretraining details'})"
         lines.append(f"- {e['init']}: {where}")
     saw = [e["init"] for e in result["encoders"] if VAL_FOLDS[0] in (e.get("train_folds") or [])]
     if saw and any(t["split"] == "val" for t in result["tasks"].values()):
@@ -569,13 +572,19 @@ def main(argv=None) -> dict:
         encoders[obj] = {**enc, **info, "source": "pretrained here"}
         print(f"[pretrain] {obj} ({info['status']}): loss {_fmt(info['train/loss_start'], 4)} -> "
               f"{_fmt(info['train/loss_end'], 4)} in {_fmt(info['train/wall_s'], 0)} s", flush=True)
+    # an encoder that --inits asks for and a --recorded JSON used, but no file is given for (it went
+    # with the machine that made it): its recorded runs still count; nothing more trains with it
+    for path in args.recorded:
+        for e in json.loads(path.read_text()).get("encoders", []):
+            if e["init"] in (args.inits or []) and e["init"] not in encoders:
+                encoders[e["init"]] = {**e, "source": f"recorded in {path.name}"}
     inits = ["random", *[o for o in args.objectives if o in encoders],
              *[n for n in encoders if n not in args.objectives]]
     if args.inits:
         unknown = sorted(set(args.inits) - set(inits))
         if unknown:
             raise SystemExit(f"--inits {unknown}: not among {inits}")
-        inits = [i for i in inits if i in args.inits]
+        inits = [i for i in dict.fromkeys(args.inits) if i in inits]  # in the order asked for
 
     device = describe()
     meta = {"root": str(root), "model": args.model, "width": args.width, "model_spec": model_spec,
@@ -614,8 +623,9 @@ def main(argv=None) -> dict:
                         if earlier and not finished:
                             runs.append(earlier)
                             continue
-                        if args.no_train and not finished:
-                            missing.append(str(out))
+                        no_file = init != "random" and encoders[init]["source"].startswith("recorded")
+                        if (args.no_train or no_file) and not finished:
+                            missing.append(str(out) + (" (encoder file not given)" if no_file else ""))
                             continue
                         r = finetune(args, root, out, task, init, encoders.get(init), mode, frac, seed)
                         runs.append(r)

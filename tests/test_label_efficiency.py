@@ -226,6 +226,30 @@ def test_recorded_takes_runs_whose_directories_are_gone_from_an_earlier_json(ben
         bench.main([*argv, "--finetune-epochs", "2"])
 
 
+def test_an_encoder_whose_file_is_gone_keeps_its_recorded_runs_and_trains_nothing(bench, first, work,
+                                                                                 monkeypatch, tmp_path):
+    tmp, root = work
+    result, _ = first
+    monkeypatch.setattr(bench, "finetune_train", lambda cfg: pytest.fail("trained"))
+    monkeypatch.setattr(bench, "pretrain_train", lambda cfg: pytest.fail("pretrained"))
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text((tmp / "out" / "le.json").read_text())
+    # no --encoder masked=...: the masked encoder exists only as the earlier JSON's record of it
+    again = bench.main(_argv(tmp, root, tmp / "contrastive.pt", tmp_path / "fresh-checkout",
+                             "--objectives", "contrastive", "--inits", "masked", "--recorded",
+                             str(earlier), "--fractions", "0.1", "0.5", "1.0", "--name", "le-gone"))
+    before = {(r["mode"], r["fraction"]): r["macro_auroc"] for r in result["runs"] if r["init"] == "masked"}
+    assert {(r["mode"], r["fraction"]): r["macro_auroc"] for r in again["runs"]} == before
+    assert {r["status"] for r in again["runs"]} == {"recorded in earlier.json"}
+    assert sorted(again["meta"]["missing"]) == [
+        str(tmp_path / "fresh-checkout" / "superdiagnostic" / f"ft-masked-{m}-f0.5-s0") + " (encoder file not given)"
+        for m in ("full", "linear")]
+    [enc] = again["encoders"][1:]
+    recorded = next(e for e in result["encoders"] if e["init"] == "masked")
+    assert enc["source"] == "recorded in earlier.json" and enc["sha256"] == recorded["sha256"]
+    assert f"- masked: recorded in earlier.json: `{recorded['encoder']}`" in (tmp / "out" / "le-gone.md").read_text()
+
+
 def test_discriminative_mode_slows_only_a_pretrained_encoder(bench, work):
     tmp, root = work
     runs = tmp / "runs-discriminative"
