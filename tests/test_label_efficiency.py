@@ -196,14 +196,20 @@ def test_no_train_summarises_the_finished_runs_and_names_the_rest(bench, first, 
         bench.main([*argv[:-2], "--name", "none", "--fractions", "0.5"])
 
 
-def test_recorded_takes_runs_whose_directories_are_gone_from_an_earlier_json(bench, first, work,
-                                                                             monkeypatch, tmp_path):
-    tmp, root = work
-    result, _ = first
+@pytest.fixture
+def earlier(bench, first, work, monkeypatch, tmp_path) -> Path:
+    """The first benchmark's JSON where a fresh checkout would hold it, with training forbidden."""
     monkeypatch.setattr(bench, "finetune_train", lambda cfg: pytest.fail("trained again"))
     monkeypatch.setattr(bench, "pretrain_train", lambda cfg: pytest.fail("trained again"))
-    earlier = tmp_path / "earlier.json"
-    earlier.write_text((tmp / "out" / "le.json").read_text())
+    path = tmp_path / "earlier.json"
+    path.write_text((work[0] / "out" / "le.json").read_text())
+    return path
+
+
+def test_recorded_takes_runs_whose_directories_are_gone_from_an_earlier_json(bench, first, work,
+                                                                             earlier, tmp_path):
+    tmp, root = work
+    result, _ = first
     masked = f"masked={tmp / 'runs' / 'pretrain-masked' / 'encoder.pt'}"  # the same encoder file
     argv = _argv(tmp, root, tmp / "contrastive.pt", tmp_path / "fresh-checkout", "--encoder",
                  masked, "--no-train", "--recorded", str(earlier), "--name", "le-recorded")
@@ -227,13 +233,9 @@ def test_recorded_takes_runs_whose_directories_are_gone_from_an_earlier_json(ben
 
 
 def test_an_encoder_whose_file_is_gone_keeps_its_recorded_runs_and_trains_nothing(bench, first, work,
-                                                                                 monkeypatch, tmp_path):
+                                                                                 earlier, tmp_path):
     tmp, root = work
     result, _ = first
-    monkeypatch.setattr(bench, "finetune_train", lambda cfg: pytest.fail("trained"))
-    monkeypatch.setattr(bench, "pretrain_train", lambda cfg: pytest.fail("pretrained"))
-    earlier = tmp_path / "earlier.json"
-    earlier.write_text((tmp / "out" / "le.json").read_text())
     # no --encoder masked=...: the masked encoder exists only as the earlier JSON's record of it
     again = bench.main(_argv(tmp, root, tmp / "contrastive.pt", tmp_path / "fresh-checkout",
                              "--objectives", "contrastive", "--inits", "masked", "--recorded",
