@@ -87,6 +87,14 @@ def _device(name: str) -> str:
     return {"cpu": "the CPU", "cuda": "a GPU"}.get(name, f"accelerator `{name}`")
 
 
+def _run_command(run: Path, program: str) -> str | None:
+    """The command line that made ``run``, from the overrides its ``.hydra/`` recorded."""
+    overrides = run / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        return None
+    return "`" + shlex.join([program, *yaml.safe_load(overrides.read_text())]) + "`"
+
+
 def _fmt_ci(m: dict, key: str) -> str:
     lo, hi = m.get(f"{key}/lower"), m.get(f"{key}/upper")
     ci = f" (90% CI {lo:.4f}-{hi:.4f})" if lo is not None and hi is not None else ""
@@ -105,6 +113,8 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
     per_class = sorted(((c, m.get(f"{split}/auroc/{c}")) for c in classes),
                        key=lambda t: 2.0 if t[1] is None else -t[1])
     size_mb = target.stat().st_size / 2**20
+    reproduce = (f"`python scripts/benchmark_ptbxl.py --root <PTB-XL 1.0.1> --models {model['name']} --tasks "
+                 f"{data['task']} --val-every {trainer.get('check_val_every_n_epoch', 1)} --no-throughput`")
     lines = [
         f"# Model card: `{name}`",
         "",
@@ -172,8 +182,7 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
         "- Rare statements have few positives on fold 9; their AUROC intervals are wide.",
         "",
         "## Reproduce",
-        f"`python scripts/benchmark_ptbxl.py --root <PTB-XL 1.0.1> --models {model['name']} --tasks "
-        f"{data['task']} --val-every {trainer.get('check_val_every_n_epoch', 1)} --no-throughput`, then "
+        f"{_run_command(run, 'ecgrisk-finetune') or reproduce}, then "
         f"`python scripts/ship_bundle.py <run> --name {name}`.",
         "",
         "## Licence and attribution",
@@ -252,9 +261,7 @@ def encoder_card(run: Path, name: str, target: Path, m: dict, meta: dict,
     roots = [node.get("root") for node in (cfg["data"].get("sources") or [cfg["data"]])]
     listed = "; ".join(f"{s} (`{r}`, {f'{n:,} records, ' if n is not None else ''}weight {w:g})"
                        for s, r, n, w in zip(sources, roots, counts, weights, strict=True))
-    overrides = run / ".hydra" / "overrides.yaml"
-    command = ("`" + shlex.join(["ecgrisk-pretrain", *yaml.safe_load(overrides.read_text())]) + "`"
-               if overrides.is_file() else "the run's `.hydra/config.yaml`")
+    command = _run_command(run, "ecgrisk-pretrain") or "the run's `.hydra/config.yaml`"
     wall_min = m["train/wall_s"] / 60
     resumed = m.get("train/resumed_wall_s")
     lines = [

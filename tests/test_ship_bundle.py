@@ -104,6 +104,16 @@ def test_a_fine_tuning_run_ships_as_a_bundle_with_its_card(ship, tmp_path, monke
     # scored on the test fold when the data has one (this synthetic copy does), else fold 9
     split = "test" if metrics.get("test/records") else "val"
     assert f"| macro AUROC | {metrics[f'{split}/macro_auroc']:.4f}" in card
+    # a run a script started is reproduced by the benchmark script; one from the command line by
+    # its own command (which names the encoder it started from, if any)
+    assert ("## Reproduce\n`python scripts/benchmark_ptbxl.py --root <PTB-XL 1.0.1> --models "
+            "xresnet1d18 --tasks superdiagnostic") in card
+    (run / ".hydra" / "overrides.yaml").write_text("- data.task=superdiagnostic\n"
+                                                   "- model.pretrained=cpc-xresnet1d101\n")
+    ship.main([str(run), "--name", "tiny-superdiagnostic"])
+    assert ("## Reproduce\n`ecgrisk-finetune data.task=superdiagnostic model.pretrained=cpc-xresnet1d101`, "
+            "then `python scripts/ship_bundle.py <run> --name tiny-superdiagnostic`.") in \
+        (tmp_path / "tiny-superdiagnostic.md").read_text()
 
 
 def test_a_folder_source_needs_its_attribution_before_the_encoder_ships(ship, pretrain_run, tmp_path,
