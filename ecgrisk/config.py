@@ -25,8 +25,15 @@ def run_app(hydra_main) -> None:
     """
     import sys
 
+    from hydra.core.hydra_config import HydraConfig
+
     from ecgrisk.paths import config_dir
 
     if not any(a.startswith(("--config-dir", "-cd")) for a in sys.argv[1:]):
         sys.argv.insert(1, f"--config-dir={config_dir()}")
-    hydra_main()
+    try:
+        hydra_main()
+    finally:
+        # Hydra leaves the finished app's config set; a run started later in this process
+        # (compose + train) would otherwise record this app's overrides as its own command
+        HydraConfig.instance().cfg = None

@@ -282,12 +282,11 @@ def finetune(args, root: Path, out: Path, task: str, init: str, enc: dict | None
             "status": status, "run": str(out)}
 
 
-def recorded_runs(paths: list[Path], meta: dict, encoders: dict) -> dict[tuple, dict]:
-    """Finished runs of earlier result JSONs made with the same settings, by
+def recorded_runs(earlier_results: list[tuple[Path, dict]], meta: dict, encoders: dict) -> dict[tuple, dict]:
+    """Finished runs of earlier result JSONs (path, contents) made with the same settings, by
     ``(task, init, mode, fraction, seed)``; later files win."""
     found = {}
-    for path in paths:
-        earlier = json.loads(path.read_text())
+    for path, earlier in earlier_results:
         same = ("model_spec", "finetune_epochs", "eval_every")
         differ = [f"{k} {earlier['meta'].get(k)} vs {meta[k]}" for k in same
                   if earlier["meta"].get(k) != meta[k]]
@@ -453,8 +452,7 @@ def write_markdown(path: Path, result: dict) -> None:
                                                     ("made", "created")) if e.get(key) is not None]
             if e.get("train_folds"):
                 known.append(f"folds {_folds(e['train_folds'])}")
-            how = e["source"] if e["source"].startswith("recorded") else "given"
-            where = f"{how}: `{e['encoder']}` ({', '.join(known) or 'its file records no pretraining details'})"
+            where = f"{e['source']}: `{e['encoder']}` ({', '.join(known) or 'its file records no pretraining details'})"
         lines.append(f"- {e['init']}: {where}")
     saw = [e["init"] for e in result["encoders"] if VAL_FOLDS[0] in (e.get("train_folds") or [])]
     if saw and any(t["split"] == "val" for t in result["tasks"].values()):
@@ -574,8 +572,9 @@ def main(argv=None) -> dict:
               f"{_fmt(info['train/loss_end'], 4)} in {_fmt(info['train/wall_s'], 0)} s", flush=True)
     # an encoder that --inits asks for and a --recorded JSON used, but no file is given for (it went
     # with the machine that made it): its recorded runs still count; nothing more trains with it
-    for path in args.recorded:
-        for e in json.loads(path.read_text()).get("encoders", []):
+    earlier_results = [(path, json.loads(path.read_text())) for path in args.recorded]
+    for path, earlier in earlier_results:
+        for e in earlier.get("encoders", []):
             if e["init"] in (args.inits or []) and e["init"] not in encoders:
                 encoders[e["init"]] = {**e, "source": f"recorded in {path.name}"}
     inits = ["random", *[o for o in args.objectives if o in encoders],
@@ -600,7 +599,7 @@ def main(argv=None) -> dict:
     pretrain_s = sum(e.get("train/wall_s") or 0.0 for e in encoders.values())
     runs: list[dict] = []
     missing: list[str] = []  # --no-train: runs not finished, left out
-    recorded = recorded_runs(args.recorded, meta, encoders)
+    recorded = recorded_runs(earlier_results, meta, encoders)
 
     def collect() -> dict:
         meta.update(wall_s=time.perf_counter() - t0, runs=len(runs),

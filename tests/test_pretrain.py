@@ -196,6 +196,10 @@ def test_module_entry_point_composes_the_config(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "name: contrastive" in printed and "name: vit1d" in printed
     assert compose("pretrain").ssl.name == "masked"  # Hydra state is left clean for later composes
+    # and for later runs: one composed in this process must not record this command as its own
+    from hydra.core.hydra_config import HydraConfig
+
+    assert not HydraConfig.initialized()
 
 
 class _StopAfterTwoEpochs(L.Callback):

@@ -85,14 +85,8 @@ def test_a_directory_without_a_model_is_refused(ship, tmp_path):
 
 
 def test_a_fine_tuning_run_ships_as_a_bundle_with_its_card(ship, tmp_path, monkeypatch):
-    from hydra.core.hydra_config import HydraConfig
-
     from ecgrisk.bundle import Bundle
     from ecgrisk.finetune.app import train as finetune
-
-    # started by a script, as benchmark_ptbxl.py does: no Hydra app (an earlier test's in-process
-    # app leaves Hydra's config set, and the run would record that app's overrides)
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
 
     root = make_synthetic_ptbxl(tmp_path / "ptbxl", n_records=60, progress=False)
     run = tmp_path / "ft"
