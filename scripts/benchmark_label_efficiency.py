@@ -572,11 +572,13 @@ def main(argv=None) -> dict:
               f"{_fmt(info['train/loss_end'], 4)} in {_fmt(info['train/wall_s'], 0)} s", flush=True)
     # an encoder that --inits asks for and a --recorded JSON used, but no file is given for (it went
     # with the machine that made it): its recorded runs still count; nothing more trains with it
+    # later files win, as for the runs (recorded_runs)
     earlier_results = [(path, json.loads(path.read_text())) for path in args.recorded]
-    for path, earlier in earlier_results:
-        for e in earlier.get("encoders", []):
-            if e["init"] in (args.inits or []) and e["init"] not in encoders:
-                encoders[e["init"]] = {**e, "source": f"recorded in {path.name}"}
+    recorded_encoders = {e["init"]: {**e, "source": f"recorded in {path.name}"}
+                         for path, earlier in earlier_results for e in earlier.get("encoders", [])}
+    for init, e in recorded_encoders.items():
+        if init in (args.inits or []) and init not in encoders:
+            encoders[init] = e
     inits = ["random", *[o for o in args.objectives if o in encoders],
              *[n for n in encoders if n not in args.objectives]]
     if args.inits:

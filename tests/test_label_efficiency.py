@@ -252,6 +252,28 @@ def test_an_encoder_whose_file_is_gone_keeps_its_recorded_runs_and_trains_nothin
     assert f"- masked: recorded in earlier.json: `{recorded['encoder']}`" in (tmp / "out" / "le-gone.md").read_text()
 
 
+def test_the_later_recorded_json_names_the_encoder_as_it_does_the_runs(bench, first, work, earlier,
+                                                                        tmp_path):
+    tmp, root = work
+    older = json.loads(earlier.read_text())  # an earlier masked encoder, none of its runs kept
+    for e in older["encoders"]:
+        if e["init"] == "masked":
+            e["sha256"] = "0" * 64
+    older["runs"] = [r for r in older["runs"] if r["init"] != "masked"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+
+    def masked_runs(*recorded: Path) -> list[dict]:
+        out = bench.main(_argv(tmp, root, tmp / "contrastive.pt", tmp_path / "fresh-checkout",
+                               "--objectives", "contrastive", "--inits", "masked", "--no-train",
+                               "--recorded", *map(str, recorded), "--name", "le-order"))
+        return out["runs"]
+
+    assert len(masked_runs(tmp_path / "older.json", earlier)) == sum(
+        r["init"] == "masked" for r in first[0]["runs"])
+    with pytest.raises(SystemExit, match="no finished fine-tuning run"):
+        masked_runs(earlier, tmp_path / "older.json")
+
+
 def test_discriminative_mode_slows_only_a_pretrained_encoder(bench, work):
     tmp, root = work
     runs = tmp / "runs-discriminative"
