@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from ecgrisk.models import ECGClassifier, Encoder, create_encoder, list_encoders
 from ecgrisk.models.inception1d import Inception1d
 from ecgrisk.models.layers import sinusoidal_positions
-from ecgrisk.models.xresnet1d import ResBlock1d
+from ecgrisk.models.xresnet1d import HalvingAvgPool1d, ResBlock1d
 
 torch.set_num_threads(1)
 
@@ -150,6 +150,31 @@ def test_xresnet_block_starts_as_identity():
     x = torch.randn(2, 32, 20)
     with torch.no_grad():
         torch.testing.assert_close(block(x), torch.relu(x + 1e-3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [1, 2, 7, 63, 64])
+def test_halving_pool_equals_ceil_mode_average_pooling_bit_for_bit(dtype, length):
+    torch.manual_seed(length)
+    x = (torch.randn(3, 5, length) * 10).to(dtype)
+    out = HalvingAvgPool1d()(x)
+    assert out.shape == (3, 5, (length + 1) // 2) and out.dtype == dtype
+    assert torch.equal(out, torch.nn.AvgPool1d(2, ceil_mode=True)(x))
+
+
+def test_halving_pool_passes_gradients_as_the_average_does():
+    x = torch.randn(2, 3, 9)
+    grads = []
+    for pool in (HalvingAvgPool1d(), torch.nn.AvgPool1d(2, ceil_mode=True)):
+        xi = x.clone().requires_grad_()
+        pool(xi).square().sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_xresnet_block_refuses_a_stride_its_identity_path_cannot_pool():
+    with pytest.raises(ValueError, match="stride must be 1 or 2, got 3"):
+        ResBlock1d(expansion=1, c_in=8, width=8, stride=3)
 
 
 def test_xresnet_depths_and_widths():

@@ -381,7 +381,9 @@ def test_a_large_batch_runs_as_one_single_threaded_call_per_thread(bundle_path, 
         torch.set_num_threads(threads)
     assert sorted(n for n, _, _ in seen) == [65, 66, 66]
     assert {t for _, t, _ in seen} == {1}
-    assert len({ident for _, _, ident in seen}) == 3
+    # on the model threads, not the caller's (which of them takes which shard is the pool's
+    # choice: under load one idle thread can take two)
+    assert threading.get_ident() not in {ident for _, _, ident in seen}
     with torch.inference_mode():
         want = bundle.model(torch.from_numpy(windows)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,207 @@
+"""The xresnet1d in its two memory layouts, side by side: speed, and what the shipped bundles score.
+
+    python scripts/bench_model_layout.py --root data/ptb-xl-full
+
+``XResNet1d`` passes its blocks a row image ``[B, C, 1, T]`` in channels-last memory
+(:class:`~ecgrisk.models.layers.RowConv1d`); before, they ran on ``[B, C, T]`` through torch's
+``Conv1d``, for which oneDNN reorders the layout around every call. Both layouts run the same
+modules and weights (:func:`one_d_forward` is the old path), interleaved in one process:
+
+- **inference**: windows/s of the shipped ``ptbxl-superdiagnostic`` model (xresnet1d101) on
+  batches of ``--batch`` windows [12 x 250], eval mode;
+- **training**: samples/s of one step (forward, BCE, backward, AdamW) on batches of
+  ``--train-batch``, train mode;
+
+each in bf16 autocast and fp32, on 1 and 2 torch threads, the median of ``--reps`` timings after
+one warm-up. With ``--root``, **fidelity**: each shipped xresnet bundle on every fold-9 record,
+its calibrated probabilities under both layouts (the bundle's own autocast): macro AUROC, Brier,
+ECE and the largest probability difference. Writes ``results/bench_model_layout.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from ecgrisk.bundle import Bundle, resolve
+from ecgrisk.data.ptbxl import PTBXL
+from ecgrisk.files import atomic_write_text
+from ecgrisk.hardware import describe
+from ecgrisk.io import read_ecg
+from ecgrisk.metrics import brier, ece, macro_auroc
+from ecgrisk.provenance import command_line
+from ecgrisk.scoring.predict import Predictor
+
+LAYOUTS = ("1-D [B, C, T]", "row image [B, C, 1, T]")
+
+
+def one_d_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of an xresnet classifier with its blocks on ``[B, C, T]`` (the layout before)."""
+    enc = model.encoder
+    h = x
+    for layer in enc.stem:
+        if isinstance(layer, nn.MaxPool2d):
+            h = F.max_pool1d(h, layer.kernel_size[1], layer.stride[1], layer.padding[1])
+        else:
+            h = layer(h)
+    return model.head(enc.pool(enc.stages(h)))
+
+
+def _forward(layout: str):
+    return one_d_forward if layout == LAYOUTS[0] else (lambda model, x: model(x))
+
+
+def _median_rates(make_step, n_items: int, reps: int) -> dict[str, float]:
+    """Per layout, ``n_items`` / the median seconds of one step; layouts interleaved."""
+    steps = {layout: make_step(layout) for layout in LAYOUTS}
+    for step in steps.values():
+        step()  # warm-up: oneDNN primitives, allocator
+    secs: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+    for _ in range(reps):
+        for layout, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            secs[layout].append(time.perf_counter() - t0)
+    return {layout: n_items / statistics.median(s) for layout, s in secs.items()}
+
+
+def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dict]:
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 12, 250, generator=gen)
+    xt = torch.randn(train_batch, 12, 250, generator=gen)
+    yt = (torch.rand(train_batch, len(model.head[-1].bias), generator=gen) < 0.2).float()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for precision in ("bf16", "fp32"):
+            autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+
+            def infer(layout):
+                net, fwd = copy.deepcopy(model).eval(), _forward(layout)
+
+                def step():
+                    with torch.inference_mode(), autocast:
+                        fwd(net, x)
+                return step
+
+            def train(layout):
+                net, fwd = copy.deepcopy(model).train(), _forward(layout)
+                opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+                def step():
+                    opt.zero_grad(set_to_none=True)
+                    with autocast:
+                        loss = F.binary_cross_entropy_with_logits(fwd(net, xt).float(), yt)
+                    loss.backward()
+                    opt.step()
+                return step
+
+            for mode, make, n in (("inference", infer, batch), ("training", train, train_batch)):
+                rates = _median_rates(make, n, reps)
+                rows.append({"mode": mode, "precision": precision, "threads": threads,
+                             "per_s": rates, "ratio": rates[LAYOUTS[1]] / rates[LAYOUTS[0]]})
+                print(rows[-1], flush=True)
+    return rows
+
+
+class _OneD(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return one_d_forward(self.inner, x)
+
+
+def fidelity(name: str, root: Path) -> dict:
+    bundle = Bundle.load(resolve(name, "bundle"))
+    task = yaml.safe_load(bundle.config)["data"]["task"]
+    data = PTBXL(root, task=task)
+    if list(data.classes) != list(bundle.classes):
+        raise SystemExit(f"{name}'s classes are not those of {root}'s task {task!r}")
+    idx = np.flatnonzero(data.folds == 9)
+    predictor = Predictor(bundle)
+    prepared = [predictor.spec.prepare(e.signal, e.fs) for e in (read_ecg(data.paths[i]) for i in idx)]
+    y = data.labels[idx]
+    row_model = bundle.model
+    probs = {}
+    for layout, net in zip(LAYOUTS, (_OneD(row_model), row_model), strict=True):
+        bundle.model = net  # the predictor calls bundle.model
+        probs[layout] = predictor.predict_prepared(prepared)
+    bundle.model = row_model
+    d = np.abs(probs[LAYOUTS[0]] - probs[LAYOUTS[1]])
+    return {"model": name, "task": task, "records": len(idx), "precision": bundle.precision,
+            "bf16": predictor.bf16,
+            "macro_auroc": {k: macro_auroc(y, p) for k, p in probs.items()},
+            "brier": {k: brier(y, p) for k, p in probs.items()},
+            "ece": {k: ece(y, p) for k, p in probs.items()},
+            "abs_diff": {"median": float(np.median(d)), "p99": float(np.quantile(d, 0.99)),
+                         "max": float(d.max())}}
+
+
+def markdown(r: dict, root) -> str:
+    a, b = LAYOUTS
+    md = ["# The xresnet1d's memory layouts", "",
+          f"`{r['command']}` on {r['machine']}, torch {r['torch']}: the shipped "
+          f"`ptbxl-superdiagnostic` model (xresnet1d101, 1.9 M parameters), inference on batches "
+          f"of {r['batch']} windows [12 x 250], training steps (forward, BCE, backward, AdamW) on "
+          f"batches of {r['train_batch']}; median of {r['reps']} timings after a warm-up, both "
+          "layouts interleaved in one process.", "",
+          f"| mode | precision | threads | {a} /s | {b} /s | row image x 1-D |", "|---|---|---|---|---|---|"]
+    for s in r["speed"]:
+        md.append(f"| {s['mode']} | {s['precision']} | {s['threads']} | {s['per_s'][a]:.0f} | "
+                  f"{s['per_s'][b]:.0f} | {s['ratio']:.2f} |")
+    md.append("")
+    if r["fidelity"]:
+        md += [f"## What the shipped bundles score on fold 9 of `{root}`", "",
+               "Calibrated probabilities under each bundle's own autocast, every fold-9 record.", "",
+               "| bundle | records | autocast | layout | macro AUROC | Brier | ECE |", "|---|---|---|---|---|---|---|"]
+        for f in r["fidelity"]:
+            for layout in LAYOUTS:
+                md.append(f"| {f['model']} | {f['records']} | {'bf16' if f['bf16'] else 'fp32'} | {layout} | "
+                          f"{f['macro_auroc'][layout]:.4f} | {f['brier'][layout]:.4f} | {f['ece'][layout]:.4f} |")
+        md.append("")
+        md += [f"- {f['model']}: probabilities, row image vs 1-D, absolute difference over records x "
+               f"statements: median {f['abs_diff']['median']:.5f}, 99th percentile "
+               f"{f['abs_diff']['p99']:.4f}, max {f['abs_diff']['max']:.4f}." for f in r["fidelity"]]
+        md.append("")
+    return "\n".join(md)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, default=None, help="PTB-XL folder (fidelity on fold 9)")
+    p.add_argument("--bundles", nargs="+", default=["ptbxl-superdiagnostic", "ptbxl-all"])
+    p.add_argument("--batch", type=int, default=256, help="windows per inference call")
+    p.add_argument("--train-batch", type=int, default=128)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--name", default="bench_model_layout")
+    args = p.parse_args(argv)
+    model = Bundle.load(resolve("ptbxl-superdiagnostic", "bundle")).model
+    result = {"command": command_line(__file__, argv), "machine": describe(),
+              "torch": torch.__version__, "batch": args.batch, "train_batch": args.train_batch,
+              "reps": args.reps, "layouts": list(LAYOUTS),
+              "speed": speed(model, args.batch, args.train_batch, args.reps)}
+    torch.set_num_threads(2)
+    result["fidelity"] = [fidelity(name, args.root) for name in args.bundles] if args.root else []
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / f"{args.name}.json", json.dumps(result, indent=1) + "\n")
+    md = markdown(result, args.root)
+    atomic_write_text(args.out / f"{args.name}.md", md)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
