@@ -1,21 +1,25 @@
-"""The xresnet1d in its two memory layouts, side by side: speed, and what the shipped bundles score.
+"""The xresnet1d before and after its two CPU speed-ups, side by side: speed, and what the shipped
+bundles score.
 
     python scripts/bench_model_layout.py --root data/ptb-xl-full
 
-``XResNet1d`` passes its blocks a row image ``[B, C, 1, T]`` in channels-last memory
-(:class:`~ecgrisk.models.layers.RowConv1d`); before, they ran on ``[B, C, T]`` through torch's
-``Conv1d``, for which oneDNN reorders the layout around every call. Both layouts run the same
-modules and weights (:func:`one_d_forward` is the old path), interleaved in one process:
+Three variants of the same modules and weights, interleaved in one process:
 
-- **inference**: windows/s of the shipped ``ptbxl-superdiagnostic`` model (xresnet1d101) on
-  batches of ``--batch`` windows [12 x 250], eval mode;
-- **training**: samples/s of one step (forward, BCE, backward, AdamW) on batches of
-  ``--train-batch``, train mode;
+- **before**: the blocks on ``[B, C, T]`` through torch's ``Conv1d`` (oneDNN reorders that layout
+  around every call) and the identity path pooled by ``AvgPool1d(2, ceil_mode=True)``, as the
+  model ran until the two changes (:func:`one_d_forward` with ``torch_pool=True``);
+- **pairwise pool**: the same, pooled by :class:`~ecgrisk.models.xresnet1d.HalvingAvgPool1d`;
+- **now**: ``XResNet1d`` as it is, a row image ``[B, C, 1, T]`` in channels-last memory
+  (:class:`~ecgrisk.models.layers.RowConv1d`) with the pairwise pool.
 
-each in bf16 autocast and fp32, on 1 and 2 torch threads, the median of ``--reps`` timings after
-one warm-up. With ``--root``, **fidelity**: each shipped xresnet bundle on every fold-9 record,
-its calibrated probabilities under both layouts (the bundle's own autocast): macro AUROC, Brier,
-ECE and the largest probability difference. Writes ``results/bench_model_layout.{json,md}``.
+Speed: **inference** windows/s of the shipped ``ptbxl-superdiagnostic`` model (xresnet1d101) on
+batches of ``--batch`` windows [12 x 250], eval mode; **training** samples/s of one step (forward,
+BCE, backward, AdamW) on batches of ``--train-batch``; each in bf16 autocast and fp32, on 1 and 2
+torch threads, the median of ``--reps`` timings after one warm-up. With ``--root``,
+**fidelity**: each shipped xresnet bundle on every fold-9 record, its calibrated probabilities
+before and now (the bundle's own autocast; the pairwise pool is bit-identical, so it scores as
+before): macro AUROC, Brier, ECE and the largest probability difference. Writes
+``results/bench_model_layout.{json,md}``.
 """
 
 from __future__ import annotations
@@ -39,14 +43,16 @@ from ecgrisk.files import atomic_write_text
 from ecgrisk.hardware import describe
 from ecgrisk.io import read_ecg
 from ecgrisk.metrics import brier, ece, macro_auroc
+from ecgrisk.models.xresnet1d import HalvingAvgPool1d
 from ecgrisk.provenance import command_line
 from ecgrisk.scoring.predict import Predictor
 
-LAYOUTS = ("1-D [B, C, T]", "row image [B, C, 1, T]")
+VARIANTS = ("before", "pairwise pool", "now")
 
 
-def one_d_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of an xresnet classifier with its blocks on ``[B, C, T]`` (the layout before)."""
+def one_d_forward(model: nn.Module, x: torch.Tensor, torch_pool: bool = False) -> torch.Tensor:
+    """Logits of an xresnet classifier with its blocks on ``[B, C, T]``, as before the row image;
+    ``torch_pool``: the identity path pooled by ``AvgPool1d(2, ceil_mode=True)`` as before too."""
     enc = model.encoder
     h = x
     for layer in enc.stem:
@@ -54,19 +60,28 @@ def one_d_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             h = F.max_pool1d(h, layer.kernel_size[1], layer.stride[1], layer.padding[1])
         else:
             h = layer(h)
-    return model.head(enc.pool(enc.stages(h)))
+    for stage in enc.stages:
+        for block in stage:
+            identity = h
+            for layer in block.idpath:
+                if torch_pool and isinstance(layer, HalvingAvgPool1d):
+                    identity = F.avg_pool1d(identity, 2, ceil_mode=True)
+                else:
+                    identity = layer(identity)
+            h = block.act(block.convs(h) + identity)
+    return model.head(enc.pool(h))
 
 
-def _forward(layout: str):
-    return one_d_forward if layout == LAYOUTS[0] else (lambda model, x: model(x))
+FORWARD = {"before": lambda model, x: one_d_forward(model, x, torch_pool=True),
+           "pairwise pool": one_d_forward, "now": lambda model, x: model(x)}
 
 
 def _median_rates(make_step, n_items: int, reps: int) -> dict[str, float]:
-    """Per layout, ``n_items`` / the median seconds of one step; layouts interleaved."""
-    steps = {layout: make_step(layout) for layout in LAYOUTS}
+    """Per variant, ``n_items`` / the median seconds of one step; variants interleaved."""
+    steps = {v: make_step(v) for v in VARIANTS}
     for step in steps.values():
         step()  # warm-up: oneDNN primitives, allocator
-    secs: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+    secs: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(reps):
         for layout, step in steps.items():
             t0 = time.perf_counter()
@@ -87,7 +102,7 @@ def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dic
             autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
 
             def infer(layout):
-                net, fwd = copy.deepcopy(model).eval(), _forward(layout)
+                net, fwd = copy.deepcopy(model).eval(), FORWARD[layout]
 
                 def step():
                     with torch.inference_mode(), autocast:
@@ -95,7 +110,7 @@ def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dic
                 return step
 
             def train(layout):
-                net, fwd = copy.deepcopy(model).train(), _forward(layout)
+                net, fwd = copy.deepcopy(model).train(), FORWARD[layout]
                 opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
                 def step():
@@ -109,18 +124,18 @@ def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dic
             for mode, make, n in (("inference", infer, batch), ("training", train, train_batch)):
                 rates = _median_rates(make, n, reps)
                 rows.append({"mode": mode, "precision": precision, "threads": threads,
-                             "per_s": rates, "ratio": rates[LAYOUTS[1]] / rates[LAYOUTS[0]]})
+                             "per_s": rates, "ratio": rates["now"] / rates["before"]})
                 print(rows[-1], flush=True)
     return rows
 
 
-class _OneD(nn.Module):
+class _Before(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.inner = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return one_d_forward(self.inner, x)
+        return one_d_forward(self.inner, x, torch_pool=True)
 
 
 def fidelity(name: str, root: Path) -> dict:
@@ -135,11 +150,11 @@ def fidelity(name: str, root: Path) -> dict:
     y = data.labels[idx]
     row_model = bundle.model
     probs = {}
-    for layout, net in zip(LAYOUTS, (_OneD(row_model), row_model), strict=True):
+    for variant, net in (("before", _Before(row_model)), ("now", row_model)):
         bundle.model = net  # the predictor calls bundle.model
-        probs[layout] = predictor.predict_prepared(prepared)
+        probs[variant] = predictor.predict_prepared(prepared)
     bundle.model = row_model
-    d = np.abs(probs[LAYOUTS[0]] - probs[LAYOUTS[1]])
+    d = np.abs(probs["before"] - probs["now"])
     return {"model": name, "task": task, "records": len(idx), "precision": bundle.precision,
             "bf16": predictor.bf16,
             "macro_auroc": {k: macro_auroc(y, p) for k, p in probs.items()},
@@ -150,28 +165,31 @@ def fidelity(name: str, root: Path) -> dict:
 
 
 def markdown(r: dict, root) -> str:
-    a, b = LAYOUTS
-    md = ["# The xresnet1d's memory layouts", "",
-          f"`{r['command']}` on {r['machine']}, torch {r['torch']}: the shipped "
-          f"`ptbxl-superdiagnostic` model (xresnet1d101, 1.9 M parameters), inference on batches "
-          f"of {r['batch']} windows [12 x 250], training steps (forward, BCE, backward, AdamW) on "
-          f"batches of {r['train_batch']}; median of {r['reps']} timings after a warm-up, both "
-          "layouts interleaved in one process.", "",
-          f"| mode | precision | threads | {a} /s | {b} /s | row image x 1-D |", "|---|---|---|---|---|---|"]
+    md = ["# The xresnet1d before and after its CPU speed-ups", "",
+          f"`{r['command']}` on {r['machine']}: the shipped `ptbxl-superdiagnostic` model "
+          f"(xresnet1d101, 1.9 M parameters), inference on batches of {r['batch']} windows "
+          f"[12 x 250], training steps (forward, BCE, backward, AdamW) on batches of "
+          f"{r['train_batch']}; median of {r['reps']} timings after a warm-up, the variants "
+          "interleaved in one process. **before**: blocks on [B, C, T], identity path pooled by "
+          "`AvgPool1d(2, ceil_mode=True)`; **pairwise pool**: the same with `HalvingAvgPool1d`; "
+          "**now**: a row image [B, C, 1, T] in channels-last memory with the pairwise pool.", "",
+          "| mode | precision | threads | before /s | pairwise pool /s | now /s | now x before |",
+          "|---|---|---|---|---|---|---|"]
     for s in r["speed"]:
-        md.append(f"| {s['mode']} | {s['precision']} | {s['threads']} | {s['per_s'][a]:.0f} | "
-                  f"{s['per_s'][b]:.0f} | {s['ratio']:.2f} |")
+        md.append(f"| {s['mode']} | {s['precision']} | {s['threads']} | "
+                  + " | ".join(f"{s['per_s'][v]:.0f}" for v in VARIANTS) + f" | {s['ratio']:.2f} |")
     md.append("")
     if r["fidelity"]:
         md += [f"## What the shipped bundles score on fold 9 of `{root}`", "",
-               "Calibrated probabilities under each bundle's own autocast, every fold-9 record.", "",
-               "| bundle | records | autocast | layout | macro AUROC | Brier | ECE |", "|---|---|---|---|---|---|---|"]
+               "Calibrated probabilities under each bundle's own autocast, every fold-9 record "
+               "(the pairwise pool is bit-identical, so it scores as before).", "",
+               "| bundle | records | autocast | variant | macro AUROC | Brier | ECE |", "|---|---|---|---|---|---|---|"]
         for f in r["fidelity"]:
-            for layout in LAYOUTS:
-                md.append(f"| {f['model']} | {f['records']} | {'bf16' if f['bf16'] else 'fp32'} | {layout} | "
-                          f"{f['macro_auroc'][layout]:.4f} | {f['brier'][layout]:.4f} | {f['ece'][layout]:.4f} |")
+            for v in ("before", "now"):
+                md.append(f"| {f['model']} | {f['records']} | {'bf16' if f['bf16'] else 'fp32'} | {v} | "
+                          f"{f['macro_auroc'][v]:.4f} | {f['brier'][v]:.4f} | {f['ece'][v]:.4f} |")
         md.append("")
-        md += [f"- {f['model']}: probabilities, row image vs 1-D, absolute difference over records x "
+        md += [f"- {f['model']}: probabilities, now vs before, absolute difference over records x "
                f"statements: median {f['abs_diff']['median']:.5f}, 99th percentile "
                f"{f['abs_diff']['p99']:.4f}, max {f['abs_diff']['max']:.4f}." for f in r["fidelity"]]
         md.append("")
@@ -191,7 +209,7 @@ def main(argv=None) -> dict:
     model = Bundle.load(resolve("ptbxl-superdiagnostic", "bundle")).model
     result = {"command": command_line(__file__, argv), "machine": describe(),
               "torch": torch.__version__, "batch": args.batch, "train_batch": args.train_batch,
-              "reps": args.reps, "layouts": list(LAYOUTS),
+              "reps": args.reps, "variants": list(VARIANTS),
               "speed": speed(model, args.batch, args.train_batch, args.reps)}
     torch.set_num_threads(2)
     result["fidelity"] = [fidelity(name, args.root) for name in args.bundles] if args.root else []

@@ -1,5 +1,6 @@
-"""The xresnet1d's row-image layout ([B, C, 1, T], channels-last) against the [B, C, T] one it
-replaced, and scripts/bench_model_layout.py, which measures the two side by side."""
+"""The xresnet1d's row-image layout ([B, C, 1, T], channels-last) and pairwise-mean pool against
+the [B, C, T] layout and AvgPool1d they replaced, and scripts/bench_model_layout.py, which
+measures them side by side."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def test_the_row_image_gives_the_logits_of_the_one_d_layout(name, length):
     x = torch.randn(4, 12, length, dtype=torch.float64)
     with torch.no_grad():
         features = model.encoder.forward_features(x)
-        torch.testing.assert_close(model(x), bench.one_d_forward(model, x), rtol=1e-10, atol=1e-10)
+        now = model(x)
+        for torch_pool in (False, True):
+            torch.testing.assert_close(now, bench.one_d_forward(model, x, torch_pool), rtol=1e-10, atol=1e-10)
     assert features.shape == (4, model.encoder.feature_dim, -(-length // 32))
 
 
@@ -53,7 +56,7 @@ def test_the_row_image_trains_as_the_one_d_layout_does():
     x = torch.randn(6, 12, 250, dtype=torch.float64)
     y = (torch.rand(6, 3) < 0.3).double()
     grads, stats = [], []
-    for forward in (lambda m, x: m(x), bench.one_d_forward):
+    for forward in (bench.FORWARD["now"], bench.FORWARD["before"]):
         model = _model("xresnet1d50").train().double()  # _model seeds: the same dropout masks
         F.binary_cross_entropy_with_logits(forward(model, x), y).backward()
         grads.append([p.grad for p in model.parameters()])
@@ -82,13 +85,13 @@ def test_speed_rows_compare_the_two_layouts_on_the_same_batches():
         (mode, precision, threads) for threads in (1, 2) for precision in ("bf16", "fp32")
         for mode in ("inference", "training")]
     for r in rows:
-        assert set(r["per_s"]) == set(bench.LAYOUTS) and min(r["per_s"].values()) > 0
-        assert r["ratio"] == pytest.approx(r["per_s"][bench.LAYOUTS[1]] / r["per_s"][bench.LAYOUTS[0]])
+        assert set(r["per_s"]) == set(bench.VARIANTS) and min(r["per_s"].values()) > 0
+        assert r["ratio"] == pytest.approx(r["per_s"]["now"] / r["per_s"]["before"])
     # the timed copies trained; the model handed in did not
     assert not model.training and all(p.grad is None for p in model.parameters())
 
 
-def test_fidelity_scores_fold_9_with_the_bundle_under_both_layouts(tmp_path):
+def test_fidelity_scores_fold_9_with_the_bundle_before_and_now(tmp_path):
     root = make_synthetic_ptbxl(tmp_path / "ptbxl", n_records=60, progress=False)
     data = PTBXL(root)
     model = _model("xresnet1d18", n_classes=len(data.classes)).eval()
@@ -103,6 +106,6 @@ def test_fidelity_scores_fold_9_with_the_bundle_under_both_layouts(tmp_path):
     probs = predictor.predict_prepared([predictor.spec.prepare(e.signal, e.fs)
                                         for e in (read_ecg(data.paths[i]) for i in idx)])
     expected = macro_auroc(data.labels[idx], probs, skip_degenerate=True)
-    for layout in bench.LAYOUTS:  # in fp32 the two layouts agree to rounding
-        assert f["macro_auroc"][layout] == pytest.approx(expected, abs=1e-6, nan_ok=True)
+    for variant in ("before", "now"):  # in fp32 they agree to rounding
+        assert f["macro_auroc"][variant] == pytest.approx(expected, abs=1e-6, nan_ok=True)
     assert f["abs_diff"]["max"] < 1e-5

@@ -1,0 +1,39 @@
+"""scripts/bench_scoring.py's readers-only run: the time of every file, split by format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from script_support import load_script
+
+from ecgrisk.bundle import Bundle
+from ecgrisk.data.synthetic import make_synthetic_ptbxl
+from ecgrisk.models import create_encoder
+from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.preprocess import Preprocessing, Scaler
+
+pytest.importorskip("pydicom")  # the mixed folder's DICOM files
+
+
+def test_the_readers_time_splits_by_format_over_every_file(tmp_path):
+    bench = load_script("bench_scoring")
+    root = make_synthetic_ptbxl(tmp_path / "ptbxl", n_records=12, progress=False)
+    folder = tmp_path / "mixed"
+    formats = bench.build_folder(root / "records100", folder, 20, 0.2)
+    assert formats == {"wfdb": 16, "npz": 2, "dicom": 1, "muse": 1}
+    torch.manual_seed(0)
+    model = ECGClassifier(create_encoder("xresnet1d18", base_channels=8), num_classes=5).eval()
+    path = tmp_path / "model.pt"
+    Bundle(model=model, classes=list("ABCDE"), preprocessing=Preprocessing(fs=100.0),
+           scaler=Scaler(0.0, 0.2), temperature=np.ones(5), name="tiny", version="1").save(path)
+    r = bench.run_read(str(folder), str(path))
+    assert r["scored"] == 20 and r["failed"] == 0
+    assert set(r["read_ms_per_file"]) == {k for k, v in formats.items() if v}
+    assert min(r["read_ms_per_file"].values()) > 0
+    assert sum(r["read_share"].values()) == pytest.approx(1.0)
+    # shares are each format's count x its time per file over the total
+    total = sum(formats[k] * ms for k, ms in r["read_ms_per_file"].items())
+    for k, ms in r["read_ms_per_file"].items():
+        assert r["read_share"][k] == pytest.approx(formats[k] * ms / total)
+    assert r["timed_s"] * 1e3 >= total * 0.999
