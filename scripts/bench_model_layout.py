@@ -99,23 +99,23 @@ def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dic
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for precision in ("bf16", "fp32"):
-            autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+            bf16 = precision == "bf16"
 
-            def infer(layout):
+            def infer(layout, bf16=bf16):
                 net, fwd = copy.deepcopy(model).eval(), FORWARD[layout]
 
                 def step():
-                    with torch.inference_mode(), autocast:
+                    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                         fwd(net, x)
                 return step
 
-            def train(layout):
+            def train(layout, bf16=bf16):
                 net, fwd = copy.deepcopy(model).train(), FORWARD[layout]
                 opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
                 def step():
                     opt.zero_grad(set_to_none=True)
-                    with autocast:
+                    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                         loss = F.binary_cross_entropy_with_logits(fwd(net, xt).float(), yt)
                     loss.backward()
                     opt.step()

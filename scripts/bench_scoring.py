@@ -58,7 +58,6 @@ from ecgrisk.io import read_ecg  # noqa: E402
 from ecgrisk.io.write import write_ecg  # noqa: E402
 from ecgrisk.provenance import command_line  # noqa: E402
 
-
 FORMAT_OF_SUFFIX = {".npz": "npz", ".dcm": "dicom", ".xml": "muse"}  # the rest: WFDB records
 
 

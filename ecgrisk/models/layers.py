@@ -116,9 +116,9 @@ class AdaptiveConcatPool1d(nn.Module):
 class RowConv1d(nn.Conv1d):
     """``nn.Conv1d`` that also takes a row image ``[B, C, 1, T]``, as the same 2-D convolution.
 
-    On the CPU, oneDNN runs a row image in channels-last memory 1.3-1.4x faster than ``[B, C, T]``
-    (forward and backward of the xresnet1d101, bf16 and fp32), so :class:`XResNet1d` passes its
-    blocks that. Parameters and state dict are those of ``nn.Conv1d``; ``[B, C, T]`` input runs
+    On the CPU, oneDNN runs a row image in channels-last memory faster than ``[B, C, T]``, which
+    it reorders around every call: the xresnet1d101 1.15-1.5x, inference and training, bf16 and
+    fp32 (``results/bench_model_layout.md``), so :class:`XResNet1d` passes its blocks that. Parameters and state dict are those of ``nn.Conv1d``; ``[B, C, T]`` input runs
     as before.
     """
 

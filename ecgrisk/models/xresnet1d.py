@@ -27,7 +27,9 @@ __all__ = ["XResNet1d", "ResBlock1d", "HalvingAvgPool1d"]
 
 
 class HalvingAvgPool1d(nn.Module):
-    """``nn.AvgPool1d(2, ceil_mode=True)`` as the mean of neighbouring pairs: ``[B, C, T] -> [B, C, ceil(T / 2)]``.
+    """``nn.AvgPool1d(2, ceil_mode=True)`` as the mean of neighbouring pairs.
+
+    ``[B, C, T] -> [B, C, ceil(T / 2)]``, also on a row image ``[B, C, 1, T]``.
 
     The same values bit for bit, in fp32 and bf16 (the pair's sum is exact before the one
     rounding, as in the pooling kernel), at 4-6x its speed on the CPU, where torch's pooling
@@ -161,8 +163,8 @@ class XResNet1d(Encoder):
     def forward_features(self, x: Tensor) -> Tensor:
         """``x [B, in_leads, T] -> [B, feature_dim, ~T / 32]``."""
         self.check_input(x)
-        # a row image [B, C, 1, T] in channels-last memory, which oneDNN convolves 1.3-1.4x
-        # faster than [B, C, T] (RowConv1d)
+        # a row image [B, C, 1, T] in channels-last memory, which oneDNN convolves faster than
+        # [B, C, T] (RowConv1d)
         rows = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         return self.stages(self.stem(rows)).squeeze(2)
 
