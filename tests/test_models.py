@@ -160,6 +160,8 @@ def test_halving_pool_equals_ceil_mode_average_pooling_bit_for_bit(dtype, length
     out = HalvingAvgPool1d()(x)
     assert out.shape == (3, 5, (length + 1) // 2) and out.dtype == dtype
     assert torch.equal(out, torch.nn.AvgPool1d(2, ceil_mode=True)(x))
+    rows = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # as XResNet1d runs it
+    assert torch.equal(HalvingAvgPool1d()(rows).squeeze(2), out)
 
 
 def test_halving_pool_passes_gradients_as_the_average_does():

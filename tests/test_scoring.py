@@ -356,7 +356,7 @@ def test_a_bf16_bundle_scores_in_bf16_only_where_bf16_is_native(bundle_path, mon
     assert np.array_equal(got, fp32) != native
 
 
-def test_a_large_batch_runs_as_one_single_threaded_call_per_thread(bundle_path, monkeypatch):
+def test_a_large_batch_runs_as_single_threaded_shards_on_the_model_threads(bundle_path, monkeypatch):
     import ecgrisk.scoring.predict as predict
 
     bundle = Bundle.load(bundle_path)
