@@ -17,6 +17,7 @@ from ecgrisk.io import read_ecg
 from ecgrisk.metrics import macro_auroc
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.models.layers import RowConv1d
 from ecgrisk.preprocess import Preprocessing, Scaler
 from ecgrisk.scoring.predict import Predictor
 
@@ -65,6 +66,21 @@ def test_the_row_image_trains_as_the_one_d_layout_does():
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
     for a, b in zip(stats[0], stats[1], strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kwargs", [dict(padding=2), dict(padding="same"), dict(padding=0, stride=2),
+                                    dict(padding=2, dilation=2, groups=2, bias=True)])
+def test_a_row_conv_on_a_row_image_is_the_conv1d_on_the_signal(kwargs):
+    torch.manual_seed(0)
+    conv = RowConv1d(4, 6, 5, **kwargs).double()
+    x = torch.randn(3, 4, 17, dtype=torch.float64)
+    rows = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv(rows).squeeze(2), conv(x))
+
+
+def test_a_row_conv_refuses_padding_it_would_not_apply():
+    with pytest.raises(ValueError, match="zeros only, got padding_mode='reflect'"):
+        RowConv1d(4, 6, 5, padding=2, padding_mode="reflect")
 
 
 def test_the_state_dict_is_that_of_plain_conv1d_and_batchnorm1d_layers():

@@ -122,11 +122,17 @@ class RowConv1d(nn.Conv1d):
     as before.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"RowConv1d pads with zeros only, got padding_mode={self.padding_mode!r}")
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             return super().forward(x)
-        return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]),
-                        (0, self.padding[0]), (1, self.dilation[0]), self.groups)
+        padding = self.padding if isinstance(self.padding, str) else (0, self.padding[0])
+        return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), padding,
+                        (1, self.dilation[0]), self.groups)
 
 
 class RowBatchNorm1d(nn.BatchNorm1d):
