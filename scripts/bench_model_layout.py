@@ -83,11 +83,11 @@ def _median_rates(make_step, n_items: int, reps: int) -> dict[str, float]:
         step()  # warm-up: oneDNN primitives, allocator
     secs: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(reps):
-        for layout, step in steps.items():
+        for variant, step in steps.items():
             t0 = time.perf_counter()
             step()
-            secs[layout].append(time.perf_counter() - t0)
-    return {layout: n_items / statistics.median(s) for layout, s in secs.items()}
+            secs[variant].append(time.perf_counter() - t0)
+    return {variant: n_items / statistics.median(s) for variant, s in secs.items()}
 
 
 def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dict]:
@@ -101,16 +101,16 @@ def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dic
         for precision in ("bf16", "fp32"):
             bf16 = precision == "bf16"
 
-            def infer(layout, bf16=bf16):
-                net, fwd = copy.deepcopy(model).eval(), FORWARD[layout]
+            def infer(variant, bf16=bf16):
+                net, fwd = copy.deepcopy(model).eval(), FORWARD[variant]
 
                 def step():
                     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                         fwd(net, x)
                 return step
 
-            def train(layout, bf16=bf16):
-                net, fwd = copy.deepcopy(model).train(), FORWARD[layout]
+            def train(variant, bf16=bf16):
+                net, fwd = copy.deepcopy(model).train(), FORWARD[variant]
                 opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
                 def step():
@@ -130,12 +130,14 @@ def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dic
 
 
 class _Before(nn.Module):
+    """The model as :class:`~ecgrisk.scoring.predict.Predictor` calls it, run the old way."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.inner = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return one_d_forward(self.inner, x, torch_pool=True)
+        return FORWARD["before"](self.inner, x)
 
 
 def fidelity(name: str, root: Path) -> dict:
