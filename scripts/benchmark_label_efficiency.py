@@ -8,7 +8,10 @@ Protocol (PTB-XL, official folds; tasks ``superdiagnostic`` and ``all`` by defau
   2. for each task, training fraction (of the folds 1-8 patients: stratified by each patient's
      rarest class, nested, fixed by the seed; ``data.train_fraction``), seed, mode (``linear``:
      frozen encoder + head; ``full``: everything trains; ``discriminative``, pretrained inits
-     only: everything trains, the encoder at ``--encoder-lr-mult`` of the rate) and init (random
+     only: everything trains, the encoder at ``--encoder-lr-mult`` of the rate; ``selftrained``,
+     pretrained inits and fractions below 1 only: the discriminative run of the same init,
+     fraction and seed is the teacher (``finetune.teacher``) that labels the folds 1-8 records
+     the fraction leaves out, and a discriminative run trains on all of them) and init (random
      or each encoder),
      fine-tune with ``ecgrisk.finetune.train``; fold 9 picks the epoch and calibrates;
   3. score each run's macro AUROC with its bootstrap 90% CI on the test fold (10) when the data
@@ -77,7 +80,8 @@ WIDTH_KEY = {"xresnet1d18": "base_channels", "xresnet1d50": "base_channels",
 OBJECTIVES = ("masked", "contrastive", "cpc")
 # benchmark mode -> finetune.mode; discriminative keeps a pretrained encoder close to where it
 # started (a frozen random encoder is a baseline, a slowed one is not: random init skips it)
-MODES = {"linear": "linear", "full": "full", "discriminative": "full"}
+MODES = {"linear": "linear", "full": "full", "discriminative": "full", "selftrained": "full"}
+SLOWED = ("discriminative", "selftrained")  # the modes that train the encoder at --encoder-lr-mult
 FRACTIONS = (0.01, 0.1, 1.0)
 QUICK = {"width": 8, "pretrain_epochs": 1, "finetune_epochs": 1, "fractions": [0.1, 1.0],
          "seeds": [0], "bootstrap": 20, "tasks": ["superdiagnostic"]}
@@ -115,9 +119,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "tabled in this order, e.g. the random-init baseline at 100%% on its own")
     p.add_argument("--modes", nargs="+", default=["linear", "full"], choices=list(MODES),
                    help="linear: frozen encoder; full: everything at one rate; discriminative "
-                        "(pretrained inits only): full, the encoder at --encoder-lr-mult of the rate")
+                        "(pretrained inits only): full, the encoder at --encoder-lr-mult of the rate; "
+                        "selftrained (pretrained inits, fractions < 1): discriminative on every "
+                        "folds 1-8 record, the discriminative run's probabilities standing in for "
+                        "the labels the fraction leaves out (list it after discriminative)")
     p.add_argument("--encoder-lr-mult", type=float, default=0.1,
-                   help="discriminative mode: the encoder's share of the learning rate")
+                   help="discriminative and selftrained modes: the encoder's share of the learning rate")
     p.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--pretrain-epochs", type=int, default=20)
@@ -264,11 +271,15 @@ def finetune(args, root: Path, out: Path, task: str, init: str, enc: dict | None
          f"data.train_fraction={fraction}", f"seed={seed}", f"trainer.max_epochs={args.finetune_epochs}",
          f"trainer.check_val_every_n_epoch={args.eval_every}", f"bootstrap={args.bootstrap}",
          "early_stopping_patience=null",
-         *([f"finetune.encoder_lr_mult={args.encoder_lr_mult:g}"] if mode == "discriminative" else []),
+         *([f"finetune.encoder_lr_mult={args.encoder_lr_mult:g}"] if mode in SLOWED else []),
          *args.extra_finetune]
     ident = identity_of(o, enc["sha256"] if enc else None)
     if enc:
         o.append(f"model.pretrained={enc['encoder']}")
+    if mode == "selftrained":
+        teacher = teacher_of(out)
+        ident["teacher_sha256"] = file_sha256(teacher)
+        o.append(f"finetune.teacher={teacher}")
     m, status = run_or_reuse(out, "finetune", o, ident, finetune_train)
     split = "test" if m.get("test/records") else "val"  # fold 9 when the test fold is absent
     fold = (TEST_FOLDS if split == "test" else VAL_FOLDS)[0]
@@ -280,6 +291,12 @@ def finetune(args, root: Path, out: Path, task: str, init: str, enc: dict | None
             "epochs": m.get("train/epochs"), "train_wall_s": m.get("train/wall_s"),
             "eval_wall_s": m.get("eval/wall_s"), "precision": m.get("train/precision"),
             "status": status, "run": str(out)}
+
+
+def teacher_of(out: Path) -> Path:
+    """The bundle that labels a selftrained run's left-out records: the discriminative run of
+    the same task, init, fraction and seed."""
+    return out.with_name(out.name.replace("-selftrained-", "-discriminative-", 1)) / "model.pt"
 
 
 def recorded_runs(earlier_results: list[tuple[Path, dict]], meta: dict, encoders: dict) -> dict[tuple, dict]:
@@ -297,7 +314,7 @@ def recorded_runs(earlier_results: list[tuple[Path, dict]], meta: dict, encoders
             if r["init"] != "random" and (r["init"] not in encoders
                                           or shas.get(r["init"]) != encoders[r["init"]].get("sha256")):
                 continue  # another encoder under the same name
-            if r["mode"] == "discriminative" and earlier["meta"].get("encoder_lr_mult") != meta["encoder_lr_mult"]:
+            if r["mode"] in SLOWED and earlier["meta"].get("encoder_lr_mult") != meta["encoder_lr_mult"]:
                 continue  # the encoder trained at another rate
             key = (r["task"], r["init"], r["mode"], float(r["fraction"]), int(r["seed"]))
             found[key] = {**r, "status": f"recorded in {path.name}"}
@@ -469,7 +486,12 @@ def write_markdown(path: Path, result: dict) -> None:
                          f"{_fmt(r['seed_std'])} | {r['seeds']} |")
         lines += ["", "Macro AUROC: mean over the seeds. 90% CI: the mean of the seeds' own bootstrap "
                   "5% and 95% bounds (resampling the scored records, not the seeds). Seed std: standard "
-                  "deviation of the seeds' macro AUROC (ddof 1).", "", *target_lines(t["targets"], t["split"]), ""]
+                  "deviation of the seeds' macro AUROC (ddof 1)."
+                  + (" Selftrained rows count the labelled records; their teacher (the discriminative "
+                     "run of the same seed) labelled the rest of folds 1-8, which they train on too, "
+                     "as the pretraining read them: the unlabelled ECGs used a second way."
+                     if any(r["mode"] == "selftrained" for r in t["summary"]) else ""),
+                  "", *target_lines(t["targets"], t["split"]), ""]
     lines += [f"Command: `{meta['command']}`", "",
               f"Wall time: {meta['wall_s']:.0f} s this invocation ({meta['reused']} of {meta['runs']} "
               f"fine-tuning runs reused from earlier ones); fine-tuning fit + evaluation summed over "
@@ -522,7 +544,8 @@ def plot(path: Path, result: dict) -> None:
             ax.set_xticklabels([f"{f:g}" for f in fracs])
             ax.set_xlabel("fraction of the folds 1-8 patients")
             what = {"linear": "frozen encoder", "full": "fine-tune",
-                    "discriminative": f"fine-tune, encoder lr x{result['meta']['encoder_lr_mult']:g}"}
+                    "discriminative": f"fine-tune, encoder lr x{result['meta']['encoder_lr_mult']:g}",
+                    "selftrained": "discriminative, + teacher-labelled records"}
             ax.set_title(f"{task}, {mode} ({what[mode]})")
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
@@ -616,7 +639,7 @@ def main(argv=None) -> dict:
             for seed in args.seeds:
                 for mode in args.modes:
                     for init in inits:
-                        if mode == "discriminative" and init == "random":
+                        if (mode in SLOWED and init == "random") or (mode == "selftrained" and frac == 1):
                             continue
                         out = runs_dir / task / f"ft-{init}-{mode}-f{frac:g}-s{seed}"
                         earlier = recorded.get((task, init, mode, float(frac), int(seed)))
@@ -625,8 +648,10 @@ def main(argv=None) -> dict:
                             runs.append(earlier)
                             continue
                         no_file = init != "random" and encoders[init]["source"].startswith("recorded")
-                        if (args.no_train or no_file) and not finished:
-                            missing.append(str(out) + (" (encoder file not given)" if no_file else ""))
+                        no_teacher = mode == "selftrained" and not teacher_of(out).is_file()
+                        if (args.no_train or no_file or no_teacher) and not finished:
+                            missing.append(str(out) + (" (encoder file not given)" if no_file else
+                                                       " (its teacher has not finished)" if no_teacher else ""))
                             continue
                         r = finetune(args, root, out, task, init, encoders.get(init), mode, frac, seed)
                         runs.append(r)

@@ -288,3 +288,42 @@ def test_discriminative_mode_slows_only_a_pretrained_encoder(bench, work):
     assert stamp["overrides"][-1] == "finetune.encoder_lr_mult=0.25"
     assert not (runs / "superdiagnostic" / "ft-random-discriminative-f0.1-s0").exists()
     assert result["meta"]["encoder_lr_mult"] == 0.25
+
+
+def test_selftrained_mode_is_taught_by_the_discriminative_run_of_its_seed(bench, work):
+    tmp, root = work
+    runs = tmp / "runs-selftrained"
+    argv = _argv(tmp, root, tmp / "contrastive.pt", runs, "--modes", "discriminative", "selftrained",
+                 "--encoder-lr-mult", "0.25", "--fractions", "0.1", "1.0", "--objectives", "contrastive",
+                 "--inits", "contrastive", "--name", "le-selftrained")
+    result = bench.main(argv)
+    # no random-init and no 100% selftrained runs: nothing is left out for a teacher to label
+    assert [(r["mode"], r["fraction"]) for r in result["runs"]] == [
+        ("discriminative", 0.1), ("selftrained", 0.1), ("discriminative", 1.0)]
+    task = runs / "superdiagnostic"
+    student, teacher = task / "ft-contrastive-selftrained-f0.1-s0", task / "ft-contrastive-discriminative-f0.1-s0"
+    stamp = json.loads((student / bench.STAMP).read_text())
+    assert "finetune.encoder_lr_mult=0.25" in stamp["overrides"]
+    assert stamp["teacher_sha256"] == bench.file_sha256(teacher / "model.pt")
+    m = json.loads((student / "metrics.json").read_text())
+    assert m["train/teacher"] == str(teacher / "model.pt")
+    assert m["train/records"] == json.loads((teacher / "metrics.json").read_text())["train/records"]
+    selftrained = next(r for r in result["runs"] if r["mode"] == "selftrained")
+    assert selftrained["train_records"] == m["train/records"]
+    md = (tmp / "out" / "le-selftrained.md").read_text()
+    assert "| selftrained | contrastive | 0.1 |" in md and "their teacher (the discriminative run" in md
+
+
+def test_a_selftrained_run_whose_teacher_is_missing_is_listed_not_trained(bench, work):
+    tmp, root = work
+    runs = tmp / "runs-no-teacher"
+    argv = _argv(tmp, root, tmp / "contrastive.pt", runs, "--modes", "discriminative", "selftrained",
+                 "--fractions", "0.1", "--objectives", "contrastive", "--inits", "contrastive",
+                 "--name", "le-no-teacher")
+    teacher = runs / "superdiagnostic" / "ft-contrastive-discriminative-f0.1-s0"
+    bench.main([*argv, "--modes", "discriminative"])
+    (teacher / "model.pt").unlink()  # its metrics stay: the run counts, but can teach nobody
+    result = bench.main(argv)
+    assert [(r["mode"], r["status"]) for r in result["runs"]] == [("discriminative", "reused")]
+    assert result["meta"]["missing"] == [
+        str(runs / "superdiagnostic" / "ft-contrastive-selftrained-f0.1-s0") + " (its teacher has not finished)"]

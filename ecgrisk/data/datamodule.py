@@ -82,6 +82,9 @@ class ECGDataModule(L.LightningDataModule):
         self.cache_workers, self.progress = cache_workers, progress
         self.scaler = scaler
         self.caches: list[ECGCache] = []
+        # self-training: the first cache's training targets, labels or a teacher's probabilities
+        self.targets: np.ndarray | None = None
+        self.teacher_labelled = np.zeros(0, dtype=np.int64)
 
     # -- setup --------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -127,6 +130,26 @@ class ECGDataModule(L.LightningDataModule):
         ids = self.caches[0].record_ids
         return np.asarray([group_of[ids[i]] for i in indices])
 
+    def left_out(self) -> np.ndarray:
+        """Cache positions of the first source's training-fold records that ``train_fraction``
+        left out: the records a teacher labels for self-training."""
+        return np.setdiff1d(self._indices(self.caches[0], "train"), self.split["train"][0])
+
+    def add_teacher_targets(self, indices: np.ndarray, probs: np.ndarray) -> None:
+        """Train also on the first cache's records at ``indices``, towards ``probs [len, C]``
+        (a teacher's probabilities) rather than their labels, which stay unread."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if probs.shape != (len(indices), len(self.classes)):
+            raise ValueError(f"teacher targets: expected shape {(len(indices), len(self.classes))}, "
+                             f"got {probs.shape}")
+        if np.intersect1d(indices, self.split["train"][0]).size:
+            raise ValueError("teacher targets: some records already train on their labels")
+        if self.targets is None:
+            self.targets = self.caches[0].labels.astype(np.float32)
+        self.targets[indices] = probs
+        self.teacher_labelled = np.union1d(self.teacher_labelled, indices)
+        self.split["train"][0] = np.union1d(self.split["train"][0], indices)
+
     # -- what the stages read -----------------------------------------------------------
     @property
     def classes(self) -> list[str]:
@@ -137,7 +160,9 @@ class ECGDataModule(L.LightningDataModule):
         return WindowDataset(self.caches[0], self.split[split][0], self.window, self.stride, self.scaler)
 
     def labels(self, split: str) -> np.ndarray:
-        return self.caches[0].labels[self.split[split][0]]
+        """The first source's labels of ``split``; for 'train', the targets it trains towards."""
+        labels = self.targets if split == "train" and self.targets is not None else self.caches[0].labels
+        return labels[self.split[split][0]]
 
     def record_ids(self, split: str) -> list[str]:
         c = self.caches[0]
@@ -145,8 +170,10 @@ class ECGDataModule(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        kept = [(CropDataset(c, idx, self.crop, self.scaler), w) for c, idx, w in
-                zip(self.caches, self.split["train"], self.source_weights, strict=True) if len(idx)]
+        targets = [self.targets] + [None] * (len(self.caches) - 1)
+        kept = [(CropDataset(c, idx, self.crop, self.scaler, t), w) for c, idx, w, t in
+                zip(self.caches, self.split["train"], self.source_weights, targets, strict=True)
+                if len(idx)]
         parts = [part for part, _ in kept]
         ds = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         drop_last = len(ds) > self.batch_size

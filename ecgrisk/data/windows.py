@@ -18,12 +18,16 @@ from ecgrisk.windowing import evaluation_windows
 class CropDataset(Dataset):
     """One random crop per record per epoch: ``(x [leads, crop], y [C])``.
 
-    ``y`` is an empty tensor for unlabeled caches. Randomness comes from torch's generator, so
-    Lightning's ``seed_everything(workers=True)`` makes crops reproducible.
+    ``y`` is an empty tensor for unlabeled caches. ``targets [records in the cache, C]``, when
+    given, replaces the cache's labels as ``y`` (self-training: a teacher's probabilities for
+    records without labels). Randomness comes from torch's generator, so Lightning's
+    ``seed_everything(workers=True)`` makes crops reproducible.
     """
 
-    def __init__(self, cache: ECGCache, indices: np.ndarray, crop: int, scaler: Scaler):
+    def __init__(self, cache: ECGCache, indices: np.ndarray, crop: int, scaler: Scaler,
+                 targets: np.ndarray | None = None):
         self.cache, self.indices, self.crop, self.scaler = cache, np.asarray(indices), crop, scaler
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -33,7 +37,8 @@ class CropDataset(Dataset):
         n = int(self.cache.lengths[i])
         start = int(torch.randint(0, max(n - self.crop, 0) + 1, (1,)).item())
         x = self.scaler(self.cache.window(i, start, self.crop))
-        return torch.from_numpy(x), _label(self.cache, i)
+        y = _label(self.cache, i) if self.targets is None else torch.from_numpy(self.targets[i])
+        return torch.from_numpy(x), y
 
 
 class WindowDataset(Dataset):

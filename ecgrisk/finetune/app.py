@@ -22,12 +22,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from scipy.special import expit
 
-from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
+from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights, resolve
 from ecgrisk.calibration import apply_temperature, fit_calibration
 from ecgrisk.config import run_app
 from ecgrisk.conformal import fit_conformal, split_coverage
 from ecgrisk.data.datamodule import ECGDataModule, build_datamodule
-from ecgrisk.files import atomic_path
+from ecgrisk.files import atomic_path, file_sha256
 from ecgrisk.finetune.module import ClassifierModule
 from ecgrisk.metrics import evaluate, reliability
 from ecgrisk.models import create_encoder
@@ -68,8 +68,9 @@ def train(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg.data, cfg.seed, scaler=scaler)
     dm.setup()
     classes = dm.classes
-    model = build_classifier(cfg.model, len(classes))
     ft = cfg.finetune
+    teacher = _label_with_teacher(dm, ft.teacher, cfg.trainer.enable_progress_bar) if ft.get("teacher") else {}
+    model = build_classifier(cfg.model, len(classes))
     pos_weight = None
     if ft.pos_weight:
         y = dm.labels("train").astype(np.float64)
@@ -120,7 +121,8 @@ def train(cfg: DictConfig) -> dict:
     # metrics stay uncalibrated because the calibration was fitted there
     metrics = evaluate(val["labels"], expit(val["logits"]), prefix="val/", classes=classes,
                        bootstrap=cfg.bootstrap, seed=cfg.seed)
-    metrics.update({"train/records": int(len(dm.split["train"][0])),
+    metrics.update({"train/records": int(len(dm.split["train"][0]) - len(dm.teacher_labelled)),
+                    **teacher,
                     "val/records": int(len(val["labels"])), "test/records": 0,
                     **{f"{k}/folds": [int(f) for f in v] for k, v in dm.folds.items()}})
     val_prob = apply_temperature(val["logits"], temps, bias)
@@ -174,6 +176,22 @@ def train(cfg: DictConfig) -> dict:
     plot_curves(out)
     _print_table(metrics, classes, out)
     return metrics
+
+
+def _label_with_teacher(dm: ECGDataModule, ref: str, progress: bool) -> dict:
+    """Self-training (:mod:`ecgrisk.finetune.teacher`): the bundle ``ref`` labels the training
+    records ``data.train_fraction`` leaves out, and the run trains on them too."""
+    from ecgrisk.finetune.teacher import teacher_targets
+
+    left = dm.left_out()
+    if not len(left):
+        raise ValueError(f"finetune.teacher={ref} labels the training-fold records that "
+                         f"data.train_fraction leaves out, and this run leaves out none")
+    path = resolve(ref)
+    dm.add_teacher_targets(left, teacher_targets(Bundle.load(path), dm, left, str(path), progress))
+    log.info("teacher %s labelled %d training records", path, len(left))
+    return {"train/teacher": str(path), "train/teacher_sha256": file_sha256(path),
+            "train/teacher_records": int(len(left))}
 
 
 def _seen_ids(dm: ECGDataModule, split: str, result: dict) -> list[str]:
