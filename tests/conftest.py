@@ -66,6 +66,21 @@ def ptbxl_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ptbxl_no_test_fold(tmp_path_factory):
+    """A small synthetic PTB-XL (160 records) whose database lists folds 1-9 only, as the full
+    data here withholds fold 10; read-only: tests put their caches and runs elsewhere."""
+    import pandas as pd
+
+    from ecgrisk.data.synthetic import make_synthetic_ptbxl
+
+    root = make_synthetic_ptbxl(tmp_path_factory.mktemp("no-test-fold") / "ptbxl", n_records=160,
+                                progress=False)
+    db = pd.read_csv(root / "ptbxl_database.csv")
+    db[db.strat_fold < 10].to_csv(root / "ptbxl_database.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def ptbxl_split_sizes(ptbxl_root):
     """``{task: {"train"|"val"|"test": records}}`` for tasks ``all`` and ``superdiagnostic``,
     counted from the two CSVs with plain loops (the benchmark's label rules, official folds)."""

@@ -8,12 +8,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from script_support import load_script
 
 from ecgrisk.bundle import save_encoder
-from ecgrisk.data.synthetic import make_synthetic_ptbxl
 from ecgrisk.models import create_encoder
 
 
@@ -23,13 +21,10 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(ptbxl_no_test_fold, tmp_path_factory):
     """A synthetic PTB-XL whose database lists folds 1-9 only, and a fresh encoder file of the
     architecture the quick settings ask for (xresnet1d18, width 8)."""
-    tmp = tmp_path_factory.mktemp("label_efficiency")
-    root = make_synthetic_ptbxl(tmp / "ptbxl", n_records=160, progress=False)
-    db = pd.read_csv(root / "ptbxl_database.csv")
-    db[db.strat_fold < 10].to_csv(root / "ptbxl_database.csv", index=False)
+    tmp, root = tmp_path_factory.mktemp("label_efficiency"), ptbxl_no_test_fold
     save_encoder(tmp / "contrastive.pt", create_encoder("xresnet1d18", base_channels=8))
     return tmp, root
 

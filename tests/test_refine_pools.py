@@ -16,7 +16,6 @@ from script_support import load_script
 from ecgrisk.bundle import Bundle
 from ecgrisk.config import compose
 from ecgrisk.data.folder import ECGFolder
-from ecgrisk.data.synthetic import make_synthetic_ptbxl
 from ecgrisk.feedback.records import Verdict
 from ecgrisk.feedback.store import FeedbackStore
 from ecgrisk.finetune.app import train
@@ -27,16 +26,14 @@ TINY = ["model=xresnet1d18", "model.kwargs.base_channels=8", "data.batch_size=32
 
 
 @pytest.fixture(scope="module")
-def scarce(tmp_path_factory):
+def scarce(ptbxl_no_test_fold, tmp_path_factory):
     """Folds 1-9 of a synthetic PTB-XL; a tiny base fine-tuned on 30% of folds 1-8 by patient."""
-    tmp = tmp_path_factory.mktemp("pools")
-    root = make_synthetic_ptbxl(tmp / "ptbxl", n_records=160, progress=False)
+    tmp, root = tmp_path_factory.mktemp("pools"), ptbxl_no_test_fold
     db = pd.read_csv(root / "ptbxl_database.csv")
-    db[db.strat_fold < 10].to_csv(root / "ptbxl_database.csv", index=False)
     train(compose("finetune", [f"data.root={root}", f"data.cache_dir={tmp / 'cache'}",
                                f"output_dir={tmp / 'base'}", "trainer.max_epochs=1",
                                "data.train_fraction=0.3", *TINY]))
-    return tmp, root, db[db.strat_fold < 10]
+    return tmp, root, db
 
 
 def _cfg(tmp, root, out, *extra):

@@ -14,7 +14,6 @@ import pytest
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.config import compose
-from ecgrisk.data.synthetic import make_synthetic_ptbxl
 from ecgrisk.finetune.app import train
 from ecgrisk.refine.app import refine
 
@@ -24,12 +23,8 @@ TINY = ["model=xresnet1d18", "model.kwargs.base_channels=8", "data.batch_size=32
 
 
 @pytest.fixture(scope="module")
-def no_test_fold(tmp_path_factory):
-    """A synthetic PTB-XL tree whose database lists folds 1-9 only."""
-    root = make_synthetic_ptbxl(tmp_path_factory.mktemp("data") / "ptbxl", n_records=160, progress=False)
-    db = pd.read_csv(root / "ptbxl_database.csv")
-    db[db.strat_fold < 10].to_csv(root / "ptbxl_database.csv", index=False)
-    return root
+def no_test_fold(ptbxl_no_test_fold):
+    return ptbxl_no_test_fold
 
 
 @pytest.fixture(scope="module")
