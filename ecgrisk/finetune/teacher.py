@@ -34,7 +34,7 @@ def teacher_targets(teacher: Bundle, dm: ECGDataModule, indices: np.ndarray, nam
     other preprocessing, or trained on any of these records, whose targets would then carry
     the labels the run leaves out.
     """
-    check_teacher(teacher, dm, indices, name)
+    _check_teacher(teacher, dm, indices, name)
     fs = dm.prep.fs
     ds = WindowDataset(dm.caches[0], indices, round(teacher.window_s * fs),
                        round(teacher.stride_s * fs), teacher.scaler)
@@ -54,7 +54,7 @@ def teacher_targets(teacher: Bundle, dm: ECGDataModule, indices: np.ndarray, nam
     return expit(record_logits.numpy()).astype(np.float32)
 
 
-def check_teacher(teacher: Bundle, dm: ECGDataModule, indices: np.ndarray, name: str) -> None:
+def _check_teacher(teacher: Bundle, dm: ECGDataModule, indices: np.ndarray, name: str) -> None:
     if list(teacher.classes) != list(dm.classes):
         raise ValueError(f"finetune.teacher {name} predicts {len(teacher.classes)} statements "
                          f"({', '.join(teacher.classes[:5])}, ...) but this run's data has "
