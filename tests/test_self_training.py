@@ -93,8 +93,15 @@ def test_a_self_trained_run_trains_on_every_training_record_and_says_how_many_th
     assert m["train/records"] == teacher_metrics["train/records"]
     assert m["train/records"] + m["train/teacher_records"] == len(train_db)
     assert m["train/teacher"] == str(tmp / "teacher" / "model.pt") and len(m["train/teacher_sha256"]) == 64
-    trained = Bundle.load(tmp / "student" / "model.pt").extra["train_records"]
-    assert sorted(trained) == sorted(map(str, train_db.ecg_id))
+    student = Bundle.load(tmp / "student" / "model.pt")
+    assert sorted(student.extra["train_records"]) == sorted(map(str, train_db.ecg_id))
+    # it saw the labels of the teacher's records only, so it can teach a second round
+    taught = set(student.extra["teacher_records"])
+    assert len(taught) == m["train/teacher_records"]
+    assert taught.isdisjoint(Bundle.load(tmp / "teacher" / "model.pt").extra["train_records"])
+    dm = _datamodule(common)
+    probs = teacher_targets(student, dm, dm.left_out(), "student", progress=False)
+    assert probs.shape == (len(taught), len(dm.classes))
 
 
 def test_a_teacher_that_trained_on_left_out_records_is_refused_by_name(teacher):
@@ -103,7 +110,7 @@ def test_a_teacher_that_trained_on_left_out_records_is_refused_by_name(teacher):
     dm = _datamodule(common)
     left = dm.left_out()
     bundle.extra["train_records"] = [*bundle.extra["train_records"], dm.caches[0].record_ids[left[0]]]
-    with pytest.raises(ValueError, match=r"teacher T trained on 1 of the \d+ records"):
+    with pytest.raises(ValueError, match=r"teacher T trained on the labels of 1 of the \d+ records"):
         teacher_targets(bundle, dm, left, "T", progress=False)
     del bundle.extra["train_records"]
     with pytest.raises(ValueError, match="does not record which records it trained on"):

@@ -170,7 +170,10 @@ def train(cfg: DictConfig) -> dict:
                     precision=str(trainer.precision),
                     extra={"conformal": conformal.to_dict(), "reliability": curves,
                            # refinement asks only about ECGs the model never trained on
-                           "train_records": dm.record_ids("train")})
+                           "train_records": dm.record_ids("train"),
+                           # of those, the ones it never saw labels of: a self-trained bundle
+                           # can teach the next round
+                           "teacher_records": [dm.caches[0].record_ids[i] for i in dm.teacher_labelled]})
     bundle.save(out / "model.pt")
     write_metrics(out / "metrics.json", metrics)
     plot_curves(out)

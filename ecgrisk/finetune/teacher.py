@@ -3,7 +3,8 @@
 With ``data.train_fraction < 1`` a run uses the labels of a fraction of the training folds;
 ``finetune.teacher`` names a bundle fine-tuned on that same fraction, which scores the rest, and
 the new model trains on every training-fold record: towards the label where the run has one,
-towards the teacher's probability elsewhere. The probabilities are the teacher's uncalibrated
+towards the teacher's probability elsewhere. A self-trained bundle can teach the next round: it
+records which of its training records it knew only through its teacher. The probabilities are the teacher's uncalibrated
 ones, because its calibration was fitted on the validation fold, whose labels must not reach
 training.
 """
@@ -68,9 +69,12 @@ def _check_teacher(teacher: Bundle, dm: ECGDataModule, indices: np.ndarray, name
         raise ValueError(f"finetune.teacher {name} does not record which records it trained on, "
                          f"so it may know the labels this run leaves out: use a bundle written "
                          f"by ecgrisk-finetune")
+    # a self-trained teacher trained on records its own teacher labelled: their labels it never saw
+    labelled = set(map(str, trained)) - set(map(str, teacher.extra.get("teacher_records", [])))
     ids = dm.caches[0].record_ids
-    seen = set(map(str, trained)) & {str(ids[i]) for i in indices}
+    seen = labelled & {str(ids[i]) for i in indices}
     if seen:
-        raise ValueError(f"finetune.teacher {name} trained on {len(seen)} of the {len(indices)} "
-                         f"records whose labels this run leaves out (e.g. {sorted(seen)[:3]}): "
-                         f"use a teacher fine-tuned with this run's data.train_fraction and seed")
+        raise ValueError(f"finetune.teacher {name} trained on the labels of {len(seen)} of the "
+                         f"{len(indices)} records whose labels this run leaves out (e.g. "
+                         f"{sorted(seen)[:3]}): use a teacher fine-tuned with this run's "
+                         f"data.train_fraction and seed")
