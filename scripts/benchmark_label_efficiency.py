@@ -278,7 +278,9 @@ def finetune(args, root: Path, out: Path, task: str, init: str, enc: dict | None
         o.append(f"model.pretrained={enc['encoder']}")
     if mode == "selftrained":
         teacher = teacher_of(out)
-        ident["teacher_sha256"] = file_sha256(teacher)
+        # a finished run stays reusable after its teacher's file is gone: the stamp knows it
+        stamped = json.loads((out / STAMP).read_text()).get("teacher_sha256") if (out / STAMP).is_file() else None
+        ident["teacher_sha256"] = file_sha256(teacher) if teacher.is_file() else stamped
         o.append(f"finetune.teacher={teacher}")
     m, status = run_or_reuse(out, "finetune", o, ident, finetune_train)
     split = "test" if m.get("test/records") else "val"  # fold 9 when the test fold is absent

@@ -307,6 +307,9 @@ def test_selftrained_mode_is_taught_by_the_discriminative_run_of_its_seed(bench,
     assert selftrained["train_records"] == m["train/records"]
     md = (tmp / "out" / "le-selftrained.md").read_text()
     assert "| selftrained | contrastive | 0.1 |" in md and "their teacher (the discriminative run" in md
+    (teacher / "model.pt").unlink()  # a finished student keeps its result without its teacher
+    again = bench.main(argv)
+    assert [r["status"] for r in again["runs"]] == ["reused"] * 3 and not again["meta"]["missing"]
 
 
 def test_a_selftrained_run_whose_teacher_is_missing_is_listed_not_trained(bench, work):
