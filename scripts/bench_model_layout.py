@@ -1,24 +1,27 @@
-"""The xresnet1d before and after its two CPU speed-ups, side by side: speed, and what the shipped
+"""The xresnet1d before and after its CPU speed-ups, side by side: speed, and what the shipped
 bundles score.
 
     python scripts/bench_model_layout.py --root data/ptb-xl-full
 
-Three variants of the same modules and weights, interleaved in one process:
+Four variants of the same modules and weights, interleaved in one process:
 
 - **before**: the blocks on ``[B, C, T]`` through torch's ``Conv1d`` (oneDNN reorders that layout
   around every call) and the identity path pooled by ``AvgPool1d(2, ceil_mode=True)``, as the
   model ran until the two changes (:func:`one_d_forward` with ``torch_pool=True``);
 - **pairwise pool**: the same, pooled by :class:`~ecgrisk.models.xresnet1d.HalvingAvgPool1d`;
 - **now**: ``XResNet1d`` as it is, a row image ``[B, C, 1, T]`` in channels-last memory
-  (:class:`~ecgrisk.models.layers.RowConv1d`) with the pairwise pool.
+  (:class:`~ecgrisk.models.layers.RowConv1d`) with the pairwise pool;
+- **folded** (inference only): now, each BatchNorm folded into the convolution before it
+  (:func:`~ecgrisk.models.layers.fold_batchnorm`), as :class:`~ecgrisk.scoring.predict.Predictor`
+  runs it.
 
 Speed: **inference** windows/s of the shipped ``ptbxl-superdiagnostic`` model (xresnet1d101) on
 batches of ``--batch`` windows [12 x 250], eval mode; **training** samples/s of one step (forward,
 BCE, backward, AdamW) on batches of ``--train-batch``; each in bf16 autocast and fp32, on 1 and 2
 torch threads, the median of ``--reps`` timings after one warm-up. With ``--root``,
 **fidelity**: each shipped xresnet bundle on every fold-9 record, its calibrated probabilities
-before and now (the bundle's own autocast; the pairwise pool is bit-identical, so it scores as
-before): macro AUROC, Brier, ECE and the largest probability difference. Writes
+before, now and folded (the bundle's own autocast; the pairwise pool is bit-identical, so it
+scores as before): macro AUROC, Brier, ECE and the probability differences against now. Writes
 ``results/bench_model_layout.{json,md}``.
 """
 
@@ -43,11 +46,13 @@ from ecgrisk.files import atomic_write_text
 from ecgrisk.hardware import describe
 from ecgrisk.io import read_ecg
 from ecgrisk.metrics import brier, ece, macro_auroc
+from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.models.xresnet1d import HalvingAvgPool1d
 from ecgrisk.provenance import command_line
 from ecgrisk.scoring.predict import Predictor
 
-VARIANTS = ("before", "pairwise pool", "now")
+VARIANTS = ("before", "pairwise pool", "now", "folded")
+TRAINING_VARIANTS = VARIANTS[:3]  # a folded BatchNorm no longer trains
 
 
 def one_d_forward(model: nn.Module, x: torch.Tensor, torch_pool: bool = False) -> torch.Tensor:
@@ -73,15 +78,16 @@ def one_d_forward(model: nn.Module, x: torch.Tensor, torch_pool: bool = False) -
 
 
 FORWARD = {"before": lambda model, x: one_d_forward(model, x, torch_pool=True),
-           "pairwise pool": one_d_forward, "now": lambda model, x: model(x)}
+           "pairwise pool": one_d_forward, "now": lambda model, x: model(x),
+           "folded": lambda model, x: model(x)}
 
 
-def _median_rates(make_step, n_items: int, reps: int) -> dict[str, float]:
+def _median_rates(make_step, variants, n_items: int, reps: int) -> dict[str, float]:
     """Per variant, ``n_items`` / the median seconds of one step; variants interleaved."""
-    steps = {v: make_step(v) for v in VARIANTS}
+    steps = {v: make_step(v) for v in variants}
     for step in steps.values():
         step()  # warm-up: oneDNN primitives, allocator
-    secs: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    secs: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(reps):
         for variant, step in steps.items():
             t0 = time.perf_counter()
@@ -102,7 +108,8 @@ def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dic
             bf16 = precision == "bf16"
 
             def infer(variant, bf16=bf16):
-                net, fwd = copy.deepcopy(model).eval(), FORWARD[variant]
+                net = fold_batchnorm(model) if variant == "folded" else copy.deepcopy(model).eval()
+                fwd = FORWARD[variant]
 
                 def step():
                     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
@@ -121,8 +128,9 @@ def speed(model: nn.Module, batch: int, train_batch: int, reps: int) -> list[dic
                     opt.step()
                 return step
 
-            for mode, make, n in (("inference", infer, batch), ("training", train, train_batch)):
-                rates = _median_rates(make, n, reps)
+            for mode, make, variants, n in (("inference", infer, VARIANTS, batch),
+                                            ("training", train, TRAINING_VARIANTS, train_batch)):
+                rates = _median_rates(make, variants, n, reps)
                 rows.append({"mode": mode, "precision": precision, "threads": threads,
                              "per_s": rates, "ratio": rates["now"] / rates["before"]})
                 print(rows[-1], flush=True)
@@ -150,20 +158,24 @@ def fidelity(name: str, root: Path) -> dict:
     predictor = Predictor(bundle)
     prepared = [predictor.spec.prepare(e.signal, e.fs) for e in (read_ecg(data.paths[i]) for i in idx)]
     y = data.labels[idx]
-    row_model = bundle.model
+    folded = predictor.model
     probs = {}
-    for variant, net in (("before", _Before(row_model)), ("now", row_model)):
-        bundle.model = net  # the predictor calls bundle.model
+    for variant, net in (("before", _Before(bundle.model)), ("now", bundle.model),
+                         ("folded", folded)):
+        predictor.model = net
         probs[variant] = predictor.predict_prepared(prepared)
-    bundle.model = row_model
-    d = np.abs(probs["before"] - probs["now"])
+    predictor.model = folded
     return {"model": name, "task": task, "records": len(idx), "precision": bundle.precision,
             "bf16": predictor.bf16,
             "macro_auroc": {k: macro_auroc(y, p) for k, p in probs.items()},
             "brier": {k: brier(y, p) for k, p in probs.items()},
             "ece": {k: ece(y, p) for k, p in probs.items()},
-            "abs_diff": {"median": float(np.median(d)), "p99": float(np.quantile(d, 0.99)),
-                         "max": float(d.max())}}
+            "abs_diff": {v: _abs_diff(probs[v], probs["now"]) for v in ("before", "folded")}}
+
+
+def _abs_diff(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    d = np.abs(a - b)
+    return {"median": float(np.median(d)), "p99": float(np.quantile(d, 0.99)), "max": float(d.max())}
 
 
 def markdown(r: dict, root) -> str:
@@ -174,12 +186,17 @@ def markdown(r: dict, root) -> str:
           f"{r['train_batch']}; median of {r['reps']} timings after a warm-up, the variants "
           "interleaved in one process. **before**: blocks on [B, C, T], identity path pooled by "
           "`AvgPool1d(2, ceil_mode=True)`; **pairwise pool**: the same with `HalvingAvgPool1d`; "
-          "**now**: a row image [B, C, 1, T] in channels-last memory with the pairwise pool.", "",
-          "| mode | precision | threads | before /s | pairwise pool /s | now /s | now x before |",
-          "|---|---|---|---|---|---|---|"]
+          "**now**: a row image [B, C, 1, T] in channels-last memory with the pairwise pool; "
+          "**folded** (inference only, as `Predictor` runs it): now with each BatchNorm folded "
+          "into the convolution before it.", "",
+          "| mode | precision | threads | before /s | pairwise pool /s | now /s | now x before "
+          "| folded /s | folded x now |", "|---|---|---|---|---|---|---|---|---|"]
     for s in r["speed"]:
+        folded = s["per_s"].get("folded")
         md.append(f"| {s['mode']} | {s['precision']} | {s['threads']} | "
-                  + " | ".join(f"{s['per_s'][v]:.0f}" for v in VARIANTS) + f" | {s['ratio']:.2f} |")
+                  + " | ".join(f"{s['per_s'][v]:.0f}" for v in TRAINING_VARIANTS)
+                  + f" | {s['ratio']:.2f} | "
+                  + ("- | - |" if folded is None else f"{folded:.0f} | {folded / s['per_s']['now']:.2f} |"))
     md.append("")
     if r["fidelity"]:
         md += [f"## What the shipped bundles score on fold 9 of `{root}`", "",
@@ -187,13 +204,13 @@ def markdown(r: dict, root) -> str:
                "(the pairwise pool is bit-identical, so it scores as before).", "",
                "| bundle | records | autocast | variant | macro AUROC | Brier | ECE |", "|---|---|---|---|---|---|---|"]
         for f in r["fidelity"]:
-            for v in ("before", "now"):
+            for v in ("before", "now", "folded"):
                 md.append(f"| {f['model']} | {f['records']} | {'bf16' if f['bf16'] else 'fp32'} | {v} | "
                           f"{f['macro_auroc'][v]:.4f} | {f['brier'][v]:.4f} | {f['ece'][v]:.4f} |")
         md.append("")
-        md += [f"- {f['model']}: probabilities, now vs before, absolute difference over records x "
-               f"statements: median {f['abs_diff']['median']:.5f}, 99th percentile "
-               f"{f['abs_diff']['p99']:.4f}, max {f['abs_diff']['max']:.4f}." for f in r["fidelity"]]
+        md += [f"- {f['model']}: probabilities, {v} vs now, absolute difference over records x "
+               f"statements: median {d['median']:.5f}, 99th percentile {d['p99']:.4f}, max "
+               f"{d['max']:.4f}." for f in r["fidelity"] for v, d in f["abs_diff"].items()]
         md.append("")
     return "\n".join(md)
 

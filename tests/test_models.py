@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ecgrisk.models import ECGClassifier, Encoder, create_encoder, list_encoders
 from ecgrisk.models.inception1d import Inception1d
-from ecgrisk.models.layers import sinusoidal_positions
+from ecgrisk.models.layers import fold_batchnorm, sinusoidal_positions
 from ecgrisk.models.xresnet1d import HalvingAvgPool1d, ResBlock1d
 
 torch.set_num_threads(1)
@@ -107,6 +108,38 @@ def test_spec_rebuilds_identical_architecture(name):
     x = torch.randn(2, 12, 250)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.embed(x), enc.embed(x))
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_fold_batchnorm_keeps_the_function_and_the_original(name):
+    model = ECGClassifier(small(name), num_classes=5).train()
+    torch.manual_seed(1)
+    with torch.no_grad():  # running statistics and affine terms far from their initial values
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.5, 0.5)
+        for _ in range(3):
+            model(3 * torch.randn(8, 12, 250) + 1)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    x = torch.randn(4, 12, 250)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    assert not folded.training
+    state = model.state_dict()
+    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in state)
+
+    def n_bn(m):
+        return sum(isinstance(q, torch.nn.BatchNorm1d) for q in m.modules())
+    convs_then_bn = sum(
+        isinstance(a, torch.nn.Conv1d) and isinstance(b, torch.nn.BatchNorm1d)
+        for seq in model.modules() if isinstance(seq, torch.nn.Sequential)
+        for a, b in pairwise(seq.children()))
+    assert n_bn(folded) == n_bn(model) - convs_then_bn
+    if name.startswith("xresnet"):  # every conv of the xresnet is followed by its BatchNorm
+        assert convs_then_bn == sum(isinstance(q, torch.nn.Conv1d) for q in model.modules()) > 0
 
 
 @pytest.mark.parametrize("name", list_encoders())

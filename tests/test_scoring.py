@@ -18,6 +18,7 @@ from ecgrisk.io import read_ecg
 from ecgrisk.io.inputs import collect_records
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.preprocess import Preprocessing, Scaler
 from ecgrisk.scoring.cli import main as cli_main
 from ecgrisk.scoring.job import score_files
@@ -348,11 +349,12 @@ def test_a_bf16_bundle_scores_in_bf16_only_where_bf16_is_native(bundle_path, mon
     bundle.precision = "bf16-mixed"
     windows = np.random.default_rng(0).standard_normal((4, 12, round(bundle.window_s * 100))).astype(np.float32)
     got = Predictor(bundle).window_logits(windows)
+    model = fold_batchnorm(bundle.model)  # what the predictor runs
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=native):
-        want = bundle.model(torch.from_numpy(windows)).float().numpy()
+        want = model(torch.from_numpy(windows)).float().numpy()
     np.testing.assert_array_equal(got, want)
     with torch.inference_mode():  # the two precisions do differ, so the check above can tell them apart
-        fp32 = bundle.model(torch.from_numpy(windows)).numpy()
+        fp32 = model(torch.from_numpy(windows)).numpy()
     assert np.array_equal(got, fp32) != native
 
 

@@ -7,11 +7,14 @@ Every encoder maps an ECG batch ``x [B, leads, T]`` to a feature map ``[B, featu
 
 from __future__ import annotations
 
+import copy
 import math
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
     "Encoder",
@@ -20,6 +23,7 @@ __all__ = [
     "RowBatchNorm1d",
     "RowConv1d",
     "TransformerBlock",
+    "fold_batchnorm",
     "init_cnn",
     "sinusoidal_positions",
 ]
@@ -141,6 +145,27 @@ class RowBatchNorm1d(nn.BatchNorm1d):
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() not in (2, 3, 4):
             raise ValueError(f"expected 2D, 3D or 4D input (got {x.dim()}D input)")
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` in eval mode, each BatchNorm that directly follows a
+    convolution in an ``nn.Sequential`` folded into that convolution's weight and bias.
+
+    In eval mode such a BatchNorm is a fixed per-channel affine map, so the fold changes the
+    function only by rounding (fp32: within 1e-5 of the logits). It saves one pass over every
+    feature map: the shipped xresnet1d101 infers 1.2x as fast in bf16 on the CPU
+    (``results/bench_model_layout.md``). ``model`` itself is left as it is; the copy is for
+    inference only (the folded convolutions no longer match a training-mode BatchNorm).
+    """
+    folded = copy.deepcopy(model).eval()
+    for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        for a, b in pairwise(list(seq._modules)):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d) \
+                    and bn.running_mean is not None and bn.num_features == conv.out_channels:
+                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = nn.Identity()
+    return folded
 
 
 class ConvBNAct(nn.Sequential):

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from ecgrisk.bundle import Bundle
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io.inputs import collect_records
+from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.scoring.predict import aggregate_logits, calibrate
 from ecgrisk.scoring.reading import ReadRecord, read_chunk
 from ecgrisk.scoring.report import ScoreSummary
@@ -80,7 +81,7 @@ class ScoringModule(L.LightningModule):
 
     def __init__(self, bundle, bands: tuple[float, float]):
         super().__init__()
-        self.model = bundle.model.eval()
+        self.model = fold_batchnorm(bundle.model)
         self.bundle, self.bands = bundle, bands
         self.spec = InputSpec.from_bundle(bundle)
 

