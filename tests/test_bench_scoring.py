@@ -37,3 +37,23 @@ def test_the_readers_time_splits_by_format_over_every_file(tmp_path):
     for k, ms in r["read_ms_per_file"].items():
         assert r["read_share"][k] == pytest.approx(formats[k] * ms / total)
     assert r["timed_s"] * 1e3 >= total * 0.999
+
+
+def test_repeated_runs_summarise_to_the_median_run_with_their_range_and_largest_memory():
+    bench = load_script("bench_scoring")
+
+    def run(mode, n, rate, rss, rep):
+        return {"mode": mode, "n": n, "ecg_per_s": rate, "wall_s": n / rate, "peak_rss_mb": rss,
+                "peak_rss_children_mb": rss / 2, "scored": n, "failed": 0, "repeat": rep}
+    runs = [run("pipeline", 100, 300.0, 50, 0), run("naive", 100, 90.0, 40, 0),
+            run("pipeline", 100, 250.0, 70, 1), run("naive", 100, 110.0, 30, 1),
+            run("pipeline", 100, 330.0, 60, 2), run("naive", 100, 95.0, 35, 2),
+            run("pipeline", 100, 200.0, 80, 3)]
+    by = bench.summarise(runs)
+    assert set(by) == {("pipeline", 100), ("naive", 100)}
+    pipe, naive = by[("pipeline", 100)], by[("naive", 100)]
+    # four pipeline runs (200, 250, 300, 330): the lower middle one, 250, from repeat 1
+    assert pipe["ecg_per_s"] == 250.0 and pipe["wall_s"] == pytest.approx(100 / 250.0)
+    assert pipe["range"] == [200.0, 330.0] and pipe["repeats"] == 4 and "repeat" not in pipe
+    assert pipe["peak_rss_mb"] == 80 and pipe["peak_rss_children_mb"] == 40
+    assert naive["ecg_per_s"] == 95.0 and naive["range"] == [90.0, 110.0] and naive["peak_rss_mb"] == 40

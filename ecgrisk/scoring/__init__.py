@@ -1,8 +1,9 @@
 """Batch risk scoring of ECG files with a model bundle (``ecgrisk score``).
 
-``predict_proba`` / ``Predictor`` evaluate a record exactly as fine-tuning evaluated the test
-fold; ``score_files`` runs that over many files into a CSV/Parquet table. Submodules are imported
-on use, so ``import ecgrisk.scoring`` stays cheap (no torch).
+``predict_proba`` / ``Predictor`` evaluate a record as fine-tuning evaluated the test fold (the
+same steps; the model's BatchNorms folded, which changes only rounding); ``score_files`` runs
+that over many files into a CSV/Parquet table. Submodules are imported on use, so
+``import ecgrisk.scoring`` stays cheap (no torch).
 """
 
 from __future__ import annotations

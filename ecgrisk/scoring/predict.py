@@ -1,6 +1,6 @@
 """Bundle -> calibrated per-record probabilities: the one evaluation both fine-tuning and scoring use.
 
-A record is evaluated exactly as :mod:`ecgrisk.finetune` evaluates its test fold:
+A record is evaluated as :mod:`ecgrisk.finetune` evaluates its test fold, step by step:
 
 1. ``bundle.preprocessing.apply(signal, fs)`` (resample to the bundle's rate, optional filters),
    as the cache does when it compiles records;
