@@ -1,4 +1,11 @@
-"""The fine-tuning LightningModule: encoder + multi-label head, BCE, window-aggregated evaluation."""
+"""The fine-tuning LightningModule: encoder + multi-label head, BCE, window-aggregated evaluation.
+
+The final evaluation (validation and test outside ``fit``: what calibration is fitted on and what
+``predictions/`` and ``metrics.json`` report) runs the model with its BatchNorms folded, as
+scoring runs it (:func:`~ecgrisk.models.layers.fold_batchnorm`), so ``ecgrisk score`` gives a
+run's own probabilities exactly; the per-epoch validation that picks the checkpoint runs it
+unfolded (the same function up to rounding).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from scipy.special import expit
 
 from ecgrisk.metrics import macro_auroc
 from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.windowing import aggregate_windows
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,7 @@ class ClassifierModule(L.LightningModule):
                               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                               and not any(p.requires_grad for p in m.parameters())]
         self._eval_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._folded: tuple = ()  # a tuple, so the copy is no submodule (nor in checkpoints)
         self.eval_result: dict[str, dict] = {}  # split -> {"logits", "labels"} per record
         self.train_samples = 0
 
@@ -105,7 +114,14 @@ class ClassifierModule(L.LightningModule):
     # -- evaluation ---------------------------------------------------------------------
     def _eval_step(self, batch):
         x, _, k = batch
-        self._eval_outputs.append((k.detach(), self(x).detach().float()))
+        logits = self._folded[0](x) if self._folded else self(x)
+        self._eval_outputs.append((k.detach(), logits.detach().float()))
+
+    def on_validation_start(self) -> None:
+        self._folded = () if self.trainer.state.fn == "fit" else (fold_batchnorm(self.model),)
+
+    def on_test_start(self) -> None:
+        self._folded = (fold_batchnorm(self.model),)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch)

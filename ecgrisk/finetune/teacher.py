@@ -20,6 +20,7 @@ from ecgrisk.bundle import Bundle
 from ecgrisk.data.datamodule import ECGDataModule
 from ecgrisk.data.windows import WindowDataset
 from ecgrisk.hardware import bf16_is_native
+from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.progress import progress_bar
 from ecgrisk.windowing import aggregate_windows
 
@@ -40,7 +41,7 @@ def teacher_targets(teacher: Bundle, dm: ECGDataModule, indices: np.ndarray, nam
     ds = WindowDataset(dm.caches[0], indices, round(teacher.window_s * fs),
                        round(teacher.stride_s * fs), teacher.scaler)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = teacher.model.to(device).eval()
+    model = fold_batchnorm(teacher.model).to(device)  # as its final validation and scoring run it
     # the autocast the teacher was validated under, where it runs at hardware speed
     bf16 = teacher.precision.startswith("bf16") and bf16_is_native(device)
     ks, logits = [], []
