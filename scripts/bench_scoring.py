@@ -172,7 +172,7 @@ def run_model(folder: str, bundle_path: str, batch_size: int) -> dict:
         ecg = read_ecg(path)
         prepared.append(predictor.spec.prepare(ecg.signal, ecg.fs))
     # the records in the groups the pipeline scores together: enough for a batch of windows
-    # (estimated as score_files does); all at once, 19,634 records' windows took 4.4 GB
+    # (estimated as score_files does); one call over all 19,634 records peaked at 4.4 GB
     groups, start, n_windows = [], 0, 0
     for i, x in enumerate(prepared):
         n_windows += x.shape[1] // predictor.spec.stride

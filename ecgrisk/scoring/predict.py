@@ -8,8 +8,8 @@ A record is evaluated as :mod:`ecgrisk.finetune` evaluates its test fold, step b
    (:func:`ecgrisk.windowing.evaluation_windows`), a record shorter than one window zero-padded
    at its end as ``ECGCache.window`` pads it; each window scaled with ``bundle.scaler``;
 3. the model's window logits (its BatchNorms folded into the convolutions before them,
-   :func:`~ecgrisk.models.layers.fold_batchnorm`: the same function up to rounding, 1.2x as
-   fast), under the autocast the bundle was validated and calibrated with
+   :func:`~ecgrisk.models.layers.fold_batchnorm`: the same function up to rounding,
+   1.13-1.29x as fast), under the autocast the bundle was validated and calibrated with
    (``bundle.precision``: bf16 for the shipped bundles) where the hardware runs it; where bf16
    would be emulated (about 10x slower), in fp32, within 0.01 of the bf16 probabilities
    (``results/scoring_precision.md``, :mod:`ecgrisk.hardware`),
