@@ -164,6 +164,7 @@ def run_model(folder: str, bundle_path: str, batch_size: int) -> dict:
     """The pipeline's own Predictor on records read and prepared beforehand (not timed)."""
     from ecgrisk.bundle import Bundle
     from ecgrisk.io.inputs import collect_records
+    from ecgrisk.scoring.job import record_groups
     from ecgrisk.scoring.predict import Predictor
 
     predictor = Predictor(Bundle.load(bundle_path))
@@ -171,14 +172,9 @@ def run_model(folder: str, bundle_path: str, batch_size: int) -> dict:
     for _, path in collect_records([folder]):
         ecg = read_ecg(path)
         prepared.append(predictor.spec.prepare(ecg.signal, ecg.fs))
-    # the records in the groups the pipeline scores together: enough for a batch of windows
-    # (estimated as score_files does); one call over all 19,634 records peaked at 4.4 GB
-    groups, start, n_windows = [], 0, 0
-    for i, x in enumerate(prepared):
-        n_windows += x.shape[1] // predictor.spec.stride
-        if n_windows >= batch_size or i == len(prepared) - 1:
-            groups.append(prepared[start:i + 1])
-            start, n_windows = i + 1, 0
+    # the records in the groups the pipeline scores together; one call over all 19,634
+    # records peaked at 4.4 GB
+    groups = list(record_groups(prepared, lambda x: x.shape[1] // predictor.spec.stride, batch_size))
     predictor.predict_prepared(groups[0], batch_size)  # warm-up: first calls allocate
     t0 = time.perf_counter()
     for group in groups:

@@ -21,7 +21,7 @@ from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.preprocess import Preprocessing, Scaler
 from ecgrisk.scoring.cli import main as cli_main
-from ecgrisk.scoring.job import score_files
+from ecgrisk.scoring.job import record_groups, score_files
 from ecgrisk.scoring.predict import Predictor, predict_proba
 from ecgrisk.scoring.quality import quality_flags
 from ecgrisk.scoring.report import risk_band
@@ -392,3 +392,10 @@ def test_a_large_batch_runs_as_single_threaded_shards_on_the_model_threads(bundl
     seen.clear()
     predictor.window_logits(windows[:2 * predict.MIN_SHARD_WINDOWS - 1])  # too few to split
     assert [n for n, _, _ in seen] == [2 * predict.MIN_SHARD_WINDOWS - 1]
+
+
+def test_records_are_scored_in_groups_of_at_least_a_batch_of_windows():
+    windows = [3, 4, 0, 5, 1, 1, 2, 6, 1]  # a failed record contributes no window
+    groups = list(record_groups(range(len(windows)), windows.__getitem__, batch_size=6))
+    assert groups == [[0, 1], [2, 3, 4], [5, 6, 7], [8]]  # 7, 6, 9 windows, then what is left
+    assert list(record_groups([], len, batch_size=6)) == []

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import TypeVar
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.io.inputs import collect_records
@@ -27,7 +29,9 @@ from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
 from ecgrisk.scoring.table import TableWriter, read_rows, stale_partials
 from ecgrisk.signals import fault_point, raise_if_interrupted
 
-__all__ = ["score_files"]
+__all__ = ["record_groups", "score_files"]
+
+T = TypeVar("T")
 
 RESTING_ECG_S = 10.0  # the length of a resting 12-lead ECG, to size the read-ahead
 
@@ -90,8 +94,6 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
                 writer.write([row])
                 summary.add(row, classes, resumed=True)
         todo = [r for r in records if r[1] not in done]
-        pending: list[ReadRecord] = []
-        n_windows = 0
         # a batch of resting ECGs' worth of chunks in flight beyond the readers' own queue, so
         # they read the next batch while the model scores this one
         spec = predictor.spec
@@ -99,17 +101,10 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
         stream = read_records(todo, spec, workers, chunk_size, missing_leads, npy_fs,
                               ahead=-(-batch_size // (per_record * chunk_size)))
         with progress_bar(len(todo), "scoring", enabled=progress) as advance, closing(stream):
-            for rec in stream:
-                raise_if_interrupted()
-                pending.append(rec)
-                if rec.length is not None:
-                    n_windows += rec.length // predictor.spec.stride
-                if n_windows >= batch_size:
-                    _flush(pending, predictor, writer, summary, bands, batch_size)
-                    advance(len(pending))
-                    pending, n_windows = [], 0
-            _flush(pending, predictor, writer, summary, bands, batch_size)
-            advance(len(pending))
+            for group in record_groups(stream, lambda rec: (rec.length or 0) // spec.stride,
+                                       batch_size):
+                _flush(group, predictor, writer, summary, bands, batch_size)
+                advance(len(group))
         fault_point(f"write:{out.name}")
     except BaseException:
         writer.close()  # a finished partial file: --resume continues from it
@@ -119,6 +114,24 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
         p.unlink(missing_ok=True)
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def record_groups(items: Iterable[T], n_windows: Callable[[T], int], batch_size: int
+                  ) -> Iterator[list[T]]:
+    """Consecutive groups of ``items`` that each hold at least ``batch_size`` windows (the last
+    group, what is left): the records the model scores together. Checks for an interrupting
+    signal after every item, since taking one can wait on the readers."""
+    group: list[T] = []
+    windows = 0
+    for item in items:
+        raise_if_interrupted()
+        group.append(item)
+        windows += n_windows(item)
+        if windows >= batch_size:
+            yield group
+            group, windows = [], 0
+    if group:
+        yield group
 
 
 def _flush(pending: list[ReadRecord], predictor: Predictor, writer: TableWriter,
