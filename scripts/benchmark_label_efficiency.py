@@ -235,18 +235,24 @@ def run_or_reuse(out: Path, config: str, overrides: list[str], identity: dict, t
     """``train(compose(config, overrides))`` in ``out``, or its earlier result: a finished
     ``metrics.json`` is read ("reused"), a ``last.ckpt`` resumed ("resumed"); a directory left by
     other settings is refused. Returns (metrics, "reused" | "resumed" | "trained")."""
-    done, last, stamp = out / "metrics.json", out / "checkpoints" / "last.ckpt", out / STAMP
-    old = json.loads(stamp.read_text()) if stamp.is_file() else None
+    done, last = out / "metrics.json", out / "checkpoints" / "last.ckpt"
+    old = stamp_of(out)
     if old != identity and (done.is_file() or last.is_file()):
         diff = sorted(set(map(str, (old or {}).get("overrides", []))) ^ set(identity["overrides"]))
         raise SystemExit(f"{out} holds a run made with other settings (differing: {diff or 'the encoder'}"
                          f"); use another --runs-dir or remove that directory")
     if done.is_file():
         return json.loads(done.read_text()), "reused"
-    atomic_write_text(stamp, json.dumps(identity, indent=1))
+    atomic_write_text(out / STAMP, json.dumps(identity, indent=1))
     resume = last.is_file()
     o = [*overrides, f"output_dir={out}"] + ([f"resume={last}"] if resume else [])
     return train(compose(config, o)), "resumed" if resume else "trained"
+
+
+def stamp_of(out: Path) -> dict | None:
+    """The settings a run directory was made with, or None before its first run."""
+    stamp = out / STAMP
+    return json.loads(stamp.read_text()) if stamp.is_file() else None
 
 
 def identity_of(overrides: list[str], encoder_sha: str | None = None) -> dict:
@@ -279,8 +285,8 @@ def finetune(args, root: Path, out: Path, task: str, init: str, enc: dict | None
     if mode == "selftrained":
         teacher = teacher_of(out)
         # a finished run stays reusable after its teacher's file is gone: the stamp knows it
-        stamped = json.loads((out / STAMP).read_text()).get("teacher_sha256") if (out / STAMP).is_file() else None
-        ident["teacher_sha256"] = file_sha256(teacher) if teacher.is_file() else stamped
+        ident["teacher_sha256"] = (file_sha256(teacher) if teacher.is_file()
+                                   else (stamp_of(out) or {}).get("teacher_sha256"))
         o.append(f"finetune.teacher={teacher}")
     m, status = run_or_reuse(out, "finetune", o, ident, finetune_train)
     split = "test" if m.get("test/records") else "val"  # fold 9 when the test fold is absent

@@ -4,9 +4,9 @@ With ``data.train_fraction < 1`` a run uses the labels of a fraction of the trai
 ``finetune.teacher`` names a bundle fine-tuned on that same fraction, which scores the rest, and
 the new model trains on every training-fold record: towards the label where the run has one,
 towards the teacher's probability elsewhere. A self-trained bundle can teach the next round: it
-records which of its training records it knew only through its teacher. The probabilities are the teacher's uncalibrated
-ones, because its calibration was fitted on the validation fold, whose labels must not reach
-training.
+records which of its training records it knew only through its teacher. The probabilities are
+the teacher's uncalibrated ones, because its calibration was fitted on the validation fold,
+whose labels must not reach training.
 """
 
 from __future__ import annotations
