@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from omegaconf import DictConfig, OmegaConf
 
 from ecgrisk.files import atomic_write_text
@@ -111,8 +112,29 @@ def logged_metrics(logs: Path):
 def make_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list | None = None) -> L.Trainer:
     kw = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     kw["precision"] = resolve_precision(kw.get("precision", "32-true"), kw.get("accelerator", "auto"))
-    return L.Trainer(default_root_dir=str(out), callbacks=[*callbacks, ResumeState()],
-                     logger=loggers if loggers is not None else make_loggers(cfg, out), **kw)
+    return lightning_trainer(default_root_dir=str(out), callbacks=[*callbacks, ResumeState()],
+                             logger=loggers if loggers is not None else make_loggers(cfg, out), **kw)
+
+
+class _SignalsStayOurs(_SignalConnector):
+    """Installs no signal handler: :func:`ecgrisk.signals.stop_on_signals` owns SIGINT/SIGTERM.
+
+    Lightning's SIGTERM handler (2.5 and later) broadcasts a tensor from rank 0 inside the
+    handler, a collective at whatever point the signal lands. When the other rank is then in a
+    different collective (a checkpoint barrier, validation's gather) both wait for ever: seen as
+    a killed two-rank fine-tune that never exited. Ours raises, rank 0 leaves, and the other
+    ranks die with it (:func:`ecgrisk.signals.die_with_parent`).
+    """
+
+    def register_signal_handlers(self) -> None:
+        self.received_sigterm = False
+
+
+def lightning_trainer(**kwargs) -> L.Trainer:
+    """``L.Trainer(**kwargs)`` that leaves SIGINT and SIGTERM to :mod:`ecgrisk.signals`."""
+    trainer = L.Trainer(**kwargs)
+    trainer._signal_connector = _SignalsStayOurs(trainer)
+    return trainer
 
 
 def resumed_wall_s(trainer: L.Trainer) -> float:

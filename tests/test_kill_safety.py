@@ -48,6 +48,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -930,3 +931,53 @@ def test_a_signal_while_the_pool_forks_a_worker_stops_the_command():
                           timeout=60)
     assert proc.returncode == EXIT[SIGTERM], proc.stderr
     assert proc.stderr.count("interrupted by SIGTERM") == 1, proc.stderr
+
+
+class _SignalProbe(L.Callback):
+    """Records the SIGTERM handler in force at each phase, then sends SIGTERM mid-training."""
+
+    def __init__(self):
+        self.handlers: dict[str, object] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.handlers["train"] = signal.getsignal(SIGTERM)
+        if trainer.current_epoch == 1:
+            os.kill(os.getpid(), SIGTERM)
+
+    def on_validation_start(self, trainer, module):
+        self.handlers["validate"] = signal.getsignal(SIGTERM)
+
+
+def test_the_trainer_leaves_sigterm_to_ecgrisk(tmp_path):
+    """Lightning's own SIGTERM handler broadcasts a tensor from inside the handler; in a
+    two-rank fine-tune killed while the other rank sat in another collective, both waited for
+    ever (test_finetune_ddp[SIGTERM-mid], twice in 24 runs). ecgrisk's handler must stay in
+    force through training and validation, and SIGTERM must stop the run with status 143."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ecgrisk import signals
+    from ecgrisk.runs import make_trainer
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            return self.lin(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, _):
+            self.log("val", self.lin(batch[0]).mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    cfg = compose("finetune", ["trainer.accelerator=cpu", "trainer.max_epochs=3",
+                               "trainer.enable_progress_bar=false"])
+    probe = _SignalProbe()
+    trainer = make_trainer(cfg, tmp_path, [probe], loggers=[])
+    loader = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    with pytest.raises(SystemExit) as stopped, signals.stop_on_signals(command="probe"):
+        trainer.fit(Tiny(), loader, loader)
+    assert stopped.value.code == EXIT[SIGTERM]
+    assert probe.handlers == {"train": signals._handler, "validate": signals._handler}

@@ -31,6 +31,7 @@ from ecgrisk.bundle import Bundle
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io.inputs import collect_records
 from ecgrisk.models.layers import fold_batchnorm
+from ecgrisk.runs import lightning_trainer
 from ecgrisk.scoring.predict import aggregate_logits, calibrate
 from ecgrisk.scoring.reading import ReadRecord, read_chunk
 from ecgrisk.scoring.report import ScoreSummary
@@ -188,10 +189,10 @@ def score_distributed(inputs: list[str], bundle_path, out, *, devices: int = 1,
                         batch_size=max(1, batch_size // 8), num_workers=workers,
                         collate_fn=_Collate(spec), persistent_workers=False,
                         worker_init_fn=functools.partial(reader_init, os.getpid()))
-    trainer = L.Trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator,
-                        strategy=strategy if devices * num_nodes > 1 else "auto",
-                        callbacks=[writer], logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=False)
+    trainer = lightning_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator,
+                                strategy=strategy if devices * num_nodes > 1 else "auto",
+                                callbacks=[writer], logger=False, enable_checkpointing=False,
+                                enable_model_summary=False, enable_progress_bar=False)
     trainer.predict(ScoringModule(bundle, bands), dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
