@@ -8,6 +8,8 @@ import json
 import math
 import random
 import shlex
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,17 +119,21 @@ def make_trainer(cfg: DictConfig, out: Path, callbacks: list, loggers: list | No
 
 
 class _SignalsStayOurs(_SignalConnector):
-    """Installs no signal handler: :func:`ecgrisk.signals.stop_on_signals` owns SIGINT/SIGTERM.
+    """Lightning's signal handling, less its SIGTERM handler: :func:`ecgrisk.signals.stop_on_signals`
+    owns SIGINT/SIGTERM, and SLURM's requeue signal (``SIGUSR1``) stays Lightning's.
 
     Lightning's SIGTERM handler (2.5 and later) broadcasts a tensor from rank 0 inside the
     handler, a collective at whatever point the signal lands. When the other rank is then in a
-    different collective (a checkpoint barrier, validation's gather) both wait for ever: seen as
-    a killed two-rank fine-tune that never exited. Ours raises, rank 0 leaves, and the other
-    ranks die with it (:func:`ecgrisk.signals.die_with_parent`).
+    different collective (the backward's all-reduce, a checkpoint barrier) both wait for ever:
+    seen as a killed two-rank fine-tune that never exited. Ours raises, rank 0 leaves, and the
+    other ranks die with it (:func:`ecgrisk.signals.die_with_parent`).
     """
 
     def register_signal_handlers(self) -> None:
-        self.received_sigterm = False
+        super().register_signal_handlers()
+        previous = self._original_handlers.get(signal.SIGTERM)
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 def lightning_trainer(**kwargs) -> L.Trainer:
