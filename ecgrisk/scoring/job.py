@@ -17,17 +17,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ecgrisk.bundle import Bundle
 from ecgrisk.io.inputs import collect_records
 from ecgrisk.progress import progress_bar
-from ecgrisk.scoring.predict import Predictor
-from ecgrisk.scoring.reading import ReadRecord, read_records
+from ecgrisk.scoring.reading import ReadRecord, read_records, reader_pool
 from ecgrisk.scoring.report import ScoreSummary
 from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
 from ecgrisk.scoring.table import TableWriter, read_rows, stale_partials
 from ecgrisk.signals import fault_point, raise_if_interrupted
+
+if TYPE_CHECKING:
+    from ecgrisk.scoring.predict import Predictor
 
 __all__ = ["record_groups", "score_files"]
 
@@ -71,14 +72,28 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
                          f"{batch_size}, {chunk_size}, {workers}")
     out = Path(out)
     t0 = time.perf_counter()
-    bundle = Bundle.load(bundle_path)
-    bands = check_bands(bands if bands is not None else bundle.risk_bands)
-    predictor = Predictor(bundle, backend=backend, onnx_path=onnx_path, bundle_path=bundle_path)
+    records = collect_records(inputs)
+    with reader_pool(workers, records) as readers:
+        # imported only now, with the readers starting: torch's import and the bundle's load
+        # keep one core busy for about a second, the readers' own start-up takes the other
+        from ecgrisk.bundle import Bundle
+        from ecgrisk.scoring.predict import Predictor
+
+        bundle = Bundle.load(bundle_path)
+        bands = check_bands(bands if bands is not None else bundle.risk_bands)
+        predictor = Predictor(bundle, backend=backend, onnx_path=onnx_path, bundle_path=bundle_path)
+        summary = _score(records, predictor, readers, out, resume, bands, batch_size, chunk_size,
+                         missing_leads, npy_fs, progress, top_n)
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _score(records, predictor, readers, out: Path, resume: bool, bands, batch_size: int,
+           chunk_size: int, missing_leads: str, npy_fs, progress: bool, top_n: int) -> ScoreSummary:
+    bundle = predictor.bundle
     classes = list(bundle.classes)
     columns = output_columns(classes)
-    records = collect_records(inputs)
     summary = ScoreSummary(top_n=top_n)
-
     old = [out] + stale_partials(out)
     writer = TableWriter(out, columns)
     try:
@@ -98,7 +113,7 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
         # they read the next batch while the model scores this one
         spec = predictor.spec
         per_record = max(1, round(RESTING_ECG_S * spec.preprocessing.fs) // spec.stride)
-        stream = read_records(todo, spec, workers, chunk_size, missing_leads, npy_fs,
+        stream = read_records(todo, spec, readers, chunk_size, missing_leads, npy_fs,
                               ahead=-(-batch_size // (per_record * chunk_size)))
         with progress_bar(len(todo), "scoring", enabled=progress) as advance, closing(stream):
             for group in record_groups(stream, lambda rec: (rec.length or 0) // spec.stride,
@@ -112,7 +127,6 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
     writer.commit()
     for p in old[1:]:
         p.unlink(missing_ok=True)
-    summary.wall_s = time.perf_counter() - t0
     return summary
 
 

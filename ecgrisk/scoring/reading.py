@@ -1,26 +1,32 @@
 """The reader side of scoring: read, quality-check and prepare records, in reader processes.
 
 :func:`read_chunk` turns ``(record id, path)`` jobs into :class:`ReadRecord` s and never raises
-for a record; :func:`read_records` streams them in input order from ``workers`` processes with
-a bounded number of chunks in flight. Reader processes import this module and must never load
-torch: it needs only numpy/scipy.
+for a record; :func:`read_records` streams them in input order from the processes of a
+:func:`reader_pool`, with a bounded number of chunks in flight. Reader processes import this
+module and must never load torch: it needs only numpy/scipy.
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io import ECGReadError, read_ecg
+from ecgrisk.io.clinical import CLINICAL_SUFFIXES
 from ecgrisk.scoring.quality import quality_flags
 from ecgrisk.signals import worker_pool
 
-__all__ = ["ReadRecord", "read_chunk", "read_records"]
+__all__ = ["ReadRecord", "read_chunk", "Readers", "read_records", "reader_pool"]
 
 
 @dataclass(frozen=True)
@@ -83,35 +89,70 @@ def _chunks(records, size):
         yield records[i:i + size]
 
 
-def read_records(records: list[tuple[str, str]], spec: InputSpec, workers: int, chunk_size: int,
-                 missing_leads: str = "pad", npy_fs: float | None = None,
+# what a reader imports at its first clinical file: the formats extra, and scipy.signal to
+# resample such files (250-1000 Hz) to the model's rate; half a second together
+_CLINICAL_IMPORTS = ("scipy.signal", "pydicom", "ecgdatakit")
+
+
+def _import(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an extra that is not installed: its files fail with a named error
+            pass
+
+
+class Readers(NamedTuple):
+    """Running reader processes: the pool and how many it holds."""
+
+    executor: Executor
+    workers: int
+
+
+@contextmanager
+def reader_pool(workers: int, records: list[tuple[str, str]]) -> Iterator[Readers | None]:
+    """Reader processes for :func:`read_records`, started now (None for ``workers=0``).
+
+    Open it before loading the model: the readers start, and import what ``records`` will need,
+    while the main process imports torch and loads the bundle, one core's work that leaves the
+    other idle. Leaving the context (an exception included) ends them.
+    """
+    if workers <= 0 or not records:
+        yield None
+        return
+    clinical = any(Path(path).suffix.lower() in CLINICAL_SUFFIXES for _, path in records)
+    # spawn: readers never inherit the main process's torch threads, and each is this process's
+    # own child, so it dies with it (a forkserver's children die with the forkserver instead,
+    # which outlived a killed scoring run together with its resource tracker)
+    with worker_pool(workers, mp.get_context("spawn")) as ex:
+        for _ in range(workers):  # one task each starts every process now, not at first read
+            ex.submit(_import, _CLINICAL_IMPORTS if clinical else ())
+        yield Readers(ex, workers)
+
+
+def read_records(records: list[tuple[str, str]], spec: InputSpec, readers: Readers | None,
+                 chunk_size: int, missing_leads: str = "pad", npy_fs: float | None = None,
                  ahead: int = 0) -> Iterator[ReadRecord]:
     """Yield read records in input order with at most ``4 * workers + ahead`` chunks in flight.
 
-    A consumer that stops to work on what it took (the model on a batch) should ask for a
-    batch's worth of chunks ``ahead``: chunks are only submitted as others are taken, so with
-    less in flight the readers run dry during that work and the next batch waits for them.
-    ``workers=0`` reads in the calling process. Closing the generator early (or an exception
-    in it) ends the reader processes at once; close it explicitly (``contextlib.closing``)
-    rather than leaving that to the garbage collector.
+    ``readers`` come from :func:`reader_pool`; None reads in the calling process. A consumer that stops
+    to work on what it took (the model on a batch) should ask for a batch's worth of chunks
+    ``ahead``: chunks are only submitted as others are taken, so with less in flight the
+    readers run dry during that work and the next batch waits for them.
 
     Spawned readers import the caller's main script again, as multiprocessing's spawn does: a
     script that imports torch at its top level costs every reader torch's import (seconds,
     and about 50 MB each) before its first record. ``ecgrisk score`` imports nothing heavy
     there, nor does ``scripts/bench_scoring.py``.
     """
-    if workers <= 0:
+    if readers is None:
         for chunk in _chunks(records, chunk_size):
             yield from read_chunk(chunk, spec, missing_leads, npy_fs)
         return
-    # spawn: readers never inherit the main process's torch threads, and each is this process's
-    # own child, so it dies with it (a forkserver's children die with the forkserver instead,
-    # which outlived a killed scoring run together with its resource tracker)
-    with worker_pool(workers, mp.get_context("spawn")) as ex:
-        pending: deque = deque()
-        for chunk in _chunks(records, chunk_size):
-            pending.append(ex.submit(read_chunk, chunk, spec, missing_leads, npy_fs))
-            if len(pending) >= 4 * workers + ahead:
-                yield from pending.popleft().result()
-        while pending:
+    pending: deque = deque()
+    for chunk in _chunks(records, chunk_size):
+        pending.append(readers.executor.submit(read_chunk, chunk, spec, missing_leads, npy_fs))
+        if len(pending) >= 4 * readers.workers + ahead:
             yield from pending.popleft().result()
+    while pending:
+        yield from pending.popleft().result()
