@@ -111,7 +111,8 @@ class Readers(NamedTuple):
 
 @contextmanager
 def reader_pool(workers: int, records: list[tuple[str, str]]) -> Iterator[Readers | None]:
-    """Reader processes for :func:`read_records`, started now (None for ``workers=0``).
+    """Reader processes for :func:`read_records`, started now (None for ``workers=0`` or no
+    records).
 
     Open it before loading the model: the readers start, and import what ``records`` will need,
     while the main process imports torch and loads the bundle, one core's work that leaves the
@@ -135,10 +136,11 @@ def read_records(records: list[tuple[str, str]], spec: InputSpec, readers: Reade
                  ahead: int = 0) -> Iterator[ReadRecord]:
     """Yield read records in input order with at most ``4 * workers + ahead`` chunks in flight.
 
-    ``readers`` come from :func:`reader_pool`; None reads in the calling process. A consumer that stops
-    to work on what it took (the model on a batch) should ask for a batch's worth of chunks
-    ``ahead``: chunks are only submitted as others are taken, so with less in flight the
-    readers run dry during that work and the next batch waits for them.
+    ``readers`` come from :func:`reader_pool`; None reads in the calling process. A consumer
+    that stops to work on what it took (the model on a batch) should ask for a batch's worth of
+    chunks ``ahead``: chunks are only submitted as others are taken, so with less in flight the
+    readers run dry during that work and the next batch waits for them. An exception leaving
+    the :func:`reader_pool` ends the readers at once, with what is still queued.
 
     Spawned readers import the caller's main script again, as multiprocessing's spawn does: a
     script that imports torch at its top level costs every reader torch's import (seconds,
