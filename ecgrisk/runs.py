@@ -9,7 +9,6 @@ import math
 import random
 import shlex
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -132,8 +131,8 @@ class _SignalsStayOurs(_SignalConnector):
     def register_signal_handlers(self) -> None:
         super().register_signal_handlers()
         previous = self._original_handlers.get(signal.SIGTERM)
-        if previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            self._register_signal(signal.SIGTERM, previous)  # main thread only, as Lightning does
 
 
 def lightning_trainer(**kwargs) -> L.Trainer:

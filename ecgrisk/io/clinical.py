@@ -28,12 +28,15 @@ from ecgrisk.io.errors import (
     UnknownFormatError,
 )
 
-__all__ = ["CLINICAL_FORMATS", "CLINICAL_SUFFIXES", "read_clinical", "sniff"]
+__all__ = ["CLINICAL_FORMATS", "CLINICAL_IMPORTS", "CLINICAL_SUFFIXES", "read_clinical", "sniff"]
 
 CLINICAL_FORMATS = ("dicom", "ge-muse-xml", "philips-xml", "hl7-aecg", "scp-ecg", "edf")
 # suffixes worth sniffing when a folder is searched; files without a suffix are sniffed too
 # (DICOM files from a PACS export often have none)
 CLINICAL_SUFFIXES = (".dcm", ".dicom", ".xml", ".edf", ".scp", ".ecg")
+# what reading the first clinical file imports: the libraries of the formats extra, and
+# scipy.signal to resample such files (250-1000 Hz) to a model's rate; half a second together
+CLINICAL_IMPORTS = ("pydicom", "ecgdatakit", "scipy.signal")
 _SNIFF_BYTES = 4096
 # ecgdatakit's source_format -> ours
 _ECGDATAKIT_NAMES = {"dicom_waveform": "dicom", "ge_muse_xml": "ge-muse-xml",

@@ -22,7 +22,7 @@ import numpy as np
 
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io import ECGReadError, read_ecg
-from ecgrisk.io.clinical import CLINICAL_SUFFIXES
+from ecgrisk.io.clinical import CLINICAL_IMPORTS, CLINICAL_SUFFIXES
 from ecgrisk.scoring.quality import quality_flags
 from ecgrisk.signals import worker_pool
 
@@ -89,11 +89,6 @@ def _chunks(records, size):
         yield records[i:i + size]
 
 
-# what a reader imports at its first clinical file: the formats extra, and scipy.signal to
-# resample such files (250-1000 Hz) to the model's rate; half a second together
-_CLINICAL_IMPORTS = ("scipy.signal", "pydicom", "ecgdatakit")
-
-
 def _import(modules: tuple[str, ...]) -> None:
     for name in modules:
         try:
@@ -127,7 +122,7 @@ def reader_pool(workers: int, records: list[tuple[str, str]]) -> Iterator[Reader
     # which outlived a killed scoring run together with its resource tracker)
     with worker_pool(workers, mp.get_context("spawn")) as ex:
         for _ in range(workers):  # one task each starts every process now, not at first read
-            ex.submit(_import, _CLINICAL_IMPORTS if clinical else ())
+            ex.submit(_import, CLINICAL_IMPORTS if clinical else ())
         yield Readers(ex, workers)
 
 
