@@ -1,14 +1,16 @@
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import wfdb
 
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.cache import ECGCache, build_cache, cache_key, get_or_build
-from ecgrisk.data.datamodule import ECGDataModule
+from ecgrisk.data.datamodule import ECGDataModule, data_loader
 from ecgrisk.data.splits import stable_folds
 from ecgrisk.io import STANDARD_LEADS, read_ecg
 from ecgrisk.preprocess import Preprocessing, Scaler
@@ -208,3 +210,41 @@ def test_datamodule_opens_its_caches_once(tiny, monkeypatch):
         dm.prepare_data()
         dm.setup()
     assert len(calls) == 1
+
+
+# held by this process while a loader starts its worker: a forked worker inherits it locked
+_HELD = threading.Lock()
+
+
+class _NeedsTheLock(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        with _HELD:
+            return torch.tensor([i])
+
+
+def test_loader_workers_inherit_no_lock_this_process_holds():
+    """Training processes have threads (DDP's, a running loader's queue feeders); a worker forked
+    while one of them held a lock waits on it for ever. Spawned workers start clean."""
+    loader = data_loader(_NeedsTheLock(), batch_size=2, num_workers=1, timeout=60)
+    with _HELD:
+        batch = next(iter(loader))  # forked: the worker hangs and this raises after 60 s
+    assert batch.tolist() == [[0], [1]]
+
+
+def test_datamodule_loaders_with_workers_give_what_the_main_process_gives(tiny):
+    rs, root = tiny
+    batches = {}
+    for workers in (0, 1):
+        dm = ECGDataModule(rs, root, batch_size=4, num_workers=workers, progress=False)
+        dm.prepare_data()
+        dm.setup()
+        batches[workers] = [[t.clone() for t in b] for b in dm.val_dataloader()]
+        x, y = next(iter(dm.train_dataloader()))  # crops are drawn in the worker: shapes only
+        assert x.shape == (4, 12, dm.crop) and y.shape == (4, 2)
+    assert len(batches[0]) == len(batches[1]) > 0
+    for a, b in zip(batches[0], batches[1], strict=True):
+        for ta, tb in zip(a, b, strict=True):
+            assert torch.equal(ta, tb)

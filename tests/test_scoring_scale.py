@@ -112,7 +112,8 @@ def test_readers_start_before_the_model_loads(ptbxl_root, bundle_path, tmp_path,
 
 
 def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_path):
-    """``--devices 2`` on CPU (strategy ddp, a subprocess per rank): every record once."""
+    """``--devices 2`` on CPU (strategy ddp, a subprocess per rank, a reader process each):
+    every record once."""
     src = ptbxl_root / "records100" / "00000"
     inputs = [str(src / f"{i:05d}_lr") for i in range(1, 11)]
     inputs.append(str(tmp_path / "nope"))  # an error row travels through the shards too
@@ -121,7 +122,7 @@ def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_p
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "ecgrisk.scoring.cli", "score", *inputs, "--model",
            str(bundle_path), "--out", str(out), "--devices", "2", "--accelerator", "cpu",
-           "--strategy", "ddp", "--workers", "0", "--batch-size", "24"]
+           "--strategy", "ddp", "--workers", "1", "--batch-size", "24"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

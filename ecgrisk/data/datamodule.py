@@ -191,9 +191,23 @@ class ECGDataModule(L.LightningDataModule):
         return self._loader(self.eval_dataset("test"), shuffle=False)
 
     def _loader(self, ds, shuffle: bool, drop_last: bool = False, sampler=None) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                          sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return data_loader(ds, self.batch_size, self.num_workers, shuffle=shuffle,
+                           drop_last=drop_last, sampler=sampler,
+                           persistent_workers=self.num_workers > 0)
+
+
+def data_loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoader:
+    """A DataLoader whose worker processes are spawned, never forked.
+
+    A forked worker inherits every lock another thread of this process held at that instant,
+    and training processes have such threads (DDP's gloo threads, the queue feeders of a loader
+    already running): on 2 CPU ranks the validation loader's worker of rank 0 once never ran a
+    line of Python, and both ranks waited for ever (tests/test_kill_safety.py, 1 run in about
+    50). Spawning costs each worker an interpreter start and torch's import, once per fit with
+    persistent workers.
+    """
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                      multiprocessing_context="spawn" if num_workers > 0 else None, **kwargs)
 
 
 def build_datamodule(data: DictConfig, seed: int, scaler: Scaler | None = None,
