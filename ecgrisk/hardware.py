@@ -10,12 +10,18 @@ says ``trainer.precision: auto`` and scoring asks :func:`bf16_is_native`, per ma
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import platform
 
 import torch
 
-__all__ = ["bf16_is_native", "describe", "resolve_precision"]
+__all__ = ["bf16_is_native", "describe", "keep_freed_memory", "resolve_precision"]
+
+# mallopt parameters, <malloc.h>
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
 
 
 def bf16_is_native(device: str = "cpu") -> bool:
@@ -32,6 +38,31 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
         return str(precision)
     gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if bf16_is_native("cuda" if gpu else "cpu") else "32-true"
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep the memory this process frees for its next allocations.
+
+    A CPU forward pass allocates and frees the same large activation buffers batch after
+    batch. glibc serves blocks above 128 KiB with mmap and gives freed memory back to the
+    system (munmap, heap trimming), so every batch faults all those pages in again. Serving
+    blocks up to 32 MiB from the heap and never trimming it made the shipped model's own
+    scoring rate 1.17x as fast on 2 cores (``results/bench_scoring.md``), and batch scoring 5%
+    faster. Either setting alone was slower than neither (trimming off alone fixes the mmap
+    threshold at 128 KiB, which glibc otherwise raises as blocks are freed).
+
+    Process-wide and for good: the process keeps its peak heap until it exits. Returns whether
+    it applied (glibc on Linux only).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def describe() -> str:

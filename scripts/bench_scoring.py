@@ -229,6 +229,10 @@ def child(args) -> None:
     elif args.mode == "read":
         res = run_read(args.folder, args.bundle)
     else:
+        if args.mode == "model-default-malloc":  # what ecgrisk.hardware.keep_freed_memory gains
+            import ecgrisk.scoring.predict
+
+            ecgrisk.scoring.predict.keep_freed_memory = lambda: False
         res = run_model(args.folder, args.bundle, args.batch_size)
     wall = res.pop("timed_s", time.perf_counter() - t0)
     stop.set()
@@ -289,7 +293,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="runs of each measurement (medians)")
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--quick", action="store_true", help="smoke run: do not write results/")
-    p.add_argument("--child", choices=["pipeline", "naive", "model", "read"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["pipeline", "naive", "model", "model-default-malloc", "read"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--bundle", help=argparse.SUPPRESS)
@@ -326,7 +331,8 @@ def main() -> None:
             folder = tmp / f"n{n}"
             formats[n] = build_folder(src, folder, n, args.mixed)
             print(f"N={n}: {formats[n]}", flush=True)
-            modes = ["pipeline", "naive", "model"] + (["read"] if n == args.sizes[0] else [])
+            modes = ["pipeline", "naive", "model"] + (["read", "model-default-malloc"]
+                                                      if n == args.sizes[0] else [])
             for rep in range(args.repeats):
                 runs += [measure(mode, folder, bundle, n, args, tmp) | {"repeat": rep}
                          for mode in modes]
@@ -349,6 +355,8 @@ def main() -> None:
         "share_of_model_only": {str(n): by[("pipeline", n)]["ecg_per_s"]
                                 / by[("model", n)]["ecg_per_s"] for n in args.sizes},
         "share_target": 0.7,
+        "kept_memory_speedup": (by[("model", n1)]["ecg_per_s"]
+                                / by[("model-default-malloc", n1)]["ecg_per_s"]),
         "shared_cores_bound": bound,
         "share_of_bound": {str(n): by[("pipeline", n)]["ecg_per_s"] / bound for n in args.sizes},
         "peak_rss_growth_mb": by[("pipeline", n2)]["peak_rss_mb"] - by[("pipeline", n1)]["peak_rss_mb"],
@@ -384,7 +392,9 @@ def main() -> None:
               "(read, quality flags, preprocessing) on every file in one process. `naive` calls "
               "the model in fp32, as a first script would; `pipeline` and `model` use the "
               "bundle's own autocast (its `precision`, bf16 for the shipped bundles), part of "
-              "their lead.", "",
+              "their lead. `model-default-malloc` is `model` with glibc's malloc as it comes: "
+              f"ecgrisk.hardware.keep_freed_memory makes the model-only rate "
+              f"{report['kept_memory_speedup']:.2f}x as fast.", "",
               f"The model-only rate has all {len(cores)} cores to itself; the pipeline shares them "
               f"with its readers. At N={n1} a record costs the model {len(cores)}/"
               f"{by[('model', n1)]['ecg_per_s']:.1f} core-s and the readers 1/"

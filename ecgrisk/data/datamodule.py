@@ -203,8 +203,8 @@ def data_loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoa
     and training processes have such threads (DDP's gloo threads, the queue feeders of a loader
     already running): on 2 CPU ranks the validation loader's worker of rank 0 once never ran a
     line of Python, and both ranks waited for ever (tests/test_kill_safety.py, 1 run in about
-    50). Spawning costs each worker an interpreter start and torch's import, once per fit with
-    persistent workers.
+    50). A spawned worker starts an interpreter and imports what the command imports (torch,
+    lightning: 3-4 s of CPU here), once per fit with persistent workers.
     """
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                       multiprocessing_context="spawn" if num_workers > 0 else None, **kwargs)

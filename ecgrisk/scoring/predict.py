@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ecgrisk.calibration import apply_temperature
-from ecgrisk.hardware import bf16_is_native
+from ecgrisk.hardware import bf16_is_native, keep_freed_memory
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.scoring.onnx_backend import OnnxLogits
@@ -114,6 +114,8 @@ class Predictor:
                             "by about 0.01", bundle.name, bundle.precision)
         else:
             self.model = fold_batchnorm(bundle.model).to(device)
+            if torch.device(device).type == "cpu":
+                keep_freed_memory()
         calibrated_bf16 = bundle.precision.startswith("bf16")
         self.bf16 = calibrated_bf16 and bf16_is_native(device)
         if calibrated_bf16 and not self.bf16 and backend == "torch":
