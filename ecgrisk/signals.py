@@ -213,11 +213,12 @@ def die_with_parent(parent_pid: int | None = None, interval: float = 1.0) -> Non
                      name="ecgrisk-parent-watchdog").start()
 
 
-def reader_init(parent_pid: int) -> None:
+def reader_init(parent_pid: int, worker_id: int | None = None) -> None:
     """Initializer of worker processes: die with ``parent_pid``; leave Ctrl-C to the parent
     (a terminal sends it to the whole process group, and the parent stops its workers); end
     quietly on SIGTERM (a forked worker inherits the parent's handler, which would raise
-    :class:`Interrupted` inside the pool's machinery)."""
+    :class:`Interrupted` inside the pool's machinery). ``worker_id`` is what a DataLoader
+    passes its ``worker_init_fn``; unused."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent_pid)

@@ -202,8 +202,8 @@ def data_loader(dataset, batch_size: int, num_workers: int, **kwargs) -> DataLoa
     A forked worker inherits every lock another thread of this process held at that instant,
     and training processes have such threads (DDP's gloo threads, the queue feeders of a loader
     already running): on 2 CPU ranks the validation loader's worker of rank 0 once never ran a
-    line of Python, and both ranks waited for ever (tests/test_kill_safety.py, 1 run in about
-    50). A spawned worker starts an interpreter and imports what the command imports (torch,
+    line of Python, and both ranks waited for ever (tests/test_kill_safety.py, 1 run in 13 to
+    55). A spawned worker starts an interpreter and imports what the command imports (torch,
     lightning: 3-4 s of CPU here), once per fit with persistent workers.
     """
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,

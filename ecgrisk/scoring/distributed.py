@@ -163,12 +163,6 @@ def merge_shards(shards: list[Path], out: str | os.PathLike, columns: list[str],
     return summary
 
 
-def _init_reader(parent_pid: int, worker_id: int) -> None:
-    """A DataLoader worker's ``worker_init_fn`` (which gets the worker's id): see
-    :func:`~ecgrisk.signals.reader_init`."""
-    reader_init(parent_pid)
-
-
 def score_distributed(inputs: list[str], bundle_path, out, *, devices: int = 1,
                       num_nodes: int = 1, accelerator: str = "auto", strategy: str = "ddp",
                       workers: int = 2, batch_size: int = 512, bands=None,
@@ -194,7 +188,7 @@ def score_distributed(inputs: list[str], bundle_path, out, *, devices: int = 1,
     writer = ShardWriter(shard_dir, columns)
     loader = data_loader(RecordDataset(records, spec, missing_leads, npy_fs),
                          max(1, batch_size // 8), workers, collate_fn=_Collate(spec),
-                         worker_init_fn=functools.partial(_init_reader, os.getpid()))
+                         worker_init_fn=functools.partial(reader_init, os.getpid()))
     trainer = lightning_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator,
                                 strategy=strategy if devices * num_nodes > 1 else "auto",
                                 callbacks=[writer], logger=False, enable_checkpointing=False,
