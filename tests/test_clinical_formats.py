@@ -230,3 +230,56 @@ def test_mixed_folder_scores_and_converts(tmp_path):
                      "--fs", "100", "--quiet"]) == 0
     cart = read_ecg(npz / "cart.npz")
     assert cart.fs == 100.0 and cart.signal.shape == (12, 1000) and cart.lead_mask.all()
+
+
+def _annotations_at(path: Path) -> tuple[int, int]:
+    """Byte offsets where pydicom finds the annotation sequence's tag and the next element's."""
+    ds = pydicom.dcmread(path, defer_size=0)  # value_tell: where each value starts
+    tags = list(ds.keys())
+    k = tags.index(0x0040B020)
+    explicit = not ds.file_meta.TransferSyntaxUID.is_implicit_VR
+    annotations, after = ds.get_item(tags[k]), ds.get_item(tags[k + 1])
+    header = (12 if after.VR in ("OB", "OW", "SQ", "UN", "UT") else 8) if explicit else 8
+    return _value_tell(annotations) - (12 if explicit else 8), _value_tell(after) - header
+
+
+def _value_tell(element) -> int:
+    return element.value_tell if hasattr(element, "value_tell") else element.file_tell  # raw or not
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit-vr", "implicit-vr"])
+def test_dicom_annotations_are_stepped_over_to_where_pydicom_ends_them(tmp_path, implicit):
+    from ecgrisk.io.dicom import _TAGS, _dataset, _sequence_end
+
+    path = tmp_path / "ecg.dcm"
+    ds = pydicom.dcmread(_dicom_example())
+    for item in ds.WaveformAnnotationSequence[::3]:  # defined-length items among undefined ones
+        item.is_undefined_length_sequence_item = False
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(path, implicit_vr=implicit, little_endian=True)
+    start, end = _annotations_at(path)
+    data = path.read_bytes()
+    assert _sequence_end(data, start + (8 if implicit else 12), not implicit) == end
+    read = _dataset(pydicom, path)
+    assert read == pydicom.dcmread(path, specific_tags=_TAGS) and "WaveformSequence" in read
+    np.testing.assert_array_equal(read.waveform_array(0), ds.waveform_array(0))
+
+
+def test_dicom_with_broken_annotations_reads_as_pydicom_reads_it(tmp_path):
+    from ecgrisk.io.dicom import _TAGS, _dataset, _sequence_end
+
+    start, _ = _annotations_at(_dicom_example())
+    data = bytearray(_dicom_example().read_bytes())
+    data[start + 12:start + 16] = b"\x08\x00\x20\x00"  # the first item's tag is not an item's
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="no item"):
+        _sequence_end(bytes(data), start + 12, True)
+    try:
+        expected = pydicom.dcmread(path, specific_tags=_TAGS)
+    except Exception as e:  # noqa: BLE001 - whatever pydicom says, _dataset must say the same
+        with pytest.raises(type(e)):
+            _dataset(pydicom, path)
+    else:
+        assert _dataset(pydicom, path) == expected
