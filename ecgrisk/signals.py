@@ -257,12 +257,19 @@ class _Pool(ProcessPoolExecutor):
             return super().submit(fn, *args, **kwargs)
 
 
+def _pool_init(parent_pid: int, nice: int) -> None:
+    reader_init(parent_pid)
+    if nice and hasattr(os, "nice"):  # POSIX only
+        os.nice(nice)
+
+
 @contextmanager
-def worker_pool(workers: int, mp_context=None) -> Iterator[ProcessPoolExecutor]:
+def worker_pool(workers: int, mp_context=None, nice: int = 0) -> Iterator[ProcessPoolExecutor]:
     """A process pool whose workers die with this process and stop at once when the body
-    raises (an interruption, an error, or a generator closed early)."""
-    ex = _Pool(max_workers=workers, mp_context=mp_context, initializer=reader_init,
-               initargs=(os.getpid(),))
+    raises (an interruption, an error, or a generator closed early). ``nice`` is added to the
+    workers' niceness: they yield the cores to this process when both want them."""
+    ex = _Pool(max_workers=workers, mp_context=mp_context, initializer=_pool_init,
+               initargs=(os.getpid(), nice))
     try:
         yield ex
     except BaseException:

@@ -165,3 +165,10 @@ def test_merge_keeps_each_record_once_when_a_padding_sampler_repeats_some(tmp_pa
     merge_shards([tmp_path / "s0.csv", tmp_path / "s1.csv"], tmp_path / "out.csv", cols, ["NORM"])
     with open(tmp_path / "out.csv") as f:
         assert [r["record"] for r in csv.DictReader(f)] == ["r0", "r1", "r2", "r3", "r4"]
+
+
+def test_readers_run_below_the_model_they_feed(tmp_path):
+    records = [("r", str(tmp_path / "r.npz"))]
+    with reading.reader_pool(2, records) as readers:
+        niceness = {readers.executor.submit(os.nice, 0).result() for _ in range(8)}
+    assert niceness == {min(os.nice(0) + reading.READER_NICE, 19)}
