@@ -283,3 +283,16 @@ def test_dicom_with_broken_annotations_reads_as_pydicom_reads_it(tmp_path):
             _dataset(pydicom, path)
     else:
         assert _dataset(pydicom, path) == expected
+
+
+@pytest.mark.parametrize("edit", [
+    lambda ds: delattr(ds, "WaveformAnnotationSequence"),
+    lambda ds: setattr(ds.WaveformAnnotationSequence, "is_undefined_length", False),
+], ids=["no-annotations", "defined-length-annotations"])
+def test_dicom_without_undefined_length_annotations_reads_as_pydicom_reads_it(tmp_path, edit):
+    from ecgrisk.io.dicom import _TAGS, _dataset
+
+    path = _edited_dicom(tmp_path, "ecg.dcm", edit)
+    read = _dataset(pydicom, path)
+    assert read == pydicom.dcmread(path, specific_tags=_TAGS) and "WaveformSequence" in read
+    assert read_ecg(path).meta["reader"].startswith("pydicom ")
