@@ -167,6 +167,7 @@ def test_merge_keeps_each_record_once_when_a_padding_sampler_repeats_some(tmp_pa
         assert [r["record"] for r in csv.DictReader(f)] == ["r0", "r1", "r2", "r3", "r4"]
 
 
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="niceness is POSIX")
 def test_readers_run_below_the_model_they_feed(tmp_path):
     records = [("r", str(tmp_path / "r.npz"))]
     with reading.reader_pool(2, records) as readers:
