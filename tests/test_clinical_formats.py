@@ -261,7 +261,7 @@ def test_dicom_annotations_are_stepped_over_to_where_pydicom_ends_them(tmp_path,
     start, end = _annotations_at(path)
     data = path.read_bytes()
     assert _sequence_end(data, start + (8 if implicit else 12), not implicit) == end
-    read = _dataset(pydicom, path)
+    read = _dataset(path)
     assert read == pydicom.dcmread(path, specific_tags=_TAGS) and "WaveformSequence" in read
     np.testing.assert_array_equal(read.waveform_array(0), ds.waveform_array(0))
 
@@ -280,9 +280,9 @@ def test_dicom_with_broken_annotations_reads_as_pydicom_reads_it(tmp_path):
         expected = pydicom.dcmread(path, specific_tags=_TAGS)
     except Exception as e:  # noqa: BLE001 - whatever pydicom says, _dataset must say the same
         with pytest.raises(type(e)):
-            _dataset(pydicom, path)
+            _dataset(path)
     else:
-        assert _dataset(pydicom, path) == expected
+        assert _dataset(path) == expected
 
 
 @pytest.mark.parametrize("edit", [
@@ -293,6 +293,6 @@ def test_dicom_without_undefined_length_annotations_reads_as_pydicom_reads_it(tm
     from ecgrisk.io.dicom import _TAGS, _dataset
 
     path = _edited_dicom(tmp_path, "ecg.dcm", edit)
-    read = _dataset(pydicom, path)
+    read = _dataset(path)
     assert read == pydicom.dcmread(path, specific_tags=_TAGS) and "WaveformSequence" in read
     assert read_ecg(path).meta["reader"].startswith("pydicom ")

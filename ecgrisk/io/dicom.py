@@ -57,7 +57,7 @@ def read_dicom(path: Path) -> tuple[np.ndarray, list[str], float, dict] | None:
     except ImportError:
         return None
     try:
-        ds = _dataset(pydicom, Path(path))
+        ds = _dataset(Path(path))
         found = _rhythm_group(ds)
         if found is None:
             return None
@@ -81,13 +81,14 @@ def read_dicom(path: Path) -> tuple[np.ndarray, list[str], float, dict] | None:
     return signal, leads, fs, meta
 
 
-def _dataset(pydicom, path: Path):
+def _dataset(path: Path):
     """The elements of :data:`_TAGS`, read without parsing the waveform annotations.
 
     The top-level elements are read up to the annotation sequence; when it has an undefined
     length in a little-endian uncompressed file, its bytes are walked over and cut out (an
     undefined length is not counted in any enclosing length), and pydicom reads the rest.
     """
+    import pydicom
     from pydicom.filereader import read_partial
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
