@@ -27,6 +27,18 @@ def test_resample_rational_ratios_keep_length_and_tones():
         resample(x, 0, 100)
 
 
+@pytest.mark.parametrize("fs_in", [200, 300, 500, 1000, 2000])
+@pytest.mark.parametrize("n", [1, 7, 999, 5003, 10000])
+def test_integer_downsampling_gives_what_resample_poly_gives(fs_in, n):
+    from scipy.signal import resample_poly
+
+    x = (np.random.default_rng(n).standard_normal((12, n)) * 2).astype(np.float32)
+    y = resample(x, fs_in, 100)
+    expected = resample_poly(x, 1, fs_in // 100, axis=-1)
+    assert y.shape == expected.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
+
+
 def test_resample_removes_content_above_the_new_nyquist():
     y = resample(_tone(80.0, 500), 500, 100)  # 80 Hz cannot exist at 100 Hz
     assert np.abs(y[:, 50:-50]).max() < 0.05
