@@ -317,11 +317,13 @@ def test_windows_of_prepared_records_start_where_evaluation_windows_say():
     np.testing.assert_array_equal(windows[7], records[1])
 
 
-def test_reader_side_never_loads_torch_nor_scipy_signal_for_records_at_the_model_rate(tmp_path):
+def test_reader_side_loads_scipy_signal_only_for_records_at_a_fractional_multiple_of_the_model_rate(
+        tmp_path):
     leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
     sig = np.random.default_rng(0).standard_normal((1000, 12)) * 0.3
     _write_wfdb(tmp_path, "r100", sig, 100, leads)
     _write_wfdb(tmp_path, "r500", np.repeat(sig, 5, axis=0), 500, leads)
+    _write_wfdb(tmp_path, "r250", np.repeat(sig, 5, axis=0)[::2], 250, leads)
     code = (
         "import sys\n"
         "import ecgrisk.io.inputs  # noqa: F401\n"
@@ -334,8 +336,11 @@ def test_reader_side_never_loads_torch_nor_scipy_signal_for_records_at_the_model
         "assert 'torch' not in sys.modules and 'scipy.signal' not in sys.modules\n"
         "(r,) = read_chunk([('r500', sys.argv[2])], spec)\n"
         "assert r.error == '' and r.length == 1000, r\n"
-        "assert 'scipy.signal' in sys.modules  # resampling loads it when it is needed\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r100"), str(tmp_path / "r500")],
+        "assert 'scipy.signal' not in sys.modules  # 500 -> 100 Hz: scipy.fft\n"
+        "(r,) = read_chunk([('r250', sys.argv[3])], spec)\n"
+        "assert r.error == '' and r.length == 1000, r\n"
+        "assert 'scipy.signal' in sys.modules  # 250 -> 100 Hz: resample_poly\n")
+    proc = subprocess.run([sys.executable, "-c", code, *(str(tmp_path / r) for r in ("r100", "r500", "r250"))],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

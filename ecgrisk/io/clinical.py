@@ -35,8 +35,8 @@ CLINICAL_FORMATS = ("dicom", "ge-muse-xml", "philips-xml", "hl7-aecg", "scp-ecg"
 # (DICOM files from a PACS export often have none)
 CLINICAL_SUFFIXES = (".dcm", ".dicom", ".xml", ".edf", ".scp", ".ecg")
 # what reading the first clinical file imports: the libraries of the formats extra, and
-# scipy.signal to resample such files (250-1000 Hz) to a model's rate; half a second together
-CLINICAL_IMPORTS = ("pydicom", "ecgdatakit", "scipy.signal")
+# scipy.fft to bring such files (500 or 1000 Hz) to a model's rate; 0.4 s together
+CLINICAL_IMPORTS = ("pydicom", "ecgdatakit", "scipy.fft")
 _SNIFF_BYTES = 4096
 # ecgdatakit's source_format -> ours
 _ECGDATAKIT_NAMES = {"dicom_waveform": "dicom", "ge_muse_xml": "ge-muse-xml",
