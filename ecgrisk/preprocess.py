@@ -12,6 +12,10 @@ from fractions import Fraction
 
 import numpy as np
 
+# the longest record downsampled through one FFT (17 min at 1000 Hz): the spectra of a whole
+# record take twice its memory, where resample_poly holds little beyond its input and output
+FFT_MAX_SAMPLES = 2**20
+
 
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     """Polyphase resampling along the last axis; exact when the rate ratio is rational."""
@@ -20,7 +24,7 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     if fs_in == fs_out:
         return np.asarray(x, dtype=np.float32)
     ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
-    if ratio.numerator == 1:
+    if ratio.numerator == 1 and np.shape(x)[-1] <= FFT_MAX_SAMPLES:
         return _decimate(np.asarray(x), ratio.denominator)
     # scipy.signal takes about a second to import: a reader process scoring records already
     # at the model's rate, or at a whole multiple of it, never pays it

@@ -39,6 +39,15 @@ def test_integer_downsampling_gives_what_resample_poly_gives(fs_in, n):
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
 
 
+def test_records_longer_than_one_fft_downsample_as_resample_poly_does():
+    from scipy.signal import resample_poly
+
+    from ecgrisk.preprocess import FFT_MAX_SAMPLES
+
+    x = np.random.default_rng(0).standard_normal((1, FFT_MAX_SAMPLES + 5)).astype(np.float32)
+    np.testing.assert_array_equal(resample(x, 500, 100), resample_poly(x, 1, 5, axis=-1))
+
+
 def test_resample_removes_content_above_the_new_nyquist():
     y = resample(_tone(80.0, 500), 500, 100)  # 80 Hz cannot exist at 100 Hz
     assert np.abs(y[:, 50:-50]).max() < 0.05
