@@ -49,7 +49,8 @@ def keep_freed_memory() -> bool:
     system (munmap, heap trimming), so every batch faults all those pages in again. Serving
     blocks up to 32 MiB from the heap and never trimming it made the shipped model's own
     scoring rate 1.14-1.21x as fast on 2 cores (four runs of ``scripts/bench_scoring.py``, its
-    ``model-default-malloc`` row), and batch scoring 5% faster. Either setting alone was slower than neither (trimming off alone fixes the mmap
+    ``model-default-malloc`` row; 1.09x on a host where the model ran at half that speed), and
+    batch scoring 5% faster. Either setting alone was slower than neither (trimming off alone fixes the mmap
     threshold at 128 KiB, which glibc otherwise raises as blocks are freed).
 
     Process-wide and for good: the process keeps its peak heap until it exits. Returns whether
