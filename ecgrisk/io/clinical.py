@@ -35,7 +35,7 @@ CLINICAL_FORMATS = ("dicom", "ge-muse-xml", "philips-xml", "hl7-aecg", "scp-ecg"
 # (DICOM files from a PACS export often have none)
 CLINICAL_SUFFIXES = (".dcm", ".dicom", ".xml", ".edf", ".scp", ".ecg")
 # what reading the first clinical file imports: the libraries of the formats extra, and
-# scipy.fft to bring such files (500 or 1000 Hz) to a model's rate; 0.4 s together
+# scipy.fft to bring such files (500 or 1000 Hz) to a model's rate; about half a second together
 CLINICAL_IMPORTS = ("pydicom", "ecgdatakit", "scipy.fft")
 _SNIFF_BYTES = 4096
 # ecgdatakit's source_format -> ours
