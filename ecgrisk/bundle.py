@@ -3,7 +3,8 @@
 Both are plain dicts of tensors, strings and numbers, so ``torch.load(path, weights_only=True)``
 reads them: loading a bundle never runs code from the file. A SHA-256 digest over the weights
 and the metadata is stored inside; a bundle whose tensors or metadata were altered after it was
-written is refused.
+written is refused. Finding a file by path or shipped name (:func:`resolve`) and
+:class:`BundleError` live in :mod:`ecgrisk.bundle_files`, which does not import torch.
 """
 
 from __future__ import annotations
@@ -18,18 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ecgrisk.bundle_files import KINDS, BundleError, resolve
 from ecgrisk.files import atomic_path
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
-from ecgrisk.shipped import list_shipped, shipped_path
 
 BUNDLE_FORMAT = 1
 ENCODER_FORMAT = 1
-
-
-class BundleError(ValueError):
-    """A model bundle or encoder file cannot be used; the message names the file and why."""
 
 
 def _digest(meta: dict, state: dict[str, torch.Tensor]) -> str:
@@ -48,47 +45,13 @@ def _atomic_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-_KINDS = {"bundle": "model bundle", "encoder": "encoder file"}
-
-
-def resolve(path_or_name: str | os.PathLike, kind: str = "bundle") -> Path:
-    """A model bundle's or encoder file's path: ``path_or_name`` itself when it is a file, else
-    the file shipped under that name (``ecgrisk/shipped/<name>.pt``).
-
-    ``kind`` ('bundle' or 'encoder') is what the caller wants: when neither matches, the error
-    lists the shipped names of that kind.
-    """
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    shipped = shipped_path(str(path_or_name))
-    if shipped is not None:
-        return shipped
-    names = ", ".join(_shipped_names(kind)) or "none in this installation"
-    raise BundleError(f"{path}: no such file, and no shipped {kind} has that name "
-                      f"(shipped {kind}s: {names})")
-
-
-def _shipped_names(kind: str) -> list[str]:
-    """The shipped names whose file holds ``kind``; mmap reads the metadata, not the weights."""
-    names = []
-    for name in list_shipped():
-        try:
-            meta = torch.load(shipped_path(name), map_location="cpu", weights_only=True, mmap=True)["meta"]
-        except Exception:  # an unreadable file is no candidate; loading it by name says why
-            continue
-        if meta.get("kind") == kind:
-            names.append(name)
-    return names
-
-
 def _a(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def _load(path: str | os.PathLike, kind: str) -> dict:
     """The verified contents of a ``kind`` ('bundle' or 'encoder') file, given by path or name."""
-    label = _KINDS[kind]
+    label = KINDS[kind]
     path = resolve(path, kind)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -103,7 +66,7 @@ def _load(path: str | os.PathLike, kind: str) -> dict:
         raise BundleError(f"{path}: refused: its weights or metadata were altered after it was "
                           f"written (SHA-256 digest mismatch)")
     if obj["meta"].get("kind") != kind:
-        found = _KINDS.get(obj["meta"].get("kind"), f"{obj['meta'].get('kind')!r} file")
+        found = KINDS.get(obj["meta"].get("kind"), f"{obj['meta'].get('kind')!r} file")
         raise BundleError(f"{path}: is {_a(found)}, not {_a(label)}")
     return obj
 

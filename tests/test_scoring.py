@@ -404,3 +404,28 @@ def test_records_are_scored_in_groups_of_at_least_a_batch_of_windows():
     groups = list(record_groups(range(len(windows)), windows.__getitem__, batch_size=6))
     assert groups == [[0, 1], [2, 3, 4], [5, 6, 7], [8]]  # 7, 6, 9 windows, then what is left
     assert list(record_groups([], len, batch_size=6)) == []
+
+
+def test_ecgrisk_score_starts_its_readers_before_torch_is_imported(tmp_path):
+    """The readers' start-up runs while the main process imports torch (score_files): the CLI
+    must not have imported it already, resolving --model by its shipped name."""
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    _write_wfdb(tmp_path, "r1", np.random.default_rng(0).standard_normal((1000, 12)) * 0.3, 100, leads)
+    code = (
+        "import sys\n"
+        "import ecgrisk.scoring.job as job\n"
+        "from ecgrisk.scoring.cli import main\n"
+        "seen = []\n"
+        "pool = job.reader_pool\n"
+        "def spy(*a, **k):\n"
+        "    seen.append('torch' in sys.modules)\n"
+        "    return pool(*a, **k)\n"
+        "job.reader_pool = spy\n"
+        "status = main(['score', sys.argv[1], '--model', 'ptbxl-superdiagnostic', '--out', sys.argv[2],"
+        " '--quiet'])\n"
+        "assert status == 0 and seen == [False], (status, seen)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r1.hea"), str(tmp_path / "s.csv")],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "s.csv") as f:
+        assert [r["error"] for r in csv.DictReader(f)] == [""]

@@ -64,7 +64,7 @@ def _score(args) -> int:
 def _run_score(args, console):
     """The summary, or the exit status: 2 after an error it printed, 0 on a DDP rank other than
     0 (rank 0 merges and reports)."""
-    from ecgrisk.bundle import BundleError, resolve
+    from ecgrisk.bundle_files import BundleError, resolve  # no torch yet: see score_files
     from ecgrisk.io.inputs import InputError
     from ecgrisk.scoring.job import score_files
     from ecgrisk.scoring.table import OutputError
