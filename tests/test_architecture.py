@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ecgrisk"
 # and other parts of its own layer only in the shared ground and among the entry points
 LAYERS = {
     "shared": ["files", "paths", "progress", "config", "runs", "preprocess", "metrics",
-               "calibration", "plotting", "io", "models", "data", "bundle", "windowing", "shipped",
-               "signals", "conformal", "input_spec", "hardware", "provenance"],
+               "calibration", "plotting", "io", "models", "data", "bundle", "bundle_files",
+               "windowing", "shipped", "signals", "conformal", "input_spec", "hardware",
+               "provenance"],
     "feedback": ["feedback"],  # the judgements both refinement and review use
     "stages": ["pretrain", "finetune", "refine", "scoring"],
     "apps": ["review"],
