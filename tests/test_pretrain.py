@@ -248,3 +248,27 @@ def test_a_command_line_run_into_output_dir_keeps_its_overrides(tmp_path, ptbxl_
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Hydra's own settings (hydra.run.dir) are not part of the task's overrides
     assert yaml.safe_load((out / ".hydra" / "overrides.yaml").read_text()) == args[:-1]
+
+
+def test_data_folder_pretrains_on_the_folder_data_root_names(tmp_path, cache):
+    from ecgrisk.data.folder import ECGFolder
+    from ecgrisk.data.splits import stable_folds
+
+    folder = _write_folder(tmp_path / "clinic", n=12)
+    cfg = compose("pretrain", ["data=folder", f"data.root={folder}", f"data.cache_dir={cache}",
+                               f"output_dir={tmp_path / 'run'}", *TINY, "trainer.max_epochs=1"])
+    metrics = train(cfg)
+    folds = stable_folds(ECGFolder(folder).record_ids)
+    assert metrics["train/sources"] == ["folder"]
+    assert metrics["train/records"] == int((folds <= 9).sum()) > 0  # fold 10 is never read
+    assert (tmp_path / "run" / "encoder.pt").is_file()
+
+
+def test_a_folder_without_data_root_or_labels_is_a_clear_error(tmp_path, cache):
+    from ecgrisk.data.datamodule import build_datamodule
+
+    with pytest.raises(ValueError, match=r"data.root is not set: source 'folder'"):
+        build_sources(compose("pretrain", ["data=folder"]).data)
+    folder = _write_folder(tmp_path / "clinic")
+    with pytest.raises(ValueError, match=r"data.source=folder .* has no labels"):
+        build_datamodule(compose("finetune", ["data=folder", f"data.root={folder}"]).data, seed=0)

@@ -214,8 +214,13 @@ def build_datamodule(data: DictConfig, seed: int, scaler: Scaler | None = None,
                      progress: bool = True) -> ECGDataModule:
     """The labelled DataModule a ``data`` config node (``conf/data/*.yaml``) describes."""
     node = OmegaConf.to_container(data, resolve=True)
+    records = load_source(**node)
+    if records.labels is None:
+        raise ValueError(f"data.source={node['source']} ({node['root']}) has no labels to train or "
+                         f"evaluate a classifier on; an unlabeled folder is for pretraining "
+                         f"(ecgrisk-pretrain data={node['source']} data.root=...)")
     return ECGDataModule(
-        load_source(**node), cache_dir=data.cache_dir,
+        records, cache_dir=data.cache_dir,
         preprocessing=Preprocessing.from_dict(node["preprocessing"]),
         batch_size=data.batch_size, crop_s=data.crop_s, window_s=data.window_s, stride_s=data.stride_s,
         num_workers=data.num_workers, train_fraction=data.train_fraction, seed=seed,

@@ -9,7 +9,7 @@ from ecgrisk.data.base import RecordSet
 SOURCES = ("ptbxl", "challenge", "folder", "synthetic")
 
 
-def load_source(source: str, root: str | Path, task: str = "superdiagnostic", fs: float = 100,
+def load_source(source: str, root: str | Path | None, task: str = "superdiagnostic", fs: float = 100,
                 n_records: int = 600, seed: int = 0, min_likelihood: float = 0,
                 **_ignored) -> RecordSet:
     """One dataset by name. ``synthetic`` generates a PTB-XL-layout dataset at ``root`` if absent.
@@ -17,6 +17,9 @@ def load_source(source: str, root: str | Path, task: str = "superdiagnostic", fs
     ``min_likelihood`` is PTB-XL's statement likelihood: other sources have none, so they refuse
     a value above 0 rather than silently train on labels other than those asked for.
     """
+    if root is None:
+        raise ValueError(f"data.root is not set: source {source!r} needs the folder it reads "
+                         f"(data.root=DIR)")
     if min_likelihood and source in ("challenge", "folder"):
         raise ValueError(f"data.min_likelihood={min_likelihood} needs PTB-XL's scp_codes "
                          f"likelihoods; source {source!r} has none (set it to 0)")
