@@ -112,6 +112,18 @@ def test_ecg_folder_ids_unique(ecg_tree, tmp_path):
     assert len(two) == len(ds) + 1
 
 
+def test_ecg_folder_names_the_export_files_it_leaves_out(ecg_tree, caplog):
+    (ecg_tree / "arrays" / "image.dcm").write_bytes(b"\0" * 200)  # no DICM preamble
+    (ecg_tree / "arrays" / "report.xml").write_text("<report>no waveform</report>")
+    with caplog.at_level("WARNING", logger="ecgrisk.data.folder"):
+        ds = ECGFolder(ecg_tree)
+    assert "arrays/image" not in ds.record_ids and "arrays/report" not in ds.record_ids
+    assert len(ds) == 4  # the ECGs of test_ecg_folder_lists_each_record_once
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "2 file(s) named like an ECG export" in msg
+    assert "arrays/image.dcm, arrays/report.xml" in msg and "notes.txt" not in msg
+
+
 def test_ecg_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ECGFolder(tmp_path / "absent")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,10 +13,14 @@ from ecgrisk.io.clinical import CLINICAL_SUFFIXES, sniff
 
 NUMPY_SUFFIXES = (".npy", ".npz")
 
+log = logging.getLogger(__name__)
 
-def _candidates(root: Path, pattern: str | None) -> list[tuple[str, Path]]:
-    """``(id, path)`` of every ECG under ``root``; WFDB records once, by their header."""
+
+def _candidates(root: Path, pattern: str | None) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """``(id, path)`` of every ECG under ``root`` (WFDB records once, by their header), and the
+    files named like a clinical ECG export whose content is none."""
     found: list[tuple[str, str, Path]] = []  # (relative stem, suffix, path given to read_ecg)
+    unknown: list[Path] = []
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
         # hidden folders hold caches and checkpoints, not recordings
@@ -30,11 +35,13 @@ def _candidates(root: Path, pattern: str | None) -> list[tuple[str, Path]]:
         elif suffix in NUMPY_SUFFIXES or (
                 (suffix in CLINICAL_SUFFIXES or not suffix) and sniff(f) is not None):
             found.append((rel.with_suffix("").as_posix(), suffix, f))
+        elif suffix in CLINICAL_SUFFIXES:
+            unknown.append(f)
     counts = Counter(stem for stem, _, _ in found)
     # a stem shared by two files (x.hea and x.npy) keeps its suffix so both ids stay unique
     return [
         (stem if counts[stem] == 1 else stem + suffix, path) for stem, suffix, path in found
-    ]
+    ], unknown
 
 
 class ECGFolder(RecordSet):
@@ -74,9 +81,15 @@ class ECGFolder(RecordSet):
         ids: list[str] = []
         paths: list[str] = []
         for r in roots:
-            for rid, path in _candidates(r, pattern):
+            found, unknown = _candidates(r, pattern)
+            for rid, path in found:
                 ids.append(f"{r.name}/{rid}" if len(roots) > 1 else rid)
                 paths.append(str(path))
+            if unknown:  # e.g. image DICOMs or report XML beside the ECGs of an export
+                log.warning("%s: %d file(s) named like an ECG export hold no ECG format ecgrisk "
+                            "reads and are left out (%s)", r, len(unknown),
+                            ", ".join(str(p.relative_to(r)) for p in unknown[:3])
+                            + (", ..." if len(unknown) > 3 else ""))
         dupes = [i for i, n in Counter(ids).items() if n > 1]
         if dupes:
             raise ValueError(
