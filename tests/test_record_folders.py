@@ -112,16 +112,26 @@ def test_ecg_folder_ids_unique(ecg_tree, tmp_path):
     assert len(two) == len(ds) + 1
 
 
-def test_ecg_folder_names_the_export_files_it_leaves_out(ecg_tree, caplog):
+def test_export_files_holding_no_ecg_are_named_and_become_error_rows_when_scored(ecg_tree, caplog):
+    from ecgrisk.io.inputs import collect_records
+    from ecgrisk.scoring.reading import read_chunk
+
     (ecg_tree / "arrays" / "image.dcm").write_bytes(b"\0" * 200)  # no DICM preamble
     (ecg_tree / "arrays" / "report.xml").write_text("<report>no waveform</report>")
     with caplog.at_level("WARNING", logger="ecgrisk.data.folder"):
         ds = ECGFolder(ecg_tree)
-    assert "arrays/image" not in ds.record_ids and "arrays/report" not in ds.record_ids
-    assert len(ds) == 4  # the ECGs of test_ecg_folder_lists_each_record_once
+    assert len(ds) == 4  # the ECGs of test_ecg_folder_lists_each_record_once, no more
+    assert ds.unrecognised == [("arrays/image.dcm", str(ecg_tree / "arrays/image.dcm")),
+                               ("arrays/report.xml", str(ecg_tree / "arrays/report.xml"))]
     (msg,) = [r.getMessage() for r in caplog.records]
     assert "2 file(s) named like an ECG export" in msg
     assert "arrays/image.dcm, arrays/report.xml" in msg and "notes.txt" not in msg
+    # ecgrisk score and convert: each is a record whose read fails with a named reason
+    records = collect_records([str(ecg_tree)])
+    assert records[:4] == list(zip(ds.record_ids, ds.paths, strict=True))
+    assert records[4:] == ds.unrecognised
+    rows = read_chunk(records[4:], None)
+    assert [r.error.split(";")[0] for r in rows] == ["UnknownFormatError: unsupported content"] * 2
 
 
 def test_ecg_folder_errors(tmp_path):

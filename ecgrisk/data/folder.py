@@ -62,6 +62,9 @@ class ECGFolder(RecordSet):
         (``records100/00000/00001_lr``); with several roots prefixed by the root's folder name.
     paths : ``[n]`` WFDB records without extension, other files (``.npy``/``.npz`` and the
         clinical formats of ``ecgrisk.io.clinical``, told by content) as they are.
+    unrecognised : ``(id, path)`` of the files named like a clinical export (``.dcm``, ``.xml``,
+        ...) whose content is no format ecgrisk reads; not records (a warning names them), but
+        ``ecgrisk score`` and ``convert`` give each a row with its error. The id keeps the suffix.
     """
 
     def __init__(
@@ -80,14 +83,17 @@ class ECGFolder(RecordSet):
                 raise FileNotFoundError(f"ECG folder {r} does not exist or is not a folder")
         ids: list[str] = []
         paths: list[str] = []
+        unrecognised: list[tuple[str, str]] = []
         for r in roots:
             found, unknown = _candidates(r, pattern)
+            prefix = f"{r.name}/" if len(roots) > 1 else ""
             for rid, path in found:
-                ids.append(f"{r.name}/{rid}" if len(roots) > 1 else rid)
+                ids.append(prefix + rid)
                 paths.append(str(path))
+            unrecognised += [(prefix + p.relative_to(r).as_posix(), str(p)) for p in unknown]
             if unknown:  # e.g. image DICOMs or report XML beside the ECGs of an export
                 log.warning("%s: %d file(s) named like an ECG export hold no ECG format ecgrisk "
-                            "reads and are left out (%s)", r, len(unknown),
+                            "reads (%s)", r, len(unknown),
                             ", ".join(str(p.relative_to(r)) for p in unknown[:3])
                             + (", ..." if len(unknown) > 3 else ""))
         dupes = [i for i, n in Counter(ids).items() if n > 1]
@@ -104,6 +110,7 @@ class ECGFolder(RecordSet):
                 f"and DICOM, MUSE/Philips/aECG XML, SCP-ECG, EDF by content)"
             )
         self.roots = roots
+        self.unrecognised = unrecognised
         super().__init__(name=name, record_ids=ids, paths=paths)
 
 

@@ -53,7 +53,8 @@ def _expand(arg: str) -> list[tuple[str, str]]:
             folder = ECGFolder(p)
         except FileNotFoundError:
             return []
-        return list(zip(folder.record_ids, folder.paths, strict=True))
+        # files named like an export but holding none: rows with their error, not dropped
+        return list(zip(folder.record_ids, folder.paths, strict=True)) + folder.unrecognised
     if p.is_file() and p.suffix.lower() == ".csv":
         return _manifest(p)
     if not p.exists() and _GLOB_CHARS & set(arg):
@@ -71,7 +72,9 @@ def collect_records(inputs: list[str]) -> list[tuple[str, str]]:
     INPUT items are files (any format ``read_ecg`` reads; ``.hea``/``.dat``/``.mat`` name their
     record), folders (searched recursively like :class:`ECGFolder`), globs (``**`` recursive)
     or manifest ``.csv`` files with a ``path`` column (relative to the manifest) and an optional
-    ``record`` column. A path that does not exist is kept: it becomes a row with its error.
+    ``record`` column. A path that does not exist is kept: it becomes a row with its error, as
+    does a file in a folder named like a clinical export whose content is none
+    (``ECGFolder.unrecognised``).
     """
     if not inputs:
         raise InputError("no INPUT given")
