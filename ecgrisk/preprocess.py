@@ -16,6 +16,7 @@ import numpy as np
 # the longest record downsampled through one FFT (17 min at 1000 Hz): the spectra of a whole
 # record take twice its memory, where resample_poly holds little beyond its input and output
 FFT_MAX_SAMPLES = 2**20
+DECIMATION_HALF_TAPS = 10  # resample_poly's filter for 1 / q has 2 * 10 * q + 1 taps
 
 
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
@@ -48,7 +49,7 @@ def _decimate(x: np.ndarray, q: int) -> np.ndarray:
     from scipy import fft
 
     x = np.asarray(x, dtype=np.float32)
-    half = 10 * q
+    half = DECIMATION_HALF_TAPS * q
     n = x.shape[-1]
     size = fft.next_fast_len(n + 2 * half, real=True)
     full = fft.irfft(fft.rfft(x, size, axis=-1) * _filter_spectrum(q, size), size, axis=-1)
@@ -62,7 +63,7 @@ def _filter_spectrum(q: int, size: int) -> np.ndarray:
     length, and a quarter of a 10-s 1000 Hz record's time when built anew for each."""
     from scipy import fft
 
-    half = 10 * q
+    half = DECIMATION_HALF_TAPS * q
     taps = np.sinc(np.arange(-half, half + 1) / q) * np.kaiser(2 * half + 1, 5.0)
     spectrum = fft.rfft((taps / taps.sum()).astype(np.float32), size)
     spectrum.flags.writeable = False

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ecgrisk.bundle import Bundle, resolve
+from ecgrisk.bundle import Bundle
+from ecgrisk.bundle_files import resolve
 from ecgrisk.data.ptbxl import PTBXL
 from ecgrisk.files import atomic_write_text
 from ecgrisk.hardware import describe

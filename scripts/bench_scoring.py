@@ -305,7 +305,8 @@ def main() -> None:
         child(args)
         return
 
-    from ecgrisk.bundle import Bundle, resolve
+    from ecgrisk.bundle import Bundle
+    from ecgrisk.bundle_files import resolve
     from ecgrisk.hardware import describe
 
     started = time.strftime("%Y-%m-%d %H:%M")

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecgrisk.bundle import Bundle, resolve
+from ecgrisk.bundle import Bundle
+from ecgrisk.bundle_files import resolve
 from ecgrisk.data.ptbxl import PTBXL
 from ecgrisk.files import atomic_write_text
 from ecgrisk.hardware import bf16_is_native, describe

@@ -64,7 +64,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from ecgrisk.bundle import BundleError, encoder_meta, resolve
+from ecgrisk.bundle import encoder_meta
+from ecgrisk.bundle_files import BundleError, resolve
 from ecgrisk.config import compose
 from ecgrisk.data.splits import TEST_FOLDS, VAL_FOLDS
 from ecgrisk.files import atomic_path, atomic_write_text, file_sha256

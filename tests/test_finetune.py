@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ecgrisk.bundle import Bundle, BundleError
+from ecgrisk.bundle import Bundle
+from ecgrisk.bundle_files import BundleError
 from ecgrisk.config import compose
 from ecgrisk.finetune.app import train
 from ecgrisk.hardware import resolve_precision

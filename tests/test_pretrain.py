@@ -10,7 +10,7 @@ import torch
 import wfdb
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from ecgrisk.bundle import BundleError
+from ecgrisk.bundle_files import BundleError
 from ecgrisk.config import compose
 from ecgrisk.finetune.app import build_classifier
 from ecgrisk.pretrain.app import build_sources, pretraining_datamodule, source_weights, train

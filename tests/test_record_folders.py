@@ -113,7 +113,9 @@ def test_ecg_folder_ids_unique(ecg_tree, tmp_path):
 
 
 def test_export_files_holding_no_ecg_are_named_and_become_error_rows_when_scored(ecg_tree, caplog):
+    from ecgrisk.input_spec import InputSpec
     from ecgrisk.io.inputs import collect_records
+    from ecgrisk.preprocess import Preprocessing, Scaler
     from ecgrisk.scoring.reading import read_chunk
 
     (ecg_tree / "arrays" / "image.dcm").write_bytes(b"\0" * 200)  # no DICM preamble
@@ -130,7 +132,8 @@ def test_export_files_holding_no_ecg_are_named_and_become_error_rows_when_scored
     records = collect_records([str(ecg_tree)])
     assert records[:4] == list(zip(ds.record_ids, ds.paths, strict=True))
     assert records[4:] == ds.unrecognised
-    rows = read_chunk(records[4:], None)
+    spec = InputSpec(Preprocessing(fs=100.0), Scaler(0.0, 1.0), window=250, stride=125)
+    rows = read_chunk(records[4:], spec)
     assert [r.error.split(";")[0] for r in rows] == ["UnknownFormatError: unsupported content"] * 2
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from script_support import load_script
 
-from ecgrisk.bundle import resolve
+from ecgrisk.bundle_files import resolve
 from ecgrisk.config import compose
 from ecgrisk.data.synthetic import make_synthetic_ptbxl
 from ecgrisk.files import file_sha256

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ecgrisk.bundle import Bundle, BundleError, resolve
+from ecgrisk.bundle import Bundle
+from ecgrisk.bundle_files import BundleError, resolve
 from ecgrisk.files import file_sha256
 from ecgrisk.io import read_ecg
 from ecgrisk.scoring.predict import predict_proba

@@ -90,12 +90,12 @@ class ECGFolder(RecordSet):
             for rid, path in found:
                 ids.append(prefix + rid)
                 paths.append(str(path))
-            unrecognised += [(prefix + p.relative_to(r).as_posix(), str(p)) for p in unknown]
-            if unknown:  # e.g. image DICOMs or report XML beside the ECGs of an export
+            names = [p.relative_to(r).as_posix() for p in unknown]
+            unrecognised += [(prefix + n, str(p)) for n, p in zip(names, unknown, strict=True)]
+            if names:  # e.g. image DICOMs or report XML beside the ECGs of an export
                 log.warning("%s: %d file(s) named like an ECG export hold no ECG format ecgrisk "
-                            "reads (%s)", r, len(unknown),
-                            ", ".join(str(p.relative_to(r)) for p in unknown[:3])
-                            + (", ..." if len(unknown) > 3 else ""))
+                            "reads (%s%s)", r, len(names), ", ".join(names[:3]),
+                            ", ..." if len(names) > 3 else "")
         dupes = [i for i, n in Counter(ids).items() if n > 1]
         if dupes:
             raise ValueError(

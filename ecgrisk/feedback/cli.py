@@ -83,7 +83,7 @@ def _open(args: argparse.Namespace, must_exist: bool) -> Any:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ecgrisk.bundle import BundleError
+    from ecgrisk.bundle_files import BundleError
     from ecgrisk.feedback.store import FeedbackImportError
 
     try:
@@ -126,7 +126,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from ecgrisk.bundle import BundleError
+    from ecgrisk.bundle_files import BundleError
 
     try:
         classes = _classes(args)

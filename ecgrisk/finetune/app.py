@@ -22,7 +22,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from scipy.special import expit
 
-from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights, resolve
+from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
+from ecgrisk.bundle_files import resolve
 from ecgrisk.calibration import apply_temperature, fit_calibration
 from ecgrisk.config import run_app
 from ecgrisk.conformal import fit_conformal, split_coverage

@@ -96,7 +96,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: the review app needs its extra ({err.name} is missing): "
               "pip install 'ecgrisk[review]'", file=sys.stderr)
         return 1
-    from ecgrisk.bundle import Bundle, BundleError
+    from ecgrisk.bundle import Bundle
+    from ecgrisk.bundle_files import BundleError
     from ecgrisk.review.auth import list_users
     from ecgrisk.review.queue import ReviewQueue
     from ecgrisk.review.throttle import LoginThrottle

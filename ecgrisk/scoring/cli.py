@@ -94,7 +94,8 @@ def _run_score(args, console):
 
 
 def _export(args) -> int:
-    from ecgrisk.bundle import Bundle, BundleError, resolve
+    from ecgrisk.bundle import Bundle
+    from ecgrisk.bundle_files import BundleError, resolve
     from ecgrisk.scoring.onnx_backend import OnnxBackendError, export_onnx
 
     try:

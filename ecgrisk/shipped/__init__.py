@@ -3,7 +3,7 @@
 
 ``Bundle.load("ptbxl-superdiagnostic")`` and ``ecgrisk score DIR --model ptbxl-all`` find bundles
 by name, ``ecgrisk-finetune model.pretrained=NAME`` encoder files (both through
-`ecgrisk.bundle.resolve`); ``scripts/ship_bundle.py RUN --name NAME`` puts a fine-tuning run's
+`ecgrisk.bundle_files.resolve`); ``scripts/ship_bundle.py RUN --name NAME`` puts a fine-tuning run's
 bundle here and writes its card from the run's own files.
 """
 
