@@ -10,6 +10,7 @@ reports.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import tarfile
@@ -100,7 +101,10 @@ def shipped_on_sample(root: Path, scores: Path, n: int = TOP) -> tuple[list[dict
     return top, {"records": int(ok.sum()), **ci}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # no options: the parser answers --help and refuses anything else rather than starting a run
+    argparse.ArgumentParser(prog="python -m ecgrisk.demo", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 1)[1]).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().handlers[0].setLevel(logging.WARNING)  # Lightning logs INFO on its own handler
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
