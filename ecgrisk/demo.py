@@ -15,6 +15,7 @@ import logging
 import os
 import tarfile
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -29,7 +30,7 @@ SAMPLE = SHIPPED_DIR / "ptbxl-demo-sample.tar.xz"
 TOP = 5  # highest-risk ECGs listed at the end
 # A narrow xresnet1d50 and a few epochs per stage: minutes on 2 CPU cores, not the benchmark recipe.
 MODEL = ["model=xresnet1d50", "model.kwargs.base_channels=16", "data.batch_size=64",
-         "trainer.log_every_n_steps=5"]
+         "trainer.log_every_n_steps=1", "+trainer.enable_model_summary=false"]
 PRETRAIN = MODEL + ["ssl=masked", "trainer.max_epochs=6"]
 FINETUNE = MODEL + ["trainer.max_epochs=8", "early_stopping_patience=null"]
 REFINE = ["feedback=simulated", "refine=dpo", "rounds=2", "queries_per_round=16", "progress=false"]
@@ -106,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(prog="python -m ecgrisk.demo", description=__doc__.split("\n\n")[0],
                             epilog=__doc__.split("\n\n", 1)[1]).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().handlers[0].setLevel(logging.WARNING)  # Lightning logs INFO on its own handler
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)
+    # Lightning's warnings are about its own internals: a newcomer's first look shows ecgrisk's
+    warnings.filterwarnings("ignore", module="lightning")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     t0 = time.perf_counter()
     root, data_overrides, what = find_data()
@@ -116,20 +119,25 @@ def main(argv: list[str] | None = None) -> None:
     from ecgrisk.pretrain.app import train as pretrain
     from ecgrisk.refine.app import refine
 
-    console.rule("1/4 self-supervised pretraining (labels ignored, test fold excluded)")
+    # after the import, which sets Lightning's logger to INFO (seed, precision, "GPU available",
+    # tips, checkpoint paths) on a handler of its own
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    console.rule("1/5 self-supervised pretraining (labels ignored, test fold excluded)")
     pre = pretrain(compose("pretrain", data_overrides + PRETRAIN + [f"output_dir={out / 'pretrain'}"]))
     console.print(f"masked-reconstruction loss {pre['train/loss_start']:.3f} -> {pre['train/loss_end']:.3f}")
 
-    console.rule("2/4 fine-tuning from the pretrained encoder")
+    console.rule("2/5 fine-tuning from the pretrained encoder")
     encoder = out / "pretrain" / "encoder.pt"
     ft = finetune(compose("finetune", data_overrides + FINETUNE + [
         f"model.pretrained={encoder}", f"output_dir={out / 'finetune'}"]))
 
-    console.rule("3/4 refinement from (simulated) cardiologist feedback")
+    console.rule("3/5 refinement from (simulated) cardiologist feedback")
     ref = refine(compose("refine", data_overrides + REFINE + [
         f"base={out / 'finetune' / 'model.pt'}", f"output_dir={out / 'refine'}"]))
 
-    console.rule("4/4 batch risk scoring of the ECG files with the refined bundle")
+    console.rule("4/5 batch risk scoring of the ECG files with the refined bundle")
     from ecgrisk.cli import main as cli
 
     # the dataset's record folder stands in for the folder of files a clinical team would score
