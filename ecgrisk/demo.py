@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
                             epilog=__doc__.split("\n\n", 1)[1]).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().handlers[0].setLevel(logging.WARNING)
-    # Lightning's warnings are about its own internals: a newcomer's first look shows ecgrisk's
+    # Lightning's warnings concern its own internals; a newcomer's first look shows ecgrisk's own
     warnings.filterwarnings("ignore", module="lightning")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     t0 = time.perf_counter()
