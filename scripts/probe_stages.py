@@ -1,0 +1,166 @@
+"""Logistic-regression probes on a frozen xresnet1d encoder: its last stage, or every stage.
+
+    python scripts/probe_stages.py --root data/ptb-xl-full --val-fold 8   # choose C and stages
+    python scripts/probe_stages.py --root data/ptb-xl-full --val-fold 9 --C 0.001 --stages all
+
+The benchmark's linear probe trains a head on the last stage's pooled features. This script asks
+whether the encoder holds more than that: each record's features are the mean and max over time
+of every stage's output (``--stages all``) or of the last one (``last``), averaged over the
+record's evaluation windows; one L2 logistic regression per class (scikit-learn) trains on the
+``--fraction`` of the training folds' patients that ``data.train_fraction`` draws for each seed, and
+the validation fold scores it (macro AUROC, 90% bootstrap interval over records). Features are
+standardised with the mean and spread of every training- and validation-fold record, labels
+unread. ``--val-fold 8`` trains on folds 1-7, for choosing C and the stages without fold 9;
+``--val-fold 9`` trains on folds 1-8, as the label-efficiency benchmark does. Writes
+``--out``.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ecgrisk.files import atomic_write_text  # noqa: E402
+from ecgrisk.provenance import command_line  # noqa: E402
+
+
+def stage_features(encoder, windows, batch: int = 512):
+    """``[windows, 2 * sum(stage widths)]``: mean and max over time of every stage's output."""
+    import torch
+
+    out = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for s in range(0, len(windows), batch):
+            x = torch.stack([windows[k][0] for k in range(s, min(s + batch, len(windows)))])
+            h = encoder.stem(x.unsqueeze(2).contiguous(memory_format=torch.channels_last))
+            pooled = []
+            for stage in encoder.stages:
+                h = stage(h)
+                f = h.squeeze(2).float()
+                pooled += [f.mean(-1), f.amax(-1)]
+            out.append(torch.cat(pooled, 1).numpy())
+    return np.concatenate(out)
+
+
+def probe(x_train, y_train, x_val, c: float) -> np.ndarray:
+    """Decision scores ``[val, classes]`` of one logistic regression per class; a class with one
+    label value in training gets a constant score."""
+    from sklearn.linear_model import LogisticRegression
+
+    scores = np.zeros((len(x_val), y_train.shape[1]))
+    for k in range(y_train.shape[1]):
+        if y_train[:, k].min() != y_train[:, k].max():
+            model = LogisticRegression(C=c, max_iter=3000).fit(x_train, y_train[:, k])
+            scores[:, k] = model.decision_function(x_val)
+    return scores
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", required=True, help="a PTB-XL copy with records100/")
+    p.add_argument("--task", default="superdiagnostic")
+    p.add_argument("--fraction", type=float, default=0.01, help="data.train_fraction")
+    p.add_argument("--encoder", default="contrastive-xresnet1d101", help="a shipped name or encoder.pt")
+    p.add_argument("--val-fold", type=int, choices=(8, 9), default=8)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--C", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03])
+    p.add_argument("--stages", nargs="+", choices=("last", "all"), default=["last", "all"])
+    p.add_argument("--out", default=None, help="results path without suffix "
+                   "(default results/probe_stages_<task>_<fraction>_fold<val>)")
+    args = p.parse_args(argv)
+
+    from ecgrisk.bundle import encoder_meta, load_encoder_weights
+    from ecgrisk.bundle_files import resolve
+    from ecgrisk.config import compose
+    from ecgrisk.data.datamodule import build_datamodule
+    from ecgrisk.data.windows import WindowDataset
+    from ecgrisk.metrics import bootstrap_ci, macro_auroc
+    from ecgrisk.models.registry import create_encoder
+    from ecgrisk.preprocess import Scaler
+
+    path = resolve(args.encoder, "encoder")
+    meta = encoder_meta(path)
+    spec = dict(meta["spec"])
+    encoder = create_encoder(spec.pop("name"), **spec)
+    if not (hasattr(encoder, "stem") and hasattr(encoder, "stages")):
+        raise SystemExit(f"{args.encoder}: a {encoder.spec['name']} has no stem and stages; "
+                         "this probe reads xresnet1d encoders")
+    load_encoder_weights(encoder, path)
+    encoder.eval()
+    saved = meta.get("scaler")  # the pretraining scaler, as fine-tuning uses; else fitted on training
+    scaler = Scaler(**saved) if saved else None
+    train_folds = list(range(1, args.val_fold))
+    cfg = compose("finetune", [f"data.root={args.root}", f"data.task={args.task}",
+                               f"data.train_folds=[{','.join(map(str, train_folds))}]",
+                               f"data.val_folds=[{args.val_fold}]", f"data.test_folds=[{args.val_fold + 1}]",
+                               f"data.train_fraction={args.fraction}"])
+
+    t0 = time.perf_counter()
+    dm = build_datamodule(cfg.data, args.seeds[0], scaler=scaler, progress=False)
+    dm.setup()
+    cache = dm.caches[0]
+    every = np.concatenate([dm._indices(cache, "train"), dm._indices(cache, "val")])
+    scaler = dm.scaler
+    windows = WindowDataset(cache, every, dm.window, dm.stride, scaler)
+    per_window = stage_features(encoder, windows)
+    features = np.stack([per_window[windows.positions == i].mean(0) for i in range(len(every))])
+    features = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    last = 2 * encoder.feature_dim  # the last stage's mean and max come last
+    columns = {"last": slice(features.shape[1] - last, None), "all": slice(None)}
+    row_of = {int(i): r for r, i in enumerate(every)}
+    val = dm._indices(cache, "val")
+    val_rows, y_val = [row_of[int(i)] for i in val], cache.labels[val]
+    embed_s = time.perf_counter() - t0
+
+    runs = []
+    for seed in args.seeds:
+        drawn = build_datamodule(cfg.data, seed, scaler=scaler, progress=False)
+        drawn.setup()
+        train = drawn.split["train"][0]
+        train_rows = [row_of[int(i)] for i in train]
+        for stages in args.stages:
+            x = features[:, columns[stages]]
+            for c in args.C:
+                scores = probe(x[train_rows], cache.labels[train], x[val_rows], c)
+                ci = bootstrap_ci(lambda y, s: macro_auroc(y, s, skip_degenerate=True), y_val,
+                                  scores, n=200)
+                runs.append({"seed": seed, "stages": stages, "C": c, "train_records": len(train),
+                             "features": x.shape[1], **ci})
+                print(f"seed {seed} {stages} C={c}: {ci['point']:.4f} "
+                      f"({ci['lower']:.4f}-{ci['upper']:.4f})", flush=True)
+
+    out = Path(args.out) if args.out else ROOT / "results" / (
+        f"probe_stages_{args.task}_{args.fraction:g}_fold{args.val_fold}")
+    result = {"command": command_line("scripts/probe_stages.py", argv), "encoder": str(path),
+              "task": args.task, "fraction": args.fraction, "train_folds": train_folds,
+              "val_fold": args.val_fold, "val_records": len(val), "embed_s": round(embed_s, 1),
+              "runs": runs}
+    lines = [f"# Logistic-regression probes on `{args.encoder}`'s stages",
+             "", f"`{result['command']}`; {args.task}, {args.fraction:g} of folds "
+             f"{train_folds[0]}-{train_folds[-1]} by patient, fold {args.val_fold} "
+             f"({len(val)} records) scores; macro AUROC, mean over seeds of the point and of the "
+             "90% bootstrap bounds.", "", "| stages | C | mean | seeds | bounds (mean) |", "|---|---|---|---|---|"]
+    for stages in args.stages:
+        for c in args.C:
+            rs = [r for r in runs if r["stages"] == stages and r["C"] == c]
+            lines.append(f"| {stages} | {c:g} | {np.mean([r['point'] for r in rs]):.3f} | "
+                         + " / ".join(f"{r['point']:.3f}" for r in rs)
+                         + f" | {np.mean([r['lower'] for r in rs]):.3f}-"
+                           f"{np.mean([r['upper'] for r in rs]):.3f} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # not with_suffix: the fraction's dot would be taken for one
+    atomic_write_text(f"{out}.json", json.dumps(result, indent=1))
+    atomic_write_text(f"{out}.md", "\n".join(lines) + "\n")
+    print(f"written {out}.json and {out}.md")
+
+
+if __name__ == "__main__":
+    main()
