@@ -33,21 +33,36 @@ from ecgrisk.provenance import command_line  # noqa: E402
 
 
 def stage_features(encoder, windows, batch: int = 512):
-    """``[windows, 2 * sum(stage widths)]``: mean and max over time of every stage's output."""
+    """``[windows, 2 * sum(stage widths)]``: mean and max over time of every stage's output.
+
+    The stages' outputs are caught by forward hooks on the encoder's own ``forward_features``,
+    so its input layout stays its own business.
+    """
     import torch
 
+    caught = []
+    hooks = [stage.register_forward_hook(lambda module, args, output: caught.append(output))
+             for stage in encoder.stages]
     out = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for s in range(0, len(windows), batch):
-            x = torch.stack([windows[k][0] for k in range(s, min(s + batch, len(windows)))])
-            h = encoder.stem(x.unsqueeze(2).contiguous(memory_format=torch.channels_last))
-            pooled = []
-            for stage in encoder.stages:
-                h = stage(h)
-                f = h.squeeze(2).float()
-                pooled += [f.mean(-1), f.amax(-1)]
-            out.append(torch.cat(pooled, 1).numpy())
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for s in range(0, len(windows), batch):
+                caught.clear()
+                encoder.forward_features(
+                    torch.stack([windows[k][0] for k in range(s, min(s + batch, len(windows)))]))
+                flat = [h.float().flatten(2) for h in caught]  # [B, C, time], whatever the layout
+                out.append(torch.cat([p for f in flat for p in (f.mean(-1), f.amax(-1))], 1).numpy())
+    finally:
+        for hook in hooks:
+            hook.remove()
     return np.concatenate(out)
+
+
+def record_means(per_window: np.ndarray, positions: np.ndarray, n_records: int) -> np.ndarray:
+    """``[n_records, D]``: each record's mean over its windows (``positions[k]``: window k's record)."""
+    sums = np.zeros((n_records, per_window.shape[1]))
+    np.add.at(sums, positions, per_window)
+    return sums / np.bincount(positions, minlength=n_records)[:, None]
 
 
 def probe(x_train, y_train, x_val, c: float) -> np.ndarray:
@@ -81,6 +96,7 @@ def main(argv=None) -> None:
     from ecgrisk.bundle_files import resolve
     from ecgrisk.config import compose
     from ecgrisk.data.datamodule import build_datamodule
+    from ecgrisk.data.splits import fold_indices, record_folds
     from ecgrisk.data.windows import WindowDataset
     from ecgrisk.metrics import bootstrap_ci, macro_auroc
     from ecgrisk.models.registry import create_encoder
@@ -90,8 +106,8 @@ def main(argv=None) -> None:
     meta = encoder_meta(path)
     spec = dict(meta["spec"])
     encoder = create_encoder(spec.pop("name"), **spec)
-    if not (hasattr(encoder, "stem") and hasattr(encoder, "stages")):
-        raise SystemExit(f"{args.encoder}: a {encoder.spec['name']} has no stem and stages; "
+    if not hasattr(encoder, "stages"):
+        raise SystemExit(f"{args.encoder}: a {encoder.spec['name']} has no stages; "
                          "this probe reads xresnet1d encoders")
     load_encoder_weights(encoder, path)
     encoder.eval()
@@ -107,16 +123,17 @@ def main(argv=None) -> None:
     dm = build_datamodule(cfg.data, args.seeds[0], scaler=scaler, progress=False)
     dm.setup()
     cache = dm.caches[0]
-    every = np.concatenate([dm._indices(cache, "train"), dm._indices(cache, "val")])
+    folds = record_folds(cache.folds, cache.record_ids)
+    val = fold_indices(folds, [args.val_fold])
+    every = np.concatenate([fold_indices(folds, train_folds), val])
     scaler = dm.scaler
     windows = WindowDataset(cache, every, dm.window, dm.stride, scaler)
     per_window = stage_features(encoder, windows)
-    features = np.stack([per_window[windows.positions == i].mean(0) for i in range(len(every))])
+    features = record_means(per_window, windows.positions, len(every))
     features = (features - features.mean(0)) / (features.std(0) + 1e-6)
     last = 2 * encoder.feature_dim  # the last stage's mean and max come last
     columns = {"last": slice(features.shape[1] - last, None), "all": slice(None)}
     row_of = {int(i): r for r, i in enumerate(every)}
-    val = dm._indices(cache, "val")
     val_rows, y_val = [row_of[int(i)] for i in val], cache.labels[val]
     embed_s = time.perf_counter() - t0
 

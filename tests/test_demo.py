@@ -34,13 +34,13 @@ def test_the_demo_runs_offline_on_the_shipped_sample_and_reports_what_its_files_
 
     root = tmp_path / "data" / "ptbxl-demo-sample"
     headers = sorted((root / "records100").rglob("*.hea"))
-    for name in ("scores.csv", "scores_shipped.csv"):
-        scores = pd.read_csv(out / name)
+    tables = {name: pd.read_csv(out / name) for name in ("scores.csv", "scores_shipped.csv")}
+    for name, scores in tables.items():
         assert len(scores) == len(headers) == 400 and scores["error"].isna().all(), name
 
     # the shipped bundle's AUROC the demo prints, recomputed from its CSV and PTB-XL's labels
     ds = PTBXL(root, task="superdiagnostic")
-    risk = pd.read_csv(out / "scores_shipped.csv")
+    risk = tables["scores_shipped.csv"]
     by_id = {str(int(r.split("/")[-1].split("_")[0])): i for i, r in enumerate(risk["record"])}
     val = [i for i, f in enumerate(ds.folds) if f == 9]
     probs = risk[[f"prob/{c}" for c in ds.classes]].to_numpy()[[by_id[ds.record_ids[i]] for i in val]]

@@ -14,15 +14,11 @@ from ecgrisk.models import create_encoder
 probe_stages = load_script("probe_stages")
 
 
-class _Windows(list):
-    """What stage_features reads: items whose first element is a window [leads, samples]."""
-
-
 def test_stage_features_hold_each_stage_mean_and_max_the_last_as_the_encoder_computes_it():
     torch.manual_seed(0)
     encoder = create_encoder("xresnet1d18", base_channels=8).eval()
     x = torch.randn(5, 12, 250)
-    got = probe_stages.stage_features(encoder, _Windows((w, None) for w in x), batch=2)
+    got = probe_stages.stage_features(encoder, [(w, None) for w in x], batch=2)
     widths = []
     h = encoder.stem(x.unsqueeze(2).contiguous(memory_format=torch.channels_last))
     for stage in encoder.stages:
@@ -34,6 +30,12 @@ def test_stage_features_hold_each_stage_mean_and_max_the_last_as_the_encoder_com
     d = encoder.feature_dim
     np.testing.assert_allclose(got[:, -2 * d:-d], last.mean(-1).numpy(), atol=1e-5)
     np.testing.assert_allclose(got[:, -d:], last.amax(-1).numpy(), atol=1e-5)
+
+
+def test_record_means_average_each_records_windows():
+    per_window = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [5.0, 5.0], [7.0, 1.0]])
+    means = probe_stages.record_means(per_window, np.array([0, 0, 1, 2, 2]), 3)
+    np.testing.assert_allclose(means, [[2.0, 3.0], [10.0, 0.0], [6.0, 3.0]])
 
 
 def test_the_probe_separates_what_is_separable_and_scores_a_one_valued_class_constant():
