@@ -194,15 +194,17 @@ def common_overrides(args, root: Path) -> list[str]:
 # -- encoders: architecture check, inline pretraining ------------------------------------------
 def architecture(spec: dict) -> dict:
     """``spec`` with every constructor argument filled in (class defaults where not given), so
-    two specs that build the same network compare equal; dropout rates are left out (they change
-    no weight). Variant arguments (an xresnet's ``layers``) are the same on both sides by name."""
+    two specs that build the same network compare equal; dropout rates and the pooling are left
+    out (they change no weight: an encoder pretrained with one pooling fine-tunes with another).
+    Variant arguments (an xresnet's ``layers``) are the same on both sides by name."""
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     cls = type(create_encoder(spec["name"], **kwargs))
     full = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty}
     full.update(kwargs)
     plain = json.loads(json.dumps(full, default=list))  # tuples and lists alike
-    return {"name": spec["name"], **{k: v for k, v in plain.items() if "dropout" not in k}}
+    return {"name": spec["name"], **{k: v for k, v in plain.items()
+                                     if "dropout" not in k and k != "pooling"}}
 
 
 def _describe(spec: dict) -> str:

@@ -4,9 +4,9 @@
     python scripts/probe_stages.py --root data/ptb-xl-full --val-fold 9 --C 0.001 --stages all
 
 The benchmark's linear probe trains a head on the last stage's pooled features. This script asks
-whether the encoder holds more than that: each record's features are the mean and max over time
-of every stage's output (``--stages all``) or of the last one (``last``), averaged over the
-record's evaluation windows; one L2 logistic regression per class (scikit-learn) trains on the
+whether the encoder holds more than that: each record's features are the max and mean over time
+of every stage's output (``--stages all``: the encoder's ``pooling="stages"`` embedding) or of
+the last one (``last``), averaged over the record's evaluation windows; one L2 logistic regression per class (scikit-learn) trains on the
 ``--fraction`` of the training folds' patients that ``data.train_fraction`` draws for each seed, and
 the validation fold scores it (macro AUROC, 90% bootstrap interval over records). Features are
 standardised with the mean and spread of every training- and validation-fold record, labels
@@ -30,39 +30,6 @@ sys.path.insert(0, str(ROOT))
 
 from ecgrisk.files import atomic_write_text  # noqa: E402
 from ecgrisk.provenance import command_line  # noqa: E402
-
-
-def stage_features(encoder, windows, batch: int = 512):
-    """``[windows, 2 * sum(stage widths)]``: mean and max over time of every stage's output.
-
-    The stages' outputs are caught by forward hooks on the encoder's own ``forward_features``,
-    so its input layout stays its own business.
-    """
-    import torch
-
-    caught = []
-    hooks = [stage.register_forward_hook(lambda module, args, output: caught.append(output))
-             for stage in encoder.stages]
-    out = []
-    try:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            for s in range(0, len(windows), batch):
-                caught.clear()
-                encoder.forward_features(
-                    torch.stack([windows[k][0] for k in range(s, min(s + batch, len(windows)))]))
-                flat = [h.float().flatten(2) for h in caught]  # [B, C, time], whatever the layout
-                out.append(torch.cat([p for f in flat for p in (f.mean(-1), f.amax(-1))], 1).numpy())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return np.concatenate(out)
-
-
-def record_means(per_window: np.ndarray, positions: np.ndarray, n_records: int) -> np.ndarray:
-    """``[n_records, D]``: each record's mean over its windows (``positions[k]``: window k's record)."""
-    sums = np.zeros((n_records, per_window.shape[1]))
-    np.add.at(sums, positions, per_window)
-    return sums / np.bincount(positions, minlength=n_records)[:, None]
 
 
 def probe(x_train, y_train, x_val, c: float) -> np.ndarray:
@@ -92,6 +59,8 @@ def main(argv=None) -> None:
                    "(default results/probe_stages_<task>_<fraction>_fold<val>)")
     args = p.parse_args(argv)
 
+    import torch
+
     from ecgrisk.bundle import encoder_meta, load_encoder_weights
     from ecgrisk.bundle_files import resolve
     from ecgrisk.config import compose
@@ -101,14 +70,15 @@ def main(argv=None) -> None:
     from ecgrisk.metrics import bootstrap_ci, macro_auroc
     from ecgrisk.models.registry import create_encoder
     from ecgrisk.preprocess import Scaler
+    from ecgrisk.pretrain.probe import embed_records
 
     path = resolve(args.encoder, "encoder")
     meta = encoder_meta(path)
-    spec = dict(meta["spec"])
-    encoder = create_encoder(spec.pop("name"), **spec)
-    if not hasattr(encoder, "stages"):
-        raise SystemExit(f"{args.encoder}: a {encoder.spec['name']} has no stages; "
-                         "this probe reads xresnet1d encoders")
+    spec = {**meta["spec"], "pooling": "stages"}
+    try:
+        encoder = create_encoder(spec.pop("name"), **spec)
+    except ValueError as e:
+        raise SystemExit(f"{args.encoder}: this probe reads xresnet1d encoders ({e})") from e
     load_encoder_weights(encoder, path)
     encoder.eval()
     saved = meta.get("scaler")  # the pretraining scaler, as fine-tuning uses; else fitted on training
@@ -127,11 +97,10 @@ def main(argv=None) -> None:
     val = fold_indices(folds, [args.val_fold])
     every = np.concatenate([fold_indices(folds, train_folds), val])
     scaler = dm.scaler
-    windows = WindowDataset(cache, every, dm.window, dm.stride, scaler)
-    per_window = stage_features(encoder, windows)
-    features = record_means(per_window, windows.positions, len(every))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = embed_records(encoder, WindowDataset(cache, every, dm.window, dm.stride, scaler), 512)
     features = (features - features.mean(0)) / (features.std(0) + 1e-6)
-    last = 2 * encoder.feature_dim  # the last stage's mean and max come last
+    last = 2 * encoder.feature_dim  # the last stage's max and mean come last
     columns = {"last": slice(features.shape[1] - last, None), "all": slice(None)}
     row_of = {int(i): r for r, i in enumerate(every)}
     val_rows, y_val = [row_of[int(i)] for i in val], cache.labels[val]

@@ -256,3 +256,22 @@ def test_scoring_reproduces_the_runs_own_calibrated_predictions(finished_run, pt
         want = [row[f"prob/{c}"] for c in bundle.classes]
         # exact: in fp32 these differ by up to 0.012 (a median 0.003) from what was calibrated
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_every_stage_pooling_trains_a_bundle_that_scores_as_the_run_did(tmp_path, ptbxl_root):
+    from ecgrisk.data.ptbxl import PTBXL
+    from ecgrisk.io import read_ecg
+    from ecgrisk.scoring.predict import predict_proba
+
+    train(_cfg(tmp_path, ptbxl_root, "trainer.fast_dev_run=true", "model.kwargs.pooling=stages",
+               "model.head=linear", "finetune.aggregation=mean"))
+    bundle = Bundle.load(tmp_path / "run" / "model.pt")
+    encoder = bundle.model.encoder
+    assert encoder.spec["pooling"] == "stages"
+    assert encoder.embed_dim == 2 * 4 * 8 == bundle.model.head[-1].in_features
+    preds = pd.read_csv(tmp_path / "run" / "predictions" / "test.csv", dtype={"record": str}).head(4)
+    path = dict(zip(PTBXL(ptbxl_root).record_ids, PTBXL(ptbxl_root).paths, strict=True))
+    for _, row in preds.iterrows():
+        ecg = read_ecg(path[str(row["record"])])
+        np.testing.assert_allclose(predict_proba(bundle, ecg.signal, ecg.fs),
+                                   [row[f"prob/{c}"] for c in bundle.classes], rtol=0, atol=1e-6)

@@ -160,6 +160,12 @@ def test_an_encoder_of_another_architecture_fails_before_anything_trains(bench, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_pooling_is_no_part_of_the_architecture_an_encoder_must_match(bench):
+    spec = {"name": "xresnet1d18", "base_channels": 8}
+    assert bench.architecture({**spec, "pooling": "stages"}) == bench.architecture(spec)
+    assert bench.architecture({**spec, "base_channels": 16}) != bench.architecture(spec)
+
+
 def test_inits_runs_only_the_named_ones_reusing_the_sweeps_runs(bench, first, work, monkeypatch):
     tmp, root = work
     result, _ = first

@@ -212,6 +212,26 @@ def test_xresnet_block_refuses_a_stride_its_identity_path_cannot_pool():
         ResBlock1d(expansion=1, c_in=8, width=8, stride=3)
 
 
+def test_xresnet_stage_pooling_concat_pools_every_stage_and_loads_last_pooled_weights():
+    last = small("xresnet1d50").eval()
+    stages = create_encoder("xresnet1d50", base_channels=8, pooling="stages").eval()
+    stages.load_state_dict(last.state_dict())  # no weights of its own
+    assert stages.embed_dim == 4 * 2 * 32 and last.embed_dim == 2 * 32
+    x = torch.randn(3, 12, 250)
+    with torch.no_grad():
+        h, by_hand = x, []
+        h = stages.stem(x.unsqueeze(2))
+        for stage in stages.stages:
+            h = stage(h)
+            by_hand += [h.squeeze(2).amax(-1), h.squeeze(2).mean(-1)]
+        got = stages.embed(x)
+        torch.testing.assert_close(got, torch.cat(by_hand, 1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[:, -last.embed_dim:], last.embed(x), rtol=1e-5, atol=1e-5)
+    assert ECGClassifier(stages, num_classes=5, head="benchmark")(x).shape == (3, 5)
+    with pytest.raises(ValueError, match="pooling must be 'last' or 'stages', got 'all'"):
+        create_encoder("xresnet1d50", pooling="all")
+
+
 def test_xresnet_depths_and_widths():
     r50, r101 = create_encoder("xresnet1d50"), create_encoder("xresnet1d101")
     assert [len(s) for s in r50.stages] == [3, 4, 6, 3]

@@ -58,7 +58,7 @@ def test_run_directory_holds_everything(masked_run, ptbxl_split_sizes):
     raw = torch.load(run / "encoder.pt", weights_only=True)
     assert raw["meta"]["kind"] == "encoder" and raw["meta"]["objective"] == "masked"
     assert raw["meta"]["spec"] == {"name": "xresnet1d18", "base_channels": 8, "kernel_size": 5,
-                                   "kernel_size_stem": 5}
+                                   "kernel_size_stem": 5, "pooling": "last"}
     assert raw["meta"]["train_folds"] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 

@@ -1,4 +1,4 @@
-"""scripts/probe_stages.py: stage features, the per-class probe, and a run on PTB-XL's layout."""
+"""scripts/probe_stages.py: the per-class probe, and a run on PTB-XL's layout."""
 
 from __future__ import annotations
 
@@ -10,31 +10,36 @@ from script_support import load_script
 
 from ecgrisk.bundle import save_encoder
 from ecgrisk.models import create_encoder
+from ecgrisk.pretrain.probe import embed_records
 
 probe_stages = load_script("probe_stages")
 
 
-def test_stage_features_hold_each_stage_mean_and_max_the_last_as_the_encoder_computes_it():
-    torch.manual_seed(0)
-    encoder = create_encoder("xresnet1d18", base_channels=8).eval()
-    x = torch.randn(5, 12, 250)
-    got = probe_stages.stage_features(encoder, [(w, None) for w in x], batch=2)
-    widths = []
-    h = encoder.stem(x.unsqueeze(2).contiguous(memory_format=torch.channels_last))
-    for stage in encoder.stages:
-        h = stage(h)
-        widths.append(h.shape[1])
-    assert got.shape == (5, 2 * sum(widths)) and widths[-1] == encoder.feature_dim
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        last = encoder.forward_features(x).float()
-    d = encoder.feature_dim
-    np.testing.assert_allclose(got[:, -2 * d:-d], last.mean(-1).numpy(), atol=1e-5)
-    np.testing.assert_allclose(got[:, -d:], last.amax(-1).numpy(), atol=1e-5)
+class _Windows(torch.utils.data.Dataset):
+    """Five windows of three records, as a WindowDataset yields them: (signal, label, index)."""
+
+    indices = np.arange(3)
+    positions = np.array([0, 0, 1, 2, 2])
+    signals = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [5.0, 5.0], [7.0, 1.0]])
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, k):
+        return self.signals[k][None], torch.zeros(1), k
 
 
-def test_record_means_average_each_records_windows():
-    per_window = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [5.0, 5.0], [7.0, 1.0]])
-    means = probe_stages.record_means(per_window, np.array([0, 0, 1, 2, 2]), 3)
+class _Identity(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def embed(self, x):
+        return x[:, 0]
+
+
+def test_record_features_are_each_records_mean_over_its_windows():
+    means = embed_records(_Identity(), _Windows(), batch_size=2)
     np.testing.assert_allclose(means, [[2.0, 3.0], [10.0, 0.0], [6.0, 3.0]])
 
 
