@@ -6,13 +6,13 @@
 The benchmark's linear probe trains a head on the last stage's pooled features. This script asks
 whether the encoder holds more than that: each record's features are the max and mean over time
 of every stage's output (``--stages all``: the encoder's ``pooling="stages"`` embedding) or of
-the last one (``last``), averaged over the record's evaluation windows; one L2 logistic regression per class (scikit-learn) trains on the
-``--fraction`` of the training folds' patients that ``data.train_fraction`` draws for each seed, and
-the validation fold scores it (macro AUROC, 90% bootstrap interval over records). Features are
-standardised with the mean and spread of every training- and validation-fold record, labels
-unread. ``--val-fold 8`` trains on folds 1-7, for choosing C and the stages without fold 9;
-``--val-fold 9`` trains on folds 1-8, as the label-efficiency benchmark does. Writes
-``--out``.json and .md.
+the last one (``last``), averaged over the record's evaluation windows; one L2 logistic
+regression per class (scikit-learn) trains on the ``--fraction`` of the training folds' patients
+that ``data.train_fraction`` draws for each seed, and the validation fold scores it (macro
+AUROC, 90% bootstrap interval over records). Features are standardised with the mean and spread
+of every training- and validation-fold record, labels unread. ``--val-fold 8`` trains on folds
+1-7, for choosing C and the stages without fold 9; ``--val-fold 9`` trains on folds 1-8, as the
+label-efficiency benchmark does. Writes ``--out``.json and .md.
 """
 
 from __future__ import annotations
