@@ -32,19 +32,6 @@ from ecgrisk.files import atomic_write_text  # noqa: E402
 from ecgrisk.provenance import command_line  # noqa: E402
 
 
-def probe(x_train, y_train, x_val, c: float) -> np.ndarray:
-    """Decision scores ``[val, classes]`` of one logistic regression per class; a class with one
-    label value in training gets a constant score."""
-    from sklearn.linear_model import LogisticRegression
-
-    scores = np.zeros((len(x_val), y_train.shape[1]))
-    for k in range(y_train.shape[1]):
-        if y_train[:, k].min() != y_train[:, k].max():
-            model = LogisticRegression(C=c, max_iter=3000).fit(x_train, y_train[:, k])
-            scores[:, k] = model.decision_function(x_val)
-    return scores
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", required=True, help="a PTB-XL copy with records100/")
@@ -70,7 +57,7 @@ def main(argv=None) -> None:
     from ecgrisk.metrics import bootstrap_ci, macro_auroc
     from ecgrisk.models.registry import create_encoder
     from ecgrisk.preprocess import Scaler
-    from ecgrisk.pretrain.probe import embed_records
+    from ecgrisk.pretrain.probe import embed_records, probe_scores
 
     path = resolve(args.encoder, "encoder")
     meta = encoder_meta(path)
@@ -115,7 +102,7 @@ def main(argv=None) -> None:
         for stages in args.stages:
             x = features[:, columns[stages]]
             for c in args.C:
-                scores = probe(x[train_rows], cache.labels[train], x[val_rows], c)
+                scores = probe_scores(x[train_rows], cache.labels[train], x[val_rows], c, max_iter=3000)
                 ci = bootstrap_ci(lambda y, s: macro_auroc(y, s, skip_degenerate=True), y_val,
                                   scores, n=200)
                 runs.append({"seed": seed, "stages": stages, "C": c, "train_records": len(train),

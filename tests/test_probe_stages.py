@@ -1,4 +1,5 @@
-"""scripts/probe_stages.py: the per-class probe, and a run on PTB-XL's layout."""
+"""scripts/probe_stages.py and the probe pieces it uses: per-record means, the per-class probe,
+and a run on PTB-XL's layout."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from script_support import load_script
 
 from ecgrisk.bundle import save_encoder
 from ecgrisk.models import create_encoder
-from ecgrisk.pretrain.probe import embed_records
+from ecgrisk.pretrain.probe import embed_records, probe_scores
 
 probe_stages = load_script("probe_stages")
 
@@ -47,7 +48,7 @@ def test_the_probe_separates_what_is_separable_and_scores_a_one_valued_class_con
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4))
     y = np.stack([(x[:, 0] > 0), (x[:, 1] + x[:, 2] > 0), np.zeros(200, bool)], 1).astype(int)
-    scores = probe_stages.probe(x[:150], y[:150], x[150:], c=1.0)
+    scores = probe_scores(x[:150], y[:150], x[150:], C=1.0)
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y[150:, 0], scores[:, 0]) > 0.99

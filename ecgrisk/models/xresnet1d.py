@@ -187,7 +187,7 @@ class XResNet1d(Encoder):
     def embed(self, x: Tensor) -> Tensor:
         """``[B, in_leads, T] -> [B, embed_dim]``: the last stage pooled, or every stage."""
         if self.pooling == "last":
-            return self.pool(self.forward_features(x))
+            return super().embed(x)
         h, pooled = self._stem(x), []
         for stage in self.stages:
             h = stage(h)

@@ -23,7 +23,7 @@ from ecgrisk.metrics import macro_auroc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LinearProbe", "embed_records", "probe_auroc"]
+__all__ = ["LinearProbe", "embed_records", "probe_auroc", "probe_scores"]
 
 
 @torch.no_grad()
@@ -52,15 +52,28 @@ def embed_records(encoder: torch.nn.Module, ds: WindowDataset, batch_size: int =
     return (total / counts.clamp(min=1)[:, None]).numpy()
 
 
+def probe_scores(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, C: float = 1.0,
+                 max_iter: int = 500) -> np.ndarray:
+    """Decision scores ``[val, classes]`` of one L2 logistic regression per class on the given
+    features (scale them first); a class with one label value in training scores constant."""
+    from sklearn.linear_model import LogisticRegression
+
+    scores = np.zeros((len(x_val), y_train.shape[1]), dtype=np.float64)
+    for j in range(y_train.shape[1]):
+        if y_train[:, j].min() != y_train[:, j].max():
+            model = LogisticRegression(C=C, max_iter=max_iter).fit(x_train, y_train[:, j])
+            scores[:, j] = model.decision_function(x_val)
+    return scores
+
+
 def probe_auroc(encoder: torch.nn.Module, dm: ECGDataModule, C: float = 1.0, max_iter: int = 500,
                 batch_size: int = 256) -> float:
     """Fit one-vs-rest logistic regression on ``dm``'s training records, return val macro AUROC.
 
-    ``dm`` must be labelled and set up. Classes with a single label value in the training
-    records get a constant score; classes without both values in validation are left out.
+    ``dm`` must be labelled and set up. Embeddings are standardised with the training records'
+    mean and spread. Classes with a single label value in the training records get a constant
+    score; classes without both values in validation are left out.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if not dm.labelled:
@@ -68,17 +81,10 @@ def probe_auroc(encoder: torch.nn.Module, dm: ECGDataModule, C: float = 1.0, max
     emb = {s: embed_records(encoder, dm.eval_dataset(s) if s != "train" else WindowDataset(
         dm.caches[0], dm.split["train"][0], dm.window, dm.stride, dm.scaler), batch_size)
         for s in ("train", "val")}
-    y_train, y_val = dm.labels("train"), dm.labels("val")
-    scores = np.zeros(y_val.shape, dtype=np.float64)
-    for j in range(y_train.shape[1]):
-        if y_train[:, j].min() == y_train[:, j].max():
-            scores[:, j] = float(y_train[0, j])
-            continue
-        # one-vs-rest, one binary fit per class (a constant class was handled above)
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
-        clf.fit(emb["train"], y_train[:, j])
-        scores[:, j] = clf.predict_proba(emb["val"])[:, 1]
-    return macro_auroc(y_val, scores, skip_degenerate=True)
+    scale = StandardScaler().fit(emb["train"])
+    scores = probe_scores(scale.transform(emb["train"]), dm.labels("train"),
+                          scale.transform(emb["val"]), C, max_iter)
+    return macro_auroc(dm.labels("val"), scores, skip_degenerate=True)
 
 
 class LinearProbe(Callback):
