@@ -146,6 +146,63 @@ def test_real_muse_export_derives_the_limb_leads():
     assert ecg.meta["acquired"] == "2024-01-01T10:35:17"
 
 
+def test_the_standard_library_reads_the_common_muse_file_as_ecgdatakit_does():
+    from ecgdatakit import FileParser
+
+    ecg = read_ecg(MUSE)
+    assert ecg.meta["reader"] == "ecgrisk.io.muse" and ecg.meta["reader_warnings"] == []
+    ref = FileParser.parse(MUSE, units="mV")
+    for lead in ref.leads:
+        np.testing.assert_array_equal(ecg.signal[IDX[lead.label]], lead.samples.astype(np.float32))
+    assert ecg.fs == float(ref.leads[0].sampling_rate)
+    assert (ecg.meta["age"], ecg.meta["sex"]) == (float(ref.patient.age), ref.patient.sex)
+    assert ecg.meta["acquired"] == ref.recording.date.isoformat()
+
+
+def _edited_muse(tmp_path, old: bytes, new: bytes, count: int = 1) -> Path:
+    text = MUSE.read_bytes()
+    assert old in text
+    path = tmp_path / "odd.xml"
+    path.write_bytes(text.replace(old, new, count))
+    return path
+
+
+_LEAD_I_CRC = b"<LeadDataCRC32>3097469524</LeadDataCRC32>"  # the rhythm waveform's lead I
+
+
+@pytest.mark.parametrize(("old", "new", "count", "then"), [
+    (_LEAD_I_CRC, b"<LeadDataCRC32>1</LeadDataCRC32>", 1, "CRC32 mismatch"),
+    (b"<FirstSampleBaseline>0<", b"<FirstSampleBaseline>7<", -1, "FirstSampleBaseline is non-zero"),
+    (b"<AgeUnits>YEARS</AgeUnits>", b"<AgeUnits>MONTHS</AgeUnits>", 1, 0.0),
+    (b"<AcquisitionDate>01-01-2024</AcquisitionDate>",
+     b"<AcquisitionDate>2024-01-01</AcquisitionDate>", 1, "2024-01-01T10:35:17"),
+    (b"<WaveformType>Median</WaveformType>", b"<WaveformType>Rhythm</WaveformType>", 1,
+     "Additional rhythm waveform ignored"),
+    (b"MICROVOLTS", b"COUNTS", -1, "carry no voltage scale"),
+    (b'<RestingECG>', b'<!DOCTYPE RestingECG [<!ENTITY a "b">]><RestingECG>', 1,
+     "entity declarations are not allowed"),
+], ids=["crc", "baseline", "age-in-months", "iso-date", "two-rhythms", "no-unit", "entity"])
+def test_a_muse_file_outside_the_common_case_is_left_to_ecgdatakit(tmp_path, old, new, count, then):
+    from ecgrisk.io.muse import read_muse
+
+    if old == b"<RestingECG>":  # the entity goes in place of the file's own DOCTYPE
+        old, new = b'<!DOCTYPE RestingECG SYSTEM "restecg.dtd">\n<RestingECG>', new
+    path = _edited_muse(tmp_path, old, new, count)
+    assert read_muse(path) is None
+    if then in ("carry no voltage scale", "entity declarations are not allowed"):
+        with pytest.raises(ECGReadError, match=then):
+            read_ecg(path)
+        return
+    ecg = read_ecg(path)
+    assert ecg.meta["reader"].startswith("ecgdatakit ")
+    if isinstance(then, float):
+        assert ecg.meta["age"] == then  # 11 months
+    elif then.startswith("2024"):
+        assert ecg.meta["acquired"] == then
+    else:
+        assert any(then in w for w in ecg.meta["reader_warnings"])
+
+
 @pytest.mark.parametrize(("writer", "leads", "kind"), [
     (write_hl7_aecg, TWELVE, "hl7-aecg"), (write_hl7_aecg, EIGHT, "hl7-aecg"),
     (write_scp_ecg, TWELVE, "scp-ecg"), (write_scp_ecg, EIGHT, "scp-ecg"),
