@@ -304,9 +304,22 @@ def _value_tell(element) -> int:
     return element.value_tell if hasattr(element, "value_tell") else element.file_tell  # raw or not
 
 
+def _assert_read_as_pydicom_reads_it(read, path: Path) -> None:
+    """``_dataset``'s elements are pydicom's, its waveform sequence cut after the first group
+    that is not a median one."""
+    from ecgrisk.io.dicom import _TAGS
+
+    full = pydicom.dcmread(path, specific_tags=_TAGS)
+    groups, kept = list(full.WaveformSequence), list(read.WaveformSequence)
+    assert kept == groups[:len(kept)] and kept[-1].MultiplexGroupLabel == "RHYTHM"
+    assert all(g.MultiplexGroupLabel.startswith("MEDIAN") for g in kept[:-1])
+    assert ({e.tag: e.value for e in read if e.keyword != "WaveformSequence"}
+            == {e.tag: e.value for e in full if e.keyword != "WaveformSequence"})
+
+
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit-vr", "implicit-vr"])
 def test_dicom_annotations_are_stepped_over_to_where_pydicom_ends_them(tmp_path, implicit):
-    from ecgrisk.io.dicom import _TAGS, _dataset, _sequence_end
+    from ecgrisk.io.dicom import _dataset, _sequence_end
 
     path = tmp_path / "ecg.dcm"
     ds = pydicom.dcmread(_dicom_example())
@@ -319,7 +332,7 @@ def test_dicom_annotations_are_stepped_over_to_where_pydicom_ends_them(tmp_path,
     data = path.read_bytes()
     assert _sequence_end(data, start + (8 if implicit else 12), not implicit) == end
     read = _dataset(path)
-    assert read == pydicom.dcmread(path, specific_tags=_TAGS) and "WaveformSequence" in read
+    _assert_read_as_pydicom_reads_it(read, path)
     np.testing.assert_array_equal(read.waveform_array(0), ds.waveform_array(0))
 
 
@@ -347,9 +360,22 @@ def test_dicom_with_broken_annotations_reads_as_pydicom_reads_it(tmp_path):
     lambda ds: setattr(ds.WaveformAnnotationSequence, "is_undefined_length", False),
 ], ids=["no-annotations", "defined-length-annotations"])
 def test_dicom_without_undefined_length_annotations_reads_as_pydicom_reads_it(tmp_path, edit):
-    from ecgrisk.io.dicom import _TAGS, _dataset
+    from ecgrisk.io.dicom import _dataset
 
     path = _edited_dicom(tmp_path, "ecg.dcm", edit)
-    read = _dataset(path)
-    assert read == pydicom.dcmread(path, specific_tags=_TAGS) and "WaveformSequence" in read
+    _assert_read_as_pydicom_reads_it(_dataset(path), path)
     assert read_ecg(path).meta["reader"].startswith("pydicom ")
+
+
+def test_a_median_group_before_the_rhythm_group_is_read_over(tmp_path):
+    from ecgrisk.io.dicom import _dataset, read_dicom
+
+    def medians_first(ds):
+        ds.WaveformSequence = pydicom.Sequence(list(ds.WaveformSequence)[::-1])
+
+    path = _edited_dicom(tmp_path, "ecg.dcm", medians_first)
+    read = _dataset(path)
+    assert [g.MultiplexGroupLabel for g in read.WaveformSequence] == ["MEDIAN BEAT", "RHYTHM"]
+    _assert_read_as_pydicom_reads_it(read, path)
+    signal, _, fs, _ = read_dicom(path)
+    np.testing.assert_allclose(signal, read_ecg(_dicom_example()).signal, atol=1e-6)

@@ -12,7 +12,10 @@ cannot parse), so an unusual file is read as it was before this module.
 
 pydicom's ``specific_tags`` keeps only the elements asked for, but it still parses every item of
 an undefined-length sequence it drops: in pydicom's example, the 161 data sets of the waveform
-annotations, 2/3 of the read. :func:`_dataset` steps over that one sequence's bytes instead.
+annotations, 2/3 of the read. :func:`_dataset` steps over their bytes instead, and reads the
+waveform sequence only up to its rhythm group (the example's median-beat group after it is half
+of what is left): 4.8 ms for ``read_dicom`` on the example against 6.5 ms with the whole
+waveform sequence read (means of 200 reads, one core, one run).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ _UNIT_TO_MV = {"uV": 1e-3, "mV": 1.0, "V": 1e3}  # UCUM codes
 _INTEGER_SAMPLES = {"SB", "UB", "SS", "US", "SL", "UL", "SV", "UV"}
 _MEDIAN_WORDS = ("MEDIAN", "REPRESENTATIVE", "AVERAGE")
 _ANNOTATIONS = 0x0040B020  # WaveformAnnotationSequence
+_WAVEFORMS = 0x54000100  # WaveformSequence
 _UNDEFINED = 0xFFFFFFFF
 # explicit-VR elements whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
@@ -82,33 +86,79 @@ def read_dicom(path: Path) -> tuple[np.ndarray, list[str], float, dict] | None:
 
 
 def _dataset(path: Path):
-    """The elements of :data:`_TAGS`, read without parsing the waveform annotations.
+    """The elements of :data:`_TAGS`, the waveform sequence cut short after its rhythm group.
 
-    The top-level elements are read up to the annotation sequence; when it has an undefined
-    length in a little-endian uncompressed file, its bytes are walked over and cut out (an
-    undefined length is not counted in any enclosing length), and pydicom reads the rest.
+    In a little-endian uncompressed file, pydicom reads the top-level elements up to the
+    annotation sequence; the bytes after it are walked over to the waveform sequence, whose
+    items pydicom reads one by one up to the first that is not a median group. Any other
+    file, or bytes the walk cannot follow, is read by pydicom in full.
     """
     import pydicom
     from pydicom.filereader import read_partial
+    from pydicom.tag import Tag
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     data = path.read_bytes()
     fp = io.BytesIO(data)
+    # read_partial, unlike dcmread, takes tags but not keywords
     head = read_partial(fp, stop_when=lambda tag, vr, length: tag >= _ANNOTATIONS,
-                        specific_tags=_TAGS)
-    start = fp.tell()
+                        specific_tags=[Tag(keyword) for keyword in _TAGS])
     syntax = head.file_meta.get("TransferSyntaxUID")
-    if syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and start + 12 <= len(data):
-        explicit = syntax == ExplicitVRLittleEndian
-        group, element = struct.unpack_from("<HH", data, start)
-        header = 12 if explicit else 8
-        (length,) = struct.unpack_from("<I", data, start + header - 4)
-        if (group << 16 | element) == _ANNOTATIONS and length == _UNDEFINED:
-            try:
-                data = data[:start] + data[_sequence_end(data, start + header, explicit):]
-            except (struct.error, ValueError):
-                pass  # malformed annotations: pydicom reads them, or says what is wrong
+    if syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        try:
+            groups = _waveform_groups(data, fp, syntax == ExplicitVRLittleEndian)
+        except (struct.error, ValueError):
+            groups = None  # malformed: pydicom reads it, or says what is wrong
+        if groups is not None:
+            if groups:
+                head.WaveformSequence = pydicom.Sequence(groups)
+            return head
     return pydicom.dcmread(io.BytesIO(data), specific_tags=_TAGS)
+
+
+def _waveform_groups(data: bytes, fp: io.BytesIO, explicit: bool) -> list:
+    """The waveform sequence's items up to its first non-median group, read by pydicom from the
+    top-level element at ``fp.tell()`` on (``[]`` when the file has no waveform sequence)."""
+    from pydicom.filereader import read_dataset
+
+    pos = fp.tell()
+    while pos < len(data):
+        tag, start, end, length = _element(data, pos, explicit)
+        if tag > _WAVEFORMS:
+            break
+        if tag == _WAVEFORMS:
+            groups, item = [], start
+            while item < end and struct.unpack_from("<HH", data, item) == (0xFFFE, 0xE000):
+                (size,) = struct.unpack_from("<I", data, item + 4)
+                fp.seek(item + 8)
+                groups.append(read_dataset(fp, not explicit, True, None if size == _UNDEFINED
+                                           else size, at_top_level=False))
+                label = str(groups[-1].get("MultiplexGroupLabel") or "").upper()
+                if not any(word in label for word in _MEDIAN_WORDS):
+                    break
+                item = _item_end(data, item + 8, explicit) if size == _UNDEFINED else item + 8 + size
+            return groups
+        pos = end
+    return []
+
+
+def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, int, int, int]:
+    """``(tag, value start, end, length)`` of the element at ``pos``; an undefined-length value
+    ends just past its sequence delimiter."""
+    group, number = struct.unpack_from("<HH", data, pos)
+    vr = data[pos + 4:pos + 6] if explicit else b"UN"
+    if explicit and vr not in _LONG_VRS:
+        (length,) = struct.unpack_from("<H", data, pos + 6)
+        start = pos + 8
+    else:
+        (length,) = struct.unpack_from("<I", data, pos + (8 if explicit else 4))
+        start = pos + (12 if explicit else 8)
+    # an undefined-length UN holds implicit-VR items (PS3.5 6.2.2)
+    end = (_sequence_end(data, start, explicit and vr != b"UN") if length == _UNDEFINED
+           else start + length)
+    if end > len(data):
+        raise ValueError("an element runs past the end of the file")
+    return group << 16 | number, start, end, length
 
 
 def _sequence_end(data: bytes, pos: int, explicit: bool) -> int:
@@ -125,21 +175,9 @@ def _sequence_end(data: bytes, pos: int, explicit: bool) -> int:
 
 def _item_end(data: bytes, pos: int, explicit: bool) -> int:
     """Offset just past the delimiter of the undefined-length item whose elements start at pos."""
-    while True:
-        group, element = struct.unpack_from("<HH", data, pos)
-        if (group, element) == (0xFFFE, 0xE00D):
-            return pos + 8
-        vr = data[pos + 4:pos + 6] if explicit else b"UN"
-        if explicit and vr not in _LONG_VRS:
-            (length,) = struct.unpack_from("<H", data, pos + 6)
-            pos += 8
-        else:
-            (length,) = struct.unpack_from("<I", data, pos + (8 if explicit else 4))
-            pos += 12 if explicit else 8
-        # an undefined-length UN holds implicit-VR items (PS3.5 6.2.2)
-        pos = _sequence_end(data, pos, explicit and vr != b"UN") if length == _UNDEFINED else pos + length
-        if pos > len(data):
-            raise ValueError("an element runs past the end of the file")
+    while struct.unpack_from("<HH", data, pos) != (0xFFFE, 0xE00D):
+        pos = _element(data, pos, explicit)[2]
+    return pos + 8
 
 
 def _rhythm_group(ds):
