@@ -203,6 +203,18 @@ def test_a_muse_file_outside_the_common_case_is_left_to_ecgdatakit(tmp_path, old
         assert any(then in w for w in ecg.meta["reader_warnings"])
 
 
+def test_a_muse_file_in_utf16_is_left_to_ecgdatakit_where_a_declaration_cannot_hide(tmp_path):
+    from ecgrisk.io.muse import read_muse
+
+    text = MUSE.read_text(encoding="utf-8").replace('encoding="UTF-8"', 'encoding="UTF-16"')
+    text = text.replace('<!DOCTYPE RestingECG SYSTEM "restecg.dtd">',
+                        '<!DOCTYPE RestingECG [<!ENTITY a "b">]>')
+    for encoding in ("utf-16", "utf-16-le"):  # with and without a byte-order mark
+        path = tmp_path / f"{encoding}.xml"
+        path.write_bytes(text.encode(encoding))
+        assert read_muse(path) is None
+
+
 @pytest.mark.parametrize(("writer", "leads", "kind"), [
     (write_hl7_aecg, TWELVE, "hl7-aecg"), (write_hl7_aecg, EIGHT, "hl7-aecg"),
     (write_scp_ecg, TWELVE, "scp-ecg"), (write_scp_ecg, EIGHT, "scp-ecg"),

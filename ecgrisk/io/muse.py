@@ -10,7 +10,8 @@ they state, scaled in micro-, milli- or volts, with no baseline offset, the age 
 acquisition time in MUSE's ``MM-DD-YYYY``/``HH:MM:SS``. Anything else returns None and ecgdatakit
 reads, warns about or refuses the file as it did before this module.
 
-Safety: a file that declares entities is left to ecgdatakit, which refuses it (defusedxml). The
+Safety: a file that declares entities is left to ecgdatakit, which refuses it (defusedxml), and
+so is a file in UTF-16 or UTF-32, where a byte search would not find the declaration. The
 parser here is expat's, which never fetches an external DTD or entity; MUSE's own ``<!DOCTYPE
 RestingECG SYSTEM "restecg.dtd">`` only names one.
 """
@@ -43,7 +44,9 @@ def read_muse(path: Path) -> tuple[np.ndarray, list[str], float, dict] | None:
     :func:`~ecgrisk.io.clinical.read_clinical` returns.
     """
     raw = Path(path).read_bytes()
-    if b"<!ENTITY" in raw:
+    # the search for a declaration holds in ASCII-compatible encodings; UTF-16 and UTF-32 (a
+    # byte-order mark or a NUL among the first bytes) are left to ecgdatakit
+    if b"\x00" in raw[:4] or raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"<!ENTITY" in raw:
         return None
     try:
         root = ET.fromstring(raw)
