@@ -405,6 +405,39 @@ def test_serve_refuses_without_accounts_or_with_a_bad_limit(tmp_path, env, capsy
     assert "per-account sign-in limit 'five a minute'" in capsys.readouterr().err
 
 
+def test_a_signal_dropped_while_the_queue_is_scored_stops_serve_before_the_server(
+        env, db, monkeypatch, capsys):
+    """SIGTERM's exception can be dropped where it cannot propagate (an at-fork hook, a
+    ``__del__``); serving must not start as if no signal had come."""
+    import os
+    import signal
+    import time
+
+    import uvicorn
+
+    from ecgrisk.cli import main as ecgrisk_main  # its stop_on_signals handles SIGTERM
+
+    build = ReviewQueue.build
+
+    def build_and_drop_a_sigterm(*args, **kwargs):
+        queue = build(*args, **kwargs)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises Interrupted here at once...
+        except BaseException:  # noqa: BLE001 - ...and this drops it, as such places do
+            pass
+        return queue
+
+    served = []
+    monkeypatch.setattr(ReviewQueue, "build", staticmethod(build_and_drop_a_sigterm))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: served.append(a))
+    with pytest.raises(SystemExit) as stop:
+        ecgrisk_main(["review", "--db", str(db), "--model", str(env["bundle_path"]),
+                      "--data", str(env["data"])])
+    assert stop.value.code == 143 and served == []
+    assert "ecgrisk review: interrupted by SIGTERM" in capsys.readouterr().err
+
+
 def test_simultaneous_submissions_store_one_judgement(app, env, db):
     """A double-click or a retried request: eight identical posts at once, one row."""
     import asyncio
