@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgrisk.io.dicom import read_dicom
-from ecgrisk.io.ecg import normalise_sex
+from ecgrisk.io.ecg import normalise_age, normalise_sex
 from ecgrisk.io.errors import (
     ECGReadError,
     EmptyFileError,
@@ -134,19 +134,11 @@ def read_clinical(path: Path, kind: str) -> tuple[np.ndarray, list[str], float, 
         raise HeaderSignalMismatchError(path, f"leads sampled at different rates {sorted(rates)}")
     n = min(len(lead.samples) for lead in leads)
     signal = np.stack([np.asarray(lead.samples[:n], dtype=np.float32) for lead in leads])
-    meta = {"age": _age(rec.patient.age), "sex": normalise_sex(rec.patient.sex),
+    meta = {"age": normalise_age(rec.patient.age), "sex": normalise_sex(rec.patient.sex),
             "acquired": _iso(rec.recording.date), "dx": [], "source_format": kind,
             "reader": f"ecgdatakit {__version__}",
             "reader_warnings": sorted({str(w.message) for w in caught})}
     return signal, [lead.label for lead in leads], rates.pop(), meta
-
-
-def _age(value) -> float | None:
-    try:
-        age = float(value)
-    except (TypeError, ValueError):
-        return None
-    return age if 0 <= age < 130 else None
 
 
 def _iso(value) -> str | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgrisk.io.ecg import normalise_lead_name, normalise_sex
+from ecgrisk.io.ecg import normalise_age, normalise_lead_name, normalise_sex
 
 __all__ = ["read_dicom"]
 
@@ -123,7 +123,7 @@ def _waveform_groups(data: bytes, fp: io.BytesIO, explicit: bool) -> list:
 
     pos = fp.tell()
     while pos < len(data):
-        tag, start, end, length = _element(data, pos, explicit)
+        tag, start, end = _element(data, pos, explicit)
         if tag > _WAVEFORMS:
             break
         if tag == _WAVEFORMS:
@@ -142,9 +142,9 @@ def _waveform_groups(data: bytes, fp: io.BytesIO, explicit: bool) -> list:
     return []
 
 
-def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, int, int, int]:
-    """``(tag, value start, end, length)`` of the element at ``pos``; an undefined-length value
-    ends just past its sequence delimiter."""
+def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, int, int]:
+    """``(tag, value start, end)`` of the element at ``pos``; an undefined-length value ends just
+    past its sequence delimiter."""
     group, number = struct.unpack_from("<HH", data, pos)
     vr = data[pos + 4:pos + 6] if explicit else b"UN"
     if explicit and vr not in _LONG_VRS:
@@ -158,7 +158,7 @@ def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, int, int, int]
            else start + length)
     if end > len(data):
         raise ValueError("an element runs past the end of the file")
-    return group << 16 | number, start, end, length
+    return group << 16 | number, start, end
 
 
 def _sequence_end(data: bytes, pos: int, explicit: bool) -> int:
@@ -221,7 +221,7 @@ def _age(ds) -> float | None:
     if born is None or at is None:
         return None
     years = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
-    return float(years) if 0 <= years < 130 else None
+    return normalise_age(years)
 
 
 def _acquired(ds) -> str | None:

@@ -65,6 +65,15 @@ def normalise_lead_name(name: str) -> str | None:
     return _ALIASES.get(key)
 
 
+def normalise_age(value) -> float | None:
+    """A file's age in years as a float, None when it is no number or not in [0, 130)."""
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        return None
+    return age if 0 <= age < 130 else None
+
+
 def normalise_sex(value) -> str | None:
     """A file's sex field as ``"M"``/``"F"`` (first letter, any case), else None."""
     s = str(value or "").strip().upper()[:1]

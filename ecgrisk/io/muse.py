@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgrisk.io.ecg import normalise_age
+
 __all__ = ["read_muse"]
 
 _UNIT_TO_MV = {"MICROVOLTS": 1e-3, "MILLIVOLTS": 1.0, "VOLTS": 1e3}
@@ -101,9 +103,10 @@ def _meta(root) -> dict | None:
     demo, test = root.find("PatientDemographics"), root.find("TestDemographics")
     age_text = "" if demo is None else _text(demo, "PatientAge")
     units = "" if demo is None else _text(demo, "AgeUnits").upper()
-    if age_text and units != "YEARS" or not age_text and demo is not None and _text(demo, "DateofBirth"):
+    if age_text and units != "YEARS":
         return None
-    age = float(int(float(age_text))) if age_text else None
+    if not age_text and demo is not None and _text(demo, "DateofBirth"):
+        return None  # ecgdatakit takes the age from the birth date
     acquired = None
     day = "" if test is None else _text(test, "AcquisitionDate")
     at = "" if test is None else _text(test, "AcquisitionTime")
@@ -112,6 +115,7 @@ def _meta(root) -> dict | None:
             acquired = datetime.strptime(f"{day} {at}", "%m-%d-%Y %H:%M:%S").isoformat()
         except ValueError:
             return None
-    return {"age": age if age is None or 0 <= age < 130 else None,
+    # whole years, as ecgdatakit truncates them
+    return {"age": normalise_age(int(float(age_text))) if age_text else None,
             "sex": _SEXES.get("" if demo is None else _text(demo, "Gender").upper()),
             "acquired": acquired, "reader": "ecgrisk.io.muse"}

@@ -112,12 +112,12 @@ class XResNet1d(Encoder):
         Kernel of the stem convs (5 in the benchmark).
     pooling : {"last", "stages"}
         What `embed` pools: the last stage's output (the benchmark), or every stage's, side by
-        side (``embed_dim = 2 * sum of the stage widths``). Earlier stages hold features the
-        last one has abstracted away: with 1% of PTB-XL's superdiagnostic labels, every stage
-        under a linear head, windows averaged, scored about 0.02 above the benchmark's recipe
-        on fold 9, from the contrastive encoder and from random init alike
-        (``results/label_efficiency_1pct_stages.md``). Adds no weights, so an encoder
-        pretrained with either pooling loads.
+        side (``embed_dim = 2 * len(layers) * feature_dim``: every stage is as wide as the
+        last). Earlier stages hold features the last one has abstracted away: with 1% of
+        PTB-XL's superdiagnostic labels, every stage under a linear head, windows averaged,
+        scored about 0.02 above the benchmark's recipe on fold 9, from the contrastive encoder
+        and from random init alike (``results/label_efficiency_1pct_stages.md``). Adds no
+        weights, so an encoder pretrained with either pooling loads.
     """
 
     def __init__(
@@ -168,8 +168,8 @@ class XResNet1d(Encoder):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.feature_dim = c_in
-        widths = [base_channels * expansion] * len(layers) if pooling == "stages" else [c_in]
-        self.embed_dim = 2 * sum(widths)
+        # every stage ends at c_in channels: "stages" pools len(layers) outputs of that width
+        self.embed_dim = 2 * c_in * (len(layers) if pooling == "stages" else 1)
         self.concat_pool = AdaptiveConcatPool1d()
         # init_cnn only touches conv/linear weights, so the zero-BN init above survives
         init_cnn(self)
