@@ -73,12 +73,12 @@ from ecgrisk.finetune.app import train as finetune_train
 from ecgrisk.hardware import describe
 from ecgrisk.models import create_encoder
 from ecgrisk.pretrain.app import train as pretrain_train
+from ecgrisk.pretrain.objectives import OBJECTIVES
 from ecgrisk.provenance import command_line
 
 WIDTH_KEY = {"xresnet1d18": "base_channels", "xresnet1d50": "base_channels",
              "xresnet1d101": "base_channels", "inception1d": "nb_filters", "vit1d": "dim",
              "hybrid": "dim"}
-OBJECTIVES = ("masked", "contrastive", "cpc")
 # benchmark mode -> finetune.mode; discriminative keeps a pretrained encoder close to where it
 # started (a frozen random encoder is a baseline, a slowed one is not: random init skips it)
 MODES = {"linear": "linear", "full": "full", "discriminative": "full", "selftrained": "full"}

@@ -1,8 +1,10 @@
 """The pretraining LightningModule: any self-supervised objective that returns ``(loss, info)``.
 
-The objective (``ecgrisk.pretrain.masked``, ``.contrastive`` or ``.cpc``) owns the encoder as
-``objective.encoder``; this module owns the loop: AdamW with a one-cycle schedule, seeded
-masks and augmentations, per-epoch mean losses (``epoch_losses``) for ``metrics.json``.
+The objective (``ecgrisk.pretrain.masked``, ``.contrastive``, ``.cpc`` or ``.jepa``) owns the
+encoder as ``objective.encoder``; this module owns the loop: AdamW with a one-cycle schedule,
+seeded masks and augmentations, per-epoch mean losses (``epoch_losses``) for ``metrics.json``,
+and, for an objective with a moving-average target (``update_target``), its step after each
+optimiser step.
 """
 
 from __future__ import annotations
@@ -90,9 +92,15 @@ class PretrainModule(L.LightningModule):
         self._sum = self._sum + loss.detach().double() * n
         self._count += n
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        if "accuracy" in info:
-            self.log("train/accuracy", info["accuracy"], on_step=False, on_epoch=True, batch_size=n)
+        for key in ("accuracy", "target_std"):
+            if key in info:
+                self.log(f"train/{key}", info[key], on_step=False, on_epoch=True, batch_size=n)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        update = getattr(self.objective, "update_target", None)
+        if update is not None:
+            update(self.global_step / max(int(self.trainer.estimated_stepping_batches), 1))
 
     def on_train_epoch_end(self) -> None:
         total = torch.as_tensor(self._sum, dtype=torch.float64, device=self.device)

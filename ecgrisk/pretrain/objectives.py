@@ -1,5 +1,5 @@
-"""Self-supervised objectives on unlabeled ECGs: masked reconstruction, contrastive views and
-contrastive predictive coding.
+"""Self-supervised objectives on unlabeled ECGs: masked reconstruction, contrastive views,
+contrastive predictive coding and latent prediction (JEPA).
 
 `build_objective` turns an ``ssl`` config node (``conf/ssl/*.yaml``) and an encoder into the
 objective module that :class:`ecgrisk.pretrain.module.PretrainModule` trains; every objective keeps the
@@ -16,11 +16,12 @@ from ecgrisk.models.vit1d import ViT1d
 from ecgrisk.pretrain.augment import build_augment
 from ecgrisk.pretrain.contrastive import ContrastiveModel
 from ecgrisk.pretrain.cpc import CPCModel
+from ecgrisk.pretrain.jepa import LatentPredictionModel
 from ecgrisk.pretrain.masked import MaskedAutoencoder, MaskedSignalModel
 
 __all__ = ["OBJECTIVES", "build_objective"]
 
-OBJECTIVES = ("masked", "contrastive", "cpc")
+OBJECTIVES = ("masked", "contrastive", "cpc", "jepa")
 
 
 def build_objective(ssl: Mapping, encoder: nn.Module, fs: float = 100.0) -> nn.Module:
@@ -34,7 +35,8 @@ def build_objective(ssl: Mapping, encoder: nn.Module, fs: float = 100.0) -> nn.M
         ``decoder`` {dim, depth, heads}, ``signal`` {mask_ratio, span_s, channels}; or
         ``name: contrastive`` with ``temperature``, ``proj_dim``, ``hidden_dim``, ``view_s``
         and ``augment`` (see `build_augment`); or ``name: cpc`` with ``segment_s``,
-        ``window_s``, ``steps``, ``proj_dim``, ``context_dim``.
+        ``window_s``, ``steps``, ``proj_dim``, ``context_dim``; or ``name: jepa`` with
+        ``mask_ratio``, ``span_s``, ``predictor_channels``, ``momentum``.
     encoder : Encoder
     fs : sampling rate the encoder sees, for settings given in seconds.
     """
@@ -74,4 +76,9 @@ def build_objective(ssl: Mapping, encoder: nn.Module, fs: float = 100.0) -> nn.M
                              f"needs {model.steps + 1} windows of ssl.window_s="
                              f"{ssl.get('window_s', 1.0)} s, so segment_s >= {model.min_length / fs:g}")
         return model
+    if name == "jepa":
+        return LatentPredictionModel(encoder, mask_ratio=float(ssl.get("mask_ratio", 0.5)),
+                                     span=max(1, round(float(ssl.get("span_s", 0.5)) * fs)),
+                                     predictor_channels=int(ssl.get("predictor_channels", 256)),
+                                     momentum=float(ssl.get("momentum", 0.996)))
     raise ValueError(f"unknown ssl objective {name!r}; choose one of {OBJECTIVES}")
