@@ -15,6 +15,7 @@ from ecgrisk.pretrain.app import train
 from ecgrisk.pretrain.jepa import LatentPredictionModel
 from ecgrisk.pretrain.module import PretrainModule
 from ecgrisk.pretrain.objectives import build_objective
+from ecgrisk.runs import logged_metrics
 
 torch.set_num_threads(1)
 
@@ -178,6 +179,8 @@ def test_pretrain_ssl_jepa_hands_over_its_encoder_and_resumes_with_its_target(tm
 
     metrics = train(cfg("run", "trainer.max_epochs=2"))
     assert metrics["ssl/objective"] == "LatentPredictionModel" and math.isfinite(metrics["train/loss_end"])
+    spread = logged_metrics(tmp_path / "run" / "logs")["train/target_std"].dropna()
+    assert len(spread) == 2 and (spread > 0).all()  # one per epoch, drawn in curves.png
     path = tmp_path / "run" / "encoder.pt"
     saved = torch.load(path, weights_only=True)
     assert saved["meta"]["objective"] == "jepa"

@@ -43,7 +43,9 @@ from ecgrisk.signals import set_resume_hint, stop_on_signals
 
 log = logging.getLogger(__name__)
 
-CURVE_KEYS = ("train/loss_epoch", "val/loss", "probe/val_macro_auroc")
+# accuracy (contrastive, cpc) and target_std (jepa: near 0 when its targets collapse) where logged
+CURVE_KEYS = ("train/loss_epoch", "val/loss", "probe/val_macro_auroc", "train/accuracy",
+              "train/target_std")
 # data-node keys that describe the pretraining run, not one source
 _RUN_KEYS = ("sources", "train_folds", "val_folds", "test_folds")
 
