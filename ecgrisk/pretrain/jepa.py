@@ -93,7 +93,7 @@ class LatentPredictionModel(nn.Module):
 
     @torch.no_grad()
     def update_target(self, progress: float) -> None:
-        """One EMA step after an optimiser step, ``progress`` in [0, 1] the share of training done."""
+        """One EMA step after a training batch, ``progress`` in [0, 1] the share of training done."""
         m = self.momentum + (1.0 - self.momentum) * min(max(progress, 0.0), 1.0)
         for t, s in zip(self.target_encoder.parameters(), self.encoder.parameters(), strict=True):
             t.lerp_(s.detach(), 1.0 - m)

@@ -4,7 +4,8 @@ The objective (``ecgrisk.pretrain.masked``, ``.contrastive``, ``.cpc`` or ``.jep
 encoder as ``objective.encoder``; this module owns the loop: AdamW with a one-cycle schedule,
 seeded masks and augmentations, per-epoch mean losses (``epoch_losses``) for ``metrics.json``,
 and, for an objective with a moving-average target (``update_target``), its step after each
-optimiser step.
+training batch (one per optimiser step unless ``trainer.accumulate_grad_batches`` > 1, where
+the target moves once per batch).
 """
 
 from __future__ import annotations
