@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,17 +72,57 @@ def test_pydicom_example_matches_pydicom_and_has_no_suffix(tmp_path):
     assert read_header(plain)["leads"] == STANDARD_LEADS
 
 
-def test_pydicom_reads_the_common_dicom_as_ecgdatakit_does():
+def test_the_common_dicom_is_read_as_ecgdatakit_and_pydicom_read_it():
     from ecgdatakit import FileParser
 
     ecg = read_ecg(_dicom_example())
-    assert ecg.meta["reader"].startswith("pydicom ")  # the fast path took it
+    assert ecg.meta["reader"] == "ecgrisk.io.dicom"  # the fast path took it
     ref = FileParser.parse(_dicom_example(), units="mV")
     assert ecg.leads == tuple(lead.label for lead in ref.leads)
     np.testing.assert_allclose(ecg.signal, np.stack([lead.samples for lead in ref.leads]), atol=1e-6)
     assert ecg.fs == float(ref.leads[0].sampling_rate)
     assert (ecg.meta["age"], ecg.meta["sex"]) == (float(ref.patient.age), ref.patient.sex)
     assert ecg.meta["acquired"] == ref.recording.date.isoformat()
+    # the same float32 values as pydicom's own scaling, in the file's lead order
+    ds = pydicom.dcmread(_dicom_example())
+    assert np.array_equal(ecg.signal, (ds.waveform_array(0) * 1e-3).T.astype(np.float32))
+
+
+def _defined_lengths(ds):
+    for element in ds:
+        if element.VR == "SQ":
+            element.value.is_undefined_length = False
+            for item in element.value:
+                item.is_undefined_length_sequence_item = False
+                _defined_lengths(item)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian),
+    _defined_lengths,
+], ids=["implicit-vr", "defined-lengths"])
+def test_the_byte_walk_reads_other_encodings_of_the_same_file(tmp_path, edit):
+    from ecgrisk.io.dicom import read_dicom
+
+    expected = read_dicom(_dicom_example())
+    got = read_dicom(_edited_dicom(tmp_path, "other.dcm", edit))
+    assert got is not None and np.array_equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+def test_every_cut_of_the_dicom_example_reads_whole_or_is_left_to_ecgdatakit(tmp_path):
+    from ecgrisk.io.dicom import read_dicom
+
+    data = _dicom_example().read_bytes()
+    full = read_dicom(_dicom_example())
+    path = tmp_path / "cut.dcm"
+    outcomes = set()
+    for size in range(0, len(data), 1009):
+        path.write_bytes(data[:size])
+        got = read_dicom(path)  # never raises
+        if got is not None:  # cut after the rhythm group, in the median-beat group
+            assert np.array_equal(got[0], full[0]) and got[1:] == full[1:]
+        outcomes.add(got is None)
+    assert outcomes == {True, False}
 
 
 def _edited_dicom(tmp_path, name, edit) -> Path:
@@ -108,7 +149,7 @@ def test_an_eight_lead_dicom_in_millivolts_gets_its_limb_leads_derived(tmp_path)
 
     ecg = read_ecg(_edited_dicom(tmp_path, "eight.dcm", eight_leads_in_mv))
     full = read_ecg(_dicom_example())
-    assert ecg.meta["reader"].startswith("pydicom ") and ecg.meta["age"] == 42.0
+    assert ecg.meta["reader"] == "ecgrisk.io.dicom" and ecg.meta["age"] == 42.0
     assert ecg.meta["derived_leads"] == ["III", "aVR", "aVL", "aVF"]
     for name in ("I", "II", "V1", "V6"):
         np.testing.assert_allclose(ecg.signal[IDX[name]], full.signal[IDX[name]], atol=1e-6)
@@ -121,7 +162,8 @@ def test_an_eight_lead_dicom_in_millivolts_gets_its_limb_leads_derived(tmp_path)
     lambda ds: setattr(ds.WaveformSequence[0].ChannelDefinitionSequence[3]
                        .ChannelSensitivityUnitsSequence[0], "CodeValue", "mmHg"),
     lambda ds: setattr(ds.WaveformSequence[0].ChannelDefinitionSequence[0], "ChannelBaseline", "5"),
-], ids=["padding-value", "pressure-unit", "baseline"])
+    lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", pydicom.uid.DeflatedExplicitVRLittleEndian),
+], ids=["padding-value", "pressure-unit", "baseline", "deflated"])
 def test_a_dicom_outside_the_common_case_is_left_to_ecgdatakit(tmp_path, edit):
     from ecgrisk.io.dicom import read_dicom
 
@@ -316,22 +358,33 @@ def _value_tell(element) -> int:
     return element.value_tell if hasattr(element, "value_tell") else element.file_tell  # raw or not
 
 
-def _assert_read_as_pydicom_reads_it(read, path: Path) -> None:
+def _plain(ds, wanted: dict) -> dict:
+    """A pydicom data set as ``_dataset`` returns one: the ``wanted`` elements by keyword."""
+    out = {}
+    for tag, (name, kind) in wanted.items():
+        if tag in ds:
+            value = ds[tag].value
+            out[name] = ([_plain(item, kind) for item in value] if isinstance(kind, dict)
+                         else bytes(value) if kind == "OB" else value if kind in ("US", "UL")
+                         else str(value))
+    return out
+
+
+def _assert_read_as_pydicom_reads_it(read: dict, path: Path) -> None:
     """``_dataset``'s elements are pydicom's, its waveform sequence cut after the first group
     that is not a median one."""
-    from ecgrisk.io.dicom import _TAGS
+    from ecgrisk.io.dicom import _TOP
 
-    full = pydicom.dcmread(path, specific_tags=_TAGS)
-    groups, kept = list(full.WaveformSequence), list(read.WaveformSequence)
-    assert kept == groups[:len(kept)] and kept[-1].MultiplexGroupLabel == "RHYTHM"
-    assert all(g.MultiplexGroupLabel.startswith("MEDIAN") for g in kept[:-1])
-    assert ({e.tag: e.value for e in read if e.keyword != "WaveformSequence"}
-            == {e.tag: e.value for e in full if e.keyword != "WaveformSequence"})
+    full = _plain(pydicom.dcmread(path), _TOP)
+    groups, kept = full.pop("WaveformSequence"), read.pop("WaveformSequence")
+    assert kept == groups[:len(kept)] and kept[-1]["MultiplexGroupLabel"] == "RHYTHM"
+    assert all(g["MultiplexGroupLabel"].startswith("MEDIAN") for g in kept[:-1])
+    assert read == full and full["PatientAge"] == "042Y"
 
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit-vr", "implicit-vr"])
 def test_dicom_annotations_are_stepped_over_to_where_pydicom_ends_them(tmp_path, implicit):
-    from ecgrisk.io.dicom import _dataset, _sequence_end
+    from ecgrisk.io.dicom import _SEQUENCE_END, _close, _dataset
 
     path = tmp_path / "ecg.dcm"
     ds = pydicom.dcmread(_dicom_example())
@@ -342,14 +395,12 @@ def test_dicom_annotations_are_stepped_over_to_where_pydicom_ends_them(tmp_path,
     ds.save_as(path, implicit_vr=implicit, little_endian=True)
     start, end = _annotations_at(path)
     data = path.read_bytes()
-    assert _sequence_end(data, start + (8 if implicit else 12), not implicit) == end
-    read = _dataset(path)
-    _assert_read_as_pydicom_reads_it(read, path)
-    np.testing.assert_array_equal(read.waveform_array(0), ds.waveform_array(0))
+    assert _close(data, start + (8 if implicit else 12), not implicit, _SEQUENCE_END) == end
+    _assert_read_as_pydicom_reads_it(_dataset(data), path)
 
 
-def test_dicom_with_broken_annotations_reads_as_pydicom_reads_it(tmp_path):
-    from ecgrisk.io.dicom import _TAGS, _dataset, _sequence_end
+def test_dicom_with_broken_annotations_is_left_to_ecgdatakit(tmp_path):
+    from ecgrisk.io.dicom import _SEQUENCE_END, _close, read_dicom
 
     start, _ = _annotations_at(_dicom_example())
     data = bytearray(_dicom_example().read_bytes())
@@ -357,14 +408,8 @@ def test_dicom_with_broken_annotations_reads_as_pydicom_reads_it(tmp_path):
     path = tmp_path / "broken.dcm"
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="no item"):
-        _sequence_end(bytes(data), start + 12, True)
-    try:
-        expected = pydicom.dcmread(path, specific_tags=_TAGS)
-    except Exception as e:  # noqa: BLE001 - whatever pydicom says, _dataset must say the same
-        with pytest.raises(type(e)):
-            _dataset(path)
-    else:
-        assert _dataset(path) == expected
+        _close(bytes(data), start + 12, True, _SEQUENCE_END)
+    assert read_dicom(path) is None
 
 
 @pytest.mark.parametrize("edit", [
@@ -375,8 +420,8 @@ def test_dicom_without_undefined_length_annotations_reads_as_pydicom_reads_it(tm
     from ecgrisk.io.dicom import _dataset
 
     path = _edited_dicom(tmp_path, "ecg.dcm", edit)
-    _assert_read_as_pydicom_reads_it(_dataset(path), path)
-    assert read_ecg(path).meta["reader"].startswith("pydicom ")
+    _assert_read_as_pydicom_reads_it(_dataset(path.read_bytes()), path)
+    assert read_ecg(path).meta["reader"] == "ecgrisk.io.dicom"
 
 
 def test_a_median_group_before_the_rhythm_group_is_read_over(tmp_path):
@@ -386,8 +431,19 @@ def test_a_median_group_before_the_rhythm_group_is_read_over(tmp_path):
         ds.WaveformSequence = pydicom.Sequence(list(ds.WaveformSequence)[::-1])
 
     path = _edited_dicom(tmp_path, "ecg.dcm", medians_first)
-    read = _dataset(path)
-    assert [g.MultiplexGroupLabel for g in read.WaveformSequence] == ["MEDIAN BEAT", "RHYTHM"]
+    read = _dataset(path.read_bytes())
+    assert [g["MultiplexGroupLabel"] for g in read["WaveformSequence"]] == ["MEDIAN BEAT", "RHYTHM"]
     _assert_read_as_pydicom_reads_it(read, path)
     signal, _, fs, _ = read_dicom(path)
-    np.testing.assert_allclose(signal, read_ecg(_dicom_example()).signal, atol=1e-6)
+    assert np.array_equal(signal, read_ecg(_dicom_example()).signal)
+
+
+def test_the_common_dicom_reads_without_the_formats_extra(tmp_path, monkeypatch):
+    odd = _edited_dicom(tmp_path, "odd.dcm",  # a padding value: only ecgdatakit reads it
+                        lambda ds: ds.WaveformSequence[0].add_new(0x5400100A, "OW", b"\x00\x80"))
+    for name in ("ecgdatakit", "pydicom"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    ecg = read_ecg(_dicom_example())
+    assert ecg.meta["reader"] == "ecgrisk.io.dicom" and ecg.signal.shape == (12, 10000)
+    with pytest.raises(UnknownFormatError, match=r"no reader for it is installed.*ecgrisk\[formats\]"):
+        read_ecg(odd)

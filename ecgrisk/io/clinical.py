@@ -4,9 +4,9 @@ The format is told from the file's first bytes (:func:`sniff`), never from its s
 DICOM file without extension or an aECG saved as ``.txt`` is read all the same. Decoding is done
 by ecgdatakit (pinned in the ``formats`` extra; DICOM through pydicom underneath): one well-kept
 library that reads all six formats, including Philips' XLI-compressed waveforms, rather than six
-parsers of our own. The common DICOM file is read by pydicom directly (:mod:`ecgrisk.io.dicom`),
-in half the time, and the common GE MUSE file by the standard library (:mod:`ecgrisk.io.muse`), in
-less than half. The sniffing stays here so a file is recognised, and named in the error, even
+parsers of our own. The common DICOM file is read from its bytes (:mod:`ecgrisk.io.dicom`), in a
+twelfth of the time, and the common GE MUSE file by the standard library (:mod:`ecgrisk.io.muse`),
+in less than half. The sniffing stays here so a file is recognised, and named in the error, even
 where the extra is not installed.
 """
 
@@ -36,9 +36,10 @@ CLINICAL_FORMATS = ("dicom", "ge-muse-xml", "philips-xml", "hl7-aecg", "scp-ecg"
 # suffixes worth sniffing when a folder is searched; files without a suffix are sniffed too
 # (DICOM files from a PACS export often have none)
 CLINICAL_SUFFIXES = (".dcm", ".dicom", ".xml", ".edf", ".scp", ".ecg")
-# what reading the first clinical file imports: the libraries of the formats extra, and
-# scipy.fft to bring such files (500 or 1000 Hz) to a model's rate; about half a second together
-CLINICAL_IMPORTS = ("pydicom", "ecgdatakit", "scipy.fft")
+# what reading the first common clinical file imports: scipy.fft, to bring such files (500 or
+# 1000 Hz) to a model's rate (0.16-0.26 s). ecgdatakit and pydicom (0.2 s together) are
+# imported only when a file falls back to them.
+CLINICAL_IMPORTS = ("scipy.fft",)
 _SNIFF_BYTES = 4096
 # ecgdatakit's source_format -> ours
 _ECGDATAKIT_NAMES = {"dicom_waveform": "dicom", "ge_muse_xml": "ge-muse-xml",
