@@ -88,6 +88,24 @@ def test_the_common_dicom_is_read_as_ecgdatakit_and_pydicom_read_it():
     assert np.array_equal(ecg.signal, (ds.waveform_array(0) * 1e-3).T.astype(np.float32))
 
 
+
+def test_corrupted_dicom_bytes_never_raise_from_the_byte_walk(tmp_path):
+    from ecgrisk.io.dicom import read_dicom
+
+    data = _dicom_example().read_bytes()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "corrupt.dcm"
+    outcomes = set()
+    for _ in range(300):  # bytes of the elements' headers, annotations and channel definitions
+        corrupt = bytearray(data)
+        for pos in rng.integers(0, 60_000, size=rng.integers(1, 5)):
+            corrupt[pos] = rng.integers(0, 256)
+        path.write_bytes(bytes(corrupt))
+        got = read_dicom(path)  # None (ecgdatakit decides) or a reading, never an exception
+        outcomes.add(got is None)
+        assert got is None or (got[0].dtype == np.float32 and got[0].shape[0] == len(got[1]))
+    assert outcomes == {True, False}
+
 def _defined_lengths(ds):
     for element in ds:
         if element.VR == "SQ":
