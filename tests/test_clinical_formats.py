@@ -456,12 +456,13 @@ def test_a_median_group_before_the_rhythm_group_is_read_over(tmp_path):
     assert np.array_equal(signal, read_ecg(_dicom_example()).signal)
 
 
-def test_the_common_dicom_reads_without_the_formats_extra(tmp_path, monkeypatch):
+def test_the_common_dicom_and_muse_files_read_without_the_formats_extra(tmp_path, monkeypatch):
     odd = _edited_dicom(tmp_path, "odd.dcm",  # a padding value: only ecgdatakit reads it
                         lambda ds: ds.WaveformSequence[0].add_new(0x5400100A, "OW", b"\x00\x80"))
     for name in ("ecgdatakit", "pydicom"):
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
     ecg = read_ecg(_dicom_example())
     assert ecg.meta["reader"] == "ecgrisk.io.dicom" and ecg.signal.shape == (12, 10000)
+    assert read_ecg(MUSE).meta["reader"] == "ecgrisk.io.muse"
     with pytest.raises(UnknownFormatError, match=r"no reader for it is installed.*ecgrisk\[formats\]"):
         read_ecg(odd)
