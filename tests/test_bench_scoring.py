@@ -37,6 +37,10 @@ def test_the_readers_time_splits_by_format_over_every_file(tmp_path):
     for k, ms in r["read_ms_per_file"].items():
         assert r["read_share"][k] == pytest.approx(formats[k] * ms / total)
     assert r["timed_s"] * 1e3 >= total * 0.999
+    # each format's first file is one of its files: at most that format's whole time
+    assert set(r["first_file_ms"]) == set(r["read_ms_per_file"])
+    for k, ms in r["first_file_ms"].items():
+        assert 0 < ms <= formats[k] * r["read_ms_per_file"][k] * 1.000001
 
 
 def test_repeated_runs_summarise_to_the_median_run_with_their_range_and_largest_memory():
