@@ -4,14 +4,14 @@ ecgdatakit (:mod:`ecgrisk.io.clinical`) reads DICOM through pydicom, and decodes
 and annotation of the file first: 23.7 ms for pydicom's own 12-lead example. pydicom alone, asked
 for the few elements used here, still took 6.3 ms, most of it in its per-element Python; in the
 scoring benchmark's mixed folder DICOM was 5% of the files and 41% of the readers' time. So
-:func:`read_dicom` walks the bytes itself (1.9 ms; the three medians of 7 alternating rounds on
-one core), for the common case only: a Part 10 file in implicit or explicit VR little endian
-whose first rhythm multiplex group holds integer samples, every channel a coded standard lead
-in V, mV or uV with a stated sensitivity, a zero baseline and no padding value. It decodes what pydicom's ``waveform_array`` does, to the same float32 values (a
-test holds it to pydicom on the example and on edited copies). Anything else returns None and
-ecgdatakit reads the file in full (big-endian or deflated syntaxes, mu-law samples, padded or
-uncoded channels, baselines, bytes the walk cannot follow), so an unusual file is read as it was
-before this module.
+:func:`read_dicom` walks the bytes itself (1.9 ms; the three medians of 7 alternating rounds on one
+core), for the common case only: a Part 10 file in implicit or explicit VR little endian whose
+first rhythm multiplex group holds integer samples, every channel a coded standard lead in V, mV or
+uV with a stated sensitivity, a zero baseline and no padding value. It decodes what pydicom's
+``waveform_array`` does, to the same float32 values (a test holds it to pydicom on the example and
+on edited copies). Anything else returns None and ecgdatakit reads the file in full (big-endian or
+deflated syntaxes, mu-law samples, padded or uncoded channels, baselines, bytes the walk cannot
+follow), so an unusual file is read as it was before this module.
 
 The walk reads only the elements of :data:`_TOP` and stops after the waveform sequence's rhythm
 group; the elements between are stepped over by their lengths, and an undefined-length sequence
