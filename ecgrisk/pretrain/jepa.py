@@ -47,7 +47,7 @@ class LatentPredictionModel(nn.Module):
     def __init__(self, encoder: Encoder, mask_ratio: float = 0.5, span: int = 50,
                  predictor_channels: int = 256, momentum: float = 0.996) -> None:
         super().__init__()
-        n_masked(2, mask_ratio)
+        n_masked(2, mask_ratio)  # validates the ratio early, as the masked objectives do
         if span < 1:
             raise ValueError(f"LatentPredictionModel: span={span} must be >= 1")
         if not 0 <= momentum < 1:
