@@ -74,6 +74,15 @@ def test_apply_temperature_by_hand():
     assert apply_temperature(np.array([0.0, 2.0]), np.array([2.0])).shape == (2,)
 
 
+def test_calibrated_probabilities_keep_both_tails_as_scipy_does():
+    from scipy.special import expit
+
+    z = np.array([[-700.0, -300.0, -40.0, -1e-9, 0.0, 1e-9, 3.0, 40.0, 800.0]])
+    p = apply_temperature(z, np.ones(z.shape[1]))
+    np.testing.assert_allclose(p, expit(z), rtol=1e-12, atol=0)  # relative: 4e-18 is not 0
+    assert p[0, 2] > 0 and p[0, -1] == 1.0 and p[0, 4] == 0.5
+
+
 def test_prob_to_logit_round_trips_and_stays_finite():
     p = np.array([[0.0, 0.25, 0.5, 1.0]])
     z = prob_to_logit(p)

@@ -99,6 +99,22 @@ def test_ecg_folder_lists_each_record_once(ecg_tree, challenge_record):
     assert only_wfdb.record_ids == [challenge, "records100/00000/00001_lr"]
 
 
+def test_ecg_folder_scan_order_and_what_it_skips(tmp_path):
+    root = tmp_path / "scan"
+    for rel in ("a/b.npy", "a-c.npy", "a/.hidden.npy", "a/x.y/z.npy", "B.npy", ".cache/h.npy"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(root / rel, np.zeros((12, 10)))
+    (root / "linked").symlink_to(root / "a", target_is_directory=True)  # not followed
+    (root / "b.npy").symlink_to(root / "B.npy")  # a symlinked file is a file
+    (root / "broken.npy").symlink_to(root / "gone.npy")
+    ds = ECGFolder(root)
+    # sorted as paths sort, part by part: "a/..." before "a-c" although "-" < "/" as characters
+    assert ds.record_ids == ["B", "a/b", "a/x.y/z", "a-c", "b"]
+    assert sorted(ds.paths) == sorted(str(root / f"{r}.npy") for r in ds.record_ids)
+    assert ds.paths[1] == str(root / "a/b.npy")
+    assert ECGFolder(root, pattern="a/*").record_ids == ["a/b", "a/x.y/z"]
+
+
 def test_ecg_folder_ids_unique(ecg_tree, tmp_path):
     np.save(ecg_tree / "records100/00000/00001_lr.npy", np.zeros((12, 10)))
     ds = ECGFolder(ecg_tree)

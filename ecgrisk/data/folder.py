@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,20 +22,19 @@ def _candidates(root: Path, pattern: str | None) -> tuple[list[tuple[str, Path]]
     files named like a clinical ECG export whose content is none."""
     found: list[tuple[str, str, Path]] = []  # (relative stem, suffix, path given to read_ecg)
     unknown: list[Path] = []
-    for f in sorted(root.rglob("*")):
-        rel = f.relative_to(root)
-        # hidden folders hold caches and checkpoints, not recordings
-        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+    for parts, path in _files(root):
+        rel = "/".join(parts)
+        if pattern is not None and not fnmatch.fnmatch(rel, pattern):
             continue
-        if pattern is not None and not fnmatch.fnmatch(rel.as_posix(), pattern):
-            continue
+        f = Path(path)
         suffix = f.suffix.lower()
+        stem = rel[: len(rel) - len(suffix)]
         if suffix == ".hea":
             # the signal file (.dat, .mat, ...) is named inside the header: one entry per record
-            found.append((rel.with_suffix("").as_posix(), suffix, f.with_suffix("")))
+            found.append((stem, suffix, f.with_suffix("")))
         elif suffix in NUMPY_SUFFIXES or (
                 (suffix in CLINICAL_SUFFIXES or not suffix) and sniff(f) is not None):
-            found.append((rel.with_suffix("").as_posix(), suffix, f))
+            found.append((stem, suffix, f))
         elif suffix in CLINICAL_SUFFIXES:
             unknown.append(f)
     counts = Counter(stem for stem, _, _ in found)
@@ -42,6 +42,36 @@ def _candidates(root: Path, pattern: str | None) -> tuple[list[tuple[str, Path]]
     return [
         (stem if counts[stem] == 1 else stem + suffix, path) for stem, suffix, path in found
     ], unknown
+
+
+def _files(root: Path) -> list[tuple[tuple[str, ...], str]]:
+    """``(path parts relative to root, path)`` of every file under ``root``, sorted as paths
+    sort; hidden files and folders (caches, checkpoints) and symlinked folders left out.
+
+    ``os.scandir`` rather than ``Path.rglob``: its entries know their type, so only symlinks
+    cost a ``stat``, and no Path is made for what is skipped.
+    """
+    out = []
+    stack: list[tuple[tuple[str, ...], str]] = [((), str(root))]
+    while stack:
+        parts, folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:  # unreadable folder: skipped, as rglob skips it
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((parts + (e.name,), e.path))
+                elif e.is_file():
+                    out.append((parts + (e.name,), e.path))
+            except OSError:
+                continue
+    out.sort()
+    return out
 
 
 class ECGFolder(RecordSet):
