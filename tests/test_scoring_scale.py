@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from ecgrisk.bundle import Bundle
-from ecgrisk.input_spec import InputSpec
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
@@ -33,19 +32,6 @@ def bundle_path(tmp_path_factory):
            preprocessing=Preprocessing(fs=100.0), scaler=Scaler(0.0, 0.2),
            temperature=np.array([1.0, 2.0, 0.5, 1.5, 0.8]), name="tiny", version="1").save(path)
     return path
-
-
-class Inline:
-    """A reader pool that reads each chunk when it is handed over, and notes its records."""
-
-    def __init__(self, submitted: list):
-        self.submitted = submitted
-
-    def submit(self, fn, chunk, *args):
-        self.submitted.extend(chunk)
-        f = Future()
-        f.set_result(fn(chunk, *args))
-        return f
 
 
 def _rows(path):
@@ -78,7 +64,15 @@ def test_readers_hold_the_next_batch_while_the_model_scores(ptbxl_root, bundle_p
     they read it while the model works (with only the readers' own queue of 4 chunks in flight,
     they ran dry and each batch waited for its second half)."""
     submitted = []
-    monkeypatch.setattr(reading, "worker_pool", lambda *a, **k: nullcontext(Inline(submitted)))
+
+    class Inline:  # a reader pool that reads each chunk when it is handed over
+        def submit(self, fn, chunk, *args):
+            submitted.extend(chunk)
+            f = Future()
+            f.set_result(fn(chunk, *args))
+            return f
+
+    monkeypatch.setattr(reading, "worker_pool", lambda *a, **k: nullcontext(Inline()))
     at_call = []
     real = Predictor.window_logits
 
@@ -115,69 +109,6 @@ def test_readers_start_before_the_model_loads(ptbxl_root, bundle_path, tmp_path,
     assert at_load == [2]
     assert len(_rows(tmp_path / "s.csv")) == 4
     assert not mp.active_children()  # ended with the job
-
-
-def test_a_fresh_run_hands_its_first_records_to_the_readers_before_torch(
-        ptbxl_root, bundle_path, tmp_path, monkeypatch):
-    """The readers take a head start of records from the bundle's metadata, read without torch,
-    while the main process imports torch and loads the model; a resumed run learns what is left
-    only from its old rows, after the load."""
-    from ecgrisk.scoring import job
-
-    submitted, at_load = [], []
-    monkeypatch.setattr(reading, "worker_pool", lambda *a, **k: nullcontext(Inline(submitted)))
-    real = Bundle.load
-
-    def load(*args, **kwargs):
-        at_load.append(len(submitted))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(Bundle, "load", load)
-    monkeypatch.setattr(job, "HEAD_START_RECORDS", 6)
-    inputs = [str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr") for i in range(1, 41)]
-    out = tmp_path / "s.csv"
-    # 8 windows a record, batches of 16: 2 chunks ahead, 4 for the one reader, 6 head start
-    score_files(inputs, bundle_path, out, workers=1, batch_size=16, chunk_size=1, progress=False)
-    assert at_load == [4 + 2 + 6] and len(submitted) == 40
-    first = _rows(out)
-    assert [r["record"] for r in first] == [f"{i:05d}_lr" for i in range(1, 41)]
-    submitted.clear()
-    at_load.clear()
-    score_files(inputs, bundle_path, out, workers=1, batch_size=16, chunk_size=1, progress=False,
-                resume=True)
-    assert at_load == [0] and submitted == []  # every row carried over
-    assert _rows(out) == first
-
-
-def test_read_records_takes_the_head_start_before_it_submits_more(tmp_path):
-    submitted = []
-    records = [(f"r{i}", str(tmp_path / f"absent{i}.npz")) for i in range(20)]
-    spec = InputSpec(Preprocessing(fs=100.0), Scaler(0.0, 1.0), window=250, stride=125)
-    stream = reading.read_records(records, spec, reading.Readers(Inline(submitted), 1),
-                                  chunk_size=1, ahead=2, start=5)
-    assert len(submitted) == 4 + 2 + 5  # handed over before anything is taken
-    in_flight, taken = [], []
-    for rec in stream:
-        taken.append(rec)
-        in_flight.append(len(submitted) - len(taken))
-    assert [rec.record for rec in taken] == [r for r, _ in records]
-    assert {rec.error.split(":")[0] for rec in taken} == {"MissingSignalFileError"}
-    assert in_flight[:7] == [10, 9, 8, 7, 6, 6, 6]  # down to the limit, then held there
-    assert max(in_flight[5:]) == 6 and in_flight[-1] == 0
-
-
-def test_a_bundle_replaced_while_it_loads_is_refused(ptbxl_root, bundle_path, tmp_path,
-                                                     monkeypatch):
-    from ecgrisk.bundle_files import BundleError, peek_meta
-    from ecgrisk.scoring import job
-
-    meta = peek_meta(bundle_path)
-    assert meta is not None and meta["name"] == "tiny" and meta["kind"] == "bundle"
-    monkeypatch.setattr(job, "peek_meta", lambda path: meta | {"version": "0"})
-    rec = str(ptbxl_root / "records100" / "00000" / "00001_lr")
-    with pytest.raises(BundleError, match="changed while it was being loaded"):
-        score_files([rec], bundle_path, tmp_path / "s.csv", workers=1, progress=False)
-    assert not (tmp_path / "s.csv").exists()
 
 
 def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_path):

@@ -3,9 +3,8 @@
 Reader processes (``workers``, :mod:`ecgrisk.scoring.reading`) read, preprocess, scale and
 quality-check records in small chunks; the main process gathers their windows into batches of
 ``batch_size`` for the model and writes rows (:mod:`ecgrisk.scoring.rows`) as soon as a batch is
-done. At most ``4 * workers`` chunks and a batch of 10 s records are in flight (1,024 records
-more at the start, read while the main process imports torch), so memory stays flat however
-many files there are. Rows go to a partial file beside the output that
+done. At most ``4 * workers`` chunks and a batch of 10 s records are in flight, so memory
+stays flat however many files there are. Rows go to a partial file beside the output that
 replaces it only at the end (:mod:`ecgrisk.scoring.table`); an interrupted run leaves its
 partial file, which ``resume=True`` reads (with the previous output) and carries forward. An exception (or
 :class:`~ecgrisk.signals.Interrupted`) ends the reader processes before it leaves.
@@ -13,16 +12,13 @@ partial file, which ``resume=True`` reads (with the previous output) and carries
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ecgrisk.bundle_files import BundleError, peek_meta
-from ecgrisk.input_spec import InputSpec
 from ecgrisk.io.inputs import collect_records
 from ecgrisk.progress import progress_bar
 from ecgrisk.scoring.reading import ReadRecord, read_records, reader_pool
@@ -39,9 +35,6 @@ __all__ = ["record_groups", "score_files"]
 T = TypeVar("T")
 
 RESTING_ECG_S = 10.0  # the length of a resting 12-lead ECG, to size the read-ahead
-# records the readers may read before the model is ready: about what one core reads while the
-# other imports torch and loads the bundle (1-1.5 s); 1,024 10-s records at 100 Hz hold 49 MB
-HEAD_START_RECORDS = 1024
 
 
 def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os.PathLike, *,
@@ -80,65 +73,24 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
     out = Path(out)
     t0 = time.perf_counter()
     records = collect_records(inputs)
-
-    @functools.cache
-    def load() -> Predictor:
-        # imported only now: torch's import and the bundle's load keep one core busy for 1-1.5
-        # s, while the readers start and read on the other
+    with reader_pool(workers, records) as readers:
+        # imported only now, with the readers starting: torch's import and the bundle's load
+        # keep one core busy for about a second, the readers' own start-up takes the other
         from ecgrisk.bundle import Bundle
         from ecgrisk.scoring.predict import Predictor
 
-        return Predictor(Bundle.load(bundle_path), backend=backend, onnx_path=onnx_path,
-                         bundle_path=bundle_path)
-
-    with reader_pool(workers, records) as readers:
-        try:  # what the readers need, from the file's metadata without torch
-            about = _About.of(peek_meta(bundle_path))
-        except Exception:  # not a bundle peek_meta reads: Bundle.load reads it, or says why not
-            about = _About.of(load().bundle.meta())
-        bands = check_bands(bands if bands is not None else about.risk_bands)
-        summary = _score(records, about, load, readers, out, resume, bands, batch_size,
-                         chunk_size, missing_leads, npy_fs, progress, top_n)
+        bundle = Bundle.load(bundle_path)
+        bands = check_bands(bands if bands is not None else bundle.risk_bands)
+        predictor = Predictor(bundle, backend=backend, onnx_path=onnx_path, bundle_path=bundle_path)
+        summary = _score(records, predictor, readers, out, resume, bands, batch_size, chunk_size,
+                         missing_leads, npy_fs, progress, top_n)
     summary.wall_s = time.perf_counter() - t0
     return summary
 
 
-class _About(NamedTuple):
-    """What scoring needs to know of a bundle before its model is loaded."""
-
-    spec: InputSpec
-    classes: list[str]
-    name: str
-    version: str
-    risk_bands: tuple[float, float]
-
-    @classmethod
-    def of(cls, meta: dict) -> _About:
-        return cls(InputSpec.from_meta(meta), list(meta["classes"]), meta["name"],
-                   meta["version"], tuple(meta["risk_bands"]))
-
-
-def _score(records, about: _About, load: Callable[[], Predictor], readers, out: Path,
-           resume: bool, bands, batch_size: int, chunk_size: int, missing_leads: str, npy_fs,
-           progress: bool, top_n: int) -> ScoreSummary:
-    """``about`` the bundle that ``load`` loads, once the readers have started."""
-    spec = about.spec
-    # a batch of resting ECGs' worth of chunks in flight beyond the readers' own queue, so
-    # they read the next batch while the model scores this one
-    per_record = max(1, round(RESTING_ECG_S * spec.preprocessing.fs) // spec.stride)
-    ahead = -(-batch_size // (per_record * chunk_size))
-
-    def stream(todo):
-        return read_records(todo, spec, readers, chunk_size, missing_leads, npy_fs, ahead=ahead,
-                            start=HEAD_START_RECORDS // chunk_size)
-
-    # a fresh run's readers start on its records before the model is loaded; a resumed run's
-    # records are known only from the old rows, read below
-    fresh = None if resume else stream(records)
-    predictor = load()
+def _score(records, predictor, readers, out: Path, resume: bool, bands, batch_size: int,
+           chunk_size: int, missing_leads: str, npy_fs, progress: bool, top_n: int) -> ScoreSummary:
     bundle = predictor.bundle
-    if _About.of(bundle.meta()) != about:
-        raise BundleError(f"{bundle.name}: the bundle file changed while it was being loaded")
     classes = list(bundle.classes)
     columns = output_columns(classes)
     summary = ScoreSummary(top_n=top_n)
@@ -157,9 +109,14 @@ def _score(records, about: _About, load: Callable[[], Predictor], readers, out: 
                 writer.write([row])
                 summary.add(row, classes, resumed=True)
         todo = [r for r in records if r[1] not in done]
-        records_read = fresh if fresh is not None else stream(todo)
-        with progress_bar(len(todo), "scoring", enabled=progress) as advance, closing(records_read):
-            for group in record_groups(records_read, lambda rec: (rec.length or 0) // spec.stride,
+        # a batch of resting ECGs' worth of chunks in flight beyond the readers' own queue, so
+        # they read the next batch while the model scores this one
+        spec = predictor.spec
+        per_record = max(1, round(RESTING_ECG_S * spec.preprocessing.fs) // spec.stride)
+        stream = read_records(todo, spec, readers, chunk_size, missing_leads, npy_fs,
+                              ahead=-(-batch_size // (per_record * chunk_size)))
+        with progress_bar(len(todo), "scoring", enabled=progress) as advance, closing(stream):
+            for group in record_groups(stream, lambda rec: (rec.length or 0) // spec.stride,
                                        batch_size):
                 _flush(group, predictor, writer, summary, bands, batch_size)
                 advance(len(group))

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -137,41 +136,28 @@ def reader_pool(workers: int, records: list[tuple[str, str]]) -> Iterator[Reader
 
 def read_records(records: list[tuple[str, str]], spec: InputSpec, readers: Readers | None,
                  chunk_size: int, missing_leads: str = "pad", npy_fs: float | None = None,
-                 ahead: int = 0, start: int = 0) -> Iterator[ReadRecord]:
-    """Read records in input order: the readers start on them now, and the returned iterator
-    yields them with at most ``4 * workers + ahead`` chunks in flight.
+                 ahead: int = 0) -> Iterator[ReadRecord]:
+    """Yield read records in input order with at most ``4 * workers + ahead`` chunks in flight.
 
-    ``readers`` come from :func:`reader_pool`; None reads in the calling process, as the
-    iterator is consumed. A consumer that stops to work on what it took (the model on a batch)
-    should ask for a batch's worth of chunks ``ahead``: a chunk is only submitted as another is
-    taken, so with less in flight the readers run dry during that work and the next batch waits
-    for them. ``start`` more chunks go to the readers at once, for a consumer that is not ready
-    yet (the main process importing torch); they are taken before any new chunk is submitted.
-    An exception leaving the :func:`reader_pool` ends the readers at once, with what is still
-    queued.
+    ``readers`` come from :func:`reader_pool`; None reads in the calling process. A consumer
+    that stops to work on what it took (the model on a batch) should ask for a batch's worth of
+    chunks ``ahead``: chunks are only submitted as others are taken, so with less in flight the
+    readers run dry during that work and the next batch waits for them. An exception leaving
+    the :func:`reader_pool` ends the readers at once, with what is still queued.
 
     Spawned readers import the caller's main script again, as multiprocessing's spawn does: a
     script that imports torch at its top level costs every reader torch's import (seconds,
     and about 50 MB each) before its first record. ``ecgrisk score`` imports nothing heavy
     there, nor does ``scripts/bench_scoring.py``.
     """
-    chunks = _chunks(records, chunk_size)
     if readers is None:
-        return (rec for chunk in chunks for rec in read_chunk(chunk, spec, missing_leads, npy_fs))
-    limit = 4 * readers.workers + ahead
-
-    def submit(chunk):
-        return readers.executor.submit(read_chunk, chunk, spec, missing_leads, npy_fs)
-
-    pending = deque(submit(chunk) for chunk in islice(chunks, limit + start))
-    return _in_order(pending, chunks, submit, limit)
-
-
-def _in_order(pending: deque, chunks: Iterator, submit, limit: int) -> Iterator[ReadRecord]:
+        for chunk in _chunks(records, chunk_size):
+            yield from read_chunk(chunk, spec, missing_leads, npy_fs)
+        return
+    pending: deque = deque()
+    for chunk in _chunks(records, chunk_size):
+        pending.append(readers.executor.submit(read_chunk, chunk, spec, missing_leads, npy_fs))
+        if len(pending) >= 4 * readers.workers + ahead:
+            yield from pending.popleft().result()
     while pending:
-        done = pending.popleft()
-        if len(pending) < limit:  # keep the readers busy while the consumer works on this one
-            chunk = next(chunks, None)
-            if chunk is not None:
-                pending.append(submit(chunk))
-        yield from done.result()
+        yield from pending.popleft().result()
