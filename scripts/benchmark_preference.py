@@ -20,7 +20,9 @@ on the guard half. Each arm runs ``max(--judgements) / q`` rounds of ``q`` = gcd
 verdicts and is read at each requested count: the report-half macro AUROC, Brier, ECE and
 agreement with the cardiologist, with 90% bootstrap intervals over report-half records (one set
 of resamples for every row), and ``gap_closed = (refined - base) / (oracle - base)`` of macro
-AUROC. Rows "mean" average the seeds within each resample.
+AUROC. Rows "mean" average the seeds within each resample. Two yardsticks come first: the
+oracle's head trained on ``n`` clean pool labels drawn at random, and (``scarce``) on those
+together with the base's own training records (replay). ``--arms ''`` computes only these.
 
 Writes ``results/preference_<scenario>.{json,md,png}``.
 """
@@ -57,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenario", choices=SCENARIOS, required=True)
     p.add_argument("--judgements", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of arms")
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help="comma-separated subset of arms ('': the reference rows only)")
     p.add_argument("--base", default=None, help="a fine-tuned model.pt (default: fine-tune one "
                                                 "on --base-fraction of folds 1-8)")
     p.add_argument("--base-fraction", type=float, default=0.05)
@@ -73,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="extra refine config overrides for every arm, "
                                                 "e.g. guard.tolerance=0.01")
     args = p.parse_args(argv)
-    unknown = set(args.arms.split(",")) - set(ARMS)
+    args.arms = [a for a in args.arms.split(",") if a]
+    unknown = set(args.arms) - set(ARMS)
     if unknown:
         p.error(f"--arms: unknown {sorted(unknown)}; choose from {list(ARMS)}")
     if min(args.judgements) < 1:
@@ -140,27 +144,61 @@ def oracle(bundle, sets, classes, seed: int = 0, lr: float = 1e-3, batch: int = 
 
 
 REFERENCE = "reference: n clean labels"
+REPLAY = "reference: the base's labels + n clean labels"
+REFERENCES = (REFERENCE, REPLAY)
 
 
 def reference_rows(bundle, sets, classes, counts: list[int], seeds: int, y, base_p, oracle_p,
-                   ids) -> list[dict]:
+                   ids, own=None) -> list[dict]:
     """What ``n`` perfectly labelled pool ECGs, drawn at random, give the same head trained as
-    the oracle is (no noise, no guard): the yardstick for ``n`` judgements."""
+    the oracle is (no noise, no guard): the yardstick for ``n`` judgements. With ``own`` (the
+    base's training records), also that head trained on them and the ``n`` together: replay of
+    what the base learned from, beside what the judgements add."""
     rows = []
-    for n in sorted(counts):
-        if n >= len(sets.pool):
-            continue
-        t0, got = time.perf_counter(), []
-        for s in range(seeds):
-            idx = np.sort(np.random.default_rng(s).choice(len(sets.pool), n, replace=False))
-            p, _ = oracle(bundle, dataclasses.replace(sets, pool=sets.pool.subset(idx)), classes,
-                          seed=s, steps=1000, every=50)
-            got.append(p)
-        rows.append({"arm": REFERENCE, "judgements": n, "seed": "mean", "kept": "-",
-                     "guard_auroc": None, "reward_pair_accuracy": None,
-                     "wall_s": (time.perf_counter() - t0) / seeds,
-                     **summarise(y, got, base_p, oracle_p, ids)})
+    for arm, extra in [(REFERENCE, None)] + ([(REPLAY, own)] if own is not None else []):
+        for n in sorted(counts):
+            if n >= len(sets.pool):
+                continue
+            t0, got = time.perf_counter(), []
+            for s in range(seeds):
+                idx = np.sort(np.random.default_rng(s).choice(len(sets.pool), n, replace=False))
+                train = sets.pool.subset(idx) if extra is None else _joined(extra,
+                                                                          sets.pool.subset(idx))
+                p, _ = oracle(bundle, dataclasses.replace(sets, pool=train), classes, seed=s,
+                              steps=1000, every=50)
+                got.append(p)
+            rows.append({"arm": arm, "judgements": n, "seed": "mean", "kept": "-",
+                         "guard_auroc": None, "reward_pair_accuracy": None,
+                         "wall_s": (time.perf_counter() - t0) / seeds,
+                         **summarise(y, got, base_p, oracle_p, ids)})
     return rows
+
+
+def _joined(a, b):
+    """Two WindowSets of different records as one."""
+    import torch
+
+    from ecgrisk.refine.windows import WindowSet
+
+    return WindowSet(a.record_ids + b.record_ids, np.concatenate([a.labels, b.labels]),
+                     np.concatenate([a.positions, b.positions + len(a)]),
+                     torch.cat([a.embeddings, b.embeddings]))
+
+
+def base_training_set(bundle, dm, cache_dir):
+    """The base's own training records (``extra.train_records``) embedded as the pool is, with
+    the scenario's labels; None for a base that does not list them."""
+    from ecgrisk.data.windows import WindowDataset
+    from ecgrisk.refine.pools import Embedder
+
+    trained = bundle.extra.get("train_records")
+    if trained is None:
+        return None
+    cache, seen = dm.caches[0], set(map(str, trained))
+    idx = np.asarray([i for i, r in enumerate(cache.record_ids) if r in seen], dtype=np.int64)
+    ds = WindowDataset(cache, idx, dm.window, dm.stride, dm.scaler)
+    return Embedder(bundle, cache_dir)(ds, cache.labels[idx], [cache.record_ids[i] for i in idx],
+                                       f"folds:{cache.path}")
 
 
 def run_arm(name: str, seed: int, args, bundle, sets, queries: int, rounds: int,
@@ -272,9 +310,12 @@ def write_markdown(path: Path, result: dict) -> None:
             f"{ci(r, 'gap_closed', 2)} | {r['brier']:.4f} | {r['ece']:.4f} | "
             f"{ci(r, 'agreement')} | {r['kept']} | "
             f"{'' if acc is None else f'{acc:.2f}'} | {r['wall_s']:.0f} |")
+    replay = (f" The row '{REPLAY}' trains it on the base's own {meta['own']} training records "
+              "and those n together: their labels with it, as the base had them."
+              if meta.get("own") else "")
     lines += ["", f"The row '{REFERENCE}' trains the same head as the oracle on n pool ECGs drawn "
               "at random with their true labels (no noise, no guard): what n judgements could "
-              "give at best through supervision alone.",
+              f"give at best through supervision alone.{replay}",
               "", "Gap closed is the share of the oracle's AUROC gain over the base that the "
               "refined model reaches; its interval comes from the same resamples, so a wide one "
               "means the gap itself is small against the report half's noise. Rounds kept: "
@@ -297,7 +338,7 @@ def targets(rows: list[dict], at: int = 200) -> list[str]:
     """The issue's targets at ``at`` judgements: the best arm closes at least half the gap, and
     asking by uncertainty beats asking at random for the same learner."""
     means = {r["arm"]: r for r in rows
-             if r["seed"] == "mean" and r["judgements"] == at and r["arm"] != REFERENCE}
+             if r["seed"] == "mean" and r["judgements"] == at and r["arm"] not in REFERENCES}
     if not means:
         return [f"Targets at {at} judgements: not measured.", ""]
     best = max(means.values(), key=lambda r: r["gap_closed"])
@@ -327,7 +368,8 @@ def plot(path: Path, result: dict) -> None:
         rs = [r for r in rows if r["arm"] == arm]
         x = [r["judgements"] for r in rs]
         for ax, key in zip(axes, ("gap_closed", "agreement"), strict=True):
-            style = ({"color": "k", "ls": "-.", "lw": 1.0} if arm == REFERENCE else
+            style = ({"color": "k" if arm == REFERENCE else "0.5", "ls": "-.", "lw": 1.0}
+                     if arm in REFERENCES else
                      {"ls": "--" if arm.endswith("/random") else "-"})
             line, = ax.plot(x, [r[key] for r in rs], marker="o", ms=3, label=arm, **style)
             ax.fill_between(x, [r[f"{key}_lower"] for r in rs], [r[f"{key}_upper"] for r in rs],
@@ -392,9 +434,12 @@ def main(argv: list[str] | None = None) -> None:
     oracle_row = {**summarise(y, [oracle_p], base_p, oracle_p, ids), **oracle_info}
     print(f"base AUROC {base_row['auroc']:.4f}, oracle {oracle_row['auroc']:.4f} "
           f"(step {oracle_info['step']}, {oracle_s:.0f} s)", flush=True)
+    # house: the base's records carry the house's labels here, which the base never had; a
+    # replay of what it learned would need its standard labels beside them
+    own = base_training_set(bundle, dm, cfg.data.cache_dir) if args.scenario == "scarce" else None
     rows, refusals = reference_rows(bundle, sets, classes, args.judgements, args.seeds, y, base_p,
-                                    oracle_p, ids), {}
-    for name in args.arms.split(","):
+                                    oracle_p, ids, own), {}
+    for name in args.arms:
         runs = [run_arm(name, s, args, bundle, sets, queries, rounds, work / args.scenario)
                 for s in range(args.seeds)]
         reasons = [r for run in runs for r in run["reasons"].values() if r]
@@ -425,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"scenario": args.scenario, "base": args.base, "model": bundle.model.encoder.spec.get(
                 "name"), "base_fraction": args.base_fraction,
             "house_likelihood": args.house_likelihood, "pool": len(sets.pool),
+            "own": None if own is None else len(own),
             "guard": len(sets.guard), "report": len(sets.report), "queries": queries,
             "rounds": rounds, "noise": args.noise, "seeds": args.seeds,
             "bootstrap": args.bootstrap, "overrides": args.overrides, "embed_s": embed_s,

@@ -127,26 +127,36 @@ def test_folder_pool_uses_the_review_apps_ids_and_the_store_its_judgements(scarc
         refine(simulated)
 
 
-def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_path):
-
+@pytest.mark.parametrize("scenario", ["house", "scarce"])
+def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_path, scenario):
     tmp, root, _ = scarce
     bench = load_script("benchmark_preference")
-    bench.main(["--root", str(root), "--scenario", "house", "--judgements", "10", "20",
+    bench.main(["--root", str(root), "--scenario", scenario, "--judgements", "10", "20",
                 "--seeds", "2", "--arms", "bce/uncertainty,bce/random", "--bootstrap", "20",
                 "--base", str(tmp / "base" / "model.pt"), "--work", str(tmp_path / "work"),
                 "--out", str(tmp_path / "out"), f"data.cache_dir={tmp / 'cache'}"])
-    res = json.loads((tmp_path / "out" / "preference_house.json").read_text())
-    md = (tmp_path / "out" / "preference_house.md").read_text()
+    res = json.loads((tmp_path / "out" / f"preference_{scenario}.json").read_text())
+    md = (tmp_path / "out" / f"preference_{scenario}.md").read_text()
     assert "Targets at 200 judgements: not measured." in md  # only 10 and 20 were asked for
-    assert (tmp_path / "out" / "preference_house.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / f"preference_{scenario}.png").stat().st_size > 10_000
     means = [r for r in res["rows"] if r["seed"] == "mean"]
+    # replay of the base's own records only where their labels are the ones the base learned
+    yardsticks = [bench.REFERENCE] + ([bench.REPLAY] if scenario == "scarce" else [])
+    k = 2 * len(yardsticks)
     assert [(r["arm"], r["judgements"]) for r in means] == [
-        (bench.REFERENCE, 10), (bench.REFERENCE, 20), ("bce/uncertainty", 10),
-        ("bce/uncertainty", 20), ("bce/random", 10), ("bce/random", 20)]
+        (arm, n) for arm in [*yardsticks, "bce/uncertainty", "bce/random"] for n in (10, 20)]
     base, oracle = res["base"]["auroc"], res["oracle"]["auroc"]
-    for r in means[:2]:  # the yardstick: the oracle's head on n clean random labels
+    for r in means[:k]:  # the yardsticks: the oracle's head on n clean random labels (+ replay)
         assert r["gap_closed"] == pytest.approx((r["auroc"] - base) / (oracle - base))
-    for r in means[2:]:
+    if scenario == "scarce":
+        assert means[2]["auroc"] != means[0]["auroc"]  # the base's own records changed the head
+        trained = Bundle.load(tmp / "base" / "model.pt").extra["train_records"]
+        assert res["meta"]["own"] == len(trained) > 0
+        assert f"base's own {len(trained)} training records" in md
+    else:
+        assert res["meta"]["own"] is None
+    assert bench.parse_args(["--root", "r", "--scenario", "scarce", "--arms", ""]).arms == []
+    for r in means[k:]:
         seeds = [s for s in res["rows"] if s["arm"] == r["arm"] and s["judgements"] == r["judgements"]
                  and s["seed"] != "mean"]
         assert len(seeds) == 2
