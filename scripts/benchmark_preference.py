@@ -44,6 +44,8 @@ import numpy as np
 ARMS = {
     "bce/uncertainty": ["refine=bce", "ask.rule=uncertainty"],
     "bce/random": ["refine=bce", "ask.rule=random"],
+    "bce-replay/uncertainty": ["refine=bce", "refine.replay=1.0", "ask.rule=uncertainty"],
+    "bce-replay/random": ["refine=bce", "refine.replay=1.0", "ask.rule=random"],
     "ipo/uncertainty": ["refine=ipo", "ask.rule=uncertainty"],
     "ipo-weighted/uncertainty": ["refine=ipo", "refine.weighting=uncertainty",
                                  "ask.rule=uncertainty"],
@@ -59,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenario", choices=SCENARIOS, required=True)
     p.add_argument("--judgements", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--arms", default=",".join(ARMS),
-                   help="comma-separated subset of arms ('': the reference rows only)")
+    p.add_argument("--arms", default=None, help="comma-separated subset of arms ('': the "
+                   "reference rows only; default: every arm of the scenario)")
     p.add_argument("--base", default=None, help="a fine-tuned model.pt (default: fine-tune one "
                                                 "on --base-fraction of folds 1-8)")
     p.add_argument("--base-fraction", type=float, default=0.05)
@@ -76,10 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="extra refine config overrides for every arm, "
                                                 "e.g. guard.tolerance=0.01")
     args = p.parse_args(argv)
-    args.arms = [a for a in args.arms.split(",") if a]
-    unknown = set(args.arms) - set(ARMS)
+    arms = [a for a in ARMS if args.scenario == "scarce" or "replay" not in a]
+    args.arms = arms if args.arms is None else [a for a in args.arms.split(",") if a]
+    unknown = set(args.arms) - set(arms)
     if unknown:
-        p.error(f"--arms: unknown {sorted(unknown)}; choose from {list(ARMS)}")
+        p.error(f"--arms: unknown for scenario {args.scenario} {sorted(unknown)}; choose from "
+                f"{arms} (replay: scarce only)")
     if min(args.judgements) < 1:
         p.error("--judgements must be positive")
     return args
@@ -183,22 +187,6 @@ def _joined(a, b):
     return WindowSet(a.record_ids + b.record_ids, np.concatenate([a.labels, b.labels]),
                      np.concatenate([a.positions, b.positions + len(a)]),
                      torch.cat([a.embeddings, b.embeddings]))
-
-
-def base_training_set(bundle, dm, cache_dir):
-    """The base's own training records (``extra.train_records``) embedded as the pool is, with
-    the scenario's labels; None for a base that does not list them."""
-    from ecgrisk.data.windows import WindowDataset
-    from ecgrisk.refine.pools import Embedder
-
-    trained = bundle.extra.get("train_records")
-    if trained is None:
-        return None
-    cache, seen = dm.caches[0], set(map(str, trained))
-    idx = np.asarray([i for i, r in enumerate(cache.record_ids) if r in seen], dtype=np.int64)
-    ds = WindowDataset(cache, idx, dm.window, dm.stride, dm.scaler)
-    return Embedder(bundle, cache_dir)(ds, cache.labels[idx], [cache.record_ids[i] for i in idx],
-                                       f"folds:{cache.path}")
 
 
 def run_arm(name: str, seed: int, args, bundle, sets, queries: int, rounds: int,
@@ -416,8 +404,10 @@ def main(argv: list[str] | None = None) -> None:
                           progress=False)
     dm.setup()
     t_embed = time.perf_counter()
+    # house: the base's records would carry the house's labels, which the base never had; a
+    # replay of what it learned would need its standard labels beside them
     sets = prepare_sets(bundle, dm, cfg.pool, seed=0, batch_size=cfg.data.batch_size,
-                        cache_dir=cfg.data.cache_dir)
+                        cache_dir=cfg.data.cache_dir, own=args.scenario == "scarce")
     embed_s = time.perf_counter() - t_embed
     classes, y = bundle.classes, sets.report.labels
     print(f"pool {len(sets.pool)}, guard {len(sets.guard)}, report {len(sets.report)} "
@@ -434,11 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     oracle_row = {**summarise(y, [oracle_p], base_p, oracle_p, ids), **oracle_info}
     print(f"base AUROC {base_row['auroc']:.4f}, oracle {oracle_row['auroc']:.4f} "
           f"(step {oracle_info['step']}, {oracle_s:.0f} s)", flush=True)
-    # house: the base's records carry the house's labels here, which the base never had; a
-    # replay of what it learned would need its standard labels beside them
-    own = base_training_set(bundle, dm, cfg.data.cache_dir) if args.scenario == "scarce" else None
     rows, refusals = reference_rows(bundle, sets, classes, args.judgements, args.seeds, y, base_p,
-                                    oracle_p, ids, own), {}
+                                    oracle_p, ids, sets.own), {}
     for name in args.arms:
         runs = [run_arm(name, s, args, bundle, sets, queries, rounds, work / args.scenario)
                 for s in range(args.seeds)]
@@ -470,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"scenario": args.scenario, "base": args.base, "model": bundle.model.encoder.spec.get(
                 "name"), "base_fraction": args.base_fraction,
             "house_likelihood": args.house_likelihood, "pool": len(sets.pool),
-            "own": None if own is None else len(own),
+            "own": None if sets.own is None else len(sets.own),
             "guard": len(sets.guard), "report": len(sets.report), "queries": queries,
             "rounds": rounds, "noise": args.noise, "seeds": args.seeds,
             "bootstrap": args.bootstrap, "overrides": args.overrides, "embed_s": embed_s,

@@ -26,7 +26,7 @@ from ecgrisk.refine.policy import (
     guarded_update,
 )
 from ecgrisk.refine.pools import prepare_sets
-from ecgrisk.refine.refiners import preference_refine
+from ecgrisk.refine.refiners import bce_refine, preference_refine
 from ecgrisk.refine.windows import WindowSet
 
 CLASSES = ["CD", "HYP", "MI", "NORM", "STTC"]
@@ -140,6 +140,43 @@ def test_dpo_increases_the_log_prob_margin_of_chosen_over_rejected():
     assert after > before + 0.5, (before, after)
     # the implicit reward beta * (log pi - log pi_ref) now prefers the chosen reading
     assert stats["reward_accuracy"] > 0.5 and stats["margin"] > 0
+
+
+def test_bce_replay_fits_the_bases_own_records_beside_the_verdicts():
+    """refine.replay adds BCE on the base's own records: with them labelled positive for the
+    first statement, the head raises that statement there; without replay it does not move
+    them towards it; and without the records, replay is a clear error."""
+    dim = _tiny_policy()[1]
+    rng = np.random.default_rng(0)
+    pool = WindowSet([str(i) for i in range(12)], np.zeros((12, 3)), np.repeat(np.arange(12), 2),
+                     torch.from_numpy(rng.standard_normal((24, dim)).astype(np.float32)))
+    own_labels = np.zeros((16, 3))
+    own_labels[:, 0] = 1
+    own = WindowSet([f"o{i}" for i in range(16)], own_labels, np.repeat(np.arange(16), 2),
+                    torch.from_numpy(rng.standard_normal((32, dim)).astype(np.float32)))
+    targets = np.zeros((12, 3), np.float32)
+    data = FeedbackData(np.zeros(0, int), np.zeros((0, 3), np.float32),
+                        np.zeros((0, 3), np.float32), np.zeros(0, bool), np.arange(12), targets,
+                        np.ones((12, 3), np.float32), 12)
+    moved = {}
+    for replay in (0.0, 1.0):
+        policy = _tiny_policy()[0]
+        with torch.no_grad():
+            ref_logits = policy.logits(pool)
+            first = policy.logits(own)[:, 0].mean()
+        cfg = compose("refine", ["refine=bce", "refine.lr=1e-2", "refine.steps=40",
+                                 f"refine.replay={replay}"]).refine
+        stats = bce_refine(policy, RoundContext(pool, ref_logits, data, None,
+                                                pool.record_embeddings(), seed=0, own=own), cfg)
+        with torch.no_grad():
+            moved[replay] = float(policy.logits(own)[:, 0].mean() - first)
+        assert ("replay" in stats) == (replay > 0)
+    # the verdicts (all negative) pull every logit down; replay holds the own records up
+    assert moved[0.0] < 0 < moved[1.0] and moved[1.0] > moved[0.0] + 0.3, moved
+    cfg = compose("refine", ["refine=bce", "refine.replay=1.0"]).refine
+    with pytest.raises(ValueError, match="base's own training records"):
+        bce_refine(_tiny_policy()[0], RoundContext(pool, ref_logits, data, None,
+                                                   pool.record_embeddings(), seed=0), cfg)
 
 
 # --------------------------------------------------------------------------- on real data

@@ -156,6 +156,11 @@ def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_
     else:
         assert res["meta"]["own"] is None
     assert bench.parse_args(["--root", "r", "--scenario", "scarce", "--arms", ""]).arms == []
+    assert "bce-replay/uncertainty" in bench.parse_args(["--root", "r", "--scenario", "scarce"]).arms
+    assert not any("replay" in a for a in bench.parse_args(["--root", "r", "--scenario",
+                                                            "house"]).arms)
+    with pytest.raises(SystemExit):  # the base never had the house's labels to replay
+        bench.parse_args(["--root", "r", "--scenario", "house", "--arms", "bce-replay/random"])
     for r in means[k:]:
         seeds = [s for s in res["rows"] if s["arm"] == r["arm"] and s["judgements"] == r["judgements"]
                  and s["seed"] != "mean"]

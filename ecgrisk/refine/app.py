@@ -116,7 +116,8 @@ def refine(cfg: DictConfig) -> dict:
                          "use feedback=store feedback.store=PATH|URL (judgements made in the "
                          "review app on the same folder)")
     sets = prepare_sets(bundle, dm, cfg.pool, cfg.seed, cfg.data.batch_size,
-                        keep_inputs=cfg.refine.train == "all", cache_dir=cfg.data.cache_dir)
+                        keep_inputs=cfg.refine.train == "all", cache_dir=cfg.data.cache_dir,
+                        own=cfg.refine.get("replay", 0.0) > 0)
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def save_round(k: int, policy: BernoulliPolicy, accepted: bool) -> None:

@@ -313,8 +313,8 @@ def write_queries(path: Path, pool: WindowSet, asked: np.ndarray, a: np.ndarray,
 @dataclass
 class RoundContext:
     """What a refiner may use: the pool, the frozen reference's pool logits ``[N, C]``, the
-    feedback, the reward model (None without training pairs) and the pool embeddings
-    ``[N, D]``."""
+    feedback, the reward model (None without training pairs), the pool embeddings ``[N, D]``
+    and the base's own training records (None unless ``refine.replay`` asked for them)."""
 
     pool: WindowSet
     ref_logits: Tensor
@@ -322,6 +322,7 @@ class RoundContext:
     reward: RewardModel | None
     embeddings: np.ndarray
     seed: int
+    own: WindowSet | None = None
 
 
 Refiner = Callable[["BernoulliPolicy", RoundContext, Any], dict]
@@ -425,7 +426,8 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
         reward, reward_metrics = fit_reward(data, embeddings, len(classes), cfg.reward,
                                             cfg.seed + k)
         before = policy.snapshot()
-        ctx = RoundContext(sets.pool, ref_logits, data, reward, embeddings, cfg.seed + k)
+        ctx = RoundContext(sets.pool, ref_logits, data, reward, embeddings, cfg.seed + k,
+                           sets.own)
         stats = refiner(policy, ctx, cfg.refine)
         reason, val = guarded_update(policy, before, sets.guard, held, cfg.guard, classes)
         accepted = not reason

@@ -48,6 +48,7 @@ class Sets:
     guard: WindowSet
     report: WindowSet | None
     report_split: str = "test fold"
+    own: WindowSet | None = None  # the base's own training records, for replay
 
 
 def _halves(ws: WindowSet, seed: int) -> tuple[WindowSet, WindowSet]:
@@ -173,7 +174,8 @@ def _folder_pool(bundle: Any, root: str, embed: Embedder, num_classes: int) -> W
 
 
 def prepare_sets(bundle: Any, dm: Any, pool: Any, seed: int = 0, batch_size: int = 256,
-                 keep_inputs: bool = False, cache_dir: str | Path | None = None) -> Sets:
+                 keep_inputs: bool = False, cache_dir: str | Path | None = None,
+                 own: bool = False) -> Sets:
     """Embed the pool, guard and report sets a ``pool`` config node describes.
 
     Parameters
@@ -188,6 +190,9 @@ def prepare_sets(bundle: Any, dm: Any, pool: Any, seed: int = 0, batch_size: int
         Seeds the halving of the validation fold.
     cache_dir
         Embedding cache folder (None: none).
+    own
+        Embed the base's own training records too (:attr:`Sets.own`, for ``refine.replay``),
+        with the labels ``data`` gives them.
     """
     kind = pool.kind if hasattr(pool, "kind") else pool
     if kind not in KINDS:
@@ -202,22 +207,45 @@ def prepare_sets(bundle: Any, dm: Any, pool: Any, seed: int = 0, batch_size: int
     val = split("val")
     test = split("test") if has_test else None
     if kind == "val":
-        return Sets(val, val, test)
-    if kind == "val_half":
+        sets = Sets(val, val, test)
+    elif kind == "val_half":
         if test is None:
             log.warning("the test fold is absent: refinement reports the guard half of the "
                         "validation fold only")
-        asked, guard = _halves(val, seed)
-        return Sets(asked, guard, test)
-    guard, other = _halves(val, seed)
-    if kind == "folds":
-        asked = _fold_pool(bundle, dm, list(pool.folds), embed)
+        sets = Sets(*_halves(val, seed), test)
     else:
-        if not pool.get("root"):
-            raise ValueError("pool=folder needs pool.root=DIR (a folder, glob or manifest .csv)")
-        asked = _folder_pool(bundle, pool.root, embed, len(dm.classes))
-    if test is not None:
-        return Sets(asked, guard, test)
-    log.warning("the test fold is absent: refinement reports the other half of the validation "
-                "fold (%d records)", len(other))
-    return Sets(asked, guard, other, "validation half")
+        guard, other = _halves(val, seed)
+        if kind == "folds":
+            asked = _fold_pool(bundle, dm, list(pool.folds), embed)
+        else:
+            if not pool.get("root"):
+                raise ValueError("pool=folder needs pool.root=DIR (a folder, glob or manifest "
+                                 ".csv)")
+            asked = _folder_pool(bundle, pool.root, embed, len(dm.classes))
+        if test is not None:
+            sets = Sets(asked, guard, test)
+        else:
+            log.warning("the test fold is absent: refinement reports the other half of the "
+                        "validation fold (%d records)", len(other))
+            sets = Sets(asked, guard, other, "validation half")
+    if own:
+        sets.own = _own_records(bundle, dm, embed)
+    return sets
+
+
+def _own_records(bundle: Any, dm: Any, embed: Embedder) -> WindowSet:
+    """The base's own training records (``extra.train_records``) in the data's first source."""
+    from ecgrisk.data.windows import WindowDataset
+
+    trained = bundle.extra.get("train_records")
+    if not trained:
+        raise ValueError("refine.replay needs the base's training records, and the bundle does "
+                         "not list them (extra.train_records)")
+    cache, seen = dm.caches[0], set(map(str, trained))
+    idx = np.asarray([i for i, r in enumerate(cache.record_ids) if r in seen], dtype=np.int64)
+    if len(idx) == 0:
+        raise ValueError(f"refine.replay: none of the base's {len(seen)} training records is in "
+                         f"{cache.path}")
+    ds = WindowDataset(cache, idx, dm.window, dm.stride, dm.scaler)
+    log.info("replay: %d of the base's %d training records", len(idx), len(seen))
+    return embed(ds, cache.labels[idx], [cache.record_ids[i] for i in idx], f"own:{cache.path}")

@@ -118,13 +118,21 @@ def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
     """Supervised correction from the verdicts: masked BCE on the statements they judged, plus
     ``cfg.kl_coef`` times the closed-form KL to the reference on as many ECGs drawn from the
     whole pool: a few hundred verdicts on the ECGs the model was least sure of would otherwise
-    pull every reading (and its calibration) towards theirs."""
+    pull every reading (and its calibration) towards theirs. ``cfg.replay`` > 0 adds that
+    weight times the BCE on as many of the base's own training records (``ctx.own``), with
+    their labels: the head is refitted on what the base learned from together with what the
+    verdicts add, instead of on the verdicts alone."""
     d = ctx.data
     if len(d.target_record) == 0:
         raise ValueError("refine=bce trains on verdicts, and the store holds none about the "
                          "pool; use ask.candidates=threshold")
+    replay = float(cfg.get("replay", 0.0))
+    if replay > 0 and ctx.own is None:
+        raise ValueError("refine.replay > 0 needs the base's own training records in the "
+                         "round context (prepare_sets(..., own=True))")
     rng, opt, history = np.random.default_rng(ctx.seed), _optimiser(policy, cfg), []
     targets, mask = torch.from_numpy(d.targets), torch.from_numpy(d.mask)
+    own_labels = None if replay <= 0 else torch.from_numpy(ctx.own.labels.astype(np.float32))
     for _ in range(cfg.steps):
         b = rng.choice(len(d.target_record), min(cfg.batch_size, len(d.target_record)),
                        replace=False)
@@ -135,8 +143,13 @@ def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
         anchor = np.sort(rng.choice(len(ctx.pool), min(cfg.batch_size, len(ctx.pool)),
                                     replace=False))
         kl = bernoulli_kl(policy.logits(ctx.pool, anchor), ctx.ref_logits[anchor]).mean()
-        history.append(_step(opt, fit + cfg.kl_coef * kl, {"bce": float(fit.detach()),
-                                                           "kl": float(kl.detach())}))
+        loss, stats = fit + cfg.kl_coef * kl, {"bce": float(fit.detach()), "kl": float(kl.detach())}
+        if own_labels is not None:
+            o = np.sort(rng.choice(len(ctx.own), min(cfg.batch_size, len(ctx.own)),
+                                   replace=False))
+            own = F.binary_cross_entropy_with_logits(policy.logits(ctx.own, o), own_labels[o])
+            loss, stats["replay"] = loss + replay * own, float(own.detach())
+        history.append(_step(opt, loss, stats))
     return _mean_stats(history)
 
 
