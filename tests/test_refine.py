@@ -196,6 +196,25 @@ def prepared(base, ptbxl_root):
     return bundle, dm, prepare_sets(bundle, dm, "val_half", seed=0, batch_size=64)
 
 
+def test_replay_embeds_the_bases_own_training_records_or_says_why_not(prepared):
+    import dataclasses
+
+    bundle, dm, sets = prepared
+    trained = set(bundle.extra["train_records"])
+    own = prepare_sets(bundle, dm, "val_half", seed=0, batch_size=64, own=True).own
+    assert set(own.record_ids) == trained and len(own) == len(trained)
+    assert not trained & (set(sets.pool.record_ids) | set(sets.guard.record_ids))
+    cache = dm.caches[0]
+    rows = [cache.record_ids.index(r) for r in own.record_ids[:5]]
+    np.testing.assert_array_equal(own.labels[:5], cache.labels[rows])  # labels from `data`
+    unlisted = dataclasses.replace(bundle, extra={})
+    with pytest.raises(ValueError, match="does not list them"):
+        prepare_sets(unlisted, dm, "val_half", seed=0, batch_size=64, own=True)
+    elsewhere = dataclasses.replace(bundle, extra={"train_records": ["not-here"]})
+    with pytest.raises(ValueError, match="none of the base's 1 training records"):
+        prepare_sets(elsewhere, dm, "val_half", seed=0, batch_size=64, own=True)
+
+
 def test_guard_rejects_a_worse_refinement_and_keeps_the_base(prepared, ptbxl_split_sizes):
     bundle, _, sets = prepared
     sizes = ptbxl_split_sizes["superdiagnostic"]  # val 72 = 36 + 36, test 64 on the shared subset
