@@ -21,8 +21,9 @@ verdicts and is read at each requested count: the report-half macro AUROC, Brier
 agreement with the cardiologist, with 90% bootstrap intervals over report-half records (one set
 of resamples for every row), and ``gap_closed = (refined - base) / (oracle - base)`` of macro
 AUROC. Rows "mean" average the seeds within each resample. Two yardsticks come first: the
-oracle's head trained on ``n`` clean pool labels drawn at random, and (``scarce``) on those
-together with the base's own training records (replay). ``--arms ''`` computes only these.
+oracle's head trained on ``n`` clean pool labels drawn at random, and on those together with
+the base's own training records (replay), labelled as the base learned them (``house``: the
+standard labels beside the house's). ``--arms ''`` computes only these.
 
 Writes ``results/preference_<scenario>.{json,md,png}``.
 """
@@ -51,6 +52,10 @@ ARMS = {
                                  "ask.rule=uncertainty"],
     "dpo/uncertainty": ["refine=dpo", "ask.rule=uncertainty"],
     "pg/uncertainty": ["refine=pg", "ask.rule=uncertainty"],
+    "dpo-replay/uncertainty": ["refine=dpo", "refine.replay=1.0", "ask.rule=uncertainty"],
+    "dpo-replay/random": ["refine=dpo", "refine.replay=1.0", "ask.rule=random"],
+    "ipo-replay/uncertainty": ["refine=ipo", "refine.replay=1.0", "ask.rule=uncertainty"],
+    "pg-replay/uncertainty": ["refine=pg", "refine.replay=1.0", "ask.rule=uncertainty"],
 }
 SCENARIOS = ("scarce", "house")
 
@@ -78,12 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="extra refine config overrides for every arm, "
                                                 "e.g. guard.tolerance=0.01")
     args = p.parse_args(argv)
-    arms = [a for a in ARMS if args.scenario == "scarce" or "replay" not in a]
-    args.arms = arms if args.arms is None else [a for a in args.arms.split(",") if a]
-    unknown = set(args.arms) - set(arms)
+    args.arms = list(ARMS) if args.arms is None else [a for a in args.arms.split(",") if a]
+    unknown = set(args.arms) - set(ARMS)
     if unknown:
-        p.error(f"--arms: unknown for scenario {args.scenario} {sorted(unknown)}; choose from "
-                f"{arms} (replay: scarce only)")
+        p.error(f"--arms: unknown {sorted(unknown)}; choose from {list(ARMS)}")
     if min(args.judgements) < 1:
         p.error("--judgements must be positive")
     return args
@@ -176,6 +179,14 @@ def reference_rows(bundle, sets, classes, counts: list[int], seeds: int, y, base
                          "wall_s": (time.perf_counter() - t0) / seeds,
                          **summarise(y, got, base_p, oracle_p, ids)})
     return rows
+
+
+def own_alone(bundle, sets, classes, seeds: int, y, base_p, oracle_p, ids) -> dict:
+    """The yardstick's head trained on the base's own training records alone (no judgement):
+    how much of what replay closes needs none."""
+    got = [oracle(bundle, dataclasses.replace(sets, pool=sets.own), classes, seed=s, steps=1000,
+                  every=50)[0] for s in range(seeds)]
+    return summarise(y, got, base_p, oracle_p, ids)
 
 
 def _joined(a, b):
@@ -285,7 +296,10 @@ def write_markdown(path: Path, result: dict) -> None:
         f"{result['base']['agreement']:.3f}. Oracle (head trained on all {meta['pool']} pool "
         f"labels, step {result['oracle']['step']} chosen on the guard half): "
         f"{ci(result['oracle'], 'auroc')}, Brier {result['oracle']['brier']:.4f}, ECE "
-        f"{result['oracle']['ece']:.4f}, agreement {result['oracle']['agreement']:.3f}.", "",
+        f"{result['oracle']['ece']:.4f}, agreement {result['oracle']['agreement']:.3f}. "
+        f"The base's own {meta['own']} training records alone (the oracle's head trained on "
+        f"them, as the base learned them, no judgement): {ci(result['own_alone'], 'auroc')}, "
+        f"gap closed {ci(result['own_alone'], 'gap_closed', 2)}.", "",
         "| arm | judgements | macro AUROC | Δ vs base | gap closed | Brier | ECE | agreement "
         "| rounds kept | reward pair acc. | wall s / seed |",
         "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -299,7 +313,7 @@ def write_markdown(path: Path, result: dict) -> None:
             f"{ci(r, 'agreement')} | {r['kept']} | "
             f"{'' if acc is None else f'{acc:.2f}'} | {r['wall_s']:.0f} |")
     replay = (f" The row '{REPLAY}' trains it on the base's own {meta['own']} training records "
-              "and those n together: their labels with it, as the base had them."
+              "and those n together: their labels with it, as the base learned them."
               if meta.get("own") else "")
     lines += ["", f"The row '{REFERENCE}' trains the same head as the oracle on n pool ECGs drawn "
               "at random with their true labels (no noise, no guard): what n judgements could "
@@ -404,10 +418,8 @@ def main(argv: list[str] | None = None) -> None:
                           progress=False)
     dm.setup()
     t_embed = time.perf_counter()
-    # house: the base's records would carry the house's labels, which the base never had; a
-    # replay of what it learned would need its standard labels beside them
     sets = prepare_sets(bundle, dm, cfg.pool, seed=0, batch_size=cfg.data.batch_size,
-                        cache_dir=cfg.data.cache_dir, own=args.scenario == "scarce")
+                        cache_dir=cfg.data.cache_dir, own=True)
     embed_s = time.perf_counter() - t_embed
     classes, y = bundle.classes, sets.report.labels
     print(f"pool {len(sets.pool)}, guard {len(sets.guard)}, report {len(sets.report)} "
@@ -426,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
           f"(step {oracle_info['step']}, {oracle_s:.0f} s)", flush=True)
     rows, refusals = reference_rows(bundle, sets, classes, args.judgements, args.seeds, y, base_p,
                                     oracle_p, ids, sets.own), {}
+    alone = own_alone(bundle, sets, classes, args.seeds, y, base_p, oracle_p, ids)
     for name in args.arms:
         runs = [run_arm(name, s, args, bundle, sets, queries, rounds, work / args.scenario)
                 for s in range(args.seeds)]
@@ -464,8 +477,8 @@ def main(argv: list[str] | None = None) -> None:
             "oracle_s": oracle_s, "wall_s": time.perf_counter() - t0,
             "machine": describe(),
             "command": command_line(__file__, argv)}
-    result = {"meta": meta, "base": base_row, "oracle": oracle_row, "rows": rows,
-              "refusals": refusals}
+    result = {"meta": meta, "base": base_row, "oracle": oracle_row, "own_alone": alone,
+              "rows": rows, "refusals": refusals}
     clean = json.loads(json.dumps(result, default=float).replace("NaN", "null"))
     stem = out / f"preference_{args.scenario}"
     Path(f"{stem}.json").write_text(json.dumps(clean, indent=1))

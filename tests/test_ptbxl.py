@@ -199,6 +199,11 @@ def test_min_likelihood_relabels_the_same_records_with_the_same_classes(tmp_path
     np.testing.assert_array_equal(house.groups, ["11", "12", "13", "15"])
     # record 4 has only a rhythm statement at likelihood 0: kept by task all, with no label at 80
     assert _positives(PTBXL(root, task="all", min_likelihood=80))["4"] == set()
+    # each set relabels its records under the other's rule, as that set labels them
+    np.testing.assert_array_equal(standard.labels_under(80), house.labels)
+    np.testing.assert_array_equal(house.labels_under(0), standard.labels)
+    with pytest.raises(ValueError, match="min_likelihood"):
+        standard.labels_under(-1)
     # house labels land in their own cache entry
     prep = Preprocessing(fs=100)
     assert cache_key(house, prep) != cache_key(standard, prep)

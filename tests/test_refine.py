@@ -26,7 +26,7 @@ from ecgrisk.refine.policy import (
     guarded_update,
 )
 from ecgrisk.refine.pools import prepare_sets
-from ecgrisk.refine.refiners import bce_refine, preference_refine
+from ecgrisk.refine.refiners import REFINERS, preference_refine
 from ecgrisk.refine.windows import WindowSet
 
 CLASSES = ["CD", "HYP", "MI", "NORM", "STTC"]
@@ -142,10 +142,12 @@ def test_dpo_increases_the_log_prob_margin_of_chosen_over_rejected():
     assert stats["reward_accuracy"] > 0.5 and stats["margin"] > 0
 
 
-def test_bce_replay_fits_the_bases_own_records_beside_the_verdicts():
-    """refine.replay adds BCE on the base's own records: with them labelled positive for the
-    first statement, the head raises that statement there; without replay it does not move
-    them towards it; and without the records, replay is a clear error."""
+@pytest.mark.parametrize("method", ["bce", "dpo", "pg"])
+def test_replay_fits_the_bases_own_records_beside_the_judgements(method):
+    """refine.replay adds BCE on the base's own records to any refiner: with them labelled
+    positive for the first statement while every judgement says it is absent, the head raises
+    that statement on them with replay and lowers it without; without the records, replay is
+    a clear error."""
     dim = _tiny_policy()[1]
     rng = np.random.default_rng(0)
     pool = WindowSet([str(i) for i in range(12)], np.zeros((12, 3)), np.repeat(np.arange(12), 2),
@@ -154,29 +156,37 @@ def test_bce_replay_fits_the_bases_own_records_beside_the_verdicts():
     own_labels[:, 0] = 1
     own = WindowSet([f"o{i}" for i in range(16)], own_labels, np.repeat(np.arange(16), 2),
                     torch.from_numpy(rng.standard_normal((32, dim)).astype(np.float32)))
-    targets = np.zeros((12, 3), np.float32)
-    data = FeedbackData(np.zeros(0, int), np.zeros((0, 3), np.float32),
-                        np.zeros((0, 3), np.float32), np.zeros(0, bool), np.arange(12), targets,
-                        np.ones((12, 3), np.float32), 12)
+    absent = np.zeros((12, 3), np.float32)
+    present = absent.copy()
+    present[:, 0] = 1
+    # bce: verdicts "absent" on every statement; dpo: the reading without the first statement
+    # preferred; pg: a reward for leaving it out
+    data = (FeedbackData(np.zeros(0, int), np.zeros((0, 3), np.float32),
+                         np.zeros((0, 3), np.float32), np.zeros(0, bool), np.arange(12), absent,
+                         np.ones((12, 3), np.float32), 12) if method == "bce" else
+            FeedbackData(np.arange(12), absent, present, np.zeros(12, bool), np.zeros(0, int),
+                         np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), 12))
+    reward = (lambda emb, samples: -samples[..., 0]) if method == "pg" else None
+    refiner = REFINERS[method]
     moved = {}
-    for replay in (0.0, 1.0):
+    for replay in (0.0, 2.0):
         policy = _tiny_policy()[0]
         with torch.no_grad():
             ref_logits = policy.logits(pool)
             first = policy.logits(own)[:, 0].mean()
-        cfg = compose("refine", ["refine=bce", "refine.lr=1e-2", "refine.steps=40",
+        cfg = compose("refine", [f"refine={method}", "refine.lr=1e-2", "refine.steps=40",
                                  f"refine.replay={replay}"]).refine
-        stats = bce_refine(policy, RoundContext(pool, ref_logits, data, None,
-                                                pool.record_embeddings(), seed=0, own=own), cfg)
+        stats = refiner(policy, RoundContext(pool, ref_logits, data, reward,
+                                             pool.record_embeddings(), seed=0, own=own), cfg)
         with torch.no_grad():
             moved[replay] = float(policy.logits(own)[:, 0].mean() - first)
         assert ("replay" in stats) == (replay > 0)
-    # the verdicts (all negative) pull every logit down; replay holds the own records up
-    assert moved[0.0] < 0 < moved[1.0] and moved[1.0] > moved[0.0] + 0.3, moved
-    cfg = compose("refine", ["refine=bce", "refine.replay=1.0"]).refine
+    # the judgements pull the first statement down everywhere; replay holds the own records up
+    assert moved[0.0] < 0 < moved[2.0] and moved[2.0] > moved[0.0] + 0.3, moved
+    cfg = compose("refine", [f"refine={method}", "refine.replay=1.0"]).refine
     with pytest.raises(ValueError, match="base's own training records"):
-        bce_refine(_tiny_policy()[0], RoundContext(pool, ref_logits, data, None,
-                                                   pool.record_embeddings(), seed=0), cfg)
+        refiner(_tiny_policy()[0], RoundContext(pool, ref_logits, data, reward,
+                                                pool.record_embeddings(), seed=0), cfg)
 
 
 # --------------------------------------------------------------------------- on real data
@@ -207,6 +217,18 @@ def test_replay_embeds_the_bases_own_training_records_or_says_why_not(prepared):
     cache = dm.caches[0]
     rows = [cache.record_ids.index(r) for r in own.record_ids[:5]]
     np.testing.assert_array_equal(own.labels[:5], cache.labels[rows])  # labels from `data`
+    # a base that learned under a stricter likelihood rule replays its records as it learned
+    # them (the house-style scenario), not as `data` labels them now
+    from ecgrisk.data.ptbxl import PTBXL
+
+    strict = dataclasses.replace(bundle, config=bundle.config.replace(
+        "min_likelihood: 0", "min_likelihood: 80"))
+    assert "min_likelihood: 80" in strict.config
+    relabelled = prepare_sets(strict, dm, "val_half", seed=0, batch_size=64, own=True).own
+    house = PTBXL(dm.sources[0].root, min_likelihood=80)
+    rows = [house.record_ids.index(r) for r in relabelled.record_ids]
+    np.testing.assert_array_equal(relabelled.labels, house.labels[rows])
+    assert relabelled.labels.sum() < own.labels.sum()
     unlisted = dataclasses.replace(bundle, extra={})
     with pytest.raises(ValueError, match="does not list them"):
         prepare_sets(unlisted, dm, "val_half", seed=0, batch_size=64, own=True)

@@ -167,19 +167,16 @@ class PTBXL(RecordSet):
         meta = kept[has_label].reset_index(drop=True)
         per_record = [x for x, ok in zip(per_record, has_label, strict=True) if ok]
         classes = sorted({c for x in per_record for c in x})
-        if min_likelihood:
-            # records and classes above come from the benchmark's rule; only the labels change
-            per_record = [statement_labels(c, statements, task, min_likelihood) for c in meta["scp_codes"]]
-        col = {c: j for j, c in enumerate(classes)}
-        labels = np.zeros((len(per_record), len(classes)), dtype=np.uint8)
-        for i, x in enumerate(per_record):
-            labels[i, [col[c] for c in x]] = 1
 
         self.root = root
         self.task = task
         self.fs = fs
         self.min_likelihood = min_likelihood
         self.meta = meta
+        self._statements = statements
+        # records and classes above come from the benchmark's rule; only the labels change
+        labels = (self.labels_under(min_likelihood, classes) if min_likelihood
+                  else _multi_hot(per_record, classes))
         self.unlabeled = kept.loc[~has_label, "ecg_id"].astype(int).astype(str).tolist()
         super().__init__(
             name="ptbxl",
@@ -191,6 +188,15 @@ class PTBXL(RecordSet):
             missing=missing,
             groups=meta["patient_id"].astype(int).astype(str).to_numpy(),
         )
+
+    def labels_under(self, min_likelihood: float, classes: list[str] | None = None) -> np.ndarray:
+        """These records' ``[n, C]`` labels under another likelihood rule, same records and
+        classes: what a model trained under one convention learned, beside data read under
+        another (refinement's replay in the house-style scenario)."""
+        if not 0 <= min_likelihood <= 100:
+            raise ValueError(f"PTB-XL min_likelihood must be in [0, 100], got {min_likelihood!r}")
+        return _multi_hot([statement_labels(c, self._statements, self.task, min_likelihood)
+                           for c in self.meta["scp_codes"]], classes or self.classes)
 
     def split_indices(
         self,
@@ -214,6 +220,14 @@ class PTBXL(RecordSet):
             f"min_likelihood={self.min_likelihood}, "
             f"records={len(self)}, classes={len(self.classes)}, missing={len(self.missing)})"
         )
+
+
+def _multi_hot(per_record: list[list[str]], classes: list[str]) -> np.ndarray:
+    col = {c: j for j, c in enumerate(classes)}
+    labels = np.zeros((len(per_record), len(classes)), dtype=np.uint8)
+    for i, x in enumerate(per_record):
+        labels[i, [col[c] for c in x]] = 1
+    return labels
 
 
 def _parse_codes(text: str, ecg_id) -> dict:

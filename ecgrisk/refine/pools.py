@@ -192,7 +192,7 @@ def prepare_sets(bundle: Any, dm: Any, pool: Any, seed: int = 0, batch_size: int
         Embedding cache folder (None: none).
     own
         Embed the base's own training records too (:attr:`Sets.own`, for ``refine.replay``),
-        with the labels ``data`` gives them.
+        with the labels the base learned them under.
     """
     kind = pool.kind if hasattr(pool, "kind") else pool
     if kind not in KINDS:
@@ -234,7 +234,8 @@ def prepare_sets(bundle: Any, dm: Any, pool: Any, seed: int = 0, batch_size: int
 
 
 def _own_records(bundle: Any, dm: Any, embed: Embedder) -> WindowSet:
-    """The base's own training records (``extra.train_records``) in the data's first source."""
+    """The base's own training records (``extra.train_records``) in the data's first source,
+    with the labels the base learned them under (:func:`_learned_labels`)."""
     from ecgrisk.data.windows import WindowDataset
 
     trained = bundle.extra.get("train_records")
@@ -247,5 +248,27 @@ def _own_records(bundle: Any, dm: Any, embed: Embedder) -> WindowSet:
         raise ValueError(f"refine.replay: none of the base's {len(seen)} training records is in "
                          f"{cache.path}")
     ds = WindowDataset(cache, idx, dm.window, dm.stride, dm.scaler)
+    ids = [cache.record_ids[i] for i in idx]
     log.info("replay: %d of the base's %d training records", len(idx), len(seen))
-    return embed(ds, cache.labels[idx], [cache.record_ids[i] for i in idx], f"own:{cache.path}")
+    return embed(ds, _learned_labels(bundle, dm.sources[0], ids, cache.labels[idx]), ids,
+                 f"own:{cache.path}")
+
+
+def _learned_labels(bundle: Any, source: Any, ids: list[str], labels: np.ndarray) -> np.ndarray:
+    """``labels`` (the data's) unless the run that made the bundle read PTB-XL under another
+    likelihood rule (``data.min_likelihood`` in its config): then the labels under that rule.
+    Replay refits what the base learned; in the house-style scenario the data carries the
+    house's stricter labels, which the base never saw."""
+    import yaml
+
+    data = (yaml.safe_load(bundle.config or "") or {}).get("data") or {}
+    rule = float(data.get("min_likelihood") or 0)
+    if rule == float(getattr(source, "min_likelihood", 0) or 0):
+        return labels
+    if not hasattr(source, "labels_under"):
+        raise ValueError(f"refine.replay: the base learned its labels under "
+                         f"data.min_likelihood={rule:g}, and source {source.name!r} cannot "
+                         f"relabel by likelihood")
+    pos = {r: i for i, r in enumerate(source.record_ids)}
+    log.info("replay: the base's records relabelled under its own rule, min_likelihood=%g", rule)
+    return source.labels_under(rule)[[pos[r] for r in ids]]

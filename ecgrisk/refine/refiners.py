@@ -1,7 +1,8 @@
 """The ways a round turns judgements into a better policy: DPO/IPO, policy gradient, BCE.
 
 Each refiner is ``(policy, RoundContext, cfg.refine) -> stats`` and trains the policy in place;
-the loop's guard then decides whether the round is kept.
+the loop's guard then decides whether the round is kept. Each can also replay the base's own
+training records beside the judgements (``refine.replay``, :class:`_Replay`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,32 @@ def _mean_stats(history: list[dict]) -> dict:
     return {k: float(np.mean([h[k] for h in tail])) for k in tail[0]} if tail else {}
 
 
+class _Replay:
+    """``cfg.replay`` times the BCE on a batch of the base's own training records (``ctx.own``,
+    with the labels the base learned them under), added to any refiner's loss: the head is then
+    refitted on what the base learned from together with what the judgements add, instead of
+    on the judgements alone. Falsy where ``cfg.replay`` is 0 (the default)."""
+
+    def __init__(self, ctx: RoundContext, cfg: Any):
+        self.weight, self.own = float(cfg.get("replay", 0.0)), ctx.own
+        if self.weight > 0 and self.own is None:
+            raise ValueError("refine.replay > 0 needs the base's own training records in the "
+                             "round context (prepare_sets(..., own=True))")
+        self.labels = (torch.from_numpy(self.own.labels.astype(np.float32)) if self
+                       else None)
+
+    def __bool__(self) -> bool:
+        return self.weight > 0
+
+    def __call__(self, policy: BernoulliPolicy, loss: torch.Tensor, stats: dict,
+                 rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, dict]:
+        if not self:
+            return loss, stats
+        o = np.sort(rng.choice(len(self.own), min(batch, len(self.own)), replace=False))
+        own = F.binary_cross_entropy_with_logits(policy.logits(self.own, o), self.labels[o])
+        return loss + self.weight * own, {**stats, "replay": float(own.detach())}
+
+
 def preference_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
     """DPO or IPO (``cfg.method``) on every strict pair the store holds, against the frozen
     reference; ``cfg.weighting=uncertainty`` weights pairs by the reference's uncertainty on
@@ -58,6 +85,7 @@ def preference_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> d
     if cfg.weighting not in ("none", "uncertainty"):
         raise ValueError(f"refine.weighting must be 'none' or 'uncertainty', got {cfg.weighting!r}")
     rng, opt, history = np.random.default_rng(ctx.seed), _optimiser(policy, cfg), []
+    replay = _Replay(ctx, cfg)
     chosen, rejected = torch.from_numpy(d.chosen), torch.from_numpy(d.rejected)
     for _ in range(cfg.steps):
         b = rng.choice(len(d.record), min(cfg.batch_size, len(d.record)), replace=False)
@@ -69,7 +97,7 @@ def preference_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> d
         loss, stats = preference_loss(logits, ref, chosen[b], rejected[b], beta=cfg.beta,
                                       label_smoothing=cfg.get("label_smoothing", 0.0),
                                       kind=cfg.method, weights=weights)
-        history.append(_step(opt, loss, stats))
+        history.append(_step(opt, *replay(policy, loss, stats, rng, cfg.batch_size)))
     return _mean_stats(history)
 
 
@@ -85,6 +113,7 @@ def pg_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
     if cfg.algo not in ("rloo", "ppo"):
         raise ValueError(f"refine.algo must be 'rloo' or 'ppo', got {cfg.algo!r}")
     rng, opt, history = np.random.default_rng(ctx.seed), _optimiser(policy, cfg), []
+    replay = _Replay(ctx, cfg)
     gen = torch.Generator().manual_seed(ctx.seed)
     emb = torch.from_numpy(ctx.embeddings)
     for _ in range(cfg.steps):
@@ -110,7 +139,7 @@ def pg_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
                 if e + 1 < cfg.ppo_epochs:
                     _step(opt, steps[-1][0])
             loss, stats = steps[-1]
-        history.append(_step(opt, loss, stats))
+        history.append(_step(opt, *replay(policy, loss, stats, rng, cfg.batch_size)))
     return _mean_stats(history)
 
 
@@ -118,21 +147,14 @@ def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
     """Supervised correction from the verdicts: masked BCE on the statements they judged, plus
     ``cfg.kl_coef`` times the closed-form KL to the reference on as many ECGs drawn from the
     whole pool: a few hundred verdicts on the ECGs the model was least sure of would otherwise
-    pull every reading (and its calibration) towards theirs. ``cfg.replay`` > 0 adds that
-    weight times the BCE on as many of the base's own training records (``ctx.own``), with
-    their labels: the head is refitted on what the base learned from together with what the
-    verdicts add, instead of on the verdicts alone."""
+    pull every reading (and its calibration) towards theirs."""
     d = ctx.data
     if len(d.target_record) == 0:
         raise ValueError("refine=bce trains on verdicts, and the store holds none about the "
                          "pool; use ask.candidates=threshold")
-    replay = float(cfg.get("replay", 0.0))
-    if replay > 0 and ctx.own is None:
-        raise ValueError("refine.replay > 0 needs the base's own training records in the "
-                         "round context (prepare_sets(..., own=True))")
     rng, opt, history = np.random.default_rng(ctx.seed), _optimiser(policy, cfg), []
+    replay = _Replay(ctx, cfg)
     targets, mask = torch.from_numpy(d.targets), torch.from_numpy(d.mask)
-    own_labels = None if replay <= 0 else torch.from_numpy(ctx.own.labels.astype(np.float32))
     for _ in range(cfg.steps):
         b = rng.choice(len(d.target_record), min(cfg.batch_size, len(d.target_record)),
                        replace=False)
@@ -144,12 +166,7 @@ def bce_refine(policy: BernoulliPolicy, ctx: RoundContext, cfg: Any) -> dict:
                                     replace=False))
         kl = bernoulli_kl(policy.logits(ctx.pool, anchor), ctx.ref_logits[anchor]).mean()
         loss, stats = fit + cfg.kl_coef * kl, {"bce": float(fit.detach()), "kl": float(kl.detach())}
-        if own_labels is not None:
-            o = np.sort(rng.choice(len(ctx.own), min(cfg.batch_size, len(ctx.own)),
-                                   replace=False))
-            own = F.binary_cross_entropy_with_logits(policy.logits(ctx.own, o), own_labels[o])
-            loss, stats["replay"] = loss + replay * own, float(own.detach())
-        history.append(_step(opt, loss, stats))
+        history.append(_step(opt, *replay(policy, loss, stats, rng, cfg.batch_size)))
     return _mean_stats(history)
 
 
