@@ -15,6 +15,7 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,15 +105,23 @@ def encoder_meta(path: str | os.PathLike) -> dict:
     return _load(path, "encoder")["meta"]
 
 
-def _trained_precision(config: str) -> str:
-    """A bundle saved before ``precision`` was stored: the one its fine-tuning config names."""
+def config_value(config: str, key: str, default: Any = None) -> Any:
+    """The dotted ``key`` of a bundle's stored run config (YAML); ``default`` where the config
+    lacks it or cannot be read."""
     import yaml
 
     try:
-        trainer = (yaml.safe_load(config) or {}).get("trainer") or {}
+        node = yaml.safe_load(config or "") or {}
     except yaml.YAMLError:
-        return "32-true"
-    return str(trainer.get("precision", "32-true"))
+        return default
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return default if node is None else node
+
+
+def _trained_precision(config: str) -> str:
+    """A bundle saved before ``precision`` was stored: the one its fine-tuning config names."""
+    return str(config_value(config, "trainer.precision", "32-true"))
 
 
 # -- model bundles (fine-tuning/refinement -> scoring) -----------------------------------------

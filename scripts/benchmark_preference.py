@@ -156,13 +156,13 @@ REFERENCES = (REFERENCE, REPLAY)
 
 
 def reference_rows(bundle, sets, classes, counts: list[int], seeds: int, y, base_p, oracle_p,
-                   ids, own=None) -> list[dict]:
+                   ids) -> list[dict]:
     """What ``n`` perfectly labelled pool ECGs, drawn at random, give the same head trained as
-    the oracle is (no noise, no guard): the yardstick for ``n`` judgements. With ``own`` (the
-    base's training records), also that head trained on them and the ``n`` together: replay of
-    what the base learned from, beside what the judgements add."""
+    the oracle is (no noise, no guard): the yardstick for ``n`` judgements; also that head
+    trained on the base's own training records (``sets.own``) and the ``n`` together: replay
+    of what the base learned from, beside what the judgements add."""
     rows = []
-    for arm, extra in [(REFERENCE, None)] + ([(REPLAY, own)] if own is not None else []):
+    for arm, extra in [(REFERENCE, None), (REPLAY, sets.own)]:
         for n in sorted(counts):
             if n >= len(sets.pool):
                 continue
@@ -313,8 +313,7 @@ def write_markdown(path: Path, result: dict) -> None:
             f"{ci(r, 'agreement')} | {r['kept']} | "
             f"{'' if acc is None else f'{acc:.2f}'} | {r['wall_s']:.0f} |")
     replay = (f" The row '{REPLAY}' trains it on the base's own {meta['own']} training records "
-              "and those n together: their labels with it, as the base learned them."
-              if meta.get("own") else "")
+              "and those n together: their labels with it, as the base learned them.")
     lines += ["", f"The row '{REFERENCE}' trains the same head as the oracle on n pool ECGs drawn "
               "at random with their true labels (no noise, no guard): what n judgements could "
               f"give at best through supervision alone.{replay}",
@@ -437,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"base AUROC {base_row['auroc']:.4f}, oracle {oracle_row['auroc']:.4f} "
           f"(step {oracle_info['step']}, {oracle_s:.0f} s)", flush=True)
     rows, refusals = reference_rows(bundle, sets, classes, args.judgements, args.seeds, y, base_p,
-                                    oracle_p, ids, sets.own), {}
+                                    oracle_p, ids), {}
     alone = own_alone(bundle, sets, classes, args.seeds, y, base_p, oracle_p, ids)
     for name in args.arms:
         runs = [run_arm(name, s, args, bundle, sets, queries, rounds, work / args.scenario)
@@ -470,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"scenario": args.scenario, "base": args.base, "model": bundle.model.encoder.spec.get(
                 "name"), "base_fraction": args.base_fraction,
             "house_likelihood": args.house_likelihood, "pool": len(sets.pool),
-            "own": None if sets.own is None else len(sets.own),
+            "own": len(sets.own),
             "guard": len(sets.guard), "report": len(sets.report), "queries": queries,
             "rounds": rounds, "noise": args.noise, "seeds": args.seeds,
             "bootstrap": args.bootstrap, "overrides": args.overrides, "embed_s": embed_s,

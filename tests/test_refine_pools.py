@@ -168,3 +168,18 @@ def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_
         assert r["auroc_lower"] <= r["auroc"] <= r["auroc_upper"]
     assert res["meta"]["queries"] == 10 and res["meta"]["rounds"] == 2
     assert res["base"]["gap_closed"] == pytest.approx(0.0) and res["oracle"]["gap_closed"] == 1.0
+
+
+def test_config_value_reads_a_bundles_stored_run_config():
+    """The one reader of a bundle's stored config: a dotted key, else the default (absent key,
+    null value, no config, unreadable YAML)."""
+    from ecgrisk.bundle import config_value
+
+    config = "data:\n  min_likelihood: 80\n  root: null\ntrainer:\n  precision: bf16-mixed\n"
+    assert config_value(config, "data.min_likelihood", 0) == 80
+    assert config_value(config, "trainer.precision", "32-true") == "bf16-mixed"
+    assert config_value(config, "data.root", "r") == "r"
+    assert config_value(config, "data.min_likelihood.deeper", 0) == 0
+    assert config_value(config, "model.name") is None
+    assert config_value("", "data.min_likelihood", 0) == 0
+    assert config_value("data: [unclosed", "data.min_likelihood", 0) == 0

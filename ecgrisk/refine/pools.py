@@ -107,8 +107,6 @@ class Embedder:
 
 def _fold_pool(bundle: Any, dm: Any, folds: list[int], embed: Embedder) -> WindowSet:
     """Records of ``folds`` in the first source that the base was not trained on."""
-    from ecgrisk.data.windows import WindowDataset
-
     cache = dm.caches[0]
     folds_of = record_folds(cache.folds, cache.record_ids)  # as the DataModule splits them
     in_folds = np.flatnonzero(np.isin(folds_of, folds))
@@ -128,10 +126,19 @@ def _fold_pool(bundle: Any, dm: Any, folds: list[int], embed: Embedder) -> Windo
     if overlap:
         raise ValueError(f"pool.folds {list(folds)} overlap the validation folds {sorted(overlap)}, "
                          "which guard and report")
-    ids = [cache.record_ids[i] for i in keep]
-    ds = WindowDataset(cache, keep, dm.window, dm.stride, dm.scaler)
     log.info("pool: %d records of folds %s the base was not trained on", len(keep), list(folds))
-    return embed(ds, cache.labels[keep], ids, f"folds:{cache.path}")
+    return _embed_rows(dm, keep, embed, "folds")
+
+
+def _embed_rows(dm: Any, idx: np.ndarray, embed: Embedder, tag: str,
+                labels: np.ndarray | None = None) -> WindowSet:
+    """Rows ``idx`` of the data's first cache, embedded with ``labels`` (default: the data's)."""
+    from ecgrisk.data.windows import WindowDataset
+
+    cache = dm.caches[0]
+    ds = WindowDataset(cache, idx, dm.window, dm.stride, dm.scaler)
+    return embed(ds, cache.labels[idx] if labels is None else labels,
+                 [cache.record_ids[i] for i in idx], f"{tag}:{cache.path}")
 
 
 def _folder_pool(bundle: Any, root: str, embed: Embedder, num_classes: int) -> WindowSet:
@@ -236,8 +243,6 @@ def prepare_sets(bundle: Any, dm: Any, pool: Any, seed: int = 0, batch_size: int
 def _own_records(bundle: Any, dm: Any, embed: Embedder) -> WindowSet:
     """The base's own training records (``extra.train_records``) in the data's first source,
     with the labels the base learned them under (:func:`_learned_labels`)."""
-    from ecgrisk.data.windows import WindowDataset
-
     trained = bundle.extra.get("train_records")
     if not trained:
         raise ValueError("refine.replay needs the base's training records, and the bundle does "
@@ -247,11 +252,10 @@ def _own_records(bundle: Any, dm: Any, embed: Embedder) -> WindowSet:
     if len(idx) == 0:
         raise ValueError(f"refine.replay: none of the base's {len(seen)} training records is in "
                          f"{cache.path}")
-    ds = WindowDataset(cache, idx, dm.window, dm.stride, dm.scaler)
-    ids = [cache.record_ids[i] for i in idx]
     log.info("replay: %d of the base's %d training records", len(idx), len(seen))
-    return embed(ds, _learned_labels(bundle, dm.sources[0], ids, cache.labels[idx]), ids,
-                 f"own:{cache.path}")
+    ids = [cache.record_ids[i] for i in idx]
+    return _embed_rows(dm, idx, embed, "own",
+                       _learned_labels(bundle, dm.sources[0], ids, cache.labels[idx]))
 
 
 def _learned_labels(bundle: Any, source: Any, ids: list[str], labels: np.ndarray) -> np.ndarray:
@@ -259,10 +263,9 @@ def _learned_labels(bundle: Any, source: Any, ids: list[str], labels: np.ndarray
     likelihood rule (``data.min_likelihood`` in its config): then the labels under that rule.
     Replay refits what the base learned; in the house-style scenario the data carries the
     house's stricter labels, which the base never saw."""
-    import yaml
+    from ecgrisk.bundle import config_value
 
-    data = (yaml.safe_load(bundle.config or "") or {}).get("data") or {}
-    rule = float(data.get("min_likelihood") or 0)
+    rule = float(config_value(bundle.config, "data.min_likelihood", 0))
     if rule == float(getattr(source, "min_likelihood", 0) or 0):
         return labels
     if not hasattr(source, "labels_under"):
