@@ -20,10 +20,11 @@ on the guard half. Each arm runs ``max(--judgements) / q`` rounds of ``q`` = gcd
 verdicts and is read at each requested count: the report-half macro AUROC, Brier, ECE and
 agreement with the cardiologist, with 90% bootstrap intervals over report-half records (one set
 of resamples for every row), and ``gap_closed = (refined - base) / (oracle - base)`` of macro
-AUROC. Rows "mean" average the seeds within each resample. Two yardsticks come first: the
-oracle's head trained on ``n`` clean pool labels drawn at random, and on those together with
-the base's own training records (replay), labelled as the base learned them (``house``: the
-standard labels beside the house's). ``--arms ''`` computes only these.
+AUROC. Rows "mean" average the seeds within each resample. Three yardsticks come first: the
+oracle's head trained on ``n`` clean pool labels drawn at random; on those together with the
+base's own training records (replay), labelled as the base learned them (``house``: the
+standard labels beside the house's); and on the base's records with the ``n`` pool ECGs the
+base is most uncertain about instead. ``--arms ''`` computes only these.
 
 Writes ``results/preference_<scenario>.{json,md,png}``.
 """
@@ -54,6 +55,8 @@ ARMS = {
     "pg/uncertainty": ["refine=pg", "ask.rule=uncertainty"],
     "dpo-replay/uncertainty": ["refine=dpo", "refine.replay=1.0", "ask.rule=uncertainty"],
     "dpo-replay/random": ["refine=dpo", "refine.replay=1.0", "ask.rule=random"],
+    "dpo-replay/margin": ["refine=dpo", "refine.replay=1.0", "ask.rule=margin"],
+    "dpo-replay/disagreement": ["refine=dpo", "refine.replay=1.0", "ask.rule=disagreement"],
     "ipo-replay/uncertainty": ["refine=ipo", "refine.replay=1.0", "ask.rule=uncertainty"],
     "pg-replay/uncertainty": ["refine=pg", "refine.replay=1.0", "ask.rule=uncertainty"],
 }
@@ -152,7 +155,8 @@ def oracle(bundle, sets, classes, seed: int = 0, lr: float = 1e-3, batch: int = 
 
 REFERENCE = "reference: n clean labels"
 REPLAY = "reference: the base's labels + n clean labels"
-REFERENCES = (REFERENCE, REPLAY)
+UNCERTAIN = "reference: the base's labels + its n most uncertain, clean"
+REFERENCES = (REFERENCE, REPLAY, UNCERTAIN)
 
 
 def reference_rows(bundle, sets, classes, counts: list[int], seeds: int, y, base_p, oracle_p,
@@ -160,15 +164,24 @@ def reference_rows(bundle, sets, classes, counts: list[int], seeds: int, y, base
     """What ``n`` perfectly labelled pool ECGs, drawn at random, give the same head trained as
     the oracle is (no noise, no guard): the yardstick for ``n`` judgements; also that head
     trained on the base's own training records (``sets.own``) and the ``n`` together: replay
-    of what the base learned from, beside what the judgements add."""
+    of what the base learned from, beside what the judgements add; and that again with the
+    ``n`` pool ECGs the base is most uncertain about (``uncertainty`` asking, once, with
+    perfect answers) instead of random ones."""
+    from ecgrisk.feedback.acquisition import select
+    from ecgrisk.refine.policy import BernoulliPolicy
+
+    uncertain = select(BernoulliPolicy(bundle.model, bundle.temperature, bundle.bias,
+                                       bundle.aggregation).probs(sets.pool),
+                       min(max(counts), len(sets.pool)), rule="uncertainty")
     rows = []
-    for arm, extra in [(REFERENCE, None), (REPLAY, sets.own)]:
+    for arm, extra in [(REFERENCE, None), (REPLAY, sets.own), (UNCERTAIN, sets.own)]:
         for n in sorted(counts):
             if n >= len(sets.pool):
                 continue
             t0, got = time.perf_counter(), []
             for s in range(seeds):
-                idx = np.sort(np.random.default_rng(s).choice(len(sets.pool), n, replace=False))
+                idx = (np.sort(uncertain[:n]) if arm == UNCERTAIN else
+                       np.sort(np.random.default_rng(s).choice(len(sets.pool), n, replace=False)))
                 train = sets.pool.subset(idx) if extra is None else _joined(extra,
                                                                           sets.pool.subset(idx))
                 p, _ = oracle(bundle, dataclasses.replace(sets, pool=train), classes, seed=s,
@@ -313,7 +326,10 @@ def write_markdown(path: Path, result: dict) -> None:
             f"{ci(r, 'agreement')} | {r['kept']} | "
             f"{'' if acc is None else f'{acc:.2f}'} | {r['wall_s']:.0f} |")
     replay = (f" The row '{REPLAY}' trains it on the base's own {meta['own']} training records "
-              "and those n together: their labels with it, as the base learned them.")
+              "and those n together: their labels with it, as the base learned them. The row "
+              f"'{UNCERTAIN}' does the same with the n pool ECGs the base is most uncertain "
+              "about (mean binary entropy, as `ask.rule=uncertainty` asks in round 1) instead of "
+              "random ones: whether asking by uncertainty pays even when every answer is right.")
     lines += ["", f"The row '{REFERENCE}' trains the same head as the oracle on n pool ECGs drawn "
               "at random with their true labels (no noise, no guard): what n judgements could "
               f"give at best through supervision alone.{replay}",
@@ -369,7 +385,8 @@ def plot(path: Path, result: dict) -> None:
         rs = [r for r in rows if r["arm"] == arm]
         x = [r["judgements"] for r in rs]
         for ax, key in zip(axes, ("gap_closed", "agreement"), strict=True):
-            style = ({"color": "k" if arm == REFERENCE else "0.5", "ls": "-.", "lw": 1.0}
+            style = ({"color": {REFERENCE: "k", REPLAY: "0.5"}.get(arm, "0.75"), "ls": "-.",
+                      "lw": 1.0}
                      if arm in REFERENCES else
                      {"ls": "--" if arm.endswith("/random") else "-"})
             line, = ax.plot(x, [r[key] for r in rs], marker="o", ms=3, label=arm, **style)
@@ -459,8 +476,10 @@ def main(argv: list[str] | None = None) -> None:
                       "reward_pair_accuracy": float(np.nanmean(accs)) if accs else None,
                       "wall_s": float(np.mean([run["elapsed"][k] for run in runs]))}
             rows.append({**common, "seed": "mean", **summarise(y, got, base_p, oracle_p, ids)})
-            for s, g in enumerate(got):
-                rows.append({**common, "seed": s, **_metrics(y, g)})
+            for s, (run, g) in enumerate(zip(runs, got, strict=True)):
+                rows.append({**common, "seed": s, "guard_auroc": float(run["guard"][k]),
+                             "kept": sum(v for j, v in run["kept"].items() if j <= k),
+                             "wall_s": float(run["elapsed"][k]), **_metrics(y, g)})
             r = rows[-len(got) - 1]
             print(f"{args.scenario} {name:26s} {n:5d}: guard AUROC {r['guard_auroc']:.4f}; "
                   f"report AUROC {r['auroc']:.4f} gap closed "

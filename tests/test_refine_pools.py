@@ -140,7 +140,7 @@ def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_
     assert "Targets at 200 judgements: not measured." in md  # only 10 and 20 were asked for
     assert (tmp_path / "out" / f"preference_{scenario}.png").stat().st_size > 10_000
     means = [r for r in res["rows"] if r["seed"] == "mean"]
-    yardsticks = [bench.REFERENCE, bench.REPLAY]
+    yardsticks = [bench.REFERENCE, bench.REPLAY, bench.UNCERTAIN]
     k = 2 * len(yardsticks)
     assert [(r["arm"], r["judgements"]) for r in means] == [
         (arm, n) for arm in [*yardsticks, "bce/uncertainty", "bce/random"] for n in (10, 20)]
@@ -149,6 +149,8 @@ def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_
         assert r["gap_closed"] == pytest.approx((r["auroc"] - base) / (oracle - base))
     # the base's own records (house: with the standard labels it learned) changed the head
     assert means[2]["auroc"] != means[0]["auroc"]
+    # the same with the base's most uncertain pool ECGs: other records, another head
+    assert means[4]["auroc"] != means[2]["auroc"]
     trained = Bundle.load(tmp / "base" / "model.pt").extra["train_records"]
     assert res["meta"]["own"] == len(trained) > 0
     assert f"base's own {len(trained)} training records" in md
@@ -164,6 +166,9 @@ def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_
                  and s["seed"] != "mean"]
         assert len(seeds) == 2
         assert r["auroc"] == pytest.approx(np.mean([s["auroc"] for s in seeds]))
+        # each seed row carries its own run's guard AUROC and kept rounds; the mean row theirs
+        assert r["guard_auroc"] == pytest.approx(np.mean([s["guard_auroc"] for s in seeds]))
+        assert r["kept"] == sum(s["kept"] for s in seeds)
         assert r["gap_closed"] == pytest.approx((r["auroc"] - base) / (oracle - base))
         assert r["auroc_lower"] <= r["auroc"] <= r["auroc_upper"]
     assert res["meta"]["queries"] == 10 and res["meta"]["rounds"] == 2
