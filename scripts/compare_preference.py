@@ -7,7 +7,7 @@ report half's gap closed (what it is reported on).
 
 Each row is one arm of one run: the overrides that differ between the runs, the kept model's
 guard macro AUROC (mean over seeds), the report half's gap closed with its interval, and the
-rounds the guard kept. Per scenario and arm the run with the highest guard AUROC is marked.
+rounds the guard kept of those run so far (all seeds). Per scenario and arm the run with the highest guard AUROC is marked.
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ def load(paths: list[Path]) -> list[dict]:
 
 
 def effective(run: dict) -> dict[str, str]:
-    """A run's overrides as Hydra applied them: a key given twice keeps its last value."""
-    return {k: v for k, _, v in (o.partition("=") for o in run["meta"]["overrides"])}
+    """A run's overrides as Hydra applied them (a key given twice keeps its last value), with
+    the round size the benchmark chose from its judgement counts."""
+    meta = run["meta"]
+    return {"queries_per_round": str(meta["queries"]),
+            **{k: v for k, _, v in (o.partition("=") for o in meta["overrides"])}}
 
 
 def shared(runs: list[dict]) -> dict[str, str]:
@@ -56,7 +59,8 @@ def table(runs: list[dict], at: int) -> list[str]:
         for r in run["rows"]:
             if r["seed"] == "mean" and r["judgements"] == at and r["guard_auroc"] is not None:
                 rows.append({"scenario": run["meta"]["scenario"], "arm": r["arm"],
-                             "overrides": " ".join(own) or "(shared only)", "row": r})
+                             "overrides": " ".join(own) or "(shared only)", "row": r,
+                             "rounds": at // run["meta"]["queries"] * run["meta"]["seeds"]})
     if not rows:
         raise SystemExit(f"no arm was read at {at} judgements in these runs")
     best = {}
@@ -64,14 +68,14 @@ def table(runs: list[dict], at: int) -> list[str]:
         key = (x["scenario"], x["arm"])
         if key not in best or x["row"]["guard_auroc"] > best[key]["row"]["guard_auroc"]:
             best[key] = x
-    lines = ["| scenario | arm | overrides | guard AUROC | report gap closed | kept rounds |",
+    lines = ["| scenario | arm | overrides | guard AUROC | report gap closed | rounds kept |",
              "|---|---|---|---|---|---|"]
     for x in sorted(rows, key=lambda x: (x["scenario"], x["arm"])):
         r, mark = x["row"], "**" if best[(x["scenario"], x["arm"])] is x else ""
         lines.append(f"| {x['scenario']} | {x['arm']} | `{x['overrides']}` | "
                      f"{mark}{r['guard_auroc']:.4f}{mark} | {r['gap_closed']:.2f} "
                      f"[{r['gap_closed_lower']:.2f}, {r['gap_closed_upper']:.2f}] | "
-                     f"{r['kept']} |")
+                     f"{r['kept']} of {x['rounds']} |")
     return lines
 
 

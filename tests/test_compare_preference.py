@@ -11,7 +11,7 @@ from script_support import load_script
 compare = load_script("compare_preference")
 
 
-def _result(path, scenario, overrides, arms):
+def _result(path, scenario, overrides, arms, queries=50):
     rows = [{"arm": "reference: n clean labels", "judgements": 200, "seed": "mean",
              "guard_auroc": None, "gap_closed": 0.4, "gap_closed_lower": 0.3,
              "gap_closed_upper": 0.5, "kept": "-"}]
@@ -22,6 +22,7 @@ def _result(path, scenario, overrides, arms):
                          "gap_closed_upper": gap + 0.1, "kept": 7})
             rows.append({**rows[-1], "seed": 0})
     path.write_text(json.dumps({"meta": {"scenario": scenario, "overrides": overrides,
+                                         "queries": queries, "seeds": 3,
                                          "command": f"python bench {' '.join(overrides)}"},
                                 "rows": rows}))
     return path
@@ -39,18 +40,18 @@ def test_rows_name_what_differs_and_the_guard_picks_per_arm(tmp_path):
     out = tmp_path / "cmp.md"
     compare.main([str(a), str(b), str(c), "--at", "200", "--out", str(out)])
     lines = out.read_text().splitlines()
-    assert "Shared overrides: `guard.against=kept`. Runs:" in lines
+    assert "Shared overrides: `queries_per_round=50 guard.against=kept`. Runs:" in lines
     rows = [line for line in lines if line.startswith("| scarce |")]
     assert len(rows) == 5  # the yardstick (no guard) is left out; the 50-judgement rows too
     # the guard's best per arm is bold, whatever the report half says
-    assert "| scarce | dpo/u | `refine.lr=3e-4 refine.beta=0.1` | **0.8790** | 0.41 [0.31, 0.51] | 7 |" in rows
-    assert "| scarce | dpo/u | `refine.lr=3e-4 refine.beta=1.0` | 0.8760 | 0.45 [0.35, 0.55] | 7 |" in rows
-    assert "| scarce | dpo/r | `refine.lr=3e-4 refine.beta=1.0` | **0.8800** | 0.20 [0.10, 0.30] | 7 |" in rows
-    assert "| scarce | dpo/u | `refine.lr=1e-3 refine.beta=0.1` | 0.8700 | 0.00 [-0.10, 0.10] | 7 |" in rows
+    assert "| scarce | dpo/u | `refine.lr=3e-4 refine.beta=0.1` | **0.8790** | 0.41 [0.31, 0.51] | 7 of 12 |" in rows
+    assert "| scarce | dpo/u | `refine.lr=3e-4 refine.beta=1.0` | 0.8760 | 0.45 [0.35, 0.55] | 7 of 12 |" in rows
+    assert "| scarce | dpo/r | `refine.lr=3e-4 refine.beta=1.0` | **0.8800** | 0.20 [0.10, 0.30] | 7 of 12 |" in rows
+    assert "| scarce | dpo/u | `refine.lr=1e-3 refine.beta=0.1` | 0.8700 | 0.00 [-0.10, 0.10] | 7 of 12 |" in rows
     # a run that leaves a swept key unset says so
-    d = _result(tmp_path / "d.json", "scarce", shared, {"dpo/r": (0.8, 0.1)})
+    d = _result(tmp_path / "d.json", "scarce", shared, {"dpo/r": (0.8, 0.1)}, queries=25)
     compare.main([str(a), str(d), "--at", "200", "--out", str(out)])
-    assert "| scarce | dpo/r | `refine.beta=default` | 0.8000 |" in out.read_text()
+    assert "| scarce | dpo/r | `queries_per_round=25 refine.beta=default` | 0.8000 |" in out.read_text()
 
 
 def test_refuses_what_it_cannot_compare(tmp_path):
