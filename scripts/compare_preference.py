@@ -7,7 +7,8 @@ report half's gap closed (what it is reported on).
 
 Each row is one arm of one run: the overrides that differ between the runs, the kept model's
 guard macro AUROC (mean over seeds), the report half's gap closed with its interval, and the
-rounds the guard kept of those run so far (all seeds). Per scenario and arm the run with the highest guard AUROC is marked.
+rounds the guard kept of those run so far (all seeds). Per scenario and arm the run with the
+highest guard AUROC is marked.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ def load(paths: list[Path]) -> list[dict]:
     runs = []
     for p in paths:
         try:
-            runs.append({"path": p, **json.loads(p.read_text())})
+            runs.append(json.loads(p.read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise SystemExit(f"{p}: not a benchmark_preference result ({e})") from e
-        if "rows" not in runs[-1] or "meta" not in runs[-1]:
+        if not isinstance(runs[-1], dict) or "rows" not in runs[-1] or "meta" not in runs[-1]:
             raise SystemExit(f"{p}: not a benchmark_preference result (no rows or meta)")
     return runs
 
