@@ -43,23 +43,22 @@ from pathlib import Path
 
 import numpy as np
 
-ARMS = {
-    "bce/uncertainty": ["refine=bce", "ask.rule=uncertainty"],
-    "bce/random": ["refine=bce", "ask.rule=random"],
-    "bce-replay/uncertainty": ["refine=bce", "refine.replay=1.0", "ask.rule=uncertainty"],
-    "bce-replay/random": ["refine=bce", "refine.replay=1.0", "ask.rule=random"],
-    "ipo/uncertainty": ["refine=ipo", "ask.rule=uncertainty"],
-    "ipo-weighted/uncertainty": ["refine=ipo", "refine.weighting=uncertainty",
-                                 "ask.rule=uncertainty"],
-    "dpo/uncertainty": ["refine=dpo", "ask.rule=uncertainty"],
-    "pg/uncertainty": ["refine=pg", "ask.rule=uncertainty"],
-    "dpo-replay/uncertainty": ["refine=dpo", "refine.replay=1.0", "ask.rule=uncertainty"],
-    "dpo-replay/random": ["refine=dpo", "refine.replay=1.0", "ask.rule=random"],
-    "dpo-replay/margin": ["refine=dpo", "refine.replay=1.0", "ask.rule=margin"],
-    "dpo-replay/disagreement": ["refine=dpo", "refine.replay=1.0", "ask.rule=disagreement"],
-    "ipo-replay/uncertainty": ["refine=ipo", "refine.replay=1.0", "ask.rule=uncertainty"],
-    "pg-replay/uncertainty": ["refine=pg", "refine.replay=1.0", "ask.rule=uncertainty"],
-}
+# an arm is "<method>[-<variant>...]/<ask rule>"; its name is all its overrides
+ARMS = ("bce/uncertainty", "bce/random", "bce-replay/uncertainty", "bce-replay/random",
+        "ipo/uncertainty", "ipo-weighted/uncertainty", "dpo/uncertainty", "pg/uncertainty",
+        "dpo-replay/uncertainty", "dpo-replay/random", "dpo-replay/margin",
+        "dpo-replay/disagreement", "ipo-replay/uncertainty", "pg-replay/uncertainty")
+VARIANTS = {"replay": "refine.replay=1.0", "weighted": "refine.weighting=uncertainty"}
+
+
+def arm_overrides(name: str) -> list[str]:
+    """The refine overrides an arm's name spells, e.g. ``dpo-replay/margin`` ->
+    ``refine=dpo refine.replay=1.0 ask.rule=margin``."""
+    learner, rule = name.split("/")
+    method, *variants = learner.split("-")
+    return [f"refine={method}", *(VARIANTS[v] for v in variants), f"ask.rule={rule}"]
+
+
 SCENARIOS = ("scarce", "house")
 
 
@@ -220,7 +219,7 @@ def run_arm(name: str, seed: int, args, bundle, sets, queries: int, rounds: int,
     from ecgrisk.refine.loop import make_feedback, run_loop
     from ecgrisk.refine.refiners import REFINERS
 
-    cfg = refine_cfg(args, seed, ARMS[name], queries, rounds)
+    cfg = refine_cfg(args, seed, arm_overrides(name), queries, rounds)
     folder = work / "arms" / name.replace("/", "_") / f"seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

@@ -128,9 +128,14 @@ def test_folder_pool_uses_the_review_apps_ids_and_the_store_its_judgements(scarc
 
 
 @pytest.mark.parametrize("scenario", ["house", "scarce"])
-def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_path, scenario):
+def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_path, scenario,
+                                                                   monkeypatch):
     tmp, root, _ = scarce
     bench = load_script("benchmark_preference")
+    trained_on = []  # the set each head of the oracle's recipe was trained on, call by call
+    oracle = bench.oracle
+    monkeypatch.setattr(bench, "oracle", lambda bundle, sets, *a, **k: (
+        trained_on.append(sets.pool) or oracle(bundle, sets, *a, **k)))
     bench.main(["--root", str(root), "--scenario", scenario, "--judgements", "10", "20",
                 "--seeds", "2", "--arms", "bce/uncertainty,bce/random", "--bootstrap", "20",
                 "--base", str(tmp / "base" / "model.pt"), "--work", str(tmp_path / "work"),
@@ -151,6 +156,20 @@ def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_
     assert means[2]["auroc"] != means[0]["auroc"]
     # the same with the base's most uncertain pool ECGs: other records, another head
     assert means[4]["auroc"] != means[2]["auroc"]
+    # calls: the oracle on the whole pool; per yardstick, n = 10, 20 x seeds 0, 1; own alone x 2
+    from ecgrisk.feedback.acquisition import select
+    from ecgrisk.refine.policy import BernoulliPolicy
+
+    assert len(trained_on) == 1 + 3 * 4 + 2
+    pool, b = trained_on[0], Bundle.load(tmp / "base" / "model.pt")
+    top = select(BernoulliPolicy(b.model, b.temperature, b.bias, b.aggregation).probs(pool), 20,
+                 rule="uncertainty")
+    own = trained_on[13].record_ids  # the last calls: the base's records alone
+    for call, n in zip(range(9, 13), (10, 10, 20, 20), strict=True):
+        # the uncertain yardstick: the base's records and its n most uncertain, every seed
+        assert trained_on[call].record_ids == own + [pool.record_ids[i] for i in sorted(top[:n])]
+    # the random one draws other ECGs per seed
+    assert trained_on[5].record_ids[len(own):] != trained_on[6].record_ids[len(own):]
     trained = Bundle.load(tmp / "base" / "model.pt").extra["train_records"]
     assert res["meta"]["own"] == len(trained) > 0
     assert f"base's own {len(trained)} training records" in md
@@ -159,6 +178,15 @@ def test_preference_benchmark_reports_gap_closed_against_its_oracle(scarce, tmp_
     assert f"gap closed {alone['gap_closed']:.2f}" in md
     assert bench.parse_args(["--root", "r", "--scenario", "scarce", "--arms", ""]).arms == []
     assert "pg-replay/uncertainty" in bench.parse_args(["--root", "r", "--scenario", "house"]).arms
+    # an arm's name spells its overrides; every method and rule it names exists
+    from ecgrisk.feedback.acquisition import RULES
+    from ecgrisk.refine.refiners import REFINERS
+
+    assert bench.arm_overrides("ipo-weighted/uncertainty") == [
+        "refine=ipo", "refine.weighting=uncertainty", "ask.rule=uncertainty"]
+    for arm in bench.ARMS:
+        method, *_, rule = bench.arm_overrides(arm)
+        assert method.split("=")[1] in REFINERS and rule.split("=")[1] in RULES
     with pytest.raises(SystemExit):
         bench.parse_args(["--root", "r", "--scenario", "house", "--arms", "bce-replay/sometimes"])
     for r in means[k:]:
