@@ -1,19 +1,24 @@
-"""Finding a model bundle or encoder file by path or shipped name, and the error for one that
-cannot be used.
+"""Finding a model bundle or encoder file by path or shipped name, reading its metadata, and
+the error for one that cannot be used.
 
 Apart from :mod:`ecgrisk.bundle` because it must not import torch: ``ecgrisk score`` resolves
-``--model`` before it starts its reader processes, and they start while the main process
-imports torch (see :func:`ecgrisk.scoring.job.score_files`).
+``--model`` and reads what its readers need (:func:`peek_meta`) before it imports torch, so
+they read records while the main process imports torch and loads the weights (see
+:func:`ecgrisk.scoring.job.score_files`).
 """
 
 from __future__ import annotations
 
+import collections
+import io
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 from ecgrisk.shipped import list_shipped, shipped_path
 
-__all__ = ["BundleError", "resolve"]
+__all__ = ["BundleError", "peek_meta", "resolve"]
 
 KINDS = {"bundle": "model bundle", "encoder": "encoder file"}
 
@@ -41,15 +46,48 @@ def resolve(path_or_name: str | os.PathLike, kind: str = "bundle") -> Path:
 
 
 def _shipped_names(kind: str) -> list[str]:
-    """The shipped names whose file holds ``kind``; mmap reads the metadata, not the weights."""
-    import torch  # only to list the names in an error
+    """The shipped names whose file holds ``kind`` (an unreadable file is no candidate; loading
+    it by name says why)."""
+    return [name for name in list_shipped()
+            if (peek_meta(shipped_path(name)) or {}).get("kind") == kind]
 
-    names = []
-    for name in list_shipped():
-        try:
-            meta = torch.load(shipped_path(name), map_location="cpu", weights_only=True, mmap=True)["meta"]
-        except Exception:  # an unreadable file is no candidate; loading it by name says why
-            continue
-        if meta.get("kind") == kind:
-            names.append(name)
-    return names
+
+def _no_tensor(*args, **kwargs) -> None:
+    return None
+
+
+class _MetaUnpickler(pickle.Unpickler):
+    """A ``torch.save`` pickle without torch: every tensor and storage becomes None, and no
+    class or function outside torch's tensor rebuilding is looked up (so none runs)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module == "torch._utils" and name.startswith("_rebuild_")) or (
+                module == "torch" and name.endswith("Storage")):
+            return _no_tensor
+        raise pickle.UnpicklingError(f"{module}.{name} is not read without torch")
+
+    def persistent_load(self, pid) -> None:
+        return None
+
+
+def peek_meta(path: str | os.PathLike) -> dict | None:
+    """The ``meta`` dict of a bundle or encoder file, read without torch (about 5 ms where
+    importing torch and loading the file take 1.5-2 s); None when the file is not a ``torch.save``
+    zip archive this can read.
+
+    Not verified: :func:`ecgrisk.bundle.Bundle.load` checks the digest and says what is wrong
+    with a file this cannot read. A caller acting on the peeked metadata compares it with the
+    loaded bundle.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [n for n in z.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                return None
+            obj = _MetaUnpickler(io.BytesIO(z.read(pickles[0]))).load()
+    except Exception:  # any fault: the caller loads the file with torch, which names it
+        return None
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    return meta if isinstance(meta, dict) else None

@@ -39,12 +39,18 @@ class InputSpec:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> InputSpec:
-        fs = bundle.preprocessing.fs
-        window, stride = round(bundle.window_s * fs), round(bundle.stride_s * fs)
+        return cls.from_meta(bundle.meta())
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> InputSpec:
+        """From a bundle's ``meta`` dict (:meth:`Bundle.meta`, or
+        :func:`~ecgrisk.bundle_files.peek_meta` before torch is imported)."""
+        pre = Preprocessing.from_dict(meta["preprocessing"])
+        window, stride = round(meta["window_s"] * pre.fs), round(meta["stride_s"] * pre.fs)
         if window < 1 or stride < 1:
-            raise ValueError(f"bundle window_s={bundle.window_s}, stride_s={bundle.stride_s} give "
-                             f"{window}/{stride} samples at {fs:g} Hz; both must be >= 1")
-        return cls(bundle.preprocessing, bundle.scaler, window, stride)
+            raise ValueError(f"bundle window_s={meta['window_s']}, stride_s={meta['stride_s']} "
+                             f"give {window}/{stride} samples at {pre.fs:g} Hz; both must be >= 1")
+        return cls(pre, Scaler(**meta["scaler"]), window, stride)
 
     def prepare(self, signal: np.ndarray, fs: float) -> np.ndarray:
         """Preprocessed, scaled signal ``[leads, max(T', window)]`` float32 from ``signal [leads, T]``.

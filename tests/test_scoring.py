@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ecgrisk.bundle import Bundle
+from ecgrisk.bundle_files import BundleError, peek_meta
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io import read_ecg
 from ecgrisk.io.inputs import collect_records
@@ -20,6 +21,7 @@ from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.preprocess import Preprocessing, Scaler
+from ecgrisk.scoring import job
 from ecgrisk.scoring.cli import main as cli_main
 from ecgrisk.scoring.job import record_groups, score_files
 from ecgrisk.scoring.predict import Predictor, predict_proba
@@ -229,7 +231,55 @@ def test_unsafe_and_tampered_bundles_are_refused(bundle_path, tmp_path, ptbxl_ro
     torch.save(obj, tampered)
     assert cli_main(["score", rec, "--model", str(tampered), "--out", str(out), "--quiet"]) == 2
     assert "altered" in capsys.readouterr().err
-    assert not out.exists()
+    assert not out.exists() and not list(tmp_path.glob(".s.csv.*"))  # no partial file either
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling it would create the file
+
+
+def test_peek_meta_reads_the_metadata_without_torch_and_runs_nothing(bundle_path, tmp_path):
+    assert peek_meta(bundle_path) == torch.load(bundle_path, weights_only=True)["meta"]
+    marker = tmp_path / "ran"
+    code = tmp_path / "code.pt"
+    torch.save({"meta": {"kind": "bundle"}, "state_dict": {}, "obj": RunsCode(marker)}, code)
+    assert peek_meta(code) is None and not marker.exists()
+    (tmp_path / "text.pt").write_text("not a zip archive")
+    assert peek_meta(tmp_path / "text.pt") is None
+    assert peek_meta(tmp_path / "absent.pt") is None
+    code = ("import sys\nfrom ecgrisk.bundle_files import peek_meta\n"
+            "assert peek_meta(sys.argv[1])['name'] == 'tiny'\nassert 'torch' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(bundle_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_bundle_unreadable_without_torch_is_loaded_first_and_scores_the_same(
+        ptbxl_root, bundle_path, tmp_path, monkeypatch):
+    recs = [str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr") for i in (1, 2)]
+    score_files(recs, bundle_path, tmp_path / "a.csv", workers=0, progress=False)
+    monkeypatch.setattr(job, "peek_meta", lambda path: None)
+    score_files(recs, bundle_path, tmp_path / "b.csv", workers=0, progress=False)
+    a, b = read_table(tmp_path / "a.csv"), read_table(tmp_path / "b.csv")
+    assert a.keys() == b.keys() == {"00001_lr", "00002_lr"}
+    for r in a:
+        assert np.array_equal(probs_of(a[r]), probs_of(b[r]))
+
+
+@pytest.mark.parametrize("change", [{"window_s": 5.0}, {"version": "2"}, {"classes": CLASSES[::-1]}])
+def test_a_bundle_whose_loaded_metadata_differs_from_what_the_readers_used_is_refused(
+        ptbxl_root, bundle_path, tmp_path, monkeypatch, change):
+    """The readers start on the metadata read before torch; if the file was replaced before the
+    weights loaded, the rows would mix two models' inputs or names."""
+    real = job.peek_meta
+    monkeypatch.setattr(job, "peek_meta", lambda path: real(path) | change)
+    rec = str(ptbxl_root / "records100" / "00000" / "00001_lr")
+    with pytest.raises(BundleError, match="changed while it was being loaded"):
+        score_files([rec], bundle_path, tmp_path / "s.csv", workers=0, progress=False)
+    assert not list(tmp_path.glob("*s.csv*"))
 
 
 def test_bands_quality_and_inputs(ptbxl_root, bundle_path, tmp_path):

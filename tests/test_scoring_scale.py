@@ -18,7 +18,7 @@ from ecgrisk.bundle import Bundle
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
-from ecgrisk.scoring import reading
+from ecgrisk.scoring import job, reading
 from ecgrisk.scoring.job import score_files
 from ecgrisk.scoring.predict import Predictor
 
@@ -109,6 +109,39 @@ def test_readers_start_before_the_model_loads(ptbxl_root, bundle_path, tmp_path,
     assert at_load == [2]
     assert len(_rows(tmp_path / "s.csv")) == 4
     assert not mp.active_children()  # ended with the job
+
+
+def test_records_go_to_the_readers_before_the_model_loads(ptbxl_root, bundle_path, tmp_path,
+                                                         monkeypatch):
+    """The first chunks are handed over on the bundle's metadata alone (read without torch), so
+    the readers read while the main process imports torch and loads the weights, with the
+    read-ahead's bound already in force."""
+    submitted = []
+
+    class Inline:
+        def submit(self, fn, chunk, *args):
+            submitted.extend(chunk)
+            f = Future()
+            f.set_result(fn(chunk, *args))
+            return f
+
+    monkeypatch.setattr(reading, "worker_pool", lambda *a, **k: nullcontext(Inline()))
+    real, at_load = Bundle.load, []
+
+    def load(*args, **kwargs):
+        at_load.append(len(submitted))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(Bundle, "load", load)
+    n = 100
+    inputs = [str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr") for i in range(1, n + 1)]
+    # 8 windows a record, batches of 16 windows: 2 records a batch, so READ_AHEAD_BATCHES
+    # batches ahead plus the readers' own 4 chunks (of one record)
+    limit = 4 + 2 * job.READ_AHEAD_BATCHES
+    score_files(inputs, bundle_path, tmp_path / "s.csv", workers=1, batch_size=16, chunk_size=1,
+                progress=False)
+    assert at_load == [min(n, limit)]
+    assert [r["record"] for r in _rows(tmp_path / "s.csv")] == [f"{i:05d}_lr" for i in range(1, n + 1)]
 
 
 def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_path):

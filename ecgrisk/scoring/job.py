@@ -3,8 +3,10 @@
 Reader processes (``workers``, :mod:`ecgrisk.scoring.reading`) read, preprocess, scale and
 quality-check records in small chunks; the main process gathers their windows into batches of
 ``batch_size`` for the model and writes rows (:mod:`ecgrisk.scoring.rows`) as soon as a batch is
-done. At most ``4 * workers`` chunks and a batch of 10 s records are in flight, so memory
-stays flat however many files there are. Rows go to a partial file beside the output that
+done. Reading starts on the bundle's metadata, read without torch, while the main process
+imports torch and loads the weights. At most ``4 * workers`` chunks and
+:data:`READ_AHEAD_BATCHES` batches of 10 s records are in flight, so memory stays flat however
+many files there are. Rows go to a partial file beside the output that
 replaces it only at the end (:mod:`ecgrisk.scoring.table`); an interrupted run leaves its
 partial file, which ``resume=True`` reads (with the previous output) and carries forward. An exception (or
 :class:`~ecgrisk.signals.Interrupted`) ends the reader processes before it leaves.
@@ -19,12 +21,14 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from ecgrisk.bundle_files import BundleError, peek_meta, resolve
+from ecgrisk.input_spec import InputSpec
 from ecgrisk.io.inputs import collect_records
 from ecgrisk.progress import progress_bar
 from ecgrisk.scoring.reading import ReadRecord, read_records, reader_pool
 from ecgrisk.scoring.report import ScoreSummary
 from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
-from ecgrisk.scoring.table import TableWriter, read_rows, stale_partials
+from ecgrisk.scoring.table import TableWriter, read_rows, stale_partials, table_format
 from ecgrisk.signals import fault_point, raise_if_interrupted
 
 if TYPE_CHECKING:
@@ -35,6 +39,12 @@ __all__ = ["record_groups", "score_files"]
 T = TypeVar("T")
 
 RESTING_ECG_S = 10.0  # the length of a resting 12-lead ECG, to size the read-ahead
+# model batches of resting ECGs in flight beyond the readers' own queue. One would keep the
+# readers a batch ahead of the model; more let them read through the 1-2 s the main process
+# spends importing torch and loading the weights, which is one core's work. 2,000 mixed files
+# on 2 cores, medians of 4 alternating runs: 464 ECGs/s at 1, 482 at 8, 479 at 16, against 462
+# when reading waited for the model (at 8, 576 records of 10 s at 100 Hz, about 28 MB).
+READ_AHEAD_BATCHES = 8
 
 
 def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os.PathLike, *,
@@ -73,61 +83,85 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
     out = Path(out)
     t0 = time.perf_counter()
     records = collect_records(inputs)
+    bundle_path = resolve(bundle_path)
     with reader_pool(workers, records) as readers:
-        # imported only now, with the readers starting: torch's import and the bundle's load
-        # keep one core busy for about a second, the readers' own start-up takes the other
-        from ecgrisk.bundle import Bundle
-        from ecgrisk.scoring.predict import Predictor
-
-        bundle = Bundle.load(bundle_path)
-        bands = check_bands(bands if bands is not None else bundle.risk_bands)
-        predictor = Predictor(bundle, backend=backend, onnx_path=onnx_path, bundle_path=bundle_path)
-        summary = _score(records, predictor, readers, out, resume, bands, batch_size, chunk_size,
-                         missing_leads, npy_fs, progress, top_n)
+        summary = _score(records, bundle_path, readers, out, resume, bands, batch_size,
+                         chunk_size, missing_leads, npy_fs, progress, top_n,
+                         lambda: _predictor(bundle_path, backend, onnx_path))
     summary.wall_s = time.perf_counter() - t0
     return summary
 
 
-def _score(records, predictor, readers, out: Path, resume: bool, bands, batch_size: int,
-           chunk_size: int, missing_leads: str, npy_fs, progress: bool, top_n: int) -> ScoreSummary:
-    bundle = predictor.bundle
-    classes = list(bundle.classes)
+def _predictor(bundle_path: Path, backend: str, onnx_path) -> Predictor:
+    # imported only here, with the readers reading: torch's import and the bundle's load keep
+    # one core busy for 1.5-2 s, the readers take the other
+    from ecgrisk.bundle import Bundle
+    from ecgrisk.scoring.predict import Predictor
+
+    return Predictor(Bundle.load(bundle_path), backend=backend, onnx_path=onnx_path,
+                     bundle_path=bundle_path)
+
+
+def _score(records, bundle_path: Path, readers, out: Path, resume: bool, bands, batch_size: int,
+           chunk_size: int, missing_leads: str, npy_fs, progress: bool, top_n: int,
+           load: Callable[[], Predictor]) -> ScoreSummary:
+    # what the readers and the resumed rows need comes from the bundle's metadata, read
+    # without torch; a file it cannot read is loaded first, and Bundle.load says what is wrong
+    meta = peek_meta(bundle_path)
+    predictor = None if meta is not None else load()
+    meta = meta if meta is not None else predictor.bundle.meta()
+    spec = InputSpec.from_meta(meta)
+    classes = list(meta["classes"])
+    bands = check_bands(bands if bands is not None else tuple(meta["risk_bands"]))
     columns = output_columns(classes)
-    summary = ScoreSummary(top_n=top_n)
     old = [out] + stale_partials(out)
-    writer = TableWriter(out, columns)
-    try:
-        done: set[str] = set()
-        if resume:
-            wanted = {path for _, path in records}
-            for row in read_rows(old, columns, writer.fmt):
-                same_model = (row["model_name"] == bundle.name
-                              and str(row["model_version"]) == str(bundle.version))
-                if row["error"] or not same_model or row["path"] in done or row["path"] not in wanted:
-                    continue
-                done.add(row["path"])
-                writer.write([row])
-                summary.add(row, classes, resumed=True)
-        todo = [r for r in records if r[1] not in done]
-        # a batch of resting ECGs' worth of chunks in flight beyond the readers' own queue, so
-        # they read the next batch while the model scores this one
-        spec = predictor.spec
-        per_record = max(1, round(RESTING_ECG_S * spec.preprocessing.fs) // spec.stride)
-        stream = read_records(todo, spec, readers, chunk_size, missing_leads, npy_fs,
-                              ahead=-(-batch_size // (per_record * chunk_size)))
-        with progress_bar(len(todo), "scoring", enabled=progress) as advance, closing(stream):
-            for group in record_groups(stream, lambda rec: (rec.length or 0) // spec.stride,
-                                       batch_size):
-                _flush(group, predictor, writer, summary, bands, batch_size)
-                advance(len(group))
-        fault_point(f"write:{out.name}")
-    except BaseException:
-        writer.close()  # a finished partial file: --resume continues from it
-        raise
+    model = (meta["name"], str(meta["version"]))
+    wanted = {path for _, path in records}
+    done = {row["path"] for row in _carried(old, columns, out, model, wanted)} if resume else set()
+    todo = [r for r in records if r[1] not in done]
+    per_record = max(1, round(RESTING_ECG_S * spec.preprocessing.fs) // spec.stride)
+    stream = read_records(todo, spec, readers, chunk_size, missing_leads, npy_fs,
+                          ahead=READ_AHEAD_BATCHES * -(-batch_size // (per_record * chunk_size)))
+    with closing(stream):
+        if predictor is None:
+            predictor = load()
+            bundle = predictor.bundle
+            if (predictor.spec != spec or list(bundle.classes) != classes
+                    or (bundle.name, str(bundle.version)) != model):
+                raise BundleError(f"{bundle_path}: changed while it was being loaded; score again")
+        summary = ScoreSummary(top_n=top_n)
+        writer = TableWriter(out, columns)
+        try:
+            if resume:
+                for row in _carried(old, columns, out, model, wanted):
+                    writer.write([row])
+                    summary.add(row, classes, resumed=True)
+            with progress_bar(len(todo), "scoring", enabled=progress) as advance:
+                for group in record_groups(stream, lambda rec: (rec.length or 0) // spec.stride,
+                                           batch_size):
+                    _flush(group, predictor, writer, summary, bands, batch_size)
+                    advance(len(group))
+            fault_point(f"write:{out.name}")
+        except BaseException:
+            writer.close()  # a finished partial file: --resume continues from it
+            raise
     writer.commit()
     for p in old[1:]:
         p.unlink(missing_ok=True)
     return summary
+
+
+def _carried(old: list[Path], columns: list[str], out: Path, model: tuple[str, str],
+             wanted: set[str]) -> Iterator[dict]:
+    """The rows of earlier outputs and partials a resumed run keeps: scored without error by
+    the same model name and version, of a record asked for now, one per record."""
+    seen: set[str] = set()
+    for row in read_rows(old, columns, table_format(out)):
+        if (row["error"] or (row["model_name"], str(row["model_version"])) != model
+                or row["path"] in seen or row["path"] not in wanted):
+            continue
+        seen.add(row["path"])
+        yield row
 
 
 def record_groups(items: Iterable[T], n_windows: Callable[[T], int], batch_size: int

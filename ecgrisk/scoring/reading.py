@@ -9,6 +9,7 @@ module and must never load torch: it needs only numpy/scipy.
 from __future__ import annotations
 
 import importlib
+import itertools
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterator
@@ -137,27 +138,36 @@ def reader_pool(workers: int, records: list[tuple[str, str]]) -> Iterator[Reader
 def read_records(records: list[tuple[str, str]], spec: InputSpec, readers: Readers | None,
                  chunk_size: int, missing_leads: str = "pad", npy_fs: float | None = None,
                  ahead: int = 0) -> Iterator[ReadRecord]:
-    """Yield read records in input order with at most ``4 * workers + ahead`` chunks in flight.
+    """Read records in input order with at most ``4 * workers + ahead`` chunks in flight.
 
-    ``readers`` come from :func:`reader_pool`; None reads in the calling process. A consumer
-    that stops to work on what it took (the model on a batch) should ask for a batch's worth of
-    chunks ``ahead``: chunks are only submitted as others are taken, so with less in flight the
-    readers run dry during that work and the next batch waits for them. An exception leaving
-    the :func:`reader_pool` ends the readers at once, with what is still queued.
+    ``readers`` come from :func:`reader_pool`: the first chunks go to them at once, before the
+    first record is asked for, so they read while the caller gets ready (imports torch and
+    loads the model: 1.5-2 s on one core). None reads in the calling process, as records are
+    asked for. A consumer that stops to work on what it took (the model on a batch) should ask
+    for a batch's worth of chunks ``ahead``: chunks are only submitted as others are taken, so
+    with less in flight the readers run dry during that work and the next batch waits for them.
+    An exception leaving the :func:`reader_pool` ends the readers at once, with what is still
+    queued.
 
     Spawned readers import the caller's main script again, as multiprocessing's spawn does: a
     script that imports torch at its top level costs every reader torch's import (seconds,
     and about 50 MB each) before its first record. ``ecgrisk score`` imports nothing heavy
     there, nor does ``scripts/bench_scoring.py``.
     """
+    chunks = _chunks(records, chunk_size)
     if readers is None:
-        for chunk in _chunks(records, chunk_size):
-            yield from read_chunk(chunk, spec, missing_leads, npy_fs)
-        return
-    pending: deque = deque()
-    for chunk in _chunks(records, chunk_size):
-        pending.append(readers.executor.submit(read_chunk, chunk, spec, missing_leads, npy_fs))
-        if len(pending) >= 4 * readers.workers + ahead:
-            yield from pending.popleft().result()
+        return (rec for chunk in chunks for rec in read_chunk(chunk, spec, missing_leads, npy_fs))
+
+    def submit(chunk):
+        return readers.executor.submit(read_chunk, chunk, spec, missing_leads, npy_fs)
+
+    pending = deque(submit(c) for c in itertools.islice(chunks, 4 * readers.workers + ahead))
+    return _in_order(pending, chunks, submit)
+
+
+def _in_order(pending: deque, chunks: Iterator, submit) -> Iterator[ReadRecord]:
     while pending:
-        yield from pending.popleft().result()
+        done = pending.popleft().result()
+        for chunk in itertools.islice(chunks, 1):
+            pending.append(submit(chunk))
+        yield from done

@@ -29,7 +29,7 @@ class OutputError(ValueError):
 _FLOAT_COLS = ("risk", "fs_in", "duration_s")
 
 
-def _table_format(out: Path) -> str:
+def table_format(out: Path) -> str:
     fmt = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(out.suffix.lower())
     if fmt is None:
         raise OutputError(f"--out {out}: use a .csv or .parquet file name")
@@ -62,7 +62,7 @@ class TableWriter:
     """Streams rows to ``.<name>.<pid>.partial`` beside ``out``; :meth:`commit` moves it in place."""
 
     def __init__(self, out: Path, columns: list[str], row_group: int = 2048):
-        self.out, self.columns, self.fmt = Path(out), list(columns), _table_format(Path(out))
+        self.out, self.columns, self.fmt = Path(out), list(columns), table_format(Path(out))
         self.out.parent.mkdir(parents=True, exist_ok=True)
         # unique per writer: a resumed run in the same process must not truncate what it reads
         token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
