@@ -52,22 +52,24 @@ def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs
     """
     # the comparisons run on the samples as read, the sums in float64: at 1000 Hz that is 1.3
     # against 1.8 ms (pydicom's 12-lead example) with the whole record converted to float64
-    # first, for the same flags and noise shares within 1e-15
+    # first, for the same flags and noise shares within 1e-15. The centred signal serves the
+    # standard deviation and the spectrum both (0.22 against 0.26 ms at 100 Hz).
     x = np.asarray(signal)
     present = np.asarray(lead_mask, dtype=bool)
-    derived = np.isin(STANDARD_LEADS, list(derived_leads))
-    std = x.std(axis=1, dtype=np.float64)
+    derived = np.array([lead in derived_leads for lead in STANDARD_LEADS])
+    n = x.shape[1]
+    centred = x - x.mean(axis=1, keepdims=True, dtype=np.float64)
+    std = np.sqrt(np.einsum("ij,ij->i", centred, centred) / max(n, 1))
     # a derived lead inherits I's and II's faults, which are flagged on I and II themselves
     measured = present & ~derived
     flat = measured & (std < FLAT_STD_MV)
     live = measured & ~flat
-    n = x.shape[1]
     at_max = (x == x.max(axis=1, keepdims=True)).sum(axis=1)
     at_min = (x == x.min(axis=1, keepdims=True)).sum(axis=1)
     saturated = live & ((at_max + at_min) / max(n, 1) >= SATURATION_FRACTION)
     noisy = np.zeros(len(x), dtype=bool)
     if fs / 2 > NOISE_CUTOFF_HZ and n >= 16:
-        z = np.fft.rfft(x - x.mean(axis=1, keepdims=True, dtype=np.float64), axis=1)
+        z = np.fft.rfft(centred, axis=1)
         power = z.real ** 2 + z.imag ** 2
         cut = int(np.searchsorted(np.fft.rfftfreq(n, 1.0 / fs), NOISE_CUTOFF_HZ))
         hf = power[:, cut:].sum(axis=1) / np.maximum(power.sum(axis=1), 1e-20)
