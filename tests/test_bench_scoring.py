@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +40,9 @@ def test_the_readers_time_splits_by_format_over_every_file(tmp_path):
     for k, ms in r["read_ms_per_file"].items():
         assert r["read_share"][k] == pytest.approx(formats[k] * ms / total)
     assert r["timed_s"] * 1e3 >= total * 0.999
+    # CPU of the timed loop only, not of loading the bundle before it: at most its wall time on
+    # this one thread (reading never waits, so most of it)
+    assert 0.5 * r["timed_s"] <= r["timed_cpu_s"] <= r["timed_s"] * 1.05 + 0.02
     # each format's first file is one of its files: at most that format's whole time
     assert set(r["first_file_ms"]) == set(r["read_ms_per_file"])
     for k, ms in r["first_file_ms"].items():
@@ -61,3 +67,20 @@ def test_repeated_runs_summarise_to_the_median_run_with_their_range_and_largest_
     assert pipe["range"] == [200.0, 330.0] and pipe["repeats"] == 4 and "repeat" not in pipe
     assert pipe["peak_rss_mb"] == 80 and pipe["peak_rss_children_mb"] == 40
     assert naive["ecg_per_s"] == 95.0 and naive["range"] == [90.0, 110.0] and naive["peak_rss_mb"] == 40
+
+
+def test_cpu_seconds_count_children_once_they_have_ended():
+    bench = load_script("bench_scoring")
+    main0, kids0 = bench.cpu_seconds()
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
+    main1, kids1 = bench.cpu_seconds()
+    assert kids1 - kids0 > 0.05  # the child's work, a few tenths of a second
+    assert main1 - main0 < kids1 - kids0  # this process only waited
+
+
+def test_the_work_bound_spreads_a_runs_cpu_seconds_over_the_cores():
+    bench = load_script("bench_scoring")
+    run = {"scored": 2000, "cpu_main_s": 6.0, "cpu_readers_s": 2.0}
+    # 8 core-s of work on 2 cores that never idle: 4 s, so 500 ECGs/s at most
+    assert bench.work_bound(run, cores=2) == pytest.approx(500.0)
+    assert bench.work_bound(run, cores=1) == pytest.approx(250.0)
