@@ -47,8 +47,7 @@ import numpy as np
 ARMS = ("bce/uncertainty", "bce/random", "bce-replay/uncertainty", "bce-replay/random",
         "ipo/uncertainty", "ipo-weighted/uncertainty", "dpo/uncertainty", "pg/uncertainty",
         "dpo-replay/uncertainty", "dpo-replay/random", "dpo-replay/margin",
-        "dpo-replay/disagreement", "dpo-replay/diverse", "ipo-replay/uncertainty",
-        "pg-replay/uncertainty")
+        "dpo-replay/disagreement", "ipo-replay/uncertainty", "pg-replay/uncertainty")
 VARIANTS = {"replay": "refine.replay=1.0", "weighted": "refine.weighting=uncertainty"}
 
 

@@ -282,24 +282,3 @@ def test_acquisition_rules():
     draws = sample_readings(probs, 4000, rng=0)
     assert draws.shape == (4000, 4, 2)
     np.testing.assert_allclose(draws.mean(0), probs, atol=0.03)
-
-
-def test_diverse_asking_spreads_the_most_uncertain_away_from_what_was_asked():
-    from ecgrisk.feedback.acquisition import DIVERSE_POOL
-
-    # twelve ECGs, uncertainty falling with the index, at these places on a line (1-D
-    # embeddings: standardising scales every distance alike)
-    probs = np.repeat((0.5 - 0.03 * np.arange(12))[:, None], 2, axis=1)
-    where = np.array([0, 1, 2, 9, 3, 4, 5, -6, 6, 7, 8, 50], dtype=np.float64)[:, None]
-    assert DIVERSE_POOL == 5
-    # k=1: the pool is the most uncertain ECG alone
-    assert select(probs, 1, "diverse", embeddings=where).tolist() == [0]
-    # k=2: the 10 most uncertain (0-9); 0 first, then the farthest from it (3, at 9); never 11,
-    # the farthest of all but among the least uncertain
-    assert select(probs, 2, "diverse", embeddings=where).tolist() == [0, 3]
-    # k=3: all twelve: 0, 11 (at 50), then the farthest from both (3: 9 from 0)
-    assert select(probs, 3, "diverse", embeddings=where).tolist() == [0, 11, 3]
-    # 0 asked before: from 1-10, the farthest from 0 (3), then from 0 and 3 (7, at -6)
-    assert select(probs, 2, "diverse", exclude=np.array([0]), embeddings=where).tolist() == [3, 7]
-    with pytest.raises(ValueError, match="needs embeddings"):
-        select(probs, 2, "diverse")

@@ -5,9 +5,6 @@ Rules:
 - ``uncertainty``: highest mean per-statement binary entropy of the model's probabilities;
 - ``margin``: smallest distance of any statement's probability to 0.5;
 - ``disagreement``: largest mean ``|p_a - p_b|`` between two model versions;
-- ``diverse``: uncertain and spread out: from the :data:`DIVERSE_POOL` x k most uncertain ECGs,
-  a farthest-first traversal of their standardised embeddings, away from the ECGs asked before
-  (the most uncertain ECGs of a batch tend to be alike, so each teaches less than the last);
 - ``random``: a seeded uniform draw (the baseline every other rule must beat).
 """
 
@@ -15,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-RULES = ("uncertainty", "margin", "disagreement", "diverse", "random")
-DIVERSE_POOL = 5
+RULES = ("uncertainty", "margin", "disagreement", "random")
 
 
 def _probs(name: str, probs: np.ndarray) -> np.ndarray:
@@ -59,8 +55,7 @@ def acquisition_scores(probs: np.ndarray, rule: str = "uncertainty",
 
 
 def select(probs: np.ndarray, k: int, rule: str = "uncertainty", seed: int = 0,
-           probs_b: np.ndarray | None = None, exclude: np.ndarray | None = None,
-           embeddings: np.ndarray | None = None) -> np.ndarray:
+           probs_b: np.ndarray | None = None, exclude: np.ndarray | None = None) -> np.ndarray:
     """Indices of the ``k`` ECGs to ask about next.
 
     Parameters
@@ -77,8 +72,6 @@ def select(probs: np.ndarray, k: int, rule: str = "uncertainty", seed: int = 0,
         ``[n, C]`` probabilities of a second model version (``disagreement``).
     exclude
         Indices never to pick (already asked).
-    embeddings
-        ``[n, D]`` features of the ECGs (``diverse``).
 
     Returns
     -------
@@ -98,36 +91,9 @@ def select(probs: np.ndarray, k: int, rule: str = "uncertainty", seed: int = 0,
     if rule == "random":
         rng = np.random.default_rng(seed)
         return rng.choice(candidates, size=k, replace=False).astype(np.int64)
-    scores = acquisition_scores(probs, "uncertainty" if rule == "diverse" else rule, probs_b)
-    order = candidates[np.argsort(-scores[candidates], kind="stable")]
-    if rule == "diverse":
-        if embeddings is None or len(embeddings) != len(probs):
-            raise ValueError(f"rule='diverse' needs embeddings [n={len(probs)}, D]")
-        return _farthest_first(embeddings, order[:DIVERSE_POOL * k], ~eligible, k)
-    return order[:k].astype(np.int64)
-
-
-def _farthest_first(embeddings: np.ndarray, pool: np.ndarray, asked: np.ndarray,
-                    k: int) -> np.ndarray:
-    """``k`` of ``pool`` (most uncertain first), each the farthest from those asked and chosen
-    before it; the first is ``pool[0]`` when nothing was asked. Distances on embeddings
-    standardised over all ECGs, so no feature dominates by its scale."""
-    z = np.asarray(embeddings, dtype=np.float64)
-    z = (z - z.mean(0)) / np.maximum(z.std(0), 1e-12)
-    cand, done = z[pool], z[asked]
-
-    def sq_dist(a, b):  # [len(a), len(b)] squared distances without a [len(a), len(b), D] array
-        return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0)
-
-    # with nothing asked every gap is infinite, and argmax takes the first: the most uncertain
-    gap = sq_dist(cand, done).min(1) if len(done) else np.full(len(pool), np.inf)
-    chosen: list[int] = []
-    for _ in range(min(k, len(pool))):
-        j = int(np.argmax(gap))
-        chosen.append(j)
-        gap = np.minimum(gap, sq_dist(cand, cand[j:j + 1])[:, 0])
-        gap[chosen] = -np.inf
-    return pool[chosen].astype(np.int64)
+    scores = acquisition_scores(probs, rule, probs_b)[candidates]
+    order = np.argsort(-scores, kind="stable")
+    return candidates[order[:k]].astype(np.int64)
 
 
 def threshold_reading(probs: np.ndarray, thresholds: float | np.ndarray = 0.5) -> np.ndarray:

@@ -57,7 +57,7 @@ CANDIDATES = ("threshold", "samples", "versions")
 
 
 def ask(probs: np.ndarray, n: int, rule: str, asked: Sequence[int], seed: int,
-        base_probs: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> np.ndarray:
+        base_probs: np.ndarray | None = None) -> np.ndarray:
     """Indices ``[<= n]`` of pool ECGs not asked yet, chosen by an acquisition rule.
 
     ``disagreement`` compares the current model with the base; while they coincide (before
@@ -71,7 +71,7 @@ def ask(probs: np.ndarray, n: int, rule: str, asked: Sequence[int], seed: int,
         else:
             probs_b = base_probs
     return select(probs, n, rule=rule, seed=seed, probs_b=probs_b,
-                  exclude=np.asarray(asked, dtype=np.int64), embeddings=embeddings)
+                  exclude=np.asarray(asked, dtype=np.int64))
 
 
 def candidate_readings(kind: str, probs: np.ndarray, base_probs: np.ndarray, threshold: float,
@@ -408,8 +408,7 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
     for k in range(1, cfg.rounds + 1):
         pre = f"round_{k}/"
         probs = policy.probs(sets.pool)
-        idx = ask(probs, cfg.queries_per_round, cfg.ask.rule, asked, cfg.seed + k, base_probs,
-                  embeddings)
+        idx = ask(probs, cfg.queries_per_round, cfg.ask.rule, asked, cfg.seed + k, base_probs)
         if len(idx) == 0 and isinstance(feedback, SimulatedFeedback):
             log.info("round %d: every pool ECG has been asked; stopping", k)
             break
