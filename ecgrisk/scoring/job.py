@@ -43,7 +43,8 @@ RESTING_ECG_S = 10.0  # the length of a resting 12-lead ECG, to size the read-ah
 # readers a batch ahead of the model; more let them read through the 1-2 s the main process
 # spends importing torch and loading the weights, which is one core's work. 2,000 mixed files
 # on 2 cores, medians of 4 alternating runs: 464 ECGs/s at 1, 482 at 8, 479 at 16, against 462
-# when reading waited for the model (at 8, 576 records of 10 s at 100 Hz, about 28 MB).
+# when reading waited for the model (at 8, 576 records of 10 s at 100 Hz, about 28 MB); 20
+# alternating rounds against the code before: results/bench_scoring_read_ahead.md.
 READ_AHEAD_BATCHES = 8
 
 
@@ -94,7 +95,7 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
 
 def _predictor(bundle_path: Path, backend: str, onnx_path) -> Predictor:
     # imported only here, with the readers reading: torch's import and the bundle's load keep
-    # one core busy for 1.5-2 s, the readers take the other
+    # one core busy for 1-2 s, the readers take the other
     from ecgrisk.bundle import Bundle
     from ecgrisk.scoring.predict import Predictor
 
@@ -154,7 +155,11 @@ def _score(records, bundle_path: Path, readers, out: Path, resume: bool, bands, 
 def _carried(old: list[Path], columns: list[str], out: Path, model: tuple[str, str],
              wanted: set[str]) -> Iterator[dict]:
     """The rows of earlier outputs and partials a resumed run keeps: scored without error by
-    the same model name and version, of a record asked for now, one per record."""
+    the same model name and version, of a record asked for now, one per record.
+
+    A resumed run reads them twice, streamed: once for what is left to read (before the model
+    loads), once to copy them into the new table (after it loaded, so a bundle that fails to
+    load leaves no partial file)."""
     seen: set[str] = set()
     for row in read_rows(old, columns, table_format(out)):
         if (row["error"] or (row["model_name"], str(row["model_version"])) != model
