@@ -58,14 +58,12 @@ def test_rows_are_streamed_while_scoring(ptbxl_root, bundle_path, tmp_path, monk
     assert [r["record"] for r in _rows(out)] == [f"{i:05d}_lr" for i in range(1, 21)]
 
 
-def test_readers_hold_the_next_batch_while_the_model_scores(ptbxl_root, bundle_path, tmp_path,
-                                                           monkeypatch):
-    """When a model call starts, the next batch's records are already handed to the readers, so
-    they read it while the model works (with only the readers' own queue of 4 chunks in flight,
-    they ran dry and each batch waited for its second half)."""
+def _inline_readers(monkeypatch) -> list:
+    """Replace the reader processes by a pool that reads each chunk when it is handed over;
+    the list it returns grows by each chunk's jobs as they are handed over."""
     submitted = []
 
-    class Inline:  # a reader pool that reads each chunk when it is handed over
+    class Inline:
         def submit(self, fn, chunk, *args):
             submitted.extend(chunk)
             f = Future()
@@ -73,6 +71,15 @@ def test_readers_hold_the_next_batch_while_the_model_scores(ptbxl_root, bundle_p
             return f
 
     monkeypatch.setattr(reading, "worker_pool", lambda *a, **k: nullcontext(Inline()))
+    return submitted
+
+
+def test_readers_hold_the_next_batch_while_the_model_scores(ptbxl_root, bundle_path, tmp_path,
+                                                           monkeypatch):
+    """When a model call starts, the next batch's records are already handed to the readers, so
+    they read it while the model works (with only the readers' own queue of 4 chunks in flight,
+    they ran dry and each batch waited for its second half)."""
+    submitted = _inline_readers(monkeypatch)
     at_call = []
     real = Predictor.window_logits
 
@@ -116,16 +123,7 @@ def test_records_go_to_the_readers_before_the_model_loads(ptbxl_root, bundle_pat
     """The first chunks are handed over on the bundle's metadata alone (read without torch), so
     the readers read while the main process imports torch and loads the weights, with the
     read-ahead's bound already in force."""
-    submitted = []
-
-    class Inline:
-        def submit(self, fn, chunk, *args):
-            submitted.extend(chunk)
-            f = Future()
-            f.set_result(fn(chunk, *args))
-            return f
-
-    monkeypatch.setattr(reading, "worker_pool", lambda *a, **k: nullcontext(Inline()))
+    submitted = _inline_readers(monkeypatch)
     real, at_load = Bundle.load, []
 
     def load(*args, **kwargs):
