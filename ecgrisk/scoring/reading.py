@@ -168,6 +168,7 @@ def read_records(records: list[tuple[str, str]], spec: InputSpec, readers: Reade
 def _in_order(pending: deque, chunks: Iterator, submit) -> Iterator[ReadRecord]:
     while pending:
         done = pending.popleft().result()
-        for chunk in itertools.islice(chunks, 1):
+        chunk = next(chunks, None)  # one taken, one handed over: the bound stays
+        if chunk is not None:
             pending.append(submit(chunk))
         yield from done
