@@ -244,6 +244,35 @@ def test_header_without_dat_and_missing_record(tmp_path):
     _raises(MissingSignalFileError, tmp_path / "ghost.hea", "ghost.hea")
 
 
+def test_header_fields_as_wfdb_reads_them(tmp_path):
+    """Format, samples per frame, skew, byte offset, gain, baseline and units of every signal
+    line, against wfdb's own parser; the parsed fields are cached, so the same text twice must
+    give the same values, and a bad field still names its line."""
+    from ecgrisk.io.header import parse_header
+
+    lines = ["rec 5 250 1000",
+             "a.dat 16 1000.0(0)/mV 16 0 -119 1508 0 I",
+             "a.dat 16x2 200(-12)/uV 16 0 0 0 0 II",  # 2 samples a frame, baseline -12
+             "b.dat 212:1+24 0/mV 12 0 0 0 0 V1",  # skewed, 24-byte offset, gain 0 -> 200
+             "c.dat 16 1000.0(0)/mV 16 5 0 0 0 V2",  # no baseline: the ADC zero, 5
+             "c.dat 80 2.5e2 8 0 0 0 0 V3"]  # no unit: mV
+    (tmp_path / "rec.hea").write_text("\n".join(lines) + "\n")
+    for _ in range(2):
+        h, ref = parse_header(tmp_path / "rec.hea"), wfdb.rdheader(str(tmp_path / "rec"))
+        assert (h.fs, h.n_samples, h.names) == (ref.fs, ref.sig_len, ref.sig_name)
+        assert (h.files, h.fmts, h.spf) == (ref.file_name, ref.fmt, ref.samps_per_frame)
+        assert h.offsets == [o or 0 for o in ref.byte_offset] == [0, 0, 24, 0, 0]
+        assert h.skewed and [s or 0 for s in ref.skew] == [0, 0, 1, 0, 0]
+        np.testing.assert_array_equal(h.gains, [1000.0, 200.0, 200.0, 1000.0, 250.0])
+        np.testing.assert_array_equal(h.gains[[0, 1, 3, 4]], np.array(ref.adc_gain)[[0, 1, 3, 4]])
+        np.testing.assert_array_equal(h.baselines, ref.baseline)
+        assert h.units == ref.units == ["mV", "uV", "mV", "mV", "mV"]
+    (tmp_path / "bad.hea").write_text("bad 1 100 10\nbad.dat 16 1000x/mV 16 0 0 0 0 I\n")
+    _raises(HeaderParseError, tmp_path / "bad", "invalid gain '1000x/mV' on signal line 1")
+    (tmp_path / "fmt.hea").write_text("fmt 1 100 10\nfmt.dat 16q 1000/mV 16 0 0 0 0 I\n")
+    _raises(HeaderParseError, tmp_path / "fmt", "invalid signal line 1")
+
+
 def test_unparseable_and_empty_files(tmp_path):
     (tmp_path / "junk.hea").write_bytes(np.random.default_rng(1).bytes(300))
     _raises(HeaderParseError, tmp_path / "junk", "junk.hea")
