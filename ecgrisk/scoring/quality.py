@@ -8,6 +8,7 @@ from them (PTB-XL: lead std >= 0.027 mV, extreme-value share <= 0.7 %, power abo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,7 +28,13 @@ QUALITY_COLUMNS = ("quality", "flat_leads", "saturated_leads", "noisy_leads", "m
 
 
 def _names(mask: np.ndarray) -> str:
-    return ";".join(lead for lead, bad in zip(STANDARD_LEADS, mask, strict=True) if bad)
+    return ";".join([lead for lead, bad in zip(STANDARD_LEADS, mask.tolist(), strict=True) if bad])
+
+
+@functools.lru_cache(maxsize=64)
+def _cut(n: int, fs: float) -> int:
+    """The first of the ``n``-sample spectrum's bins at or above NOISE_CUTOFF_HZ."""
+    return int(np.searchsorted(np.fft.rfftfreq(n, 1.0 / fs), NOISE_CUTOFF_HZ))
 
 
 def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs: float,
@@ -53,7 +60,9 @@ def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs
     # the comparisons run on the samples as read, the sums in float64: at 1000 Hz that is 1.3
     # against 1.8 ms (pydicom's 12-lead example) with the whole record converted to float64
     # first, for the same flags and noise shares within 1e-15. The centred signal serves the
-    # standard deviation and the spectrum both (0.22 against 0.26 ms at 100 Hz).
+    # standard deviation and the spectrum both (0.22 against 0.26 ms at 100 Hz). The cut bin,
+    # cached per length and rate, and the lead names taken from lists: 130 against 145 us at
+    # 100 Hz (fastest of 5 rounds over 500 PTB-XL records, one core), the same values.
     x = np.asarray(signal)
     present = np.asarray(lead_mask, dtype=bool)
     derived = np.array([lead in derived_leads for lead in STANDARD_LEADS])
@@ -71,8 +80,7 @@ def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs
     if fs / 2 > NOISE_CUTOFF_HZ and n >= 16:
         z = np.fft.rfft(centred, axis=1)
         power = z.real ** 2 + z.imag ** 2
-        cut = int(np.searchsorted(np.fft.rfftfreq(n, 1.0 / fs), NOISE_CUTOFF_HZ))
-        hf = power[:, cut:].sum(axis=1) / np.maximum(power.sum(axis=1), 1e-20)
+        hf = power[:, _cut(n, float(fs)):].sum(axis=1) / np.maximum(power.sum(axis=1), 1e-20)
         noisy = live & (hf > NOISE_HF_FRACTION)
     issues = [name for name, m in (("flat", flat), ("saturated", saturated), ("noisy", noisy),
                                    ("missing", ~present), ("derived", derived)) if m.any()]
