@@ -81,19 +81,20 @@ def parse_header(path: Path) -> Header:
         fmt = _format_field(f[1]) if len(f) > 1 else None
         if fmt is None:
             raise HeaderParseError(path, f"invalid signal line {i + 1}: {line[:60]!r}")
+        fmt_name, spf, skewed, offset = fmt
         h.files.append(f[0])
-        h.fmts.append(fmt[0])
-        h.spf.append(fmt[1])
-        h.skewed = h.skewed or fmt[2]
-        h.offsets.append(fmt[3])
+        h.fmts.append(fmt_name)
+        h.spf.append(spf)
+        h.skewed = h.skewed or skewed
+        h.offsets.append(offset)
         adc_zero = int(f[4]) if len(f) > 4 and f[4].lstrip("-").isdigit() else 0
         gain, baseline, unit = 0.0, adc_zero, "mV"
         if len(f) > 2:
             g = _gain_field(f[2])
             if g is None:
                 raise HeaderParseError(path, f"invalid gain {f[2]!r} on signal line {i + 1}")
-            gain, unit = g[0], g[2]
-            baseline = g[1] if g[1] is not None else adc_zero
+            gain, stated, unit = g
+            baseline = stated if stated is not None else adc_zero
         gains.append(gain if gain != 0 else 200.0)  # WFDB: gain 0 means uncalibrated, use 200
         baselines.append(baseline)
         h.units.append(unit)
@@ -103,8 +104,8 @@ def parse_header(path: Path) -> Header:
 
 
 # A record's signal lines, and a folder's records, repeat the same few format and gain fields:
-# parsed once each, a 12-lead PTB-XL header takes 41 against 60 us (fastest of 5 rounds of
-# 1,500 headers on one core; medians 58 and 91), a sixth of what reading the record takes.
+# parsed once each, a 12-lead PTB-XL header takes 41-47 against 56-60 us (fastest of 5 rounds
+# of 1,500 headers on one core, in two sittings), about a sixth of what reading the record takes.
 @functools.lru_cache(maxsize=256)
 def _format_field(text: str) -> tuple[str, int, bool, int] | None:
     """``(format, samples per frame, skewed, byte offset)`` of a signal line's format field."""
