@@ -75,10 +75,7 @@ def shipped_on_sample(root: Path, scores: Path, n: int = TOP) -> tuple[list[dict
     and the shipped bundle's fold-9 macro AUROC on the sample (fold 9 never trained it)."""
     import csv
 
-    import numpy as np
-
-    from ecgrisk.data.ptbxl import PTBXL
-    from ecgrisk.metrics import bootstrap_ci, macro_auroc
+    from ecgrisk.scoring.evaluate import evaluate_scores
 
     with open(root / "ptbxl_database.csv", newline="") as f:
         db = {r["ecg_id"]: r for r in csv.DictReader(f)}
@@ -92,14 +89,10 @@ def shipped_on_sample(root: Path, scores: Path, n: int = TOP) -> tuple[list[dict
         top.append({"record": Path(r["record"]).name, "risk": float(r["risk"]),
                     "band": r["risk_band"], "report": " ".join(entry["report"].split()),
                     "statements": " ".join(c.split(":")[0] for c in codes)})
-    ds = PTBXL(root, task="superdiagnostic")
-    val = [i for i, f in enumerate(ds.folds) if f == 9 and ds.record_ids[i] in rows]
-    y = ds.labels[val]
-    p = np.array([[float(rows[ds.record_ids[i]][f"prob/{c}"] or "nan") for c in ds.classes]
-                  for i in val])
-    ok = np.isfinite(p).all(axis=1)
-    ci = bootstrap_ci(macro_auroc, y[ok], p[ok], n=200)
-    return top, {"records": int(ok.sum()), **ci}
+    every = evaluate_scores(scores, root, task="superdiagnostic", only=["fold=9"],
+                            bootstrap=200)["groups"][0]
+    return top, {"records": every["n"], "point": every["macro_auroc"],
+                 "lower": every["macro_auroc/lower"], "upper": every["macro_auroc/upper"]}
 
 
 def main(argv: list[str] | None = None) -> None:

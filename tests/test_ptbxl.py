@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ecgrisk.data.ptbxl import PTBXL, TASKS
+from ecgrisk.data.ptbxl import PTBXL, TASKS, task_labels
 
 
 def _rows(path):
@@ -232,3 +232,14 @@ def test_min_likelihood_keeps_the_records_of_the_shared_subset(real_ptbxl_root):
     assert house.record_ids == standard.record_ids and house.classes == standard.classes
     assert (house.labels <= standard.labels).all()
     assert house.labels.sum() < standard.labels.sum()
+
+
+def test_task_labels_need_no_signal_files(ptbxl_root, tmp_path):
+    for name in ("ptbxl_database.csv", "scp_statements.csv"):
+        shutil.copy(ptbxl_root / name, tmp_path / name)  # the tables alone, no records
+    for task in ("superdiagnostic", "all"):
+        ds = PTBXL(ptbxl_root, task=task)
+        meta, classes, labels = task_labels(tmp_path, task)
+        assert meta["ecg_id"].astype(str).tolist() == ds.record_ids
+        assert classes == ds.classes
+        np.testing.assert_array_equal(labels, ds.labels)

@@ -222,6 +222,26 @@ class PTBXL(RecordSet):
         )
 
 
+def task_labels(root: str | Path, task: str) -> tuple[pd.DataFrame, list[str], np.ndarray]:
+    """Every labelled record of ``ptbxl_database.csv`` for ``task``, whether or not its signal
+    files are present (evaluating scores needs the labels, not the signals).
+
+    Returns
+    -------
+    ``(meta, classes, labels)``: the database rows kept by the benchmark's rule, the sorted
+    classes seen on them, and their ``[n, C]`` uint8 multi-hot labels.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown PTB-XL task {task!r}; choose one of {TASKS}")
+    db, statements = _read_csvs(Path(root).expanduser().resolve())
+    per_record = [statement_labels(_parse_codes(s, i), statements, task)
+                  for s, i in zip(db["scp_codes"], db["ecg_id"], strict=True)]
+    kept = np.array([len(x) > 0 for x in per_record], dtype=bool)
+    per_record = [x for x, ok in zip(per_record, kept, strict=True) if ok]
+    classes = sorted({c for x in per_record for c in x})
+    return db[kept].reset_index(drop=True), classes, _multi_hot(per_record, classes)
+
+
 def _multi_hot(per_record: list[list[str]], classes: list[str]) -> np.ndarray:
     col = {c: j for j, c in enumerate(classes)}
     labels = np.zeros((len(per_record), len(classes)), dtype=np.uint8)

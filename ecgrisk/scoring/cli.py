@@ -1,8 +1,10 @@
-"""``ecgrisk score`` and ``ecgrisk export``: argparse sub-commands registered by :func:`add_parsers`.
+"""``ecgrisk score``, ``ecgrisk evaluate`` and ``ecgrisk export``: argparse sub-commands
+registered by :func:`add_parsers`.
 
     ecgrisk score data/ecgs/                      # shipped ptbxl-superdiagnostic -> scores.csv
     ecgrisk score data/ecgs/ more/*.hea manifest.csv --model ptbxl-all --out scores.csv
     ecgrisk score data/ --model model.pt --out scores.parquet --resume --report report/
+    ecgrisk evaluate scores.csv --labels labels.csv --by sex --by age:40,60,80 --out eval/
     ecgrisk export model.pt --onnx model.onnx
 
 Exit codes of ``score``: 0 when at least one record scored (or all were already in the output
@@ -109,8 +111,28 @@ def _export(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from ecgrisk.scoring.evaluate import (
+        EvaluationError,
+        evaluate_scores,
+        to_markdown,
+        write_evaluation,
+    )
+
+    try:
+        result = evaluate_scores(args.scores, args.labels, task=args.task, by=args.by,
+                                 only=args.only, bootstrap=args.bootstrap, min_group=args.min_group)
+    except EvaluationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(to_markdown(result), end="")
+    if args.out:
+        print("\nwritten: " + ", ".join(str(p) for p in write_evaluation(result, args.out)))
+    return 0
+
+
 def add_parsers(subparsers) -> None:
-    """Register ``score`` and ``export`` on the ``ecgrisk`` CLI's sub-parsers."""
+    """Register ``score``, ``evaluate`` and ``export`` on the ``ecgrisk`` CLI's sub-parsers."""
     s = subparsers.add_parser("score", help="score ECG files with a model bundle into a table",
                               description=__doc__.split("\n\n")[0])
     s.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -139,6 +161,27 @@ def add_parsers(subparsers) -> None:
     g.add_argument("--accelerator", default="auto")
     g.add_argument("--strategy", default="ddp")
     s.set_defaults(func=_score)
+
+    v = subparsers.add_parser(
+        "evaluate", help="measure a scores table against known labels, overall and by subgroup",
+        description="Discrimination (macro AUROC with a bootstrap interval) and calibration (Brier, "
+                    "ECE, prevalence against mean predicted probability) of the table `ecgrisk "
+                    "score` wrote, for every ECG and for each subgroup named with --by.")
+    v.add_argument("scores", help="the scores table (.csv or .parquet) `ecgrisk score` wrote")
+    v.add_argument("--labels", required=True,
+                   help="a CSV with a record column (as in the scores, or the file name) and a 0/1 "
+                        "column per statement, other columns to group by; or a PTB-XL root")
+    v.add_argument("--task", default=None,
+                   help="with a PTB-XL root: the task whose labels to use (superdiagnostic, all, ...)")
+    v.add_argument("--by", action="append", default=[], metavar="COLUMN[:EDGES]",
+                   help="subgroups by a label column, e.g. sex, or bands: age:40,60,80 (repeatable)")
+    v.add_argument("--only", action="append", default=[], metavar="COLUMN=VALUES",
+                   help="keep the ECGs whose column holds one of the values, e.g. fold=9 (repeatable)")
+    v.add_argument("--bootstrap", type=int, default=200, help="resamples for the intervals (0: none)")
+    v.add_argument("--min-group", type=int, default=30, help="smallest group that is measured")
+    v.add_argument("--out", default=None, metavar="DIR",
+                   help="write evaluation.json, evaluation.md and reliability diagrams here")
+    v.set_defaults(func=_evaluate)
 
     e = subparsers.add_parser("export", help="export a model bundle's network to ONNX")
     e.add_argument("model", help="model bundle (model.pt or a shipped name)")

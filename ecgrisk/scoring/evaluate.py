@@ -1,0 +1,341 @@
+"""A scores table against known labels: discrimination and calibration, overall and by subgroup.
+
+``ecgrisk evaluate`` is the check a model card asks for before its probabilities are trusted on
+local data: the table ``ecgrisk score`` wrote, joined to labels, gives macro AUROC with a
+bootstrap interval, Brier and ECE of the calibrated probabilities, and each statement's
+prevalence beside its mean predicted probability, for every ECG and for each subgroup named
+with ``--by`` (sex, age bands, site, device, ...).
+
+Labels come from a CSV (a ``record`` column as the scores table names records, or as the
+record's file name; one 0/1 column per statement; any other columns to group by) or from a
+PTB-XL root (labels of a benchmark task, with sex, age, fold, site and device to group by).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ecgrisk.files import atomic_path, atomic_write_text
+from ecgrisk.io.clinical import CLINICAL_SUFFIXES
+from ecgrisk.metrics import evaluate, reliability
+
+__all__ = ["EvaluationError", "Labels", "load_scores", "labels_from_csv", "labels_from_ptbxl",
+           "parse_by", "evaluate_scores", "write_evaluation", "to_markdown"]
+
+_TRUE, _FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}
+MISSING = "missing"
+
+
+class EvaluationError(ValueError):
+    """The scores or the labels cannot be evaluated; the message names the file and why."""
+
+
+@dataclass
+class Labels:
+    """Known labels: ``y[record]`` per statement, and ``columns[name][record]`` to group by."""
+
+    source: str
+    classes: list[str]
+    y: dict[str, dict[str, int]]
+    columns: dict[str, dict[str, str | float | None]] = field(default_factory=dict)
+
+
+def _file_name(path: str) -> str:
+    """A scored record's file name without the suffix of a file format (a WFDB record's path,
+    as scoring gives it, has none)."""
+    path = Path(path)
+    return path.stem if path.suffix.lower() in (*CLINICAL_SUFFIXES, ".npy", ".npz") else path.name
+
+
+def load_scores(path: str | Path) -> tuple[list[str], list[dict]]:
+    """The statements (``prob/<name>`` columns) and rows of a table ``ecgrisk score`` wrote."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path}: no such scores table")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        columns = list(rows[0]) if rows else pq.read_schema(path).names
+    else:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns, rows = list(reader.fieldnames or []), list(reader)
+    classes = [c[5:] for c in columns if c.startswith("prob/")]
+    if "record" not in columns or not classes:
+        raise EvaluationError(f"{path}: not a scores table of `ecgrisk score` (it needs a record "
+                              f"column and prob/<statement> columns; found {columns[:6]})")
+    return classes, rows
+
+
+def labels_from_csv(path: str | Path, classes: list[str]) -> Labels:
+    """Labels from a CSV: ``record``, a 0/1 (or true/false) column per statement in ``classes``,
+    and any other columns, to group by."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = list(reader.fieldnames or []), list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise EvaluationError(f"{path}: cannot read labels ({e})") from e
+    lacking = [c for c in ["record", *classes] if c not in fields]
+    if lacking:
+        raise EvaluationError(f"{path}: a labels CSV needs a record column and one per statement "
+                              f"scored; it lacks {lacking}")
+    y = {}
+    for line, r in enumerate(rows, start=2):
+        values = {c: str(r[c]).strip().lower() for c in classes}
+        bad = [c for c, v in values.items() if v not in _TRUE | _FALSE]
+        if bad:
+            raise EvaluationError(f"{path}, line {line}: {bad[0]} is {r[bad[0]]!r}; statement "
+                                  f"columns hold 0/1 or true/false")
+        y[r["record"]] = {c: int(v in _TRUE) for c, v in values.items()}
+    columns = {c: {r["record"]: _value(r[c]) for r in rows} for c in fields
+               if c != "record" and c not in classes}
+    return Labels(str(path), list(classes), y, columns)
+
+
+def _value(text):
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def labels_from_ptbxl(root: str | Path, task: str) -> Labels:
+    """A PTB-XL task's labels keyed by both file names of each record (``00102_lr`` and
+    ``00102_hr``), with ``sex``, ``age`` (90 for PTB-XL's ages over 89), ``fold``, ``site`` and
+    ``device`` to group by where the database has them."""
+    from ecgrisk.data.ptbxl import FILENAME_COLUMN, task_labels
+
+    try:
+        meta, classes, y = task_labels(root, task)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvaluationError(str(e)) from e
+    names = [[Path(str(f)).name for f in meta[col]] for col in FILENAME_COLUMN.values()]
+    keyed = lambda values: {k: v for ks in names for k, v in zip(ks, values, strict=True)}  # noqa: E731
+    sex = {0: "male", 1: "female"}
+    attributes = {
+        "sex": lambda s: sex.get(int(s)),
+        "age": lambda a: min(float(a), 90.0),  # PTB-XL stores ages over 89 as 300
+        "strat_fold": float,
+        "site": float,
+        "device": lambda d: str(d).strip(),
+    }
+    columns = {"fold" if c == "strat_fold" else c: keyed([None if v != v else f(v) for v in meta[c]])
+               for c, f in attributes.items() if c in meta}
+    rows = [dict(zip(classes, map(int, r), strict=True)) for r in y]
+    return Labels(f"PTB-XL {root} ({task})", classes, keyed(rows), columns)
+
+
+def parse_by(text: str) -> tuple[str, list[float] | None]:
+    """``--by`` as (column, band edges or None): ``sex``, or ``age:40,60,80`` for bands."""
+    name, _, edges = text.partition(":")
+    if not name:
+        raise EvaluationError(f"--by {text!r}: name a column, e.g. sex or age:40,60,80")
+    if not edges:
+        return name, None
+    try:
+        cuts = [float(v) for v in edges.split(",")]
+    except ValueError:
+        raise EvaluationError(f"--by {text!r}: band edges must be numbers, e.g. age:40,60,80") from None
+    if cuts != sorted(set(cuts)):
+        raise EvaluationError(f"--by {text!r}: band edges must increase")
+    return name, cuts
+
+
+def _band(value, cuts: list[float], spec: str) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, str):
+        raise EvaluationError(f"--by {spec!r}: bands need numbers, and this column holds {value!r}")
+    fmt = lambda v: f"{v:g}"  # noqa: E731
+    i = int(np.searchsorted(cuts, value, side="right"))
+    if i == 0:
+        return f"<{fmt(cuts[0])}"
+    if i == len(cuts):
+        return f">={fmt(cuts[-1])}"
+    return f"{fmt(cuts[i - 1])}-<{fmt(cuts[i])}"
+
+
+def _group_metrics(y: np.ndarray, p: np.ndarray, classes: list[str], bootstrap: int, seed: int) -> dict:
+    try:
+        m = evaluate(y, p, prefix="", classes=classes, bootstrap=bootstrap, seed=seed)
+    except ValueError:  # a small group whose rare statements no resample can keep: no interval
+        m = evaluate(y, p, prefix="", classes=classes)
+    out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
+    out["prevalence"] = dict(zip(classes, y.mean(axis=0).tolist(), strict=True))
+    out["mean_prob"] = dict(zip(classes, p.mean(axis=0).tolist(), strict=True))
+    out["reliability"] = reliability(y, p)
+    return out
+
+
+def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = None,
+                    by: list[str] = (), only: list[str] = (), bootstrap: int = 200, seed: int = 0,
+                    min_group: int = 30) -> dict:
+    """Join the scores to the labels and measure every ECG and each ``by`` subgroup.
+
+    ``labels`` is a CSV (see :func:`labels_from_csv`) or a PTB-XL root, whose ``task`` must then
+    be named. Rows join by the scores' ``record``, else by the record's file name. Rows that
+    failed to score and rows without labels are counted, never dropped silently. ``only``
+    (``fold=9``, ``site=0,1``) keeps the ECGs whose label column holds one of the values. Groups
+    under ``min_group`` ECGs are listed without metrics.
+    """
+    classes, rows = load_scores(scores)
+    if Path(labels).is_dir():
+        if not task:
+            raise EvaluationError(f"{labels} is a folder: name the PTB-XL task its labels are for "
+                                  f"(--task superdiagnostic, all, ...)")
+        labels = labels_from_ptbxl(labels, task)
+    else:
+        labels = labels_from_csv(labels, classes)
+    lacking = [c for c in classes if c not in labels.classes]
+    if lacking:
+        raise EvaluationError(f"{labels.source}: no labels for the statements {lacking} the scores "
+                              f"in {scores} give (labelled: {labels.classes})")
+    keep = _only(only, labels)
+    keys, probs, failed, unlabelled, left_out = [], [], 0, 0, 0
+    for r in rows:
+        if r.get("error"):
+            failed += 1
+            continue
+        key = r["record"] if r["record"] in labels.y else _file_name(str(r.get("path", "")))
+        if key not in labels.y:
+            unlabelled += 1
+            continue
+        if not keep(key):
+            left_out += 1
+            continue
+        try:
+            row = [float(r[f"prob/{c}"]) for c in classes]
+        except (TypeError, ValueError):
+            row = [math.nan]
+        if not all(0.0 <= v <= 1.0 for v in row):
+            raise EvaluationError(f"{scores}: record {r['record']} has no error but probabilities "
+                                  f"that are not numbers in [0, 1]")
+        keys.append(key)
+        probs.append(row)
+    if not keys:
+        raise EvaluationError(f"{scores}: none of its {len(rows)} rows matches a labelled record "
+                              f"in {labels.source} (by record or file name)")
+    y = np.array([[labels.y[k][c] for c in classes] for k in keys], dtype=np.uint8)
+    p = np.array(probs, dtype=np.float64)
+    groups = [{"by": "all", "group": "all", "n": len(keys),
+               **_group_metrics(y, p, classes, bootstrap, seed)}]
+    for spec in by:
+        name, cuts = parse_by(spec)
+        if name not in labels.columns:
+            raise EvaluationError(f"--by {spec!r}: {labels.source} has no column {name!r} "
+                                  f"(it has {sorted(labels.columns)})")
+        col = labels.columns[name]
+        values = [col.get(k) for k in keys]
+        names = [_band(v, cuts, spec) for v in values] if cuts is not None else [_text(v) for v in values]
+        for g in sorted(set(names), key=lambda g: _order(g, cuts)):
+            idx = np.array([i for i, v in enumerate(names) if v == g])
+            row = {"by": spec, "group": g, "n": int(idx.size)}
+            if idx.size >= min_group:
+                row.update(_group_metrics(y[idx], p[idx], classes, bootstrap, seed))
+            groups.append(row)
+    return {"scores": str(scores), "labels": labels.source, "classes": classes,
+            "only": list(only), "scored_and_labelled": len(keys), "failed": failed,
+            "unlabelled": unlabelled, "left_out_by_only": left_out,
+            "bootstrap": bootstrap, "min_group": min_group, "groups": groups}
+
+
+def _text(value) -> str:
+    return MISSING if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _only(only: list[str], labels: Labels):
+    """A test of a record key against every ``--only COLUMN=V1,V2``."""
+    tests = []
+    for spec in only:
+        name, sep, values = spec.partition("=")
+        if not sep or not name or not values:
+            raise EvaluationError(f"--only {spec!r}: expected COLUMN=VALUE[,VALUE...], e.g. fold=9")
+        if name not in labels.columns:
+            raise EvaluationError(f"--only {spec!r}: {labels.source} has no column {name!r} "
+                                  f"(it has {sorted(labels.columns)})")
+        tests.append((labels.columns[name], set(values.split(","))))
+    return lambda key: all(_text(col.get(key)) in wanted for col, wanted in tests)
+
+
+def _order(group: str, cuts) -> tuple:
+    """Bands from the lowest up, other values in text order, missing last."""
+    if group == MISSING:
+        return (3, 0.0, "")
+    if cuts is None:
+        return (0, 0.0, group)
+    lead = float(group.lstrip("<>=").split("-<")[0])
+    return (0 if group.startswith("<") else 2 if group.startswith(">") else 1, lead, "")
+
+
+def _f(v, digits=3):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def to_markdown(result: dict) -> str:
+    """The evaluation as markdown: one table of every group, then prevalence against mean
+    predicted probability per statement."""
+    lines = [f"# Evaluation of `{result['scores']}`", "",
+             f"Labels: {result['labels']}"
+             + (f", only {' and '.join(result['only'])}" if result["only"] else "")
+             + f". {result['scored_and_labelled']} ECGs scored and labelled; {result['failed']} failed "
+             f"to score, {result['unlabelled']} scored without labels and {result['left_out_by_only']} "
+             f"outside --only (all left out). "
+             f"Macro AUROC over the statements with both label values in the group"
+             + (f", 90% bootstrap interval from {result['bootstrap']} resamples" if result["bootstrap"] else "")
+             + "; Brier and ECE of the calibrated "
+             f"probabilities. Groups under {result['min_group']} ECGs are not measured; a group "
+             f"without an interval holds a statement too rare in it for every resample to keep "
+             f"both its labels. Groups differ in case mix, so the differences between their "
+             f"AUROCs are not the model's alone.", "",
+             "| by | group | n | macro AUROC (90% CI) | Brier | ECE |", "|---|---|---|---|---|---|"]
+    for g in result["groups"]:
+        if "macro_auroc" not in g:
+            lines.append(f"| {g['by']} | {g['group']} | {g['n']} | - | - | - |")
+            continue
+        lo, hi = g.get("macro_auroc/lower"), g.get("macro_auroc/upper")
+        ci = f" ({_f(lo)}-{_f(hi)})" if lo is not None else ""
+        lines.append(f"| {g['by']} | {g['group']} | {g['n']} | {_f(g['macro_auroc'])}{ci} | "
+                     f"{_f(g['brier'], 4)} | {_f(g['ece'], 4)} |")
+    classes = result["classes"]
+    lines += ["", "Prevalence / mean predicted probability per statement (calibration in the large):",
+              "", "| by | group | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
+    for g in result["groups"]:
+        if "prevalence" in g:
+            cells = [f"{g['prevalence'][c]:.3f} / {g['mean_prob'][c]:.3f}" for c in classes]
+            lines.append(f"| {g['by']} | {g['group']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(result: dict, out: str | Path) -> list[Path]:
+    """``evaluation.json``, ``evaluation.md`` and a reliability diagram per ``--by`` (and one for
+    every ECG) into ``out``, each written atomically."""
+    from ecgrisk.plotting import plot_reliability
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "evaluation.json", out / "evaluation.md"]
+    atomic_write_text(written[0], json.dumps(result, indent=1))
+    atomic_write_text(written[1], to_markdown(result))
+    for by in dict.fromkeys(g["by"] for g in result["groups"]):
+        curves = {g["group"] if by != "all" else "every ECG": g["reliability"]
+                  for g in result["groups"] if g["by"] == by and "reliability" in g}
+        if not curves:
+            continue
+        path = out / ("reliability.png" if by == "all" else f"reliability_{by.split(':')[0]}.png")
+        with atomic_path(path) as tmp:
+            plot_reliability(curves, title=f"reliability by {by}" if by != "all" else "",
+                             path=None).savefig(tmp, format="png")
+        written.append(path)
+    return written

@@ -1,0 +1,160 @@
+"""``ecgrisk evaluate``: a scores table against labels, overall and by subgroup, checked against
+hand computations; the join, the counts of what was left out, the PTB-XL labels and the errors."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ecgrisk.cli import main as cli_main
+from ecgrisk.scoring.evaluate import (
+    EvaluationError,
+    evaluate_scores,
+    labels_from_ptbxl,
+    parse_by,
+)
+
+CLASSES = ["MI", "NORM"]
+
+
+def _write(path, header, rows):
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def tables(tmp_path):
+    """60 scored ECGs (two failed, one unlabelled) and their labels with sex and age."""
+    rng = np.random.default_rng(0)
+    n = 60
+    y = np.stack([rng.integers(0, 2, n), rng.integers(0, 2, n)], axis=1)
+    p = np.clip(0.6 * y + 0.4 * rng.random((n, 2)), 0, 1)
+    sex = ["female" if i % 3 else "male" for i in range(n)]
+    age = [str(20 + i) if i != 5 else "" for i in range(n)]
+    score_rows = [[f"sub/r{i:02d}", f"/data/sub/r{i:02d}", p[i, 0], p[i, 1], ""] for i in range(n)]
+    score_rows += [["bad1", "/data/bad1", "", "", "HeaderParseError: x"],
+                   ["bad2", "/data/bad2", "", "", "TruncatedSignalError: y"],
+                   ["extra", "/data/extra", 0.5, 0.5, ""]]
+    scores = _write(tmp_path / "scores.csv", ["record", "path", "prob/MI", "prob/NORM", "error"],
+                    score_rows)
+    # labels name the records by file name (r00), as a clinic's export would
+    labels = _write(tmp_path / "labels.csv", ["record", "MI", "NORM", "sex", "age"],
+                    [[f"r{i:02d}", y[i, 0], "true" if y[i, 1] else "false", sex[i], age[i]]
+                     for i in range(n)])
+    return scores, labels, y, p, np.array(sex), age
+
+
+def test_every_ecg_and_each_subgroup_against_a_hand_computation(tables):
+    scores, labels, y, p, sex, age = tables
+    r = evaluate_scores(scores, labels, by=["sex", "age:40,60"], bootstrap=50, min_group=10)
+    assert (r["scored_and_labelled"], r["failed"], r["unlabelled"]) == (60, 2, 1)
+    assert r["classes"] == CLASSES
+    every = r["groups"][0]
+    assert (every["by"], every["group"], every["n"]) == ("all", "all", 60)
+    hand = np.mean([roc_auc_score(y[:, j], p[:, j]) for j in range(2)])
+    assert every["macro_auroc"] == pytest.approx(hand, abs=1e-12)
+    assert every["brier"] == pytest.approx(np.mean((p - y) ** 2), abs=1e-12)
+    assert every["macro_auroc/lower"] <= every["macro_auroc"] <= every["macro_auroc/upper"]
+    assert every["prevalence"]["MI"] == pytest.approx(y[:, 0].mean())
+    assert every["mean_prob"]["NORM"] == pytest.approx(p[:, 1].mean())
+
+    by_sex = {g["group"]: g for g in r["groups"] if g["by"] == "sex"}
+    assert list(by_sex) == ["female", "male"]
+    for name, g in by_sex.items():
+        m = sex == name
+        assert g["n"] == m.sum()
+        assert g["macro_auroc"] == pytest.approx(
+            np.mean([roc_auc_score(y[m, j], p[m, j]) for j in range(2)]), abs=1e-12)
+
+    # ages 20-79, the sixth record without one: bands from the lowest up, missing last
+    bands = [(g["group"], g["n"]) for g in r["groups"] if g["by"] == "age:40,60"]
+    assert bands == [("<40", 19), ("40-<60", 20), (">=60", 20), ("missing", 1)]
+    missing = next(g for g in r["groups"] if g["group"] == "missing")
+    assert "macro_auroc" not in missing  # under min_group: listed, not measured
+
+
+def test_only_keeps_the_named_values_and_counts_the_rest(tables):
+    scores, labels, y, p, sex, _ = tables
+    r = evaluate_scores(scores, labels, only=["sex=male"], bootstrap=0)
+    m = sex == "male"
+    assert (r["scored_and_labelled"], r["left_out_by_only"]) == (m.sum(), (~m).sum())
+    assert r["groups"][0]["macro_auroc"] == pytest.approx(
+        np.mean([roc_auc_score(y[m, j], p[m, j]) for j in range(2)]), abs=1e-12)
+
+
+def test_cli_writes_the_tables_and_diagrams(tables, tmp_path, capsys):
+    scores, labels, *_ = tables
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", str(scores), "--labels", str(labels), "--by", "sex",
+                     "--bootstrap", "20", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| sex | female | 40 |" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "evaluation.json", "evaluation.md", "reliability.png", "reliability_sex.png"]
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert [g["group"] for g in saved["groups"]] == ["all", "female", "male"]
+    assert (out / "reliability_sex.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_input_is_named(tables, tmp_path, capsys):
+    scores, labels, *_ = tables
+    lacking = _write(tmp_path / "lacking.csv", ["record", "MI"], [["r00", 1]])
+    with pytest.raises(EvaluationError, match=r"lacking.csv: .* lacks \['NORM'\]"):
+        evaluate_scores(scores, lacking)
+    odd = _write(tmp_path / "odd.csv", ["record", "MI", "NORM"], [["r00", 1, 0], ["r01", "0.7", 1]])
+    with pytest.raises(EvaluationError, match="odd.csv, line 3: MI is '0.7'"):
+        evaluate_scores(scores, odd)
+    other = _write(tmp_path / "other.csv", ["id", "value"], [["a", 1]])
+    with pytest.raises(EvaluationError, match="other.csv: not a scores table"):
+        evaluate_scores(other, labels)
+    nobody = _write(tmp_path / "nobody.csv", ["record", "MI", "NORM"], [["zz", 1, 0]])
+    with pytest.raises(EvaluationError, match="none of its 63 rows matches a labelled record"):
+        evaluate_scores(scores, nobody)
+    with pytest.raises(EvaluationError, match="has no column 'site'"):
+        evaluate_scores(scores, labels, by=["site"])
+    with pytest.raises(EvaluationError, match="expected COLUMN=VALUE"):
+        evaluate_scores(scores, labels, only=["sex"])
+    with pytest.raises(EvaluationError, match="--by 'sex:1,2': bands need numbers, and this column holds 'male'"):
+        evaluate_scores(scores, labels, by=["sex:1,2"])
+    with pytest.raises(EvaluationError, match="band edges must increase"):
+        parse_by("age:60,40")
+    broken = _write(tmp_path / "broken.csv", ["record", "path", "prob/MI", "prob/NORM", "error"],
+                    [["r00", "/d/r00", "0.2", "1.7", ""]])
+    with pytest.raises(EvaluationError, match="broken.csv: record r00 has no error but probabilities"):
+        evaluate_scores(broken, labels)
+    with pytest.raises(EvaluationError, match="name the PTB-XL task"):
+        evaluate_scores(scores, tmp_path)
+    assert cli_main(["evaluate", str(scores), "--labels", str(lacking)]) == 2
+    assert "lacks ['NORM']" in capsys.readouterr().err
+
+
+def test_ptbxl_labels_by_either_file_name_with_patient_columns(ptbxl_root):
+    labels = labels_from_ptbxl(ptbxl_root, "superdiagnostic")
+    with open(ptbxl_root / "ptbxl_database.csv", newline="") as f:
+        row = next(csv.DictReader(f))  # ecg_id 1
+    lr, hr = row["filename_lr"].split("/")[-1], row["filename_hr"].split("/")[-1]
+    assert labels.y[lr] == labels.y[hr]
+    assert labels.columns["fold"][lr] == float(row["strat_fold"])
+    assert labels.columns["sex"][hr] == {"0": "male", "1": "female"}[row["sex"]]
+    assert labels.columns["age"][lr] == min(float(row["age"]), 90.0)
+    # the benchmark's superclasses of its codes (NORM for the real ecg_id 1)
+    codes = ast.literal_eval(row["scp_codes"])
+    if "NORM" in codes:
+        assert labels.y[lr]["NORM"] == 1
+    assert set(labels.classes) <= {"CD", "HYP", "MI", "NORM", "STTC"}
+
+
+def test_ptbxl_record_one(real_ptbxl_root):
+    labels = labels_from_ptbxl(real_ptbxl_root, "superdiagnostic")
+    # ecg_id 1: NORM, female, 56, fold 3 (ptbxl_database.csv's first row)
+    assert labels.y["00001_lr"] == {"CD": 0, "HYP": 0, "MI": 0, "NORM": 1, "STTC": 0}
+    assert (labels.columns["sex"]["00001_lr"], labels.columns["age"]["00001_lr"],
+            labels.columns["fold"]["00001_lr"]) == ("female", 56.0, 3.0)
