@@ -1,10 +1,11 @@
-"""``ecgrisk score``, ``ecgrisk evaluate`` and ``ecgrisk export``: argparse sub-commands
+"""``ecgrisk score``, ``evaluate``, ``recalibrate`` and ``export``: argparse sub-commands
 registered by :func:`add_parsers`.
 
     ecgrisk score data/ecgs/                      # shipped ptbxl-superdiagnostic -> scores.csv
     ecgrisk score data/ecgs/ more/*.hea manifest.csv --model ptbxl-all --out scores.csv
     ecgrisk score data/ --model model.pt --out scores.parquet --resume --report report/
     ecgrisk evaluate scores.csv --labels labels.csv --by sex --by age:40,60,80 --out eval/
+    ecgrisk recalibrate scores.csv --labels labels.csv --model ptbxl-superdiagnostic --out local.pt
     ecgrisk export model.pt --onnx model.onnx
 
 Exit codes of ``score``: 0 when at least one record scored (or all were already in the output
@@ -131,8 +132,51 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _recalibrate(args) -> int:
+    from pathlib import Path
+
+    from ecgrisk.bundle import Bundle
+    from ecgrisk.bundle_files import BundleError, resolve
+    from ecgrisk.scoring.evaluate import EvaluationError, join_scores
+    from ecgrisk.scoring.recalibrate import recalibrate_bundle
+
+    try:
+        path = resolve(args.model)
+        if Path(args.out).resolve() == Path(path).resolve():
+            raise EvaluationError(f"--out {args.out} is the bundle being recalibrated; "
+                                  f"write the recalibrated one beside it")
+        bundle = Bundle.load(path)
+        joined = join_scores(args.scores, args.labels, args.task, args.only)
+        new, summary = recalibrate_bundle(bundle, path, joined)
+    except (BundleError, EvaluationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    new.save(args.out)
+    print(f"refitted on {summary['ecgs']} ECGs of {summary['labels']} ({joined.failed} failed to "
+          f"score, {joined.unlabelled} without labels, {joined.left_out} outside --only: left out)")
+    print("statement  positives  T factor  bias shift")
+    for c, n, t, b in zip(new.classes, summary["positives"], summary["temperature_factor"],
+                          summary["bias_shift"], strict=True):
+        rare = "  (few of one label: little to fit)" if min(n, summary["ecgs"] - n) < 10 else ""
+        print(f"{c:10s} {n:9d} {t:9.3f} {b:+11.3f}{rare}")
+    print(f"on these ECGs (in-sample): Brier {summary['brier_before']:.4f} -> "
+          f"{summary['brier_after']:.4f}, ECE {summary['ece_before']:.4f} -> {summary['ece_after']:.4f}")
+    h = summary["held_out"]
+    print(f"held out (fitted on half of these ECGs, measured on the other half, {h['splits']} "
+          f"draws): Brier {h['brier_bundle']:.4f} with the bundle's calibration, "
+          f"{h['brier_refit']:.4f} refitted; the refit was better in {h['refit_better_in']} of "
+          f"{h['splits']}")
+    if h["refit_better_in"] <= h["splits"] // 2:
+        print("warning: on ECGs it was not fitted on, the refit did not beat the bundle's own "
+              "calibration in most draws; keep the bundle's unless you have more labelled ECGs",
+              file=sys.stderr)
+    print(f"recalibrated bundle written to {args.out}")
+    return 0
+
+
 def add_parsers(subparsers) -> None:
-    """Register ``score``, ``evaluate`` and ``export`` on the ``ecgrisk`` CLI's sub-parsers."""
+    """Register ``score``, ``evaluate``, ``recalibrate`` and ``export`` on the ``ecgrisk`` CLI's
+    sub-parsers."""
     s = subparsers.add_parser("score", help="score ECG files with a model bundle into a table",
                               description=__doc__.split("\n\n")[0])
     s.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -182,6 +226,21 @@ def add_parsers(subparsers) -> None:
     v.add_argument("--out", default=None, metavar="DIR",
                    help="write evaluation.json, evaluation.md and reliability diagrams here")
     v.set_defaults(func=_evaluate)
+
+    r = subparsers.add_parser(
+        "recalibrate", help="refit a bundle's calibration on your labelled ECGs",
+        description="Refit a bundle's per-statement calibration (temperature and bias) and its "
+                    "review sets on local labelled ECGs it scored, and write it as a new bundle. "
+                    "Ranking is unchanged; the probabilities move.")
+    r.add_argument("scores", help="the scores table `ecgrisk score --model MODEL` wrote")
+    r.add_argument("--labels", required=True, help="as for `ecgrisk evaluate`: a labels CSV or a PTB-XL root")
+    r.add_argument("--task", default=None, help="with a PTB-XL root: the task whose labels to use")
+    r.add_argument("--only", action="append", default=[], metavar="COLUMN=VALUES",
+                   help="fit on the ECGs whose column holds one of the values (repeatable)")
+    r.add_argument("--model", default=DEFAULT_BUNDLE, help="the bundle that wrote the scores "
+                   f"(model.pt or a shipped name; default {DEFAULT_BUNDLE})")
+    r.add_argument("--out", required=True, help="the recalibrated bundle to write (.pt)")
+    r.set_defaults(func=_recalibrate)
 
     e = subparsers.add_parser("export", help="export a model bundle's network to ONNX")
     e.add_argument("model", help="model bundle (model.pt or a shipped name)")

@@ -25,8 +25,9 @@ from ecgrisk.files import atomic_path, atomic_write_text
 from ecgrisk.io.clinical import CLINICAL_SUFFIXES
 from ecgrisk.metrics import evaluate, reliability
 
-__all__ = ["EvaluationError", "Labels", "load_scores", "labels_from_csv", "labels_from_ptbxl",
-           "parse_by", "evaluate_scores", "write_evaluation", "to_markdown"]
+__all__ = ["EvaluationError", "Joined", "Labels", "load_scores", "labels_from_csv",
+           "labels_from_ptbxl", "parse_by", "join_scores", "evaluate_scores", "write_evaluation",
+           "to_markdown"]
 
 _TRUE, _FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}
 MISSING = "missing"
@@ -113,8 +114,8 @@ def _value(text):
 
 def labels_from_ptbxl(root: str | Path, task: str) -> Labels:
     """A PTB-XL task's labels keyed by both file names of each record (``00102_lr`` and
-    ``00102_hr``), with ``sex``, ``age`` (90 for PTB-XL's ages over 89), ``fold``, ``site`` and
-    ``device`` to group by where the database has them."""
+    ``00102_hr``), with ``sex``, ``age`` (90 for PTB-XL's ages over 89), ``fold``, ``patient``,
+    ``site`` and ``device`` to group by where the database has them."""
     from ecgrisk.data.ptbxl import FILENAME_COLUMN, task_labels
 
     try:
@@ -128,10 +129,12 @@ def labels_from_ptbxl(root: str | Path, task: str) -> Labels:
         "sex": lambda s: sex.get(int(s)),
         "age": lambda a: min(float(a), 90.0),  # PTB-XL stores ages over 89 as 300
         "strat_fold": float,
+        "patient_id": float,
         "site": float,
         "device": lambda d: str(d).strip(),
     }
-    columns = {"fold" if c == "strat_fold" else c: keyed([None if v != v else f(v) for v in meta[c]])
+    short = {"strat_fold": "fold", "patient_id": "patient"}
+    columns = {short.get(c, c): keyed([None if v != v else f(v) for v in meta[c]])
                for c, f in attributes.items() if c in meta}
     rows = [dict(zip(classes, map(int, r), strict=True)) for r in y]
     return Labels(f"PTB-XL {root} ({task})", classes, keyed(rows), columns)
@@ -179,16 +182,30 @@ def _group_metrics(y: np.ndarray, p: np.ndarray, classes: list[str], bootstrap: 
     return out
 
 
-def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = None,
-                    by: list[str] = (), only: list[str] = (), bootstrap: int = 200, seed: int = 0,
-                    min_group: int = 30) -> dict:
-    """Join the scores to the labels and measure every ECG and each ``by`` subgroup.
+@dataclass
+class Joined:
+    """Scores joined to labels: ``y`` and ``p`` ``[n, C]`` over ``keys``, the score ``rows``
+    they came from, and what was left out."""
+
+    classes: list[str]
+    labels: Labels
+    keys: list[str]
+    rows: list[dict]
+    y: np.ndarray
+    p: np.ndarray
+    failed: int
+    unlabelled: int
+    left_out: int
+
+
+def join_scores(scores: str | Path, labels: str | Path, task: str | None = None,
+                only: list[str] = ()) -> Joined:
+    """The scored ECGs that have labels, as arrays.
 
     ``labels`` is a CSV (see :func:`labels_from_csv`) or a PTB-XL root, whose ``task`` must then
     be named. Rows join by the scores' ``record``, else by the record's file name. Rows that
     failed to score and rows without labels are counted, never dropped silently. ``only``
-    (``fold=9``, ``site=0,1``) keeps the ECGs whose label column holds one of the values. Groups
-    under ``min_group`` ECGs are listed without metrics.
+    (``fold=9``, ``site=0,1``) keeps the ECGs whose label column holds one of the values.
     """
     classes, rows = load_scores(scores)
     if Path(labels).is_dir():
@@ -203,7 +220,7 @@ def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = N
         raise EvaluationError(f"{labels.source}: no labels for the statements {lacking} the scores "
                               f"in {scores} give (labelled: {labels.classes})")
     keep = _only(only, labels)
-    keys, probs, failed, unlabelled, left_out = [], [], 0, 0, 0
+    keys, matched, probs, failed, unlabelled, left_out = [], [], [], 0, 0, 0
     for r in rows:
         if r.get("error"):
             failed += 1
@@ -223,20 +240,31 @@ def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = N
             raise EvaluationError(f"{scores}: record {r['record']} has no error but probabilities "
                                   f"that are not numbers in [0, 1]")
         keys.append(key)
+        matched.append(r)
         probs.append(row)
     if not keys:
         raise EvaluationError(f"{scores}: none of its {len(rows)} rows matches a labelled record "
                               f"in {labels.source} (by record or file name)")
     y = np.array([[labels.y[k][c] for c in classes] for k in keys], dtype=np.uint8)
-    p = np.array(probs, dtype=np.float64)
+    return Joined(classes, labels, keys, matched, y, np.array(probs, dtype=np.float64),
+                  failed, unlabelled, left_out)
+
+
+def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = None,
+                    by: list[str] = (), only: list[str] = (), bootstrap: int = 200, seed: int = 0,
+                    min_group: int = 30) -> dict:
+    """Every ECG and each ``by`` subgroup of :func:`join_scores`, measured. Groups under
+    ``min_group`` ECGs are listed without metrics."""
+    j = join_scores(scores, labels, task, only)
+    classes, keys, y, p = j.classes, j.keys, j.y, j.p
     groups = [{"by": "all", "group": "all", "n": len(keys),
                **_group_metrics(y, p, classes, bootstrap, seed)}]
     for spec in by:
         name, cuts = parse_by(spec)
-        if name not in labels.columns:
-            raise EvaluationError(f"--by {spec!r}: {labels.source} has no column {name!r} "
-                                  f"(it has {sorted(labels.columns)})")
-        col = labels.columns[name]
+        if name not in j.labels.columns:
+            raise EvaluationError(f"--by {spec!r}: {j.labels.source} has no column {name!r} "
+                                  f"(it has {sorted(j.labels.columns)})")
+        col = j.labels.columns[name]
         values = [col.get(k) for k in keys]
         names = [_band(v, cuts, spec) for v in values] if cuts is not None else [_text(v) for v in values]
         for g in sorted(set(names), key=lambda g: _order(g, cuts)):
@@ -245,9 +273,9 @@ def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = N
             if idx.size >= min_group:
                 row.update(_group_metrics(y[idx], p[idx], classes, bootstrap, seed))
             groups.append(row)
-    return {"scores": str(scores), "labels": labels.source, "classes": classes,
-            "only": list(only), "scored_and_labelled": len(keys), "failed": failed,
-            "unlabelled": unlabelled, "left_out_by_only": left_out,
+    return {"scores": str(scores), "labels": j.labels.source, "classes": classes,
+            "only": list(only), "scored_and_labelled": len(keys), "failed": j.failed,
+            "unlabelled": j.unlabelled, "left_out_by_only": j.left_out,
             "bootstrap": bootstrap, "min_group": min_group, "groups": groups}
 
 

@@ -1,0 +1,116 @@
+"""``ecgrisk recalibrate``: the refit recovers a known miscalibration, the written bundle scores
+exactly what the refit predicts with the ranking unchanged, and scores of another model are
+refused."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ecgrisk.bundle import Bundle
+from ecgrisk.cli import main as cli_main
+from ecgrisk.scoring.job import score_files
+from ecgrisk.scoring.recalibrate import fit_recalibration, recalibrated
+
+
+def test_the_refit_recovers_a_known_temperature_and_bias():
+    rng = np.random.default_rng(0)
+    u = rng.normal(0, 2.5, size=(40_000, 2))
+    t2, b2 = np.array([2.0, 0.5]), np.array([-1.0, 0.7])
+    y = (rng.random(u.shape) < 1 / (1 + np.exp(-(u / t2 + b2)))).astype(np.uint8)
+    p = 1 / (1 + np.exp(-u))  # the bundle's probabilities, miscalibrated for these labels
+    t_fit, b_fit = fit_recalibration(p, y)
+    np.testing.assert_allclose(t_fit, t2, rtol=0.05)
+    np.testing.assert_allclose(b_fit, b2, atol=0.05)
+    np.testing.assert_allclose(recalibrated(p, t_fit, b_fit)[:5],
+                               1 / (1 + np.exp(-(u[:5] / t_fit + b_fit))), rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def scored(ptbxl_root, tmp_path_factory):
+    """60 PTB-XL records scored by the shipped superdiagnostic bundle, and their labels CSV."""
+    tmp = tmp_path_factory.mktemp("recal")
+    db = pd.read_csv(ptbxl_root / "ptbxl_database.csv").head(60)
+    manifest = tmp / "records.csv"
+    pd.DataFrame({"path": [str(ptbxl_root / f) for f in db.filename_lr]}).to_csv(manifest, index=False)
+    scores = tmp / "scores.csv"
+    score_files([str(manifest)], _shipped("ptbxl-superdiagnostic"), scores, workers=0, progress=False)
+    # labels of our own making (a clinic's convention), so the shipped calibration is off for them
+    rows = pd.read_csv(scores)
+    rng = np.random.default_rng(1)
+    classes = [c[5:] for c in rows.columns if c.startswith("prob/")]
+    y = (rng.random((len(rows), len(classes))) < 0.8 * rows[[f"prob/{c}" for c in classes]].to_numpy()
+         + 0.1).astype(int)
+    labels = tmp / "labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["record", *classes])
+        w.writerows([r, *v] for r, v in zip(rows["record"], y.tolist(), strict=True))
+    return manifest, scores, labels, classes, y
+
+
+def _shipped(name):
+    from ecgrisk.bundle_files import resolve
+
+    return resolve(name)
+
+
+def test_the_recalibrated_bundle_scores_what_the_refit_predicts(scored, tmp_path, capsys):
+    manifest, scores, labels, classes, y = scored
+    out = tmp_path / "local.pt"
+    assert cli_main(["recalibrate", str(scores), "--labels", str(labels), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "refitted on 60 ECGs" in said and "held out (fitted on half of these ECGs" in said
+    new, old = Bundle.load(out), Bundle.load("ptbxl-superdiagnostic")
+    r = new.extra["recalibration"]
+    t2, b2 = np.array(r["temperature_factor"]), np.array(r["bias_shift"])
+    np.testing.assert_allclose(new.temperature, old.temperature * t2)
+    np.testing.assert_allclose(new.bias, old.bias / t2 + b2)
+    assert new.version.startswith(old.version + "+recalibrated-") and new.base == str(_shipped(
+        "ptbxl-superdiagnostic").resolve())
+    assert sum(new.extra["conformal"]["n0"]) + sum(new.extra["conformal"]["n1"]) == 60 * len(classes)
+    assert r["held_out"]["splits"] == 20 and 0 <= r["held_out"]["refit_better_in"] <= 20
+
+    rescored = tmp_path / "rescored.csv"
+    score_files([str(manifest)], out, rescored, workers=0, progress=False)
+    cols = [f"prob/{c}" for c in classes]
+    before, after = pd.read_csv(scores)[cols].to_numpy(), pd.read_csv(rescored)[cols].to_numpy()
+    np.testing.assert_allclose(after, recalibrated(before, t2, b2), atol=1e-9)
+    for j in range(len(classes)):  # a monotone map per statement: the ranking stays
+        if 0 < y[:, j].sum() < len(y):
+            assert roc_auc_score(y[:, j], after[:, j]) == pytest.approx(roc_auc_score(y[:, j], before[:, j]))
+    assert r["brier_after"] < r["brier_before"]
+
+
+def test_scores_of_another_model_and_overwriting_the_bundle_are_refused(scored, tmp_path, capsys):
+    _, scores, labels, *_ = scored
+    other = tmp_path / "other.csv"
+    rows = pd.read_csv(scores)
+    rows["model_version"] = "19990101-000000"
+    rows.to_csv(other, index=False)
+    assert cli_main(["recalibrate", str(other), "--labels", str(labels), "--out",
+                     str(tmp_path / "x.pt")]) == 2
+    assert "not from" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    assert cli_main(["recalibrate", str(scores), "--labels", str(labels), "--out",
+                     str(_shipped("ptbxl-superdiagnostic"))]) == 2
+    assert "is the bundle being recalibrated" in capsys.readouterr().err
+
+
+def test_the_held_out_check_tells_a_needed_refit_from_fitting_noise():
+    from ecgrisk.scoring.recalibrate import held_out_check
+
+    rng = np.random.default_rng(0)
+    u = rng.normal(0, 2.0, size=(4_000, 2))
+    p = 1 / (1 + np.exp(-u))
+    shifted = (rng.random(u.shape) < 1 / (1 + np.exp(-(u / 2.0 - 1.0)))).astype(np.uint8)
+    needed = held_out_check(p, shifted)
+    assert needed["refit_better_in"] == needed["splits"] == 20
+    assert needed["brier_refit"] < needed["brier_bundle"]
+    # labels drawn from p itself: nothing to correct, and 200 ECGs give the refit only noise
+    fine = (rng.random((200, 2)) < p[:200]).astype(np.uint8)
+    noise = held_out_check(p[:200], fine)
+    assert noise["brier_refit"] > noise["brier_bundle"] and noise["refit_better_in"] < 10
