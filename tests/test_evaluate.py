@@ -39,12 +39,13 @@ def tables(tmp_path):
     p = np.clip(0.6 * y + 0.4 * rng.random((n, 2)), 0, 1)
     sex = ["female" if i % 3 else "male" for i in range(n)]
     age = [str(20 + i) if i != 5 else "" for i in range(n)]
-    score_rows = [[f"sub/r{i:02d}", f"/data/sub/r{i:02d}", p[i, 0], p[i, 1], ""] for i in range(n)]
-    score_rows += [["bad1", "/data/bad1", "", "", "HeaderParseError: x"],
-                   ["bad2", "/data/bad2", "", "", "TruncatedSignalError: y"],
-                   ["extra", "/data/extra", 0.5, 0.5, ""]]
-    scores = _write(tmp_path / "scores.csv", ["record", "path", "prob/MI", "prob/NORM", "error"],
-                    score_rows)
+    score_rows = [[f"sub/r{i:02d}", f"/data/sub/r{i:02d}", p[i, 0], p[i, 1], i % 4 == 0, ""]
+                  for i in range(n)]
+    score_rows += [["bad1", "/data/bad1", "", "", False, "HeaderParseError: x"],
+                   ["bad2", "/data/bad2", "", "", False, "TruncatedSignalError: y"],
+                   ["extra", "/data/extra", 0.5, 0.5, False, ""]]
+    scores = _write(tmp_path / "scores.csv",
+                    ["record", "path", "prob/MI", "prob/NORM", "needs_review", "error"], score_rows)
     # labels name the records by file name (r00), as a clinic's export would
     labels = _write(tmp_path / "labels.csv", ["record", "MI", "NORM", "sex", "age"],
                     [[f"r{i:02d}", y[i, 0], "true" if y[i, 1] else "false", sex[i], age[i]]
@@ -79,6 +80,18 @@ def test_every_ecg_and_each_subgroup_against_a_hand_computation(tables):
     assert bands == [("<40", 19), ("40-<60", 20), (">=60", 20), ("missing", 1)]
     missing = next(g for g in r["groups"] if g["group"] == "missing")
     assert "macro_auroc" not in missing  # under min_group: listed, not measured
+
+
+def test_a_scores_column_groups_too(tables):
+    scores, labels, y, p, *_ = tables
+    r = evaluate_scores(scores, labels, by=["needs_review"], only=["needs_review=True"], bootstrap=0)
+    flagged = np.arange(60) % 4 == 0
+    assert (r["scored_and_labelled"], r["left_out_by_only"]) == (15, 45)
+    ((name, n),) = [(g["group"], g["n"]) for g in r["groups"] if g["by"] == "needs_review"]
+    assert (name, n) == ("True", 15)
+    assert r["groups"][0]["brier"] == pytest.approx(np.mean((p[flagged] - y[flagged]) ** 2))
+    with pytest.raises(EvaluationError, match="no column 'path' in"):  # unique per ECG
+        evaluate_scores(scores, labels, by=["path"])
 
 
 def test_only_keeps_the_named_values_and_counts_the_rest(tables):
@@ -118,7 +131,7 @@ def test_bad_input_is_named(tables, tmp_path, capsys):
     nobody = _write(tmp_path / "nobody.csv", ["record", "MI", "NORM"], [["zz", 1, 0]])
     with pytest.raises(EvaluationError, match="none of its 63 rows matches a labelled record"):
         evaluate_scores(scores, nobody)
-    with pytest.raises(EvaluationError, match="has no column 'site'"):
+    with pytest.raises(EvaluationError, match="no column 'site' in .* nor in the scores"):
         evaluate_scores(scores, labels, by=["site"])
     with pytest.raises(EvaluationError, match="expected COLUMN=VALUE"):
         evaluate_scores(scores, labels, only=["sex"])

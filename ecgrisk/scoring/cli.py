@@ -174,6 +174,19 @@ def _recalibrate(args) -> int:
     return 0
 
 
+def _labelled_scores(p, only_verb: str) -> None:
+    """The arguments ``evaluate`` and ``recalibrate`` share: a scores table and its labels."""
+    p.add_argument("scores", help="the scores table (.csv or .parquet) `ecgrisk score` wrote")
+    p.add_argument("--labels", required=True,
+                   help="a CSV with a record column (as in the scores, or the file name) and a 0/1 "
+                        "column per statement, other columns to group by; or a PTB-XL root")
+    p.add_argument("--task", default=None,
+                   help="with a PTB-XL root: the task whose labels to use (superdiagnostic, all, ...)")
+    p.add_argument("--only", action="append", default=[], metavar="COLUMN=VALUES",
+                   help=f"{only_verb} the ECGs whose labels or scores column holds one of the "
+                        f"values, e.g. fold=9 (repeatable)")
+
+
 def add_parsers(subparsers) -> None:
     """Register ``score``, ``evaluate``, ``recalibrate`` and ``export`` on the ``ecgrisk`` CLI's
     sub-parsers."""
@@ -211,16 +224,10 @@ def add_parsers(subparsers) -> None:
         description="Discrimination (macro AUROC with a bootstrap interval) and calibration (Brier, "
                     "ECE, prevalence against mean predicted probability) of the table `ecgrisk "
                     "score` wrote, for every ECG and for each subgroup named with --by.")
-    v.add_argument("scores", help="the scores table (.csv or .parquet) `ecgrisk score` wrote")
-    v.add_argument("--labels", required=True,
-                   help="a CSV with a record column (as in the scores, or the file name) and a 0/1 "
-                        "column per statement, other columns to group by; or a PTB-XL root")
-    v.add_argument("--task", default=None,
-                   help="with a PTB-XL root: the task whose labels to use (superdiagnostic, all, ...)")
+    _labelled_scores(v, "keep")
     v.add_argument("--by", action="append", default=[], metavar="COLUMN[:EDGES]",
-                   help="subgroups by a label column, e.g. sex, or bands: age:40,60,80 (repeatable)")
-    v.add_argument("--only", action="append", default=[], metavar="COLUMN=VALUES",
-                   help="keep the ECGs whose column holds one of the values, e.g. fold=9 (repeatable)")
+                   help="subgroups by a labels or scores column, e.g. sex or needs_review, or "
+                        "bands: age:40,60,80 (repeatable)")
     v.add_argument("--bootstrap", type=int, default=200, help="resamples for the intervals (0: none)")
     v.add_argument("--min-group", type=int, default=30, help="smallest group that is measured")
     v.add_argument("--out", default=None, metavar="DIR",
@@ -232,11 +239,7 @@ def add_parsers(subparsers) -> None:
         description="Refit a bundle's per-statement calibration (temperature and bias) and its "
                     "review sets on local labelled ECGs it scored, and write it as a new bundle. "
                     "Ranking is unchanged; the probabilities move.")
-    r.add_argument("scores", help="the scores table `ecgrisk score --model MODEL` wrote")
-    r.add_argument("--labels", required=True, help="as for `ecgrisk evaluate`: a labels CSV or a PTB-XL root")
-    r.add_argument("--task", default=None, help="with a PTB-XL root: the task whose labels to use")
-    r.add_argument("--only", action="append", default=[], metavar="COLUMN=VALUES",
-                   help="fit on the ECGs whose column holds one of the values (repeatable)")
+    _labelled_scores(r, "fit on")
     r.add_argument("--model", default=DEFAULT_BUNDLE, help="the bundle that wrote the scores "
                    f"(model.pt or a shipped name; default {DEFAULT_BUNDLE})")
     r.add_argument("--out", required=True, help="the recalibrated bundle to write (.pt)")

@@ -4,7 +4,8 @@
 local data: the table ``ecgrisk score`` wrote, joined to labels, gives macro AUROC with a
 bootstrap interval, Brier and ECE of the calibrated probabilities, and each statement's
 prevalence beside its mean predicted probability, for every ECG and for each subgroup named
-with ``--by`` (sex, age bands, site, device, ...).
+with ``--by``: a labels column (sex, age bands, site, device, ...) or a scores column
+(``needs_review``, ``quality``, ``risk_band``: does the review flag pick the harder ECGs?).
 
 Labels come from a CSV (a ``record`` column as the scores table names records, or as the
 record's file name; one 0/1 column per statement; any other columns to group by) or from a
@@ -30,6 +31,7 @@ __all__ = ["EvaluationError", "Joined", "Labels", "load_scores", "labels_from_cs
            "to_markdown"]
 
 _TRUE, _FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}
+_NOT_GROUPS = ("record", "path", "error")  # score columns no ECG shares with another
 MISSING = "missing"
 
 
@@ -205,7 +207,8 @@ def join_scores(scores: str | Path, labels: str | Path, task: str | None = None,
     ``labels`` is a CSV (see :func:`labels_from_csv`) or a PTB-XL root, whose ``task`` must then
     be named. Rows join by the scores' ``record``, else by the record's file name. Rows that
     failed to score and rows without labels are counted, never dropped silently. ``only``
-    (``fold=9``, ``site=0,1``) keeps the ECGs whose label column holds one of the values.
+    (``fold=9``, ``site=0,1``, ``needs_review=True``) keeps the ECGs whose label column, or
+    else scores column, holds one of the values.
     """
     classes, rows = load_scores(scores)
     if Path(labels).is_dir():
@@ -219,7 +222,8 @@ def join_scores(scores: str | Path, labels: str | Path, task: str | None = None,
     if lacking:
         raise EvaluationError(f"{labels.source}: no labels for the statements {lacking} the scores "
                               f"in {scores} give (labelled: {labels.classes})")
-    keep = _only(only, labels)
+    score_columns = list(rows[0]) if rows else []
+    keep = _only(only, labels, score_columns)
     keys, matched, probs, failed, unlabelled, left_out = [], [], [], 0, 0, 0
     for r in rows:
         if r.get("error"):
@@ -229,7 +233,7 @@ def join_scores(scores: str | Path, labels: str | Path, task: str | None = None,
         if key not in labels.y:
             unlabelled += 1
             continue
-        if not keep(key):
+        if not keep(key, r):
             left_out += 1
             continue
         try:
@@ -261,11 +265,8 @@ def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = N
                **_group_metrics(y, p, classes, bootstrap, seed)}]
     for spec in by:
         name, cuts = parse_by(spec)
-        if name not in j.labels.columns:
-            raise EvaluationError(f"--by {spec!r}: {j.labels.source} has no column {name!r} "
-                                  f"(it has {sorted(j.labels.columns)})")
-        col = j.labels.columns[name]
-        values = [col.get(k) for k in keys]
+        get = _column(name, f"--by {spec!r}", j.labels, list(j.rows[0]))
+        values = [get(k, r) for k, r in zip(keys, j.rows, strict=True)]
         names = [_band(v, cuts, spec) for v in values] if cuts is not None else [_text(v) for v in values]
         for g in sorted(set(names), key=lambda g: _order(g, cuts)):
             idx = np.array([i for i, v in enumerate(names) if v == g])
@@ -283,18 +284,27 @@ def _text(value) -> str:
     return MISSING if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _only(only: list[str], labels: Labels):
-    """A test of a record key against every ``--only COLUMN=V1,V2``."""
+def _only(only: list[str], labels: Labels, score_columns: list[str]):
+    """A test of a (record key, score row) against every ``--only COLUMN=V1,V2``."""
     tests = []
     for spec in only:
         name, sep, values = spec.partition("=")
         if not sep or not name or not values:
             raise EvaluationError(f"--only {spec!r}: expected COLUMN=VALUE[,VALUE...], e.g. fold=9")
-        if name not in labels.columns:
-            raise EvaluationError(f"--only {spec!r}: {labels.source} has no column {name!r} "
-                                  f"(it has {sorted(labels.columns)})")
-        tests.append((labels.columns[name], set(values.split(","))))
-    return lambda key: all(_text(col.get(key)) in wanted for col, wanted in tests)
+        tests.append((_column(name, f"--only {spec!r}", labels, score_columns), set(values.split(","))))
+    return lambda key, row: all(_text(get(key, row)) in wanted for get, wanted in tests)
+
+
+def _column(name: str, what: str, labels: Labels, score_columns: list[str]):
+    """``(key, score row) -> value`` of a labels column, else of a scores column (``quality``,
+    ``needs_review``, ``risk_band``, ...)."""
+    if name in labels.columns:
+        col = labels.columns[name]
+        return lambda key, row: col.get(key)
+    if name in score_columns and name not in _NOT_GROUPS and not name.startswith("prob/"):
+        return lambda key, row: _value(str(row.get(name, "")))
+    raise EvaluationError(f"{what}: no column {name!r} in {labels.source} (it has "
+                          f"{sorted(labels.columns)}) nor in the scores")
 
 
 def _order(group: str, cuts) -> tuple:
