@@ -8,6 +8,8 @@ written from the run's files.
         --source-attribution "folder=MIT-BIH Arrhythmia Database (Moody & Mark 2001), ODC-By 1.0"
     python scripts/ship_bundle.py --refresh-card cpc-xresnet1d101 \
         --label-efficiency results/label_efficiency_superdiagnostic.json results/label_efficiency_all.json
+    python scripts/ship_bundle.py --refresh-card ptbxl-superdiagnostic \
+        --subgroups results/subgroups/ptbxl-superdiagnostic/evaluation.json
 
 A fine-tuning run: copies ``RUN/model.pt`` to ``ecgrisk/shipped/<name>.pt`` (a bundle from a run
 older than the split-conformal review flags gets them, and its reliability curves, from the run's
@@ -19,7 +21,8 @@ A pretraining run (``RUN/encoder.pt``): copies the encoder and writes its card: 
 sources and their records, epochs, loss, wall time, and, with ``--label-efficiency``, what it
 gave in that benchmark against random initialisation (the rows whose encoder digest is this
 file's). ``--refresh-card`` rewrites only that section of a shipped encoder's card, for benchmarks
-run after it shipped. Either file is refused above 25 MB. Every figure on a card is read from the run
+run after it shipped, or, with ``--subgroups``, a shipped bundle's "Performance by subgroup" from
+an ``ecgrisk evaluate`` of its own scores. Either file is refused above 25 MB. Every figure on a card is read from the run
 (``metrics.json``, ``predictions/val.csv``, ``.hydra/``) or the benchmark's JSON, none is typed in.
 """
 
@@ -331,21 +334,57 @@ def ship_encoder(run: Path, name: str, label_efficiency: list[Path],
     return target
 
 
-def refresh_card(name: str, label_efficiency: list[Path]) -> Path:
-    """Rewrite the "What it gives" section of a shipped encoder's card from benchmarks run after
-    it shipped; the rest of the card (read from a run that may be gone) stays as written."""
+def refresh_card(name: str, label_efficiency: list[Path], subgroups: Path | None = None) -> Path:
+    """Rewrite one section of a shipped card from results made after it shipped; the rest of
+    the card (read from a run that may be gone) stays as written. An encoder's "What it gives"
+    comes from label-efficiency benchmarks, a bundle's "Performance by subgroup" from an
+    ``ecgrisk evaluate`` of scores that bundle wrote."""
     target, card_path = SHIPPED_DIR / f"{name}.pt", SHIPPED_DIR / f"{name}.md"
     if not (target.is_file() and card_path.is_file()):
-        raise SystemExit(f"no shipped encoder {name!r} with a card in {SHIPPED_DIR}")
-    if not label_efficiency:
-        raise SystemExit("--refresh-card wants the benchmark(s) to read: --label-efficiency JSON ...")
-    head, sep, rest = card_path.read_text().partition("\n## What it gives\n")
-    if not sep:
-        raise SystemExit(f"{card_path}: no '## What it gives' section (not an encoder card?)")
-    _, nxt, tail = rest.partition("\n## ")
-    body = "\n".join(_label_efficiency_lines(label_efficiency, file_sha256(target)))
-    atomic_write_text(card_path, f"{head}{sep}{body}\n{nxt}{tail}")
+        raise SystemExit(f"no shipped file {name!r} with a card in {SHIPPED_DIR}")
+    if subgroups is not None:
+        body = _subgroup_lines(subgroups, Bundle.load(target))
+        section, before = "Performance by subgroup", "Intended use and limits"
+    elif label_efficiency:
+        body = _label_efficiency_lines(label_efficiency, file_sha256(target))
+        section, before = "What it gives", None
+    else:
+        raise SystemExit("--refresh-card wants what to read: --label-efficiency JSON ... or --subgroups JSON")
+    text, marker = card_path.read_text(), f"\n## {section}\n"
+    body = "\n".join(body)
+    if marker in text:
+        head, _, rest = text.partition(marker)
+        _, nxt, tail = rest.partition("\n## ")
+        text = f"{head}{marker}{body}\n" + (f"\n## {tail}" if nxt else "")
+    elif before and f"\n## {before}\n" in text:  # a new section, placed before that one
+        head, _, rest = text.partition(f"\n## {before}\n")
+        text = f"{head}{marker}{body}\n\n## {before}\n{rest}"
+    else:
+        raise SystemExit(f"{card_path}: no '## {section}' section to rewrite")
+    atomic_write_text(card_path, text)
     return target
+
+
+def _subgroup_lines(path: Path, bundle: Bundle) -> list[str]:
+    result = json.loads(path.read_text())
+    if result.get("models") != [f"{bundle.name} {bundle.version}"]:
+        raise SystemExit(f"{path}: evaluates {result.get('models')}, not this bundle "
+                         f"({bundle.name} {bundle.version})")
+    only = f", only {' and '.join(result['only'])}" if result.get("only") else ""
+    lines = [f"From `ecgrisk evaluate` of this bundle's scores against {result['labels']}{only} "
+             f"({result['scored_and_labelled']:,} ECGs; `{path}`): macro AUROC with "
+             f"{result['bootstrap']}-resample 90% intervals, Brier and ECE of the calibrated "
+             f"probabilities. Groups differ in case mix, so their differences are not the model's "
+             f"alone; groups under {result['min_group']} ECGs are left out.", "",
+             "| by | group | ECGs | macro AUROC (90% CI) | Brier | ECE |", "|---|---|---|---|---|---|"]
+    for g in result["groups"]:
+        if g["by"] == "all" or g.get("macro_auroc") is None:
+            continue
+        lo, hi = g.get("macro_auroc/lower"), g.get("macro_auroc/upper")
+        ci = f" ({lo:.3f}-{hi:.3f})" if lo is not None else ""
+        lines.append(f"| {g['by'].split(':')[0]} | {' '.join(g['group'].split())} | {g['n']:,} | "
+                     f"{g['macro_auroc']:.3f}{ci} | {g['brier']:.4f} | {g['ece']:.4f} |")
+    return lines
 
 
 def ship_bundle(run: Path, name: str) -> Path:
@@ -372,15 +411,18 @@ def main(argv=None) -> Path:
     p.add_argument("--label-efficiency", type=Path, nargs="+", default=[],
                    help="an encoder's card: the label-efficiency benchmark JSON(s) that used it")
     p.add_argument("--refresh-card", metavar="NAME",
-                   help="only rewrite the 'What it gives' section of shipped encoder NAME's card "
-                        "from --label-efficiency (no run needed)")
+                   help="only rewrite one section of shipped NAME's card (no run needed): an "
+                        "encoder's 'What it gives' from --label-efficiency, a bundle's "
+                        "'Performance by subgroup' from --subgroups")
+    p.add_argument("--subgroups", type=Path, default=None,
+                   help="a bundle's card: the evaluation.json `ecgrisk evaluate` wrote for its scores")
     p.add_argument("--source-attribution", action="append", default=[], metavar="SOURCE=TEXT",
                    help="an encoder's card: the citation and licence of a pretraining source "
                         f"(needed for sources other than {', '.join(SOURCE_ATTRIBUTION)}); repeatable")
     args = p.parse_args(argv)
     if args.refresh_card:
-        target = refresh_card(args.refresh_card, args.label_efficiency)
-        print(f"rewrote what {target.with_suffix('.md')} says the encoder gives")
+        target = refresh_card(args.refresh_card, args.label_efficiency, args.subgroups)
+        print(f"rewrote a section of {target.with_suffix('.md')}")
         return target
     if args.run is None or args.name is None:
         p.error("RUN and --name are needed to ship (or --refresh-card NAME)")

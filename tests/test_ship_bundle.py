@@ -160,7 +160,47 @@ def test_a_shipped_encoders_card_takes_later_benchmarks_without_its_run(ship, pr
     assert after.split(section)[0] == before.split(section)[0]
     assert after.split("\n## Intended use")[1] == before.split("\n## Intended use")[1]
     assert "+0.063 |\n\n## Intended use" in after
-    with pytest.raises(SystemExit, match="no shipped encoder 'nope'"):
+    with pytest.raises(SystemExit, match="no shipped file 'nope'"):
         ship.main(["--refresh-card", "nope", "--label-efficiency", str(first)])
     with pytest.raises(SystemExit, match="no encoder in it has this file's digest"):
         ship.main(["--refresh-card", "tiny-cpc", "--label-efficiency", str(_label_efficiency(tmp_path / "c.json", "0" * 64))])
+
+
+def test_a_shipped_bundles_card_takes_its_subgroup_figures(ship, tmp_path, monkeypatch):
+    import shutil
+
+    from ecgrisk.bundle import Bundle
+
+    for suffix in (".pt", ".md"):
+        shutil.copy(resolve("ptbxl-superdiagnostic").with_suffix(suffix), tmp_path / f"sd{suffix}")
+    monkeypatch.setattr(ship, "SHIPPED_DIR", tmp_path)
+    bundle = Bundle.load(tmp_path / "sd.pt")
+    shipped = (tmp_path / "sd.md").read_text()
+    if "\n## Performance by subgroup\n" in shipped:  # the card as it was before the section
+        head, _, rest = shipped.partition("\n## Performance by subgroup\n")
+        shipped = head + "\n## " + rest.split("\n## ", 1)[1]
+    (tmp_path / "sd.md").write_text(shipped)
+    before = shipped
+    group = {"macro_auroc/lower": 0.92, "macro_auroc/upper": 0.94, "brier": 0.08, "ece": 0.02}
+    evaluation = {"labels": "PTB-XL x (superdiagnostic)", "models": [f"{bundle.name} {bundle.version}"],
+                  "scored_and_labelled": 2156, "bootstrap": 200, "min_group": 30, "groups": [
+                      {"by": "all", "group": "all", "n": 2156, "macro_auroc": 0.93, **group},
+                      {"by": "sex", "group": "female", "n": 1038, "macro_auroc": 0.934, **group},
+                      {"by": "device", "group": "AT-6     6", "n": 218, "macro_auroc": 0.935, **group},
+                      {"by": "age:40,60,80", "group": "missing", "n": 11}]}
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps(evaluation))
+    ship.main(["--refresh-card", "sd", "--subgroups", str(path)])
+    after = (tmp_path / "sd.md").read_text()
+    section = after.split("\n## Performance by subgroup\n")[1].split("\n## ")[0]
+    assert "| sex | female | 1,038 | 0.934 (0.920-0.940) | 0.0800 | 0.0200 |" in section
+    assert "| device | AT-6 6 | 218 |" in section and "missing" not in section
+    # placed before the limits, and the rest of the card is as shipped
+    assert after.replace("\n## Performance by subgroup\n" + section, "") == before
+    assert "0.0200 |\n\n## Intended use and limits\n" in after
+    ship.main(["--refresh-card", "sd", "--subgroups", str(path)])  # rewritten, not added twice
+    assert (tmp_path / "sd.md").read_text() == after
+    evaluation["models"] = ["another 1"]
+    path.write_text(json.dumps(evaluation))
+    with pytest.raises(SystemExit, match="evaluates \\['another 1'\\], not this bundle"):
+        ship.main(["--refresh-card", "sd", "--subgroups", str(path)])

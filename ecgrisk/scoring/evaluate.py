@@ -274,7 +274,8 @@ def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = N
             if idx.size >= min_group:
                 row.update(_group_metrics(y[idx], p[idx], classes, bootstrap, seed))
             groups.append(row)
-    return {"scores": str(scores), "labels": j.labels.source, "classes": classes,
+    models = sorted({f"{r.get('model_name', '?')} {r.get('model_version', '?')}" for r in j.rows})
+    return {"scores": str(scores), "labels": j.labels.source, "models": models, "classes": classes,
             "only": list(only), "scored_and_labelled": len(keys), "failed": j.failed,
             "unlabelled": j.unlabelled, "left_out_by_only": j.left_out,
             "bootstrap": bootstrap, "min_group": min_group, "groups": groups}
