@@ -62,8 +62,8 @@ def prob_to_logit(prob, eps: float = 1e-7) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def fit_calibration(logits, y_true, max_iter: int = 200, bias: bool = True
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def fit_calibration(logits, y_true, max_iter: int = 200, bias: bool = True,
+                    temperature: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per-label temperature and bias minimising the BCE of ``sigmoid(logits / T + b)``.
 
     Each label's loss depends on its own (T, b) only, so the summed loss is minimised jointly
@@ -78,6 +78,9 @@ def fit_calibration(logits, y_true, max_iter: int = 200, bias: bool = True
         Iteration limit of the optimiser.
     bias : bool
         Fit ``b`` too; False keeps ``b = 0`` (plain temperature scaling).
+    temperature : bool
+        Fit ``T`` too; False keeps ``T = 1`` (a shift of each logit only: recalibration in the
+        large, two parameters fewer to learn from a small set).
 
     Returns
     -------
@@ -122,7 +125,7 @@ def fit_calibration(logits, y_true, max_iter: int = 200, bias: bool = True
         np.zeros(2 * k if bias else k),
         jac=True,
         method="L-BFGS-B",
-        bounds=[_LOG_T_BOUNDS] * k + [(None, None)] * (k if bias else 0),
+        bounds=[_LOG_T_BOUNDS if temperature else (0.0, 0.0)] * k + [(None, None)] * (k if bias else 0),
         options={"maxiter": int(max_iter), "ftol": 1e-12, "gtol": 1e-9},
     )
     temps[fit] = np.exp(res.x[:k])

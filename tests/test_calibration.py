@@ -131,3 +131,17 @@ def test_fit_calibration_degenerate_label_is_identity_and_bad_bias_refused():
     assert temps[0] == 1.0 and bias[0] == 0.0
     with pytest.raises(ValueError, match="bias"):
         apply_temperature(z, temps, [0.0, np.nan])
+
+
+def test_a_shift_alone_keeps_the_temperature_at_one_and_is_the_bce_minimum():
+    rng = np.random.default_rng(3)
+    true_logit = rng.normal(0.0, 2.0, size=(20000, 2))
+    y = (rng.random(true_logit.shape) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    observed = true_logit - np.array([0.7, -0.4])  # logits off by a shift only
+    temps, shift = fit_calibration(observed, y, temperature=False)
+    np.testing.assert_array_equal(temps, 1.0)
+    np.testing.assert_allclose(shift, [0.7, -0.4], atol=0.06)
+    best = binary_cross_entropy(y[:, 0], apply_temperature(observed[:, 0], [1.0], [shift[0]]))
+    for step in (-0.05, 0.05):  # a 1-D convex loss: nudging the shift only raises it
+        assert binary_cross_entropy(
+            y[:, 0], apply_temperature(observed[:, 0], [1.0], [shift[0] + step])) > best

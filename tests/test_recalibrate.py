@@ -73,7 +73,10 @@ def test_the_recalibrated_bundle_scores_what_the_refit_predicts(scored, tmp_path
     assert new.version.startswith(old.version + "+recalibrated-") and new.base == str(_shipped(
         "ptbxl-superdiagnostic").resolve())
     assert sum(new.extra["conformal"]["n0"]) + sum(new.extra["conformal"]["n1"]) == 60 * len(classes)
-    assert r["held_out"]["splits"] == 20 and 0 <= r["held_out"]["refit_better_in"] <= 20
+    h = r["held_out"]
+    assert r["form"] == h["chosen"] == min(h["forms"], key=lambda f: h["forms"][f]["brier"])
+    if r["form"] == "shift":
+        np.testing.assert_array_equal(t2, 1.0)
 
     rescored = tmp_path / "rescored.csv"
     score_files([str(manifest)], out, rescored, workers=0, progress=False)
@@ -100,17 +103,26 @@ def test_scores_of_another_model_and_overwriting_the_bundle_are_refused(scored, 
     assert "is the bundle being recalibrated" in capsys.readouterr().err
 
 
-def test_the_held_out_check_tells_a_needed_refit_from_fitting_noise():
-    from ecgrisk.scoring.recalibrate import held_out_check
+def test_the_held_out_check_chooses_the_form_and_tells_a_needed_refit_from_noise():
+    from ecgrisk.scoring.recalibrate import choose_and_fit, held_out_check
 
     rng = np.random.default_rng(0)
     u = rng.normal(0, 2.0, size=(4_000, 2))
     p = 1 / (1 + np.exp(-u))
-    shifted = (rng.random(u.shape) < 1 / (1 + np.exp(-(u / 2.0 - 1.0)))).astype(np.uint8)
-    needed = held_out_check(p, shifted)
-    assert needed["refit_better_in"] == needed["splits"] == 20
-    assert needed["brier_refit"] < needed["brier_bundle"]
-    # labels drawn from p itself: nothing to correct, and 200 ECGs give the refit only noise
+    # labels that need a temperature and a shift: that form wins, on every held-out half
+    scaled = (rng.random(u.shape) < 1 / (1 + np.exp(-(u / 2.0 - 1.0)))).astype(np.uint8)
+    needed = held_out_check(p, scaled)
+    assert needed["chosen"] == "temperature and shift"
+    assert needed["forms"]["temperature and shift"]["better_in"] == needed["splits"] == 20
+    assert needed["forms"]["temperature and shift"]["brier"] < needed["forms"]["shift"]["brier"]
+    # 300 ECGs that need only a shift: the one-parameter form wins, and beats the bundle
+    shifted = (rng.random((300, 2)) < 1 / (1 + np.exp(-(u[:300] + 0.8)))).astype(np.uint8)
+    t2, b2, check = choose_and_fit(p[:300], shifted)
+    assert check["chosen"] == "shift" and check["forms"]["shift"]["better_in"] >= 15
+    np.testing.assert_array_equal(t2, 1.0)
+    assert 0.4 < b2.mean() < 1.2
+    # labels drawn from p itself: nothing to correct, and 200 ECGs give either refit only noise
     fine = (rng.random((200, 2)) < p[:200]).astype(np.uint8)
     noise = held_out_check(p[:200], fine)
-    assert noise["brier_refit"] > noise["brier_bundle"] and noise["refit_better_in"] < 10
+    for form in noise["forms"].values():
+        assert form["brier"] > noise["brier_bundle"] and form["better_in"] < 10

@@ -162,11 +162,12 @@ def _recalibrate(args) -> int:
     print(f"on these ECGs (in-sample): Brier {summary['brier_before']:.4f} -> "
           f"{summary['brier_after']:.4f}, ECE {summary['ece_before']:.4f} -> {summary['ece_after']:.4f}")
     h = summary["held_out"]
-    print(f"held out (fitted on half of these ECGs, measured on the other half, {h['splits']} "
-          f"draws): Brier {h['brier_bundle']:.4f} with the bundle's calibration, "
-          f"{h['brier_refit']:.4f} refitted; the refit was better in {h['refit_better_in']} of "
-          f"{h['splits']}")
-    if h["refit_better_in"] <= h["splits"] // 2:
+    print(f"held out (fitted on half of these ECGs, measured on the other half, {h['splits']} draws): "
+          f"Brier {h['brier_bundle']:.4f} with the bundle's calibration; "
+          + "; ".join(f"{form} refitted {r['brier']:.4f}, better in {r['better_in']} of {h['splits']}"
+                      for form, r in h["forms"].items())
+          + f". Fitted: {summary['form']}")
+    if h["forms"][summary["form"]]["better_in"] <= h["splits"] // 2:
         print("warning: on ECGs it was not fitted on, the refit did not beat the bundle's own "
               "calibration in most draws; keep the bundle's unless you have more labelled ECGs",
               file=sys.stderr)
@@ -236,7 +237,8 @@ def add_parsers(subparsers) -> None:
 
     r = subparsers.add_parser(
         "recalibrate", help="refit a bundle's calibration on your labelled ECGs",
-        description="Refit a bundle's per-statement calibration (temperature and bias) and its "
+        description="Refit a bundle's per-statement calibration (a shift of each logit, or a "
+                    "temperature and a shift, whichever does better on held-out halves) and its "
                     "review sets on local labelled ECGs it scored, and write it as a new bundle. "
                     "Ranking is unchanged; the probabilities move.")
     _labelled_scores(r, "fit on")
