@@ -125,6 +125,9 @@ def test_bad_input_is_named(tables, tmp_path, capsys):
     odd = _write(tmp_path / "odd.csv", ["record", "MI", "NORM"], [["r00", 1, 0], ["r01", "0.7", 1]])
     with pytest.raises(EvaluationError, match="odd.csv, line 3: MI is '0.7'"):
         evaluate_scores(scores, odd)
+    twice = _write(tmp_path / "twice.csv", ["record", "MI", "NORM"], [["r00", 1, 0], ["r00", 0, 0]])
+    with pytest.raises(EvaluationError, match="twice.csv, line 3: record 'r00' is labelled twice"):
+        evaluate_scores(scores, twice)
     other = _write(tmp_path / "other.csv", ["id", "value"], [["a", 1]])
     with pytest.raises(EvaluationError, match="other.csv: not a scores table"):
         evaluate_scores(other, labels)
@@ -171,3 +174,12 @@ def test_ptbxl_record_one(real_ptbxl_root):
     assert labels.y["00001_lr"] == {"CD": 0, "HYP": 0, "MI": 0, "NORM": 1, "STTC": 0}
     assert (labels.columns["sex"]["00001_lr"], labels.columns["age"]["00001_lr"],
             labels.columns["fold"]["00001_lr"]) == ("female", 56.0, 3.0)
+
+
+def test_groups_are_listed_in_a_readers_order():
+    from ecgrisk.scoring.evaluate import _order
+
+    assert sorted(["10", "2", "missing", "1"], key=lambda g: _order(g, None)) == ["1", "2", "10", "missing"]
+    assert sorted(["male", "female"], key=lambda g: _order(g, None)) == ["female", "male"]
+    bands = [">=80", "40-<60", "missing", "<40", "60-<80"]
+    assert sorted(bands, key=lambda g: _order(g, [40, 60, 80])) == ["<40", "40-<60", "60-<80", ">=80", "missing"]

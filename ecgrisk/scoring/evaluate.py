@@ -9,7 +9,8 @@ with ``--by``: a labels column (sex, age bands, site, device, ...) or a scores c
 
 Labels come from a CSV (a ``record`` column as the scores table names records, or as the
 record's file name; one 0/1 column per statement; any other columns to group by) or from a
-PTB-XL root (labels of a benchmark task, with sex, age, fold, site and device to group by).
+PTB-XL root (labels of a benchmark task, with sex, age, fold, patient, site and device to group
+by).
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def labels_from_csv(path: str | Path, classes: list[str]) -> Labels:
         if bad:
             raise EvaluationError(f"{path}, line {line}: {bad[0]} is {r[bad[0]]!r}; statement "
                                   f"columns hold 0/1 or true/false")
+        if r["record"] in y:
+            raise EvaluationError(f"{path}, line {line}: record {r['record']!r} is labelled twice")
         y[r["record"]] = {c: int(v in _TRUE) for c, v in values.items()}
     columns = {c: {r["record"]: _value(r[c]) for r in rows} for c in fields
                if c != "record" and c not in classes}
@@ -309,11 +312,15 @@ def _column(name: str, what: str, labels: Labels, score_columns: list[str]):
 
 
 def _order(group: str, cuts) -> tuple:
-    """Bands from the lowest up, other values in text order, missing last."""
+    """Bands from the lowest up, numbers in numeric order, other values in text order, missing
+    last."""
     if group == MISSING:
         return (3, 0.0, "")
     if cuts is None:
-        return (0, 0.0, group)
+        try:
+            return (0, float(group), "")
+        except ValueError:
+            return (1, 0.0, group)
     lead = float(group.lstrip("<>=").split("-<")[0])
     return (0 if group.startswith("<") else 2 if group.startswith(">") else 1, lead, "")
 
