@@ -183,3 +183,19 @@ def test_groups_are_listed_in_a_readers_order():
     assert sorted(["male", "female"], key=lambda g: _order(g, None)) == ["female", "male"]
     bands = [">=80", "40-<60", "missing", "<40", "60-<80"]
     assert sorted(bands, key=lambda g: _order(g, [40, 60, 80])) == ["<40", "40-<60", "60-<80", ">=80", "missing"]
+
+
+def test_a_parquet_scores_table_reads_as_its_csv(tables, tmp_path):
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    scores, labels, *_ = tables
+    table = pd.read_csv(scores)  # errors of the scored rows become NaN: still no error
+    parquet = tmp_path / "scores.parquet"
+    table.to_parquet(parquet, index=False)
+    from_csv = evaluate_scores(scores, labels, by=["sex", "needs_review"], bootstrap=20)
+    from_parquet = evaluate_scores(parquet, labels, by=["sex", "needs_review"], bootstrap=20)
+    for a, b in zip(from_csv["groups"], from_parquet["groups"], strict=True):
+        assert (a["group"], a["n"]) == (b["group"], b["n"])
+        assert a.get("macro_auroc") == pytest.approx(b.get("macro_auroc"), abs=1e-12)
+    assert (from_parquet["failed"], from_parquet["unlabelled"]) == (2, 1)

@@ -229,7 +229,7 @@ def join_scores(scores: str | Path, labels: str | Path, task: str | None = None,
     keep = _only(only, labels, score_columns)
     keys, matched, probs, failed, unlabelled, left_out = [], [], [], 0, 0, 0
     for r in rows:
-        if r.get("error"):
+        if isinstance(r.get("error"), str) and r["error"].strip():  # a missing value (NaN) is none
             failed += 1
             continue
         key = r["record"] if r["record"] in labels.y else _file_name(str(r.get("path", "")))
