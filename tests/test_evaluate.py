@@ -131,6 +131,9 @@ def test_bad_input_is_named(tables, tmp_path, capsys):
     other = _write(tmp_path / "other.csv", ["id", "value"], [["a", 1]])
     with pytest.raises(EvaluationError, match="other.csv: not a scores table"):
         evaluate_scores(other, labels)
+    (tmp_path / "scores.txt").write_text(scores.read_text())
+    with pytest.raises(EvaluationError, match="scores.txt: a scores table is a .csv or .parquet"):
+        evaluate_scores(tmp_path / "scores.txt", labels)
     nobody = _write(tmp_path / "nobody.csv", ["record", "MI", "NORM"], [["zz", 1, 0]])
     with pytest.raises(EvaluationError, match="none of its 63 rows matches a labelled record"):
         evaluate_scores(scores, nobody)

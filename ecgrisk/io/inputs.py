@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ecgrisk.data.folder import ECGFolder
 
-__all__ = ["InputError", "collect_records"]
+__all__ = ["InputError", "as_record", "collect_records"]
 
 _GLOB_CHARS = set("*?[")
 _WFDB_SUFFIXES = (".hea", ".dat", ".mat")
@@ -23,7 +23,7 @@ class InputError(ValueError):
     """The INPUT arguments name nothing to score, or a manifest is malformed."""
 
 
-def _as_record(path: Path) -> tuple[str, str]:
+def as_record(path: Path) -> tuple[str, str]:
     """``(record id, path given to read_ecg)``; WFDB records by their name without extension."""
     if path.suffix.lower() in _WFDB_SUFFIXES:
         path = path.with_suffix("")
@@ -41,7 +41,7 @@ def _manifest(path: Path) -> list[tuple[str, str]]:
             if not (row.get("path") or "").strip():
                 raise InputError(f"manifest {path}: line {line} has an empty path")
             p = Path(row["path"].strip())
-            rec, abspath = _as_record(p if p.is_absolute() else path.parent / p)
+            rec, abspath = as_record(p if p.is_absolute() else path.parent / p)
             out.append(((row.get("record") or "").strip() or rec, abspath))
     return out
 
@@ -63,7 +63,7 @@ def _expand(arg: str) -> list[tuple[str, str]]:
             out += _expand(match)
         return out
     # a file, a WFDB name without extension, or a missing path (it becomes an error row)
-    return [_as_record(p)]
+    return [as_record(p)]
 
 
 def collect_records(inputs: list[str]) -> list[tuple[str, str]]:

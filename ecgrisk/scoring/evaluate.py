@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ecgrisk.files import atomic_path, atomic_write_text
-from ecgrisk.io.clinical import CLINICAL_SUFFIXES
+from ecgrisk.io.inputs import as_record
 from ecgrisk.metrics import evaluate, reliability
+from ecgrisk.scoring.table import read_rows, table_format
 
 __all__ = ["EvaluationError", "Joined", "Labels", "load_scores", "labels_from_csv",
            "labels_from_ptbxl", "parse_by", "join_scores", "evaluate_scores", "write_evaluation",
@@ -50,32 +51,32 @@ class Labels:
     columns: dict[str, dict[str, str | float | None]] = field(default_factory=dict)
 
 
-def _file_name(path: str) -> str:
-    """A scored record's file name without the suffix of a file format (a WFDB record's path,
-    as scoring gives it, has none)."""
-    path = Path(path)
-    return path.stem if path.suffix.lower() in (*CLINICAL_SUFFIXES, ".npy", ".npz") else path.name
-
-
 def load_scores(path: str | Path) -> tuple[list[str], list[dict]]:
-    """The statements (``prob/<name>`` columns) and rows of a table ``ecgrisk score`` wrote."""
+    """The statements (``prob/<name>`` columns) and typed rows of a table ``ecgrisk score``
+    wrote, read as scoring reads its own output back."""
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"{path}: no such scores table")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise EvaluationError(f"{path}: a scores table is a .csv or .parquet file")
+    try:
+        fmt = table_format(path)
+        if fmt == "csv":
+            with path.open(newline="") as f:
+                columns = next(csv.reader(f), [])
+        else:
+            import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
-        columns = list(rows[0]) if rows else pq.read_schema(path).names
-    else:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            columns, rows = list(reader.fieldnames or []), list(reader)
-    classes = [c[5:] for c in columns if c.startswith("prob/")]
-    if "record" not in columns or not classes:
-        raise EvaluationError(f"{path}: not a scores table of `ecgrisk score` (it needs a record "
-                              f"column and prob/<statement> columns; found {columns[:6]})")
-    return classes, rows
+            columns = pq.read_schema(path).names
+        classes = [c[5:] for c in columns if c.startswith("prob/")]
+        if "record" not in columns or not classes:
+            raise EvaluationError(f"{path}: not a scores table of `ecgrisk score` (it needs a "
+                                  f"record column and prob/<statement> columns; found {columns[:6]})")
+        return classes, list(read_rows([path], columns, fmt))
+    except EvaluationError:
+        raise
+    except (ValueError, OSError, csv.Error) as e:  # bad bytes, a broken Parquet
+        raise EvaluationError(f"{path}: cannot read it as a scores table ({e})") from e
 
 
 def labels_from_csv(path: str | Path, classes: list[str]) -> Labels:
@@ -232,7 +233,8 @@ def join_scores(scores: str | Path, labels: str | Path, task: str | None = None,
         if isinstance(r.get("error"), str) and r["error"].strip():  # a missing value (NaN) is none
             failed += 1
             continue
-        key = r["record"] if r["record"] in labels.y else _file_name(str(r.get("path", "")))
+        # else the id scoring gives the file on its own: its name, less a file format's suffix
+        key = r["record"] if r["record"] in labels.y else as_record(Path(str(r.get("path", ""))))[0]
         if key not in labels.y:
             unlabelled += 1
             continue
