@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgrisk.bundle_files import KINDS, BundleError, resolve
+from ecgrisk.bundle_files import KINDS, BundleError, check_kind, resolve
 from ecgrisk.files import atomic_path
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
@@ -46,10 +46,6 @@ def _atomic_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _a(noun: str) -> str:
-    return ("an " if noun[0] in "aeiou" else "a ") + noun
-
-
 def _load(path: str | os.PathLike, kind: str) -> dict:
     """The verified contents of a ``kind`` ('bundle' or 'encoder') file, given by path or name."""
     label = KINDS[kind]
@@ -66,9 +62,7 @@ def _load(path: str | os.PathLike, kind: str) -> dict:
     if obj.get("sha256") != _digest(obj["meta"], obj["state_dict"]):
         raise BundleError(f"{path}: refused: its weights or metadata were altered after it was "
                           f"written (SHA-256 digest mismatch)")
-    if obj["meta"].get("kind") != kind:
-        found = KINDS.get(obj["meta"].get("kind"), f"{obj['meta'].get('kind')!r} file")
-        raise BundleError(f"{path}: is {_a(found)}, not {_a(label)}")
+    check_kind(path, obj["meta"].get("kind"), kind)
     return obj
 
 

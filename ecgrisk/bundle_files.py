@@ -18,9 +18,15 @@ from pathlib import Path
 
 from ecgrisk.shipped import list_shipped, shipped_path
 
-__all__ = ["BundleError", "peek_meta", "resolve"]
+__all__ = ["BundleError", "check_kind", "peek_meta", "resolve"]
 
 KINDS = {"bundle": "model bundle", "encoder": "encoder file"}
+# what to do instead, for a file of one kind given where the other is wanted
+_INSTEAD = {
+    ("encoder", "bundle"): "fine-tune it into one first: ecgrisk-finetune model.pretrained=",
+    ("bundle", "encoder"): "a bundle scores ECGs; model.pretrained and --encoder take an "
+                           "encoder.pt from ecgrisk-pretrain, e.g. ",
+}
 
 
 class BundleError(ValueError):
@@ -35,17 +41,33 @@ def resolve(path_or_name: str | os.PathLike, kind: str = "bundle") -> Path:
     lists the shipped names of that kind.
     """
     path = Path(path_or_name)
-    if path.is_file():
-        return path
-    shipped = shipped_path(str(path_or_name))
-    if shipped is not None:
-        return shipped
-    names = ", ".join(_shipped_names(kind)) or "none in this installation"
+    found = path if path.is_file() else shipped_path(str(path_or_name))
+    if found is not None:
+        check_kind(found, (peek_meta(found) or {}).get("kind", kind), kind)
+        return found
+    names = ", ".join(shipped_names(kind)) or "none in this installation"
     raise BundleError(f"{path}: no such file, and no shipped {kind} has that name "
                       f"(shipped {kind}s: {names})")
 
 
-def _shipped_names(kind: str) -> list[str]:
+def check_kind(path: str | os.PathLike, found: str, kind: str) -> None:
+    """Refuse ``path``, whose metadata says it is a ``found`` file, where a ``kind`` file is
+    wanted, saying what to give instead."""
+    if found == kind:
+        return
+    label = KINDS.get(found, f"{found!r} file")
+    msg = f"{path}: is {_a(label)}, not {_a(KINDS[kind])}"
+    if (found, kind) in _INSTEAD:
+        example = Path(path).stem if found == "encoder" else "contrastive-xresnet1d101"
+        msg += f" ({_INSTEAD[found, kind]}{example})"
+    raise BundleError(msg)
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def shipped_names(kind: str) -> list[str]:
     """The shipped names whose file holds ``kind`` (an unreadable file is no candidate; loading
     it by name says why)."""
     return [name for name in list_shipped()

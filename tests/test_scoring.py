@@ -14,6 +14,7 @@ import torch
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.bundle_files import BundleError, peek_meta
+from ecgrisk.cli import main as cli_main
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io import read_ecg
 from ecgrisk.io.inputs import collect_records
@@ -22,7 +23,6 @@ from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.preprocess import Preprocessing, Scaler
 from ecgrisk.scoring import job
-from ecgrisk.scoring.cli import main as cli_main
 from ecgrisk.scoring.job import record_groups, score_files
 from ecgrisk.scoring.predict import Predictor, predict_proba
 from ecgrisk.scoring.quality import quality_flags
@@ -464,7 +464,7 @@ def test_ecgrisk_score_starts_its_readers_before_torch_is_imported(tmp_path):
     code = (
         "import sys\n"
         "import ecgrisk.scoring.job as job\n"
-        "from ecgrisk.scoring.cli import main\n"
+        "from ecgrisk.cli import main\n"
         "seen = []\n"
         "pool = job.reader_pool\n"
         "def spy(*a, **k):\n"

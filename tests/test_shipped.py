@@ -90,7 +90,7 @@ def test_the_demo_sample_is_real_ptbxl_without_the_test_fold(tmp_path):
     assert ecg.signal.shape == (12, 1000) and ecg.fs == 100.0 and ecg.lead_mask.all()
 
 
-def test_an_encoder_file_shipped_under_a_name_loads_by_that_name(tmp_path, monkeypatch):
+def test_an_encoder_file_shipped_under_a_name_loads_by_that_name(tmp_path, monkeypatch, capsys):
     import ecgrisk.shipped
     from ecgrisk.bundle import save_encoder
     from ecgrisk.config import compose
@@ -115,8 +115,19 @@ def test_an_encoder_file_shipped_under_a_name_loads_by_that_name(tmp_path, monke
         build_classifier(compose("finetune", [*tiny, "model.pretrained=tiny-encodr"]).model, 5)
     with pytest.raises(BundleError, match="tiny-bundle.pt: is a model bundle, not an encoder file"):
         build_classifier(compose("finetune", [*tiny, "model.pretrained=tiny-bundle"]).model, 5)
-    with pytest.raises(BundleError, match="tiny-encoder.pt: is an encoder file, not a model bundle"):
+    with pytest.raises(BundleError, match=r"tiny-encoder.pt: is an encoder file, not a model bundle "
+                                          r"\(fine-tune it into one first: ecgrisk-finetune "
+                                          r"model.pretrained=tiny-encoder\)"):
         Bundle.load("tiny-encoder")
+    # scoring reads the bundle's metadata before torch loads it: the same refusal, not a KeyError
+    # on a field encoders lack
+    from ecgrisk.cli import main as cli_main
+
+    rc = cli_main(["score", str(tmp_path), "--model", "tiny-encoder", "--out",
+                   str(tmp_path / "s.csv"), "--quiet"])
+    assert rc == 2 and not (tmp_path / "s.csv").exists()
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "tiny-encoder.pt: is an encoder file, not a model bundle (fine-tune it" in err
 
 
 @pytest.mark.parametrize("name,objective", [("cpc-xresnet1d101", "cpc"),

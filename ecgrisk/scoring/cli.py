@@ -1,5 +1,5 @@
-"""``ecgrisk score``, ``evaluate``, ``recalibrate`` and ``export``: argparse sub-commands
-registered by :func:`add_parsers`.
+"""``ecgrisk score``, ``evaluate``, ``recalibrate`` and ``export``, registered on the ``ecgrisk``
+command line by :func:`add_parsers`.
 
     ecgrisk score data/ecgs/                      # shipped ptbxl-superdiagnostic -> scores.csv
     ecgrisk score data/ecgs/ more/*.hea manifest.csv --model ptbxl-all --out scores.csv
@@ -8,10 +8,7 @@ registered by :func:`add_parsers`.
     ecgrisk recalibrate scores.csv --labels labels.csv --model ptbxl-superdiagnostic --out local.pt
     ecgrisk export model.pt --onnx model.onnx
 
-Exit codes of ``score``: 0 when at least one record scored (or all were already in the output
-with ``--resume``), 1 when nothing could be scored, 2 for invalid arguments or an unusable model
-bundle, 130/143 when stopped by SIGINT/SIGTERM (rerun with ``--resume`` to continue; reader
-processes end with the run, even when it is killed with SIGKILL).
+Exit codes of ``score``: see ``_SCORE_EPILOG``.
 """
 
 from __future__ import annotations
@@ -19,10 +16,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ecgrisk.shipped import DEFAULT_BUNDLE, list_shipped
+from ecgrisk.bundle_files import shipped_names
+from ecgrisk.shipped import DEFAULT_BUNDLE
 from ecgrisk.signals import stop_on_signals
 
-__all__ = ["add_parsers", "main"]
+__all__ = ["add_parsers"]
+
+_SCORE_EPILOG = """\
+examples:
+  ecgrisk score data/ecgs/                  # shipped ptbxl-superdiagnostic -> scores.csv
+  ecgrisk score data/ecgs/ more/*.hea manifest.csv --model ptbxl-all --out scores.csv
+  ecgrisk score data/ --model model.pt --out scores.parquet --resume --report report/
+
+exit status: 0 when at least one record scored (or all were already in the output with
+--resume), 1 when nothing could be scored, 2 for invalid arguments or an unusable model bundle,
+130/143 when stopped by SIGINT/SIGTERM (rerun with --resume to continue; reader processes end
+with the run, even when it is killed with SIGKILL)."""
 
 
 def _bands(text: str) -> tuple[float, float]:
@@ -191,12 +200,17 @@ def _labelled_scores(p, only_verb: str) -> None:
 def add_parsers(subparsers) -> None:
     """Register ``score``, ``evaluate``, ``recalibrate`` and ``export`` on the ``ecgrisk`` CLI's
     sub-parsers."""
-    s = subparsers.add_parser("score", help="score ECG files with a model bundle into a table",
-                              description=__doc__.split("\n\n")[0])
+    s = subparsers.add_parser(
+        "score", help="score ECG files with a model bundle into a table",
+        description="Score ECG files with a model bundle: one row per ECG of calibrated\n"
+                    "per-statement probabilities, a risk band, a review flag and quality columns.\n"
+                    "A file that cannot be scored is a row with a named error; the run goes on.",
+        epilog=_SCORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="ECG files, folders (recursive), globs or manifest .csv with a path column")
     s.add_argument("--model", default=DEFAULT_BUNDLE,
-                   help=f"model bundle: a model.pt or a shipped name ({', '.join(list_shipped()) or 'none shipped'}; "
+                   help=f"model bundle: a model.pt or a shipped name "
+                        f"({', '.join(shipped_names('bundle')) or 'none shipped'}; "
                         f"default {DEFAULT_BUNDLE})")
     s.add_argument("--out", default="scores.csv", help="output table: .csv or .parquet (default scores.csv)")
     s.add_argument("--workers", type=int, default=2, help="reader processes (0: none)")
@@ -204,14 +218,16 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--resume", action="store_true", help="keep rows already in --out")
     s.add_argument("--bands", type=_bands, default=None,
                    help="risk band thresholds low,high (default: the bundle's)")
-    s.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    s.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="torch (default; bf16 where the CPU has it) or an exported ONNX network")
     s.add_argument("--onnx", default=None, help="ONNX file from `ecgrisk export` (backend onnx)")
     s.add_argument("--missing-leads", choices=["pad", "refuse"], default="pad",
                    help="pad: score records with absent leads (flagged); refuse: fail them")
     s.add_argument("--npy-fs", type=float, default=None, help="sampling rate of bare .npy files")
     s.add_argument("--report", default=None, metavar="DIR",
                    help="write a risk histogram and 12-lead plots of the highest-risk ECGs")
-    s.add_argument("--report-top", type=int, default=5, metavar="N")
+    s.add_argument("--report-top", type=int, default=5, metavar="N",
+                   help="highest-risk ECGs --report plots (default 5)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     g = s.add_argument_group("scale-out (Lightning predict, one shard per rank, then a merge)")
     g.add_argument("--devices", type=int, default=0, help="run through Lightning on N devices")
@@ -252,15 +268,3 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--onnx", required=True, help="destination .onnx file")
     e.add_argument("--opset", type=int, default=17)
     e.set_defaults(func=_export)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m ecgrisk.scoring.cli score ...``) until ``ecgrisk`` wires it."""
-    p = argparse.ArgumentParser(prog="ecgrisk")
-    add_parsers(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
