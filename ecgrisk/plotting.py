@@ -158,3 +158,57 @@ def plot_reliability(curves: dict, title: str = "", path: str | Path | None = No
     if path is not None:
         fig.savefig(path, dpi=dpi)
     return fig
+
+
+def plot_subgroups(groups: list[dict], title: str = "", path: str | Path | None = None, dpi: int = 100):
+    """Forest plot of macro AUROC by subgroup: one row per measured group, its 90% interval as a
+    bar, the marker's area following its number of ECGs, and the overall figure as a dashed line
+    with its interval shaded.
+
+    ``groups`` are the ``groups`` of :func:`ecgrisk.scoring.evaluate.evaluate_scores`: the first
+    (``by == "all"``) is the overall row; rows without ``macro_auroc`` (too small) are named but
+    not drawn. Returns the Figure; writes a PNG when ``path`` is given.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    overall, rows = groups[0], groups[1:]
+    if not rows:
+        raise ValueError("nothing to plot: no subgroup given")
+    n_max = max(g["n"] for g in groups)
+    fig = Figure(figsize=(6.4, 0.9 + 0.26 * (len(rows) + len({g["by"] for g in rows}))), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    subtitle = ""
+    if overall.get("macro_auroc") is not None:
+        # named in the title, not a legend: a legend box hides whichever group sits under it
+        subtitle = f"\ndashed: every ECG, {overall['macro_auroc']:.3f} (n={overall['n']})"
+        ax.axvline(overall["macro_auroc"], color="0.4", ls="--", lw=1)
+        if overall.get("macro_auroc/lower") is not None:
+            ax.axvspan(overall["macro_auroc/lower"], overall["macro_auroc/upper"], color="0.9")
+    labels, y, last_by = [], 0, None
+    for g in rows:
+        if g["by"] != last_by:  # a heading row per grouping
+            labels.append((y, g["by"].split(":")[0], True))
+            y, last_by = y + 1, g["by"]
+        if g.get("macro_auroc") is not None:
+            lo, hi = g.get("macro_auroc/lower"), g.get("macro_auroc/upper")
+            if lo is not None:
+                ax.plot([lo, hi], [y, y], color="C0", lw=1.4)
+            ax.scatter([g["macro_auroc"]], [y], s=12 + 90 * np.sqrt(g["n"] / n_max), color="C0", zorder=3)
+            text = f"{g['group']}  n={g['n']}"
+        else:
+            text = f"{g['group']}  n={g['n']} (too few)"
+        labels.append((y, text, False))
+        y += 1
+    ax.set_yticks([t[0] for t in labels], [t[1] for t in labels], fontsize=7)
+    for tick, (_, _, heading) in zip(ax.get_yticklabels(), labels, strict=True):
+        tick.set_fontweight("bold" if heading else "normal")
+    ax.set_ylim(y - 0.5, -0.7)
+    ax.set_xlabel("macro AUROC (90% bootstrap interval)")
+    ax.set_title((title or "discrimination by subgroup") + subtitle, fontsize=9)
+    ax.grid(axis="x", color="0.92", lw=0.6)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig

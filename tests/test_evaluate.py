@@ -111,10 +111,33 @@ def test_cli_writes_the_tables_and_diagrams(tables, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| sex | female | 40 |" in printed
     assert sorted(p.name for p in out.iterdir()) == [
-        "evaluation.json", "evaluation.md", "reliability.png", "reliability_sex.png"]
+        "evaluation.json", "evaluation.md", "reliability.png", "reliability_sex.png", "subgroups.png"]
     saved = json.loads((out / "evaluation.json").read_text())
     assert [g["group"] for g in saved["groups"]] == ["all", "female", "male"]
-    assert (out / "reliability_sex.png").read_bytes()[:4] == b"\x89PNG"
+    for png in ("reliability_sex.png", "subgroups.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # each statement's AUROC, per group, in the markdown as in the JSON
+    y, p, sex = tables[2], tables[3], tables[4]
+    m = sex == "female"
+    md = (out / "evaluation.md").read_text()
+    row = f"| sex | female | {roc_auc_score(y[m, 0], p[m, 0]):.3f} | {roc_auc_score(y[m, 1], p[m, 1]):.3f} |"
+    assert row in md.split("AUROC per statement")[1]
+
+
+def test_the_forest_plot_draws_every_measured_group_and_names_the_rest(tables):
+    from ecgrisk.plotting import plot_subgroups
+
+    scores, labels, *_ = tables
+    r = evaluate_scores(scores, labels, by=["sex", "age:40,60"], bootstrap=20, min_group=10)
+    ax = plot_subgroups(r["groups"]).axes[0]
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert ticks == ["sex", "female  n=40", "male  n=20", "age", "<40  n=19", "40-<60  n=20",
+                     ">=60  n=20", "missing  n=1 (too few)"]
+    drawn = [c.get_offsets()[0] for c in ax.collections if len(c.get_offsets()) == 1]
+    measured = [g for g in r["groups"][1:] if "macro_auroc" in g]
+    assert [x for x, _ in drawn] == pytest.approx([g["macro_auroc"] for g in measured])
+    with pytest.raises(ValueError, match="no subgroup"):
+        plot_subgroups(r["groups"][:1])
 
 
 def test_bad_input_is_named(tables, tmp_path, capsys):

@@ -357,6 +357,12 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| {g['by']} | {g['group']} | {g['n']} | {_f(g['macro_auroc'])}{ci} | "
                      f"{_f(g['brier'], 4)} | {_f(g['ece'], 4)} |")
     classes = result["classes"]
+    lines += ["", "AUROC per statement (- where the group holds one label value only):", "",
+              "| by | group | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
+    for g in result["groups"]:
+        if "macro_auroc" in g:
+            cells = [_f(g.get(f"auroc/{c}")) for c in classes]
+            lines.append(f"| {g['by']} | {g['group']} | " + " | ".join(cells) + " |")
     lines += ["", "Prevalence / mean predicted probability per statement (calibration in the large):",
               "", "| by | group | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
     for g in result["groups"]:
@@ -367,9 +373,10 @@ def to_markdown(result: dict) -> str:
 
 
 def write_evaluation(result: dict, out: str | Path) -> list[Path]:
-    """``evaluation.json``, ``evaluation.md`` and a reliability diagram per ``--by`` (and one for
-    every ECG) into ``out``, each written atomically."""
-    from ecgrisk.plotting import plot_reliability
+    """``evaluation.json``, ``evaluation.md``, a reliability diagram per ``--by`` (and one for
+    every ECG) and, with any ``--by``, ``subgroups.png`` (a forest plot of macro AUROC) into
+    ``out``, each written atomically."""
+    from ecgrisk.plotting import plot_reliability, plot_subgroups
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -385,5 +392,10 @@ def write_evaluation(result: dict, out: str | Path) -> list[Path]:
         with atomic_path(path) as tmp:
             plot_reliability(curves, title=f"reliability by {by}" if by != "all" else "",
                              path=None).savefig(tmp, format="png")
+        written.append(path)
+    if len(result["groups"]) > 1:
+        path = out / "subgroups.png"
+        with atomic_path(path) as tmp:
+            plot_subgroups(result["groups"], path=None).savefig(tmp, format="png")
         written.append(path)
     return written
