@@ -10,9 +10,11 @@ written from the run's files.
         --label-efficiency results/label_efficiency_superdiagnostic.json results/label_efficiency_all.json
     python scripts/ship_bundle.py --refresh-card ptbxl-superdiagnostic \
         --subgroups results/subgroups/ptbxl-superdiagnostic/evaluation.json
+    python scripts/ship_bundle.py --refresh-review ptbxl-superdiagnostic --scores fold9.csv \
+        --labels data/ptb-xl-full --task superdiagnostic
 
 A fine-tuning run: copies ``RUN/model.pt`` to ``ecgrisk/shipped/<name>.pt`` (a bundle from a run
-older than the split-conformal review flags gets them, and its reliability curves, from the run's
+older than the review band gets it, and its reliability curves, from the run's
 ``predictions/val.csv``) and writes ``ecgrisk/shipped/<name>.md``: data and release, folds, fold-9
 metrics with bootstrap CIs, calibration before and after, per-statement AUROC, the training
 command and budget, intended use and limits, PTB-XL's CC BY 4.0 attribution.
@@ -22,16 +24,20 @@ sources and their records, epochs, loss, wall time, and, with ``--label-efficien
 gave in that benchmark against random initialisation (the rows whose encoder digest is this
 file's). ``--refresh-card`` rewrites only that section of a shipped encoder's card, for benchmarks
 run after it shipped, or, with ``--subgroups``, a shipped bundle's "Performance by subgroup" from
-an ``ecgrisk evaluate`` of its own scores. Either file is refused above 25 MB. Every figure on a card is read from the run
+an ``ecgrisk evaluate`` of its own scores. ``--refresh-review`` refits a shipped bundle's review
+band on its own scores of its validation fold (where the band is fitted at training), saves it
+under a new version and rewrites the card's review section. Either file is refused above 25 MB. Every figure on a card is read from the run
 (``metrics.json``, ``predictions/val.csv``, ``.hydra/``) or the benchmark's JSON, none is typed in.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +47,10 @@ import yaml
 
 from ecgrisk.bundle import Bundle, encoder_meta
 from ecgrisk.calibration import prob_to_logit
-from ecgrisk.conformal import fit_conformal, split_coverage
+from ecgrisk.conformal import fit_review, split_review
 from ecgrisk.files import atomic_path, atomic_write_text, file_sha256
 from ecgrisk.metrics import brier, ece, reliability
+from ecgrisk.scoring.evaluate import join_scores
 from ecgrisk.shipped import SHIPPED_DIR
 
 MAX_MB = 25.0
@@ -76,12 +83,12 @@ def _val_predictions(run: Path, classes: list[str]):
 
 def review_flags(run: Path, bundle: Bundle, alpha: float) -> dict:
     """What fine-tuning now stores in a bundle, rebuilt from an older run's fold-9 predictions:
-    split-conformal thresholds and the reliability curves before and after calibration."""
+    the review band and the reliability curves before and after calibration."""
     y, p_cal = _val_predictions(run, list(bundle.classes))
     # undo sigmoid(z / T + b) to get the model's own probabilities back
     bias = bundle.bias if bundle.bias is not None else 0.0
     raw = (prob_to_logit(p_cal) - bias) * bundle.temperature
-    return {"conformal": fit_conformal(y, p_cal, alpha).to_dict(),
+    return {"review": fit_review(y, p_cal, alpha).to_dict(),
             "reliability": {"uncalibrated, validation": reliability(y, 1 / (1 + np.exp(-raw))),
                             "calibrated, validation (fitted here)": reliability(y, p_cal)}}
 
@@ -195,20 +202,19 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
 
 
 def _review_lines(bundle: Bundle, y, p_cal) -> list[str]:
-    c = bundle.extra.get("conformal")
-    if not c:
-        return ["This bundle carries no split-conformal thresholds: `needs_review` follows the "
-                "quality flags only."]
-    cov = split_coverage(y, p_cal, c["alpha"])
-    l0 = np.array(cov["coverage/label0"], dtype=float)
-    l1 = np.array(cov["coverage/label1"], dtype=float)
-    return [f"`needs_review` is set by a quality flag or by split-conformal prediction sets per "
-            f"statement at alpha {c['alpha']:g} (nominal coverage {1 - c['alpha']:.0%} per statement "
-            f"and label), calibrated on fold 9. Measured on fold-9 halves the thresholds were not "
-            f"fitted on (two-way split, averaged): coverage of absent statements {np.nanmean(l0):.3f} "
-            f"(lowest {np.nanmin(l0):.3f}), of present statements {np.nanmean(l1):.3f} (lowest "
-            f"{np.nanmin(l1):.3f}); every statement covered in {cov['coverage/all_statements']:.1%} "
-            f"of ECGs; {cov['review_rate']:.1%} of ECGs flagged for review by the sets alone."]
+    r = bundle.extra.get("review")
+    if not r:
+        return ["This bundle carries no review band: `needs_review` follows the quality flags only."]
+    m = split_review(y, p_cal, r["alpha"])
+    return [f"`needs_review` is set by a quality flag, or when a statement's calibrated probability "
+            f"lies in the band {r['low']:.3f}-{1 - r['low']:.3f}, too close to call: the band "
+            f"conformal risk control fitted on fold 9 ({r['n']:,} ECGs) so that an ECG passes "
+            f"unreviewed while its reading (statements at p >= 0.5) misreads a statement with "
+            f"probability at most {r['alpha']:g}. Measured on fold-9 halves the band was not "
+            f"fitted on ({m['splits']} random halvings, both ways, averaged): {m['review_rate']:.1%} "
+            f"of ECGs flagged; {m['unreviewed_misread']:.1%} of ECGs unflagged and misread; of the "
+            f"unflagged, {m['misread_among_unreviewed']:.1%} misread (of every ECG, "
+            f"{m['misread']:.1%})."]
 
 
 def _cell(row: dict) -> str:
@@ -339,9 +345,7 @@ def refresh_card(name: str, label_efficiency: list[Path], subgroups: Path | None
     the card (read from a run that may be gone) stays as written. An encoder's "What it gives"
     comes from label-efficiency benchmarks, a bundle's "Performance by subgroup" from an
     ``ecgrisk evaluate`` of scores that bundle wrote."""
-    target, card_path = SHIPPED_DIR / f"{name}.pt", SHIPPED_DIR / f"{name}.md"
-    if not (target.is_file() and card_path.is_file()):
-        raise SystemExit(f"no shipped file {name!r} with a card in {SHIPPED_DIR}")
+    target, card_path = _shipped(name)
     if subgroups is not None:
         body = _subgroup_lines(subgroups, Bundle.load(target))
         section, before = "Performance by subgroup", "Intended use and limits"
@@ -350,17 +354,60 @@ def refresh_card(name: str, label_efficiency: list[Path], subgroups: Path | None
         section, before = "What it gives", None
     else:
         raise SystemExit("--refresh-card wants what to read: --label-efficiency JSON ... or --subgroups JSON")
-    text, marker = card_path.read_text(), f"\n## {section}\n"
-    body = "\n".join(body)
+    atomic_write_text(card_path, _with_section(card_path, card_path.read_text(), section, body, before))
+    return target
+
+
+def _shipped(name: str) -> tuple[Path, Path]:
+    target, card_path = SHIPPED_DIR / f"{name}.pt", SHIPPED_DIR / f"{name}.md"
+    if not (target.is_file() and card_path.is_file()):
+        raise SystemExit(f"no shipped file {name!r} with a card in {SHIPPED_DIR}")
+    return target, card_path
+
+
+def _with_section(card_path: Path, text: str, section: str, body: list[str], before: str | None) -> str:
+    """The card ``text`` with section ``section`` holding ``body``: rewritten where it stands,
+    else placed before section ``before``."""
+    marker, body = f"\n## {section}\n", "\n".join(body)
     if marker in text:
         head, _, rest = text.partition(marker)
         _, nxt, tail = rest.partition("\n## ")
-        text = f"{head}{marker}{body}\n" + (f"\n## {tail}" if nxt else "")
-    elif before and f"\n## {before}\n" in text:  # a new section, placed before that one
+        return f"{head}{marker}{body}\n" + (f"\n## {tail}" if nxt else "")
+    if before and f"\n## {before}\n" in text:
         head, _, rest = text.partition(f"\n## {before}\n")
-        text = f"{head}{marker}{body}\n\n## {before}\n{rest}"
-    else:
-        raise SystemExit(f"{card_path}: no '## {section}' section to rewrite")
+        return f"{head}{marker}{body}\n\n## {before}\n{rest}"
+    raise SystemExit(f"{card_path}: no '## {section}' section to rewrite")
+
+
+def refresh_review(name: str, scores: Path, labels: str, task: str | None) -> Path:
+    """Refit shipped bundle ``name``'s review band on its own scores of its validation fold (the
+    fold fine-tuning fits the band on), save it under a new version, and rewrite the card's file
+    line and review section. The weights and calibration stay; ``needs_review`` moves."""
+    target, card_path = _shipped(name)
+    bundle = Bundle.load(target)
+    # a config from before the fold keys was trained with the benchmark's folds, fold 9 validating
+    val_folds = yaml.safe_load(bundle.config)["data"].get("val_folds", [9])
+    joined = join_scores(scores, labels, task, [f"fold={','.join(map(str, val_folds))}"])
+    other = {(r.get("model_name"), str(r.get("model_version"))) for r in joined.rows} - {
+        (bundle.name, str(bundle.version))}
+    if other or joined.classes != list(bundle.classes):
+        raise SystemExit(f"{scores}: not this bundle's own scores ({bundle.name} {bundle.version}; "
+                         f"found {sorted(map(str, other))[:1] or joined.classes})")
+    alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
+    extra = {k: v for k, v in bundle.extra.items() if k != "conformal"}
+    extra["review"] = fit_review(joined.y, joined.p, alpha).to_dict()
+    new = dataclasses.replace(bundle, version=f"{bundle.version}+review-{time.strftime('%Y%m%d')}",
+                              extra=extra)
+    with atomic_path(target) as tmp:
+        new.save(tmp)
+    head, sep, rest = card_path.read_text().partition("File `ecgrisk/shipped/")
+    if not sep:
+        raise SystemExit(f"{card_path}: no file line to rewrite")
+    tail = rest.partition("\n")[2]
+    line = (f"{name}.pt`, {target.stat().st_size / 2**20:.1f} MB, SHA-256 `{file_sha256(target)}`; "
+            f"bundle `{new.name}` version `{new.version}`.")
+    text = _with_section(card_path, f"{head}{sep}{line}\n{tail}", "Which ECGs need review",
+                         _review_lines(new, joined.y, joined.p), None)
     atomic_write_text(card_path, text)
     return target
 
@@ -391,9 +438,9 @@ def ship_bundle(run: Path, name: str) -> Path:
     src = run / "model.pt"
     bundle = Bundle.load(src)  # refuses a damaged file before it is shipped
     target = SHIPPED_DIR / f"{name}.pt"
-    if "conformal" not in bundle.extra:
+    if "review" not in bundle.extra:
         cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-        bundle.extra.update(review_flags(run, bundle, cfg.get("conformal_alpha", 0.1)))
+        bundle.extra.update(review_flags(run, bundle, cfg.get("review_alpha", 0.1)))
         with atomic_path(target) as tmp:
             bundle.save(tmp)
     else:
@@ -416,10 +463,22 @@ def main(argv=None) -> Path:
                         "'Performance by subgroup' from --subgroups")
     p.add_argument("--subgroups", type=Path, default=None,
                    help="a bundle's card: the evaluation.json `ecgrisk evaluate` wrote for its scores")
+    p.add_argument("--refresh-review", metavar="NAME",
+                   help="refit shipped bundle NAME's review band on --scores it wrote for its "
+                        "validation fold, with --labels (and --task for a PTB-XL root)")
+    p.add_argument("--scores", type=Path, help="with --refresh-review: the bundle's scores table")
+    p.add_argument("--labels", help="with --refresh-review: a labels CSV or a PTB-XL root")
+    p.add_argument("--task", default=None, help="with --refresh-review and a PTB-XL root")
     p.add_argument("--source-attribution", action="append", default=[], metavar="SOURCE=TEXT",
                    help="an encoder's card: the citation and licence of a pretraining source "
                         f"(needed for sources other than {', '.join(SOURCE_ATTRIBUTION)}); repeatable")
     args = p.parse_args(argv)
+    if args.refresh_review:
+        if args.scores is None or args.labels is None:
+            p.error("--refresh-review NAME needs --scores and --labels")
+        target = refresh_review(args.refresh_review, args.scores, args.labels, args.task)
+        print(f"refitted the review band of {target} and rewrote its card")
+        return target
     if args.refresh_card:
         target = refresh_card(args.refresh_card, args.label_efficiency, args.subgroups)
         print(f"rewrote a section of {target.with_suffix('.md')}")

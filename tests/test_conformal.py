@@ -1,59 +1,88 @@
-"""Split-conformal review flags: thresholds by hand, coverage on exchangeable data, and the
+"""The review band: conformal risk control by hand, its bound on exchangeable data, and the
 needs_review column of the scores table."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
-from ecgrisk.conformal import ConformalSets, coverage, fit_conformal, split_coverage
+from ecgrisk.conformal import ReviewBand, fit_review, misread, review_risk, split_review
 
 
-def test_thresholds_are_the_conformal_quantiles_by_hand():
-    # statement 0: positives at p = .9 .8 .7 .6 (scores 1 - p = .1 .2 .3 .4), negatives at
-    # p = .1 .2 .3 .4 .5; alpha = .2: rank ceil((n + 1) * .8) -> 4 of 4 (q1 = .4), 5 of 5 (q0 = .5)
-    p = np.array([.9, .8, .7, .6, .1, .2, .3, .4, .5])[:, None]
-    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])[:, None]
-    s = fit_conformal(y, p, alpha=0.2)
-    assert s.q1 == pytest.approx([0.4]) and s.q0 == pytest.approx([0.5])
-    assert (s.n1, s.n0) == ([4], [5])
-    # alpha = .1 needs rank 5 of 4 positives: too few to promise 90%, so label 1 is always kept
-    assert fit_conformal(y, p, alpha=0.1).q1 == [float("inf")]
-    has0, has1 = s.sets(np.array([[0.3], [0.65], [0.95]]))
-    assert has0[:, 0].tolist() == [True, False, False]   # p <= .5
-    assert has1[:, 0].tolist() == [False, True, True]    # 1 - p <= .4
-    assert s.review(np.array([[0.3], [0.65], [0.55]]), ["MI"]) == ["", "", "atypical MI"]
-    both = ConformalSets(alpha=0.2, q0=[0.6], q1=[0.6], n0=[5], n1=[5])
-    assert both.review(np.array([[0.5]]), ["MI"]) == ["uncertain MI"]
-    none = ConformalSets(alpha=0.2, q0=[0.2], q1=[0.2], n0=[5], n1=[5])
-    assert none.review(np.array([[0.5]]), ["MI"]) == ["atypical MI"]
+def test_the_band_is_the_conformal_risk_control_choice_by_hand():
+    # one statement; closeness min(2p, 2 - 2p) of the ten ECGs, least uncertain first:
+    # p     .02  .97  .05  .10  .88  .20  .75  .30  .60  .45
+    # u     .04  .06  .10  .20  .24  .40  .50  .60  .80  .90
+    # label  0    1    1    0    1    0    0    1    1    0
+    # read   0    1    0    0    1    0    1    0    1    0   (p >= .5)
+    # wrong  -    -    x    -    -    -    x    x    -    -
+    p = np.array([.02, .97, .05, .10, .88, .20, .75, .30, .60, .45])[:, None]
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 0])[:, None]
+    assert misread(y, p).tolist() == [False, False, True, False, False, False, True, True, False, False]
+    # leaving the k least uncertain unflagged costs L_k misread: k = 0..10 -> 0 0 0 1 1 1 1 2 3 3 3;
+    # alpha = .25 keeps the largest k with (L_k + 1) / 11 <= .25, L_k <= 1.75: k = 6, so ECGs
+    # with u > .40 are flagged: the band is (.20, .80)
+    band = fit_review(y, p, alpha=0.25)
+    assert band.low == pytest.approx(0.20) and band.n == 10
+    assert band.flags(p)[:, 0].tolist() == [False] * 6 + [True] * 4
+    # alpha = .1: (L_k + 1) / 11 <= .1 needs L_k <= .1, k = 2 (u > .06 flagged)
+    assert fit_review(y, p, alpha=0.1).low == pytest.approx(0.03)
+    # too few ECGs for alpha = .05 ((0 + 1) / 11 > .05): every ECG flagged
+    assert fit_review(y, p, alpha=0.05).low == 0.0
+    assert fit_review(y, p, alpha=0.05).flags(p).all()
+    risk = review_risk(band, y, p)
+    assert risk["review_rate"] == pytest.approx(0.4)
+    assert risk["unreviewed_misread"] == pytest.approx(0.1)  # ECG 3, p = .05, unflagged
+    assert risk["misread_among_unreviewed"] == pytest.approx(1 / 6)
+    assert risk["misread"] == pytest.approx(0.3)
 
 
-def test_coverage_holds_on_exchangeable_data():
+def test_ties_are_flagged_together_and_the_band_flags_as_fitted():
+    # four ECGs at the same closeness (.2), one of them misread: they go unflagged together or not
+    p = np.array([[0.1], [0.9], [0.1], [0.9], [0.01]])
+    y = np.array([[0], [0], [0], [1], [0]])  # the second is misread
+    band = fit_review(y, p, alpha=0.34)  # (L + 1) / 6 <= .34: L <= 1.04
+    # k = 1 (L = 0) or k = 5 (L = 1); k = 2, 3 and 4 would split the tie
+    assert band.flags(p).any(axis=1).tolist() == [False] * 5
+    band = fit_review(y, p, alpha=0.2)  # L <= .2: only k = 1, the ECG at p = .01
+    assert band.flags(p).any(axis=1).tolist() == [True, True, True, True, False]
+
+
+def test_the_reason_names_the_statements_in_the_band_closest_first():
+    band = ReviewBand(alpha=0.1, low=0.2, n=100)
+    probs = np.array([[0.1, 0.95, 0.5], [0.3, 0.6, 0.9], [0.81, 0.19, 0.2]])
+    assert band.review(probs, ["MI", "NORM", "STTC"]) == ["uncertain STTC", "uncertain NORM MI", ""]
+    assert ReviewBand.from_dict(band.to_dict()) == band
+
+
+def test_the_bound_holds_on_exchangeable_data():
     rng = np.random.default_rng(0)
-    n, c = 4000, 3
-    y = rng.random((2 * n, c)) < [0.1, 0.3, 0.5]
-    # an informative but imperfect model: noisy logits around +-1
-    p = 1 / (1 + np.exp(-(np.where(y, 1.0, -1.0) + rng.normal(0, 1.2, y.shape))))
-    s = fit_conformal(y[:n], p[:n], alpha=0.1)
-    cov = coverage(s, y[n:], p[n:])
-    assert np.all(np.array(cov["coverage/label1"]) >= 0.88)
-    assert np.all(np.array(cov["coverage/label0"]) >= 0.88)
-    assert cov["nominal"] == 0.9 and 0 < cov["review_rate"] < 1
-    halves = split_coverage(y, p, alpha=0.1)
-    assert abs(np.mean(halves["coverage/label1"]) - 0.9) < 0.03
+    n, c = 4000, 5
+    y = rng.random((2 * n, c)) < [0.05, 0.1, 0.3, 0.5, 0.2]
+    # an informative but imperfect model, calibrated by construction: noisy logits around +-1.5
+    p = 1 / (1 + np.exp(-(np.where(y, 1.5, -1.5) + rng.normal(0, 1.2, y.shape))))
+    risks = []
+    for _ in range(10):
+        idx = rng.permutation(2 * n)
+        band = fit_review(y[idx[:n]], p[idx[:n]], alpha=0.1)
+        risks.append(review_risk(band, y[idx[n:]], p[idx[n:]]))
+    assert np.mean([r["unreviewed_misread"] for r in risks]) <= 0.1 + 0.005
+    assert np.mean([r["unreviewed_misread"] for r in risks]) >= 0.09  # tight, not flagging all
+    assert 0 < np.mean([r["review_rate"] for r in risks]) < 1
+    halves = split_review(y, p, alpha=0.1, splits=3)
+    assert halves["splits"] == 3 and abs(halves["unreviewed_misread"] - 0.1) < 0.01
 
 
-def test_scores_table_routes_uncertain_and_flagged_records_to_review(tmp_path):
+def test_scores_table_routes_uncertain_and_flagged_records_to_review(caplog):
     from ecgrisk.scoring.reading import ReadRecord
     from ecgrisk.scoring.rows import make_rows, output_columns
 
     class _Bundle:
         classes = ["MI", "NORM"]
         name, version = "t", "1"
-        # label 0 kept for p <= .5, label 1 for p >= .3
-        extra = {"conformal": ConformalSets(alpha=0.1, q0=[0.5, 0.5], q1=[0.7, 0.7],
-                                            n0=[50, 50], n1=[50, 50]).to_dict()}
+        extra = {"review": ReviewBand(alpha=0.1, low=0.3, n=100).to_dict()}  # flags (.3, .7)
 
     class _Spec:
         window, stride = 250, 125
@@ -67,5 +96,17 @@ def test_scores_table_routes_uncertain_and_flagged_records_to_review(tmp_path):
     rows = make_rows(recs, probs, _Spec(), (0.2, 0.5), _Bundle())
     assert {"needs_review", "review_reason"} <= set(output_columns(["MI", "NORM"]))
     assert [r["needs_review"] for r in rows] == [False, True, True]
-    assert rows[1]["review_reason"] == "uncertain MI"  # p = .4 keeps both labels
+    assert rows[1]["review_reason"] == "uncertain MI"
     assert rows[2]["review_reason"] == "quality noisy"
+
+    # a bundle with the per-statement sets of an earlier version: quality flags only, one warning
+    class _Old(_Bundle):
+        name, version = "old", "1"
+        extra = {"conformal": {"alpha": 0.1, "q0": [0.5, 0.5], "q1": [0.7, 0.7]}}
+
+    with caplog.at_level(logging.WARNING):
+        rows = make_rows(recs, probs, _Spec(), (0.2, 0.5), _Old())
+        make_rows(recs, probs, _Spec(), (0.2, 0.5), _Old())
+    assert [r["needs_review"] for r in rows] == [False, False, True]
+    warned = [r.getMessage() for r in caplog.records if "earlier ecgrisk" in r.getMessage()]
+    assert len(warned) == 1 and "ecgrisk recalibrate" in warned[0]

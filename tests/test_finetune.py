@@ -51,11 +51,12 @@ def test_run_directory_holds_everything(finished_run, ptbxl_split_sizes):
     preds = pd.read_csv(run / "predictions" / "test.csv")
     assert len(preds) == sizes["test"] and preds["record"].is_unique
     assert {"prob/NORM", "true/NORM"} <= set(preds.columns)
-    # split-conformal coverage, measured on validation halves the thresholds never saw
-    assert saved["val/conformal/nominal"] == 0.9 and saved["val/conformal/records"] > 0
-    assert len(saved["val/conformal/coverage/label1"]) == 5
+    # the review band, measured on validation halves it was not fitted on
+    assert saved["val/review/alpha"] == 0.1 and saved["val/review/records"] > 0
+    assert 0.0 <= saved["val/review/unreviewed_misread"] <= saved["val/review/misread"]
     extra = Bundle.load(run / "model.pt").extra
-    assert len(extra["conformal"]["q1"]) == 5 and extra["conformal"]["alpha"] == 0.1
+    assert extra["review"]["alpha"] == 0.1 and extra["review"]["n"] == sizes["val"]
+    assert 0.0 <= extra["review"]["low"] <= 0.5 and "conformal" not in extra
     assert {"uncalibrated, test", "calibrated, test"} <= set(extra["reliability"])
 
 

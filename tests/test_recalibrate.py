@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.cli import main as cli_main
+from ecgrisk.conformal import fit_review
 from ecgrisk.scoring.job import score_files
 from ecgrisk.scoring.recalibrate import fit_recalibration, recalibrated
 
@@ -72,7 +73,10 @@ def test_the_recalibrated_bundle_scores_what_the_refit_predicts(scored, tmp_path
     np.testing.assert_allclose(new.bias, old.bias / t2 + b2)
     assert new.version.startswith(old.version + "+recalibrated-") and new.base == str(_shipped(
         "ptbxl-superdiagnostic").resolve())
-    assert sum(new.extra["conformal"]["n0"]) + sum(new.extra["conformal"]["n1"]) == 60 * len(classes)
+    # the review band refitted on the same 60 ECGs, on the probabilities the new bundle gives
+    p_new = recalibrated(pd.read_csv(scores)[[f"prob/{c}" for c in classes]].to_numpy(), t2, b2)
+    assert new.extra["review"] == fit_review(y, p_new, 0.1).to_dict()
+    assert new.extra["review"]["n"] == 60 and "conformal" not in new.extra
     h = r["held_out"]
     assert r["form"] == h["chosen"] == min(h["forms"], key=lambda f: h["forms"][f]["brier"])
     if r["form"] == "shift":

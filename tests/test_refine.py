@@ -358,6 +358,9 @@ def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root
     for k, v in refined.model.state_dict().items():
         torch.testing.assert_close(v, original.model.state_dict()[k], rtol=0, atol=0)
     assert refined.extra["refine"]["accepted_rounds"] == []
+    # the review band refitted on the guard half (half the validation fold the base's was fitted on)
+    band, base_band = refined.extra["review"], original.extra["review"]
+    assert band["alpha"] == base_band["alpha"] and band["n"] == base_band["n"] // 2
     # no round kept: the refined model's reliability diagram is the base's, point for point
     curves = refined.extra["refine"]["reliability"]
     assert (tmp_path / "run" / "reliability.png").is_file()

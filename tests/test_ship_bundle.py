@@ -204,3 +204,46 @@ def test_a_shipped_bundles_card_takes_its_subgroup_figures(ship, tmp_path, monke
     path.write_text(json.dumps(evaluation))
     with pytest.raises(SystemExit, match="evaluates \\['another 1'\\], not this bundle"):
         ship.main(["--refresh-card", "sd", "--subgroups", str(path)])
+
+
+def test_a_shipped_bundles_review_band_is_refitted_on_its_own_validation_scores(
+        ship, ptbxl_root, tmp_path, monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    from ecgrisk.bundle import Bundle
+    from ecgrisk.conformal import fit_review
+    from ecgrisk.scoring.evaluate import join_scores
+    from ecgrisk.scoring.job import score_files
+
+    for suffix in (".pt", ".md"):
+        shutil.copy(resolve("ptbxl-superdiagnostic").with_suffix(suffix), tmp_path / f"sd{suffix}")
+    monkeypatch.setattr(ship, "SHIPPED_DIR", tmp_path)
+    old = Bundle.load(tmp_path / "sd.pt")
+    db = pd.read_csv(ptbxl_root / "ptbxl_database.csv")
+    manifest = tmp_path / "records.csv"
+    pd.DataFrame({"path": [str(ptbxl_root / f) for f in db.filename_lr[db.strat_fold.isin([8, 9])]]}
+                 ).to_csv(manifest, index=False)
+    scores = tmp_path / "scores.csv"
+    score_files([str(manifest)], tmp_path / "sd.pt", scores, workers=0, progress=False)
+
+    ship.main(["--refresh-review", "sd", "--scores", str(scores), "--labels", str(ptbxl_root),
+               "--task", "superdiagnostic"])
+    new = Bundle.load(tmp_path / "sd.pt")  # the digest is the new file's own
+    fold9 = join_scores(scores, ptbxl_root, "superdiagnostic", ["fold=9"])  # fold 8 left out
+    assert new.extra["review"] == fit_review(fold9.y, fold9.p, 0.1).to_dict()
+    assert new.extra["review"]["n"] == len(fold9.keys) and "conformal" not in new.extra
+    assert new.version.startswith(old.version + "+review-")
+    for k, v in old.model.state_dict().items():  # the same weights and calibration
+        torch.testing.assert_close(new.model.state_dict()[k], v, rtol=0, atol=0)
+    assert (new.temperature == old.temperature).all() and (new.bias == old.bias).all()
+    card = (tmp_path / "sd.md").read_text()
+    assert f"SHA-256 `{file_sha256(tmp_path / 'sd.pt')}`; bundle `{new.name}` version `{new.version}`." in card
+    review = card.split("\n## Which ECGs need review\n")[1].split("\n## ")[0]
+    low = new.extra["review"]["low"]
+    assert f"lies in the band {low:.3f}-{1 - low:.3f}" in review and "split-conformal" not in review
+    # scores that are not this bundle's own are refused
+    with pytest.raises(SystemExit, match="not this bundle's own scores"):
+        ship.main(["--refresh-review", "sd", "--scores", str(scores), "--labels", str(ptbxl_root),
+                   "--task", "superdiagnostic"])

@@ -26,7 +26,7 @@ from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
 from ecgrisk.bundle_files import resolve
 from ecgrisk.calibration import apply_temperature, fit_calibration
 from ecgrisk.config import run_app
-from ecgrisk.conformal import fit_conformal, split_coverage
+from ecgrisk.conformal import fit_review, split_review
 from ecgrisk.data.datamodule import ECGDataModule, build_datamodule
 from ecgrisk.files import atomic_path, file_sha256
 from ecgrisk.finetune.module import ClassifierModule
@@ -129,11 +129,11 @@ def train(cfg: DictConfig) -> dict:
     val_prob = apply_temperature(val["logits"], temps, bias)
     _write_predictions(out / "predictions" / "val.csv", _seen_ids(dm, "val", val), classes,
                        val["labels"], val_prob)
-    # which readings need a human: thresholds from the whole fold go into the bundle; the
-    # coverage reported is measured on halves the thresholds were not fitted on
-    conformal = fit_conformal(val["labels"], val_prob, cfg.conformal_alpha)
-    metrics.update({f"val/conformal/{k}": v for k, v in
-                    split_coverage(val["labels"], val_prob, cfg.conformal_alpha, cfg.seed).items()})
+    # which readings need a human: the band fitted on the whole fold goes into the bundle; what
+    # it does is measured on halves it was not fitted on
+    review = fit_review(val["labels"], val_prob, cfg.review_alpha)
+    metrics.update({f"val/review/{k}": v for k, v in
+                    split_review(val["labels"], val_prob, cfg.review_alpha, cfg.seed).items()})
     curves = {"uncalibrated, validation": reliability(val["labels"], expit(val["logits"])),
               "calibrated, validation (fitted here)": reliability(val["labels"], val_prob)}
     if has_test:
@@ -169,7 +169,7 @@ def train(cfg: DictConfig) -> dict:
                     risk_bands=tuple(cfg.risk_bands), name=f"{cfg.model.name}-{cfg.data.task}",
                     version=time.strftime("%Y%m%d-%H%M%S"), config=OmegaConf.to_yaml(cfg, resolve=True),
                     precision=str(trainer.precision),
-                    extra={"conformal": conformal.to_dict(), "reliability": curves,
+                    extra={"review": review.to_dict(), "reliability": curves,
                            # refinement asks only about ECGs the model never trained on
                            "train_records": dm.record_ids("train"),
                            # of those, the ones it never saw labels of: a self-trained bundle

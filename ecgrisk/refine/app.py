@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.config import run_app
+from ecgrisk.conformal import ReviewBand, fit_review
 from ecgrisk.data.datamodule import build_datamodule
 from ecgrisk.feedback.store import FeedbackStore
 from ecgrisk.metrics import reliability
@@ -67,13 +68,17 @@ def data_for_bundle(data: DictConfig, bundle: Bundle) -> DictConfig:
 
 
 def _refined_bundle(bundle: Bundle, policy: BernoulliPolicy, cfg: DictConfig, version: str,
-                    extra: dict) -> Bundle:
+                    extra: dict, review: ReviewBand | None = None) -> Bundle:
+    """The refined model as a bundle; ``review``, when given, replaces the base's review band
+    (and any per-statement sets of an older base)."""
     temperature, bias = policy.calibration()
+    kept = {k: v for k, v in bundle.extra.items() if review is None or k not in ("conformal", "review")}
     return dataclasses.replace(bundle, model=policy.model, version=version,
                                temperature=temperature, bias=bias,
                                base=str(Path(cfg.base).resolve()),
                                config=OmegaConf.to_yaml(cfg, resolve=True),
-                               extra={**bundle.extra, "refine": extra})
+                               extra={**kept, "refine": extra,
+                                      **({"review": review.to_dict()} if review else {})})
 
 
 def _reliability(bundle: Bundle, refined: BernoulliPolicy, sets) -> dict:
@@ -141,10 +146,14 @@ def refine(cfg: DictConfig) -> dict:
              metrics["rounds/completed"], "feedback_count": metrics["feedback/count"],
              "base_version": bundle.version}
     curves = _reliability(bundle, result.policy, sets)
+    # the base's review band was fitted to the base's probabilities: refit it to the refined
+    # model's, on the guard half (where its rounds were judged and any recalibration fitted)
+    alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
+    review = fit_review(sets.guard.labels, result.policy.probs(sets.guard), alpha)
     plot_reliability(curves, path=out / "reliability.png",
                      title=f"{cfg.refine.method} refinement: reliability, all statements pooled")
     _refined_bundle(bundle, result.policy, cfg, f"{bundle.version}+refine.{stamp}",
-                    {**extra, "reliability": curves}).save(out / "model.pt")
+                    {**extra, "reliability": curves}, review).save(out / "model.pt")
     write_metrics(out / "metrics.json", metrics)
     _print_summary(metrics, out)
     return metrics

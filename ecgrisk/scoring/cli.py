@@ -255,7 +255,7 @@ def add_parsers(subparsers) -> None:
         "recalibrate", help="refit a bundle's calibration on your labelled ECGs",
         description="Refit a bundle's per-statement calibration (a shift of each logit, or a "
                     "temperature and a shift, whichever does better on held-out halves) and its "
-                    "review sets on local labelled ECGs it scored, and write it as a new bundle. "
+                    "review band on local labelled ECGs it scored, and write it as a new bundle. "
                     "Ranking is unchanged; the probabilities move.")
     _labelled_scores(r, "fit on")
     r.add_argument("--model", default=DEFAULT_BUNDLE, help="the bundle that wrote the scores "

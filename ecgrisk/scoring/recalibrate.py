@@ -5,8 +5,8 @@ validation fold. A population unlike that fold (older patients, other devices) n
 The scores table already holds ``u = z / T + b`` as ``logit(prob)``, so fitting
 ``sigmoid(u / T2 + b2)`` to local labels needs no model run, and the new bundle folds the two
 maps into one: ``T' = T * T2``, ``b' = b / T2 + b2``. Ranking (AUROC) is unchanged; only the
-probabilities, the risk bands they fall in and the review sets move. The split-conformal
-thresholds are refitted on the same local ECGs, so the review sets' coverage holds for them.
+probabilities, the risk bands they fall in and the review flags move. The review band
+(:mod:`ecgrisk.conformal`) is refitted on the same local ECGs, so its bound holds for them.
 
 A refit on a few hundred ECGs can fit their noise. Two forms are tried: a shift of each logit
 (``b2`` alone, recalibration in the large) and temperature and shift; :func:`held_out_check` fits
@@ -26,7 +26,7 @@ import numpy as np
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.calibration import apply_temperature, fit_calibration, prob_to_logit
-from ecgrisk.conformal import fit_conformal
+from ecgrisk.conformal import fit_review
 from ecgrisk.files import file_sha256
 from ecgrisk.metrics import brier, ece, reliability
 from ecgrisk.scoring.evaluate import EvaluationError, Joined
@@ -103,7 +103,7 @@ def recalibrate_bundle(bundle: Bundle, bundle_path: str | Path, joined: Joined) 
     groups = [str(patient.get(k, k)) for k in joined.keys] if patient else None
     t2, b2, check = choose_and_fit(p, y, groups)
     after = recalibrated(p, t2, b2)
-    alpha = float(bundle.extra.get("conformal", {}).get("alpha", 0.1))
+    alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
     summary = {
         "labels": joined.labels.source, "ecgs": len(joined.keys),
         "base_sha256": file_sha256(bundle_path), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -113,7 +113,8 @@ def recalibrate_bundle(bundle: Bundle, bundle_path: str | Path, joined: Joined) 
         "positives": y.sum(axis=0).tolist(),
         "form": check["chosen"], "held_out": check,
     }
-    extra = {**bundle.extra, "conformal": fit_conformal(y, after, alpha).to_dict(),
+    extra = {**{k: v for k, v in bundle.extra.items() if k != "conformal"},  # an old rule goes
+             "review": fit_review(y, after, alpha).to_dict(),
              "reliability": {"before, local ECGs": reliability(y, p),
                              "after, the same ECGs (in-sample)": reliability(y, after)},
              "recalibration": summary}

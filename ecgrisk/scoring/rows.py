@@ -7,24 +7,28 @@ Columns (see :func:`output_columns`): ``record``, ``path``, ``prob/<class>`` per
 (empty when the record scored; otherwise ``"<ErrorClass>: <reason>"`` and empty probabilities).
 
 ``needs_review`` is true when a quality flag is raised (flat, noisy, saturated, missing or
-derived leads) or, for a bundle that carries split-conformal thresholds
-(:mod:`ecgrisk.conformal`), when a statement's prediction set holds both labels or none;
-``review_reason`` names them. Records that failed to read are not scored and have no review
-flag: their ``error`` says why.
+derived leads) or, for a bundle that carries a review band (:mod:`ecgrisk.conformal`), when a
+statement's probability is inside it, too close to call; ``review_reason`` names them. Records
+that failed to read are not scored and have no review flag: their ``error`` says why.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
-from ecgrisk.conformal import ConformalSets
+from ecgrisk.conformal import ReviewBand
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.scoring.quality import QUALITY_COLUMNS
 from ecgrisk.scoring.reading import ReadRecord
 from ecgrisk.scoring.report import risk_band
 from ecgrisk.windowing import evaluation_windows
 
-__all__ = ["check_bands", "make_rows", "output_columns"]
+__all__ = ["check_bands", "make_rows", "output_columns", "review_band"]
+
+log = logging.getLogger(__name__)
+_WARNED: set = set()  # bundles already warned about, once per process
 
 
 def output_columns(classes: list[str]) -> list[str]:
@@ -40,6 +44,19 @@ def check_bands(bands) -> tuple[float, float]:
     return b
 
 
+def review_band(bundle) -> ReviewBand | None:
+    """The bundle's review band; None, with a warning, for a bundle made before it existed
+    (its per-statement conformal sets are no longer read)."""
+    if "review" in bundle.extra:
+        return ReviewBand.from_dict(bundle.extra["review"])
+    if "conformal" in bundle.extra and (bundle.name, bundle.version) not in _WARNED:
+        _WARNED.add((bundle.name, bundle.version))
+        log.warning("%s %s carries the per-statement review sets of an earlier ecgrisk, no longer "
+                    "read: needs_review follows the quality flags only. `ecgrisk recalibrate` on "
+                    "labelled ECGs it scored gives it a review band.", bundle.name, bundle.version)
+    return None
+
+
 def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSpec,
               bands: tuple[float, float], bundle) -> list[dict]:
     """Output rows for read records; ``probs [n_ok, C]`` belong, in order, to the scored records.
@@ -48,8 +65,7 @@ def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSp
     """
     classes = list(bundle.classes)
     norm = classes.index("NORM") if "NORM" in classes else None
-    conformal = bundle.extra.get("conformal")
-    sets = ConformalSets.from_dict(conformal) if conformal else None
+    band = review_band(bundle)
     rows, k = [], 0
     for rec in records:
         row = {"record": rec.record, "path": rec.path, "model_name": bundle.name,
@@ -64,8 +80,8 @@ def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSp
             risk = float(1.0 - p[norm]) if norm is not None else float(p.max())
             n_win = len(evaluation_windows([rec.length], spec.window, spec.stride)[0])
             reasons = [f"quality {rec.flags['quality']}"] if rec.flags.get("quality", "ok") != "ok" else []
-            if sets is not None:
-                reasons += [r for r in sets.review(p, classes) if r]
+            if band is not None:
+                reasons += [r for r in band.review(p, classes) if r]
             row.update({f"prob/{c}": float(v) for c, v in zip(classes, p, strict=True)},
                        risk=risk, risk_band=risk_band(risk, bands), n_windows=n_win,
                        needs_review=bool(reasons), review_reason="; ".join(reasons))
