@@ -151,7 +151,7 @@ def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_p
     # 11 records on 2 ranks: Lightning's predict sampler splits them 6 + 5, repeating none
     out = tmp_path / "ddp.csv"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "ecgrisk.scoring.cli", "score", *inputs, "--model",
+    cmd = [sys.executable, "-m", "ecgrisk.cli", "score", *inputs, "--model",
            str(bundle_path), "--out", str(out), "--devices", "2", "--accelerator", "cpu",
            "--strategy", "ddp", "--workers", "1", "--batch-size", "24"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180,
