@@ -60,6 +60,11 @@ def test_every_ecg_and_each_subgroup_against_a_hand_computation(tables):
     assert r["classes"] == CLASSES
     every = r["groups"][0]
     assert (every["by"], every["group"], every["n"]) == ("all", "all", 60)
+    # the review flag's bound, checked on these ECGs: unflagged rows whose reading (p >= .5) errs
+    flagged = np.arange(60) % 4 == 0
+    wrong = ((p >= 0.5) != y.astype(bool)).any(axis=1)
+    assert every["review_rate"] == pytest.approx(0.25)
+    assert every["unreviewed_misread"] == pytest.approx(np.mean(~flagged & wrong))
     hand = np.mean([roc_auc_score(y[:, j], p[:, j]) for j in range(2)])
     assert every["macro_auroc"] == pytest.approx(hand, abs=1e-12)
     assert every["brier"] == pytest.approx(np.mean((p - y) ** 2), abs=1e-12)
@@ -72,6 +77,7 @@ def test_every_ecg_and_each_subgroup_against_a_hand_computation(tables):
     for name, g in by_sex.items():
         m = sex == name
         assert g["n"] == m.sum()
+        assert g["unreviewed_misread"] == pytest.approx(np.mean((~flagged & wrong)[m]))
         assert g["macro_auroc"] == pytest.approx(
             np.mean([roc_auc_score(y[m, j], p[m, j]) for j in range(2)]), abs=1e-12)
 

@@ -2,8 +2,9 @@
 
 ``ecgrisk evaluate`` is the check a model card asks for before its probabilities are trusted on
 local data: the table ``ecgrisk score`` wrote, joined to labels, gives macro AUROC with a
-bootstrap interval, Brier and ECE of the calibrated probabilities, and each statement's
-prevalence beside its mean predicted probability, for every ECG and for each subgroup named
+bootstrap interval, Brier and ECE of the calibrated probabilities, each statement's prevalence
+beside its mean predicted probability, and whether the review flag's bound holds here (the
+share of ECGs it leaves unflagged with a misread statement), for every ECG and each subgroup named
 with ``--by``: a labels column (sex, age bands, site, device, ...) or a scores column
 (``needs_review``, ``quality``, ``risk_band``: does the review flag pick the harder ECGs?).
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgrisk.conformal import misread
 from ecgrisk.files import atomic_path, atomic_write_text
 from ecgrisk.io.inputs import as_record
 from ecgrisk.metrics import evaluate, reliability
@@ -176,7 +178,8 @@ def _band(value, cuts: list[float], spec: str) -> str:
     return f"{fmt(cuts[i - 1])}-<{fmt(cuts[i])}"
 
 
-def _group_metrics(y: np.ndarray, p: np.ndarray, classes: list[str], bootstrap: int, seed: int) -> dict:
+def _group_metrics(y: np.ndarray, p: np.ndarray, classes: list[str], bootstrap: int, seed: int,
+                   flagged: np.ndarray | None) -> dict:
     try:
         m = evaluate(y, p, prefix="", classes=classes, bootstrap=bootstrap, seed=seed)
     except ValueError:  # a small group whose rare statements no resample can keep: no interval
@@ -185,7 +188,18 @@ def _group_metrics(y: np.ndarray, p: np.ndarray, classes: list[str], bootstrap: 
     out["prevalence"] = dict(zip(classes, y.mean(axis=0).tolist(), strict=True))
     out["mean_prob"] = dict(zip(classes, p.mean(axis=0).tolist(), strict=True))
     out["reliability"] = reliability(y, p)
+    if flagged is not None:  # the review flag's bound: unflagged and misread <= the band's alpha
+        wrong = misread(y, p)
+        out["review_rate"] = float(flagged.mean())
+        out["unreviewed_misread"] = float((~flagged & wrong).mean())
     return out
+
+
+def _flags(rows: list[dict]) -> np.ndarray | None:
+    """``needs_review`` of the score rows as bools; None for a table without the column."""
+    if not rows or "needs_review" not in rows[0]:
+        return None
+    return np.array([str(r["needs_review"]).strip().lower() in _TRUE for r in rows])
 
 
 @dataclass
@@ -266,8 +280,9 @@ def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = N
     ``min_group`` ECGs are listed without metrics."""
     j = join_scores(scores, labels, task, only)
     classes, keys, y, p = j.classes, j.keys, j.y, j.p
+    flagged = _flags(j.rows)
     groups = [{"by": "all", "group": "all", "n": len(keys),
-               **_group_metrics(y, p, classes, bootstrap, seed)}]
+               **_group_metrics(y, p, classes, bootstrap, seed, flagged)}]
     for spec in by:
         name, cuts = parse_by(spec)
         get = _column(name, f"--by {spec!r}", j.labels, list(j.rows[0]))
@@ -277,7 +292,8 @@ def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = N
             idx = np.array([i for i, v in enumerate(names) if v == g])
             row = {"by": spec, "group": g, "n": int(idx.size)}
             if idx.size >= min_group:
-                row.update(_group_metrics(y[idx], p[idx], classes, bootstrap, seed))
+                row.update(_group_metrics(y[idx], p[idx], classes, bootstrap, seed,
+                                          None if flagged is None else flagged[idx]))
             groups.append(row)
     models = sorted({f"{r.get('model_name', '?')} {r.get('model_version', '?')}" for r in j.rows})
     return {"scores": str(scores), "labels": j.labels.source, "models": models, "classes": classes,
@@ -331,6 +347,10 @@ def _f(v, digits=3):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _pct(v):
+    return "-" if v is None else f"{v:.1%}"
+
+
 def to_markdown(result: dict) -> str:
     """The evaluation as markdown: one table of every group, then prevalence against mean
     predicted probability per statement."""
@@ -346,16 +366,21 @@ def to_markdown(result: dict) -> str:
              f"probabilities. Groups under {result['min_group']} ECGs are not measured; a group "
              f"without an interval holds a statement too rare in it for every resample to keep "
              f"both its labels. Groups differ in case mix, so the differences between their "
-             f"AUROCs are not the model's alone.", "",
-             "| by | group | n | macro AUROC (90% CI) | Brier | ECE |", "|---|---|---|---|---|---|"]
+             f"AUROCs are not the model's alone. Flagged: the share with `needs_review`; "
+             f"unflagged, misread: the share without it whose reading (the statements at "
+             f"p >= 0.5) misreads a statement, which the bundle's review band bounds by its "
+             f"alpha (0.1 by default) for ECGs like its validation fold.", "",
+             "| by | group | n | macro AUROC (90% CI) | Brier | ECE | flagged | unflagged, misread |",
+             "|---|---|---|---|---|---|---|---|"]
     for g in result["groups"]:
         if "macro_auroc" not in g:
-            lines.append(f"| {g['by']} | {g['group']} | {g['n']} | - | - | - |")
+            lines.append(f"| {g['by']} | {g['group']} | {g['n']} | - | - | - | - | - |")
             continue
         lo, hi = g.get("macro_auroc/lower"), g.get("macro_auroc/upper")
         ci = f" ({_f(lo)}-{_f(hi)})" if lo is not None else ""
         lines.append(f"| {g['by']} | {g['group']} | {g['n']} | {_f(g['macro_auroc'])}{ci} | "
-                     f"{_f(g['brier'], 4)} | {_f(g['ece'], 4)} |")
+                     f"{_f(g['brier'], 4)} | {_f(g['ece'], 4)} | {_pct(g.get('review_rate'))} | "
+                     f"{_pct(g.get('unreviewed_misread'))} |")
     classes = result["classes"]
     lines += ["", "AUROC per statement (- where the group holds one label value only):", "",
               "| by | group | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
