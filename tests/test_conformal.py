@@ -94,9 +94,12 @@ def test_scores_table_routes_uncertain_and_flagged_records_to_review(caplog):
                        length=1000)]
     probs = np.array([[0.9, 0.1], [0.4, 0.8], [0.9, 0.1]])
     rows = make_rows(recs, probs, _Spec(), (0.2, 0.5), _Bundle())
+    assert make_rows(recs[:1], np.array([[0.6, 0.7]]), _Spec(), (0.2, 0.5), _Bundle())[0][
+        "reading"] == "NORM MI"
     assert {"needs_review", "review_reason"} <= set(output_columns(["MI", "NORM"]))
     assert [r["needs_review"] for r in rows] == [False, True, True]
     assert rows[1]["review_reason"] == "uncertain MI"
+    assert [r["reading"] for r in rows] == ["MI", "NORM", "MI"]  # p >= .5, most probable first
     assert rows[2]["review_reason"] == "quality noisy"
 
     # a bundle with the per-statement sets of an earlier version: quality flags only, one warning

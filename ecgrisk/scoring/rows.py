@@ -2,7 +2,8 @@
 
 Columns (see :func:`output_columns`): ``record``, ``path``, ``prob/<class>`` per statement
 (calibrated), ``risk`` (1 - P(NORM) when NORM is a class, else the max probability),
-``risk_band``, ``needs_review`` and ``review_reason``, the quality columns of
+``risk_band``, ``reading`` (the statements at p >= 0.5, most probable first: the reading the
+review band's bound speaks of, as the review app shows it), ``needs_review`` and ``review_reason``, the quality columns of
 :mod:`ecgrisk.scoring.quality`, ``n_windows``, ``model_name``, ``model_version``, ``error``
 (empty when the record scored; otherwise ``"<ErrorClass>: <reason>"`` and empty probabilities).
 
@@ -18,7 +19,7 @@ import logging
 
 import numpy as np
 
-from ecgrisk.conformal import ReviewBand
+from ecgrisk.conformal import READ_AT, ReviewBand
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.scoring.quality import QUALITY_COLUMNS
 from ecgrisk.scoring.reading import ReadRecord
@@ -33,7 +34,7 @@ _WARNED: set = set()  # bundles already warned about, once per process
 
 def output_columns(classes: list[str]) -> list[str]:
     """Column order of the output table for a bundle with ``classes``."""
-    return ["record", "path", *[f"prob/{c}" for c in classes], "risk", "risk_band",
+    return ["record", "path", *[f"prob/{c}" for c in classes], "risk", "risk_band", "reading",
             "needs_review", "review_reason", *QUALITY_COLUMNS, "n_windows", "model_name", "model_version", "error"]
 
 
@@ -72,8 +73,8 @@ def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSp
                "model_version": bundle.version, "error": rec.error}
         row.update({c: rec.flags.get(c) for c in QUALITY_COLUMNS})
         if rec.length is None:
-            row.update({f"prob/{c}": None for c in classes}, risk=None, risk_band="", n_windows=0,
-                       needs_review=None, review_reason="")
+            row.update({f"prob/{c}": None for c in classes}, risk=None, risk_band="", reading="",
+                       n_windows=0, needs_review=None, review_reason="")
         else:
             p = probs[k]
             k += 1
@@ -82,8 +83,9 @@ def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSp
             reasons = [f"quality {rec.flags['quality']}"] if rec.flags.get("quality", "ok") != "ok" else []
             if band is not None:
                 reasons += [r for r in band.review(p, classes) if r]
+            reading = " ".join(classes[i] for i in np.argsort(-p, kind="stable") if p[i] >= READ_AT)
             row.update({f"prob/{c}": float(v) for c, v in zip(classes, p, strict=True)},
-                       risk=risk, risk_band=risk_band(risk, bands), n_windows=n_win,
+                       risk=risk, risk_band=risk_band(risk, bands), reading=reading, n_windows=n_win,
                        needs_review=bool(reasons), review_reason="; ".join(reasons))
         rows.append(row)
     return rows
