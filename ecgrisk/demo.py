@@ -87,7 +87,9 @@ def shipped_on_sample(root: Path, scores: Path, n: int = TOP) -> tuple[list[dict
         r, entry = rows[ecg_id], db[ecg_id]
         codes = entry["scp_codes"].strip("{}").replace("'", "").split(", ")
         top.append({"record": Path(r["record"]).name, "risk": float(r["risk"]),
-                    "band": r["risk_band"], "report": " ".join(entry["report"].split()),
+                    "band": r["risk_band"], "reading": r["reading"] or "-",
+                    "review": r["needs_review"] == "True",
+                    "report": " ".join(entry["report"].split()),
                     "statements": " ".join(c.split(":")[0] for c in codes)})
     every = evaluate_scores(scores, root, task="superdiagnostic", only=["fold=9"],
                             bootstrap=200)["groups"][0]
@@ -144,9 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"{DEFAULT_BUNDLE} on the sample's {auroc['records']} fold-9 records (never "
                   f"trained on): macro AUROC {auroc['point']:.3f} [{auroc['lower']:.3f}, "
                   f"{auroc['upper']:.3f}]")
-    console.print("highest-risk ECGs (risk = 1 - P(NORM)), with what PTB-XL's cardiologists wrote:")
+    console.print("highest-risk ECGs (risk = 1 - P(NORM)): the model's reading (p >= 0.5; "
+                  "'review' where needs_review is set), then PTB-XL's cardiologists' statements "
+                  "and report:")
     for t in top:
-        console.print(f"  {t['record']}  risk {t['risk']:.3f} ({t['band']})  {t['statements']}",
+        console.print(f"  {t['record']}  risk {t['risk']:.3f} ({t['band']})  model: "
+                      f"{t['reading']}{' (review)' if t['review'] else ''}  PTB-XL: {t['statements']}",
                       highlight=False)
         console.print(f"      {t['report'][:72]}", highlight=False, soft_wrap=True)
 

@@ -51,6 +51,10 @@ def test_the_demo_runs_offline_on_the_shipped_sample_and_reports_what_its_files_
     assert printed and int(printed[1]) == len(val) == 76
     assert float(printed[2]) == pytest.approx(expected, abs=5e-4)
     assert expected > 0.85  # the bundle scores fold 9 of full PTB-XL at 0.93
+    # the highest-risk ECG is listed with the model's reading beside the cardiologists' statements
+    first = risk.loc[risk["risk"].idxmax()]
+    assert (f"{first['record'].split('/')[-1]} risk {first['risk']:.3f} ({first['risk_band']}) "
+            f"model: {first['reading']}") in said
 
 
 def test_the_demo_answers_help_and_refuses_options_it_does_not_have(tmp_path, monkeypatch, capsys):
