@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.cli import main as cli_main
-from ecgrisk.conformal import fit_review
+from ecgrisk.conformal import ReviewBand, fit_review, review_risk
 from ecgrisk.scoring.job import score_files
 from ecgrisk.scoring.recalibrate import fit_recalibration, recalibrated
 
@@ -77,6 +77,11 @@ def test_the_recalibrated_bundle_scores_what_the_refit_predicts(scored, tmp_path
     p_new = recalibrated(pd.read_csv(scores)[[f"prob/{c}" for c in classes]].to_numpy(), t2, b2)
     assert new.extra["review"] == fit_review(y, p_new, 0.1).to_dict()
     assert new.extra["review"]["n"] == 60 and "conformal" not in new.extra
+    # what the bundle's own band did on these ECGs, on the probabilities they had
+    band = ReviewBand.from_dict(old.extra["review"])
+    own = review_risk(band, y, pd.read_csv(scores)[[f"prob/{c}" for c in classes]].to_numpy())
+    assert r["review"]["bundle"]["unreviewed_misread"] == pytest.approx(own["unreviewed_misread"])
+    assert f"leaves {own['unreviewed_misread']:.1%} unflagged and misread (its bound: 10%)" in said
     h = r["held_out"]
     assert r["form"] == h["chosen"] == min(h["forms"], key=lambda f: h["forms"][f]["brier"])
     if r["form"] == "shift":

@@ -180,6 +180,15 @@ def _recalibrate(args) -> int:
         print("warning: on ECGs it was not fitted on, the refit did not beat the bundle's own "
               "calibration in most draws; keep the bundle's unless you have more labelled ECGs",
               file=sys.stderr)
+    r = summary["review"]
+    own = r.get("bundle")
+    if own:
+        print(f"review band: the bundle's ({own['low']:.3f}-{1 - own['low']:.3f}) on these ECGs flags "
+              f"{own['review_rate']:.1%} and leaves {own['unreviewed_misread']:.1%} unflagged and "
+              f"misread (its bound: {own['alpha']:.0%})")
+    held = r["held_out"]
+    print(f"review band refitted: {r['low']:.3f}-{1 - r['low']:.3f}; on held-out halves it flags "
+          f"{held['review_rate']:.1%} and leaves {held['unreviewed_misread']:.1%} unflagged and misread")
     print(f"recalibrated bundle written to {args.out}")
     return 0
 
