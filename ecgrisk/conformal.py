@@ -4,16 +4,16 @@ The model's reading of an ECG calls a statement present when its calibrated prob
 least 0.5, as the review app shows it. An ECG goes to review when some statement's probability
 lies inside the band ``(low, 1 - low)``, the statements too close to call. ``low`` is chosen on a
 calibration fold (the validation fold the bundle's calibration was fitted on) by conformal risk
-control (Angelopoulos, Bates, Fisch, Lei & Schuster, ICLR 2024): the widest ``low``, so the
-fewest ECGs flagged, whose loss on the fold, counted with the conformal correction, stays at or
-under ``alpha``. The loss of an ECG is 1 when it is not flagged and its reading misreads a
+control (Angelopoulos, Bates, Fisch, Lei & Schuster, ICLR 2024): the narrowest band (the
+largest ``low``), so the fewest ECGs flagged, whose loss on the fold, counted with the conformal
+correction, stays at or under ``alpha``. The loss of an ECG is 1 when it is not flagged and its reading misreads a
 statement, else 0. For a new ECG exchangeable with the fold, the chance that it passes without
 review while its reading is wrong is then at most ``alpha``.
 
 This replaced per-statement split-conformal sets (each statement's label in its set with
-probability 0.9), which flagged every ECG of the 71-statement ``ptbxl-all`` bundle, and on fold-9
-halves of the superdiagnostic bundle flagged 39% of ECGs while leaving 18% unflagged and
-misread; the band flags 46% and leaves 10% (``split_review``).
+probability 0.9), which flagged every ECG of the 71-statement ``ptbxl-all`` bundle and, for the
+superdiagnostic bundle, 39% of fold-9 ECGs while leaving 18% of them unflagged and misread. On
+fold-9 halves it was not fitted on (:func:`split_review`), the band flags 46% and leaves 10%.
 """
 
 from __future__ import annotations
