@@ -100,6 +100,19 @@ def test_scores_table_routes_uncertain_and_flagged_records_to_review(caplog):
     assert [r["needs_review"] for r in rows] == [False, True, True]
     assert rows[1]["review_reason"] == "uncertain MI"
     assert [r["reading"] for r in rows] == ["MI", "NORM", "MI"]  # p >= .5, most probable first
+    # the run's summary counts them, from fresh rows and from rows read back as text (--resume)
+    from rich.console import Console
+
+    from ecgrisk.scoring.report import ScoreSummary, print_summary
+
+    summary = ScoreSummary()
+    for r in rows + [{**r, "needs_review": str(r["needs_review"])} for r in rows]:
+        summary.add(r, ["MI", "NORM"])
+    assert (summary.review, summary.uncertain) == (4, 2)
+    console = Console(record=True, width=100)
+    print_summary(summary, "s.csv", console)
+    text = console.export_text()
+    assert "needs review" in text and "of them an uncertain reading" in text
     assert rows[2]["review_reason"] == "quality noisy"
 
     # a bundle with the per-statement sets of an earlier version: quality flags only, one warning

@@ -43,6 +43,8 @@ class ScoreSummary:
     failures : reason -> count.
     bands : band name -> count.
     quality : quality issue -> count of scored records showing it.
+    review, uncertain : scored records with ``needs_review``, and those of them flagged by the
+        bundle's review band (an uncertain reading), whatever their quality.
     hist : ``[20]`` counts of risk over equal bins of [0, 1].
     top : up to ``top_n`` ``(risk, record, path, title)`` with the highest risk.
     """
@@ -55,6 +57,8 @@ class ScoreSummary:
     failures: Counter = field(default_factory=Counter)
     bands: Counter = field(default_factory=Counter)
     quality: Counter = field(default_factory=Counter)
+    review: int = 0
+    uncertain: int = 0
     hist: np.ndarray = field(default_factory=lambda: np.zeros(_HIST_BINS, dtype=np.int64))
     top: list = field(default_factory=list)
     wall_s: float = 0.0
@@ -76,6 +80,8 @@ class ScoreSummary:
         for issue in str(row.get("quality") or "ok").split(","):
             if issue != "ok":
                 self.quality[issue] += 1
+        self.review += str(row.get("needs_review")) == "True"  # a bool, or its text read back
+        self.uncertain += "uncertain " in str(row.get("review_reason") or "")
         self.hist[min(int(risk * _HIST_BINS), _HIST_BINS - 1)] += 1
         if self.top_n > 0:
             probs = sorted(((float(row[f"prob/{c}"]), c) for c in classes), reverse=True)[:3]
@@ -95,6 +101,7 @@ class ScoreSummary:
         return {"total": self.total, "scored": self.scored, "failed": self.failed,
                 "resumed": self.resumed, "failures": dict(self.failures),
                 "bands": dict(self.bands), "quality": dict(self.quality),
+                "review": self.review, "uncertain": self.uncertain,
                 "risk_hist": self.hist.tolist(), "wall_s": self.wall_s,
                 "shard_rows": dict(self.shard_rows)}
 
@@ -117,6 +124,8 @@ def print_summary(summary: ScoreSummary, out: str | Path, console=None) -> None:
         t.add_row(f"  failed: {reason}", str(n))
     for band in BANDS:
         t.add_row(f"risk {band}", str(summary.bands.get(band, 0)))
+    t.add_row("needs review", str(summary.review))
+    t.add_row("  of them an uncertain reading", str(summary.uncertain))
     for issue, n in summary.quality.most_common():
         t.add_row(f"quality: {issue}", str(n))
     for shard, n in summary.shard_rows.items():
