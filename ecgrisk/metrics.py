@@ -323,6 +323,20 @@ def reliability(y_true, y_prob, n_bins: int = 10) -> dict:
             "ece": ece(yt, yp, n_bins)}
 
 
+def wilson_interval(successes: int, n: int, level: float = 0.9) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` at two-sided ``level``; it stays
+    inside [0, 1] and is usable at 0 or ``n`` successes, where the normal interval is not."""
+    from statistics import NormalDist
+
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p, z2 = successes / n, z * z / n
+    centre = (p + z2 / 2) / (1 + z2)
+    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n)) / (1 + z2)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def binary_cross_entropy(y_true, y_prob, eps: float = 1e-12) -> float:
     """Mean negative log-likelihood of independent Bernoulli labels over all N*C entries.
 

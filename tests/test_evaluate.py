@@ -17,6 +17,7 @@ from ecgrisk.scoring.evaluate import (
     evaluate_scores,
     labels_from_ptbxl,
     parse_by,
+    to_markdown,
 )
 
 CLASSES = ["MI", "NORM"]
@@ -54,6 +55,8 @@ def tables(tmp_path):
 
 
 def test_every_ecg_and_each_subgroup_against_a_hand_computation(tables):
+    from ecgrisk.metrics import wilson_interval
+
     scores, labels, y, p, sex, age = tables
     r = evaluate_scores(scores, labels, by=["sex", "age:40,60"], bootstrap=50, min_group=10)
     assert (r["scored_and_labelled"], r["failed"], r["unlabelled"]) == (60, 2, 1)
@@ -65,6 +68,9 @@ def test_every_ecg_and_each_subgroup_against_a_hand_computation(tables):
     wrong = ((p >= 0.5) != y.astype(bool)).any(axis=1)
     assert every["review_rate"] == pytest.approx(0.25)
     assert every["unreviewed_misread"] == pytest.approx(np.mean(~flagged & wrong))
+    # none misread here (p is .6 y + .4 u): the interval still bounds the share from above
+    assert every["unreviewed_misread/lower"] == every["unreviewed_misread"] == 0.0
+    assert every["unreviewed_misread/upper"] == pytest.approx(wilson_interval(0, 60)[1])
     hand = np.mean([roc_auc_score(y[:, j], p[:, j]) for j in range(2)])
     assert every["macro_auroc"] == pytest.approx(hand, abs=1e-12)
     assert every["brier"] == pytest.approx(np.mean((p - y) ** 2), abs=1e-12)
@@ -86,6 +92,27 @@ def test_every_ecg_and_each_subgroup_against_a_hand_computation(tables):
     assert bands == [("<40", 19), ("40-<60", 20), (">=60", 20), ("missing", 1)]
     missing = next(g for g in r["groups"] if g["group"] == "missing")
     assert "macro_auroc" not in missing  # under min_group: listed, not measured
+
+
+def test_the_review_bound_is_checked_where_readings_err(tables, tmp_path):
+    from ecgrisk.metrics import wilson_interval
+
+    scores, labels, y, p, sex, _ = tables
+    rows = list(csv.reader(scores.open()))
+    for i in range(1, 61, 5):  # every fifth ECG's probabilities flipped: its reading errs
+        rows[i][2:4] = [1 - float(rows[i][2]), 1 - float(rows[i][3])]
+    flipped = _write(tmp_path / "flipped.csv", rows[0], rows[1:])
+    r = evaluate_scores(flipped, labels, by=["sex"], bootstrap=0, min_group=10)
+    flagged = np.arange(60) % 4 == 0
+    wrong = np.arange(60) % 5 == 0
+    every = r["groups"][0]
+    assert every["unreviewed_misread"] == pytest.approx(np.mean(~flagged & wrong))  # 9 of 60
+    lo, hi = wilson_interval(int(np.sum(~flagged & wrong)), 60)
+    assert (every["unreviewed_misread/lower"], every["unreviewed_misread/upper"]) == pytest.approx((lo, hi))
+    male = next(g for g in r["groups"] if g["group"] == "male")
+    m = sex == "male"
+    assert male["unreviewed_misread"] == pytest.approx(np.mean((~flagged & wrong)[m]))
+    assert f"| {100 * np.mean(~flagged & wrong):.1f}% ({100 * lo:.1f}-{100 * hi:.1f}) |" in to_markdown(r)
 
 
 def test_a_scores_column_groups_too(tables):
@@ -231,3 +258,15 @@ def test_a_parquet_scores_table_reads_as_its_csv(tables, tmp_path):
         assert (a["group"], a["n"]) == (b["group"], b["n"])
         assert a.get("macro_auroc") == pytest.approx(b.get("macro_auroc"), abs=1e-12)
     assert (from_parquet["failed"], from_parquet["unlabelled"]) == (2, 1)
+
+
+def test_the_wilson_interval_against_published_values():
+    from ecgrisk.metrics import wilson_interval
+
+    # 10 of 100 at 95%: 0.0552-0.1744 (Newcombe 1998, method 3, as every calculator gives it)
+    assert wilson_interval(10, 100, level=0.95) == pytest.approx((0.0552, 0.1744), abs=5e-5)
+    lo, hi = wilson_interval(0, 30)  # no successes: a lower bound of 0, an upper one above it
+    assert lo == 0.0 and 0.05 < hi < 0.1
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(5, 3)
+

@@ -27,7 +27,7 @@ import numpy as np
 from ecgrisk.conformal import misread
 from ecgrisk.files import atomic_path, atomic_write_text
 from ecgrisk.io.inputs import as_record
-from ecgrisk.metrics import evaluate, reliability
+from ecgrisk.metrics import evaluate, reliability, wilson_interval
 from ecgrisk.scoring.table import read_rows, table_format
 
 __all__ = ["EvaluationError", "Joined", "Labels", "load_scores", "labels_from_csv",
@@ -190,8 +190,12 @@ def _group_metrics(y: np.ndarray, p: np.ndarray, classes: list[str], bootstrap: 
     out["reliability"] = reliability(y, p)
     if flagged is not None:  # the review flag's bound: unflagged and misread <= the band's alpha
         wrong = misread(y, p)
+        missed = int((~flagged & wrong).sum())
         out["review_rate"] = float(flagged.mean())
-        out["unreviewed_misread"] = float((~flagged & wrong).mean())
+        out["unreviewed_misread"] = missed / len(y)
+        # a proportion: its Wilson interval says whether a group's excess over the bound is noise
+        lo, hi = wilson_interval(missed, len(y))
+        out["unreviewed_misread/lower"], out["unreviewed_misread/upper"] = lo, hi
     return out
 
 
@@ -351,6 +355,11 @@ def _pct(v):
     return "-" if v is None else f"{v:.1%}"
 
 
+def _pct_ci(g: dict, key: str) -> str:
+    lo, hi = g.get(f"{key}/lower"), g.get(f"{key}/upper")
+    return "" if lo is None else f" ({100 * lo:.1f}-{100 * hi:.1f})"
+
+
 def to_markdown(result: dict) -> str:
     """The evaluation as markdown: one table of every group, then prevalence against mean
     predicted probability per statement."""
@@ -368,8 +377,8 @@ def to_markdown(result: dict) -> str:
              f"both its labels. Groups differ in case mix, so the differences between their "
              f"AUROCs are not the model's alone. Flagged: the share with `needs_review`; "
              f"unflagged, misread: the share without it whose reading (the statements at "
-             f"p >= 0.5) misreads a statement, which the bundle's review band bounds by its "
-             f"alpha (0.1 by default) for ECGs like its validation fold.", "",
+             f"p >= 0.5) misreads a statement, with its 90% Wilson interval: the bundle's review "
+             f"band bounds it by its alpha (0.1 by default) for ECGs like its validation fold.", "",
              "| by | group | n | macro AUROC (90% CI) | Brier | ECE | flagged | unflagged, misread |",
              "|---|---|---|---|---|---|---|---|"]
     for g in result["groups"]:
@@ -380,7 +389,7 @@ def to_markdown(result: dict) -> str:
         ci = f" ({_f(lo)}-{_f(hi)})" if lo is not None else ""
         lines.append(f"| {g['by']} | {g['group']} | {g['n']} | {_f(g['macro_auroc'])}{ci} | "
                      f"{_f(g['brier'], 4)} | {_f(g['ece'], 4)} | {_pct(g.get('review_rate'))} | "
-                     f"{_pct(g.get('unreviewed_misread'))} |")
+                     f"{_pct(g.get('unreviewed_misread'))}{_pct_ci(g, 'unreviewed_misread')} |")
     classes = result["classes"]
     lines += ["", "AUROC per statement (- where the group holds one label value only):", "",
               "| by | group | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
