@@ -45,12 +45,13 @@ import pandas as pd
 import torch
 import yaml
 
+from ecgrisk import conformal
 from ecgrisk.bundle import Bundle, encoder_meta
 from ecgrisk.calibration import prob_to_logit
 from ecgrisk.conformal import fit_review, split_review
 from ecgrisk.files import atomic_path, atomic_write_text, file_sha256
 from ecgrisk.metrics import brier, ece, reliability
-from ecgrisk.scoring.evaluate import join_scores
+from ecgrisk.scoring.evaluate import groups_of, join_scores
 from ecgrisk.shipped import SHIPPED_DIR
 
 MAX_MB = 25.0
@@ -201,11 +202,15 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _review_lines(bundle: Bundle, y, p_cal) -> list[str]:
+def _review_lines(bundle: Bundle, y, p_cal, groups: dict | None = None) -> list[str]:
     r = bundle.extra.get("review")
     if not r:
         return ["This bundle carries no review band: `needs_review` follows the quality flags only."]
-    m = split_review(y, p_cal, r["alpha"])
+    m = split_review(y, p_cal, r["alpha"], groups=groups)
+    fitted = r.get("groups") or []
+    held = ("" if "by_group" not in m else
+            f" In each of those groups, on the halves: at most {m['worst_group'][1]:.1%} unflagged "
+            f"and misread ({m['worst_group'][0]}).")
     return [f"`needs_review` is set by a quality flag, or when a statement's calibrated probability "
             f"lies in the band {r['low']:.3f}-{1 - r['low']:.3f}, too close to call: the band "
             f"conformal risk control fitted on fold 9 ({r['n']:,} ECGs) so that an ECG passes "
@@ -214,7 +219,10 @@ def _review_lines(bundle: Bundle, y, p_cal) -> list[str]:
             f"fitted on ({m['splits']} random halvings, both ways, averaged): {m['review_rate']:.1%} "
             f"of ECGs flagged; {m['unreviewed_misread']:.1%} of ECGs unflagged and misread; of the "
             f"unflagged, {m['misread_among_unreviewed']:.1%} misread (of every ECG, "
-            f"{m['misread']:.1%})."]
+            f"{m['misread']:.1%})."
+            + (f" The band was fitted so that the bound holds within each group of fold 9 of at "
+               f"least {conformal.MIN_GROUP} ECGs too: {', '.join(fitted)}; the widest band of those wins."
+               + held if fitted else "")]
 
 
 def _cell(row: dict) -> str:
@@ -379,10 +387,13 @@ def _with_section(card_path: Path, text: str, section: str, body: list[str], bef
     raise SystemExit(f"{card_path}: no '## {section}' section to rewrite")
 
 
-def refresh_review(name: str, scores: Path, labels: str, task: str | None) -> Path:
+def refresh_review(name: str, scores: Path, labels: str, task: str | None,
+                   by: list[str] = ()) -> Path:
     """Refit shipped bundle ``name``'s review band on its own scores of its validation fold (the
     fold fine-tuning fits the band on), save it under a new version, and rewrite the card's file
-    line and review section. The weights and calibration stay; ``needs_review`` moves."""
+    line and review section. The weights and calibration stay; ``needs_review`` moves. With
+    ``by`` (``--by`` specs, as ``ecgrisk evaluate`` takes them) the band's bound holds in each
+    of those groups too."""
     target, card_path = _shipped(name)
     bundle = Bundle.load(target)
     # a config from before the fold keys was trained with the benchmark's folds, fold 9 validating
@@ -395,8 +406,10 @@ def refresh_review(name: str, scores: Path, labels: str, task: str | None) -> Pa
                          f"found {sorted(map(str, other))[:1] or joined.classes})")
     alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
     extra = {k: v for k, v in bundle.extra.items() if k != "conformal"}
-    extra["review"] = fit_review(joined.y, joined.p, alpha).to_dict()
-    new = dataclasses.replace(bundle, version=f"{bundle.version}+review-{time.strftime('%Y%m%d')}",
+    groups = groups_of(joined, list(by))
+    extra["review"] = fit_review(joined.y, joined.p, alpha, groups).to_dict()
+    base_version = bundle.version.split("+review-")[0]  # a refit replaces the last one's stamp
+    new = dataclasses.replace(bundle, version=f"{base_version}+review-{time.strftime('%Y%m%d-%H%M%S')}",
                               extra=extra)
     with atomic_path(target) as tmp:
         new.save(tmp)
@@ -407,7 +420,7 @@ def refresh_review(name: str, scores: Path, labels: str, task: str | None) -> Pa
     line = (f"{name}.pt`, {target.stat().st_size / 2**20:.1f} MB, SHA-256 `{file_sha256(target)}`; "
             f"bundle `{new.name}` version `{new.version}`.")
     text = _with_section(card_path, f"{head}{sep}{line}\n{tail}", "Which ECGs need review",
-                         _review_lines(new, joined.y, joined.p), None)
+                         _review_lines(new, joined.y, joined.p, groups), None)
     atomic_write_text(card_path, text)
     return target
 
@@ -469,6 +482,9 @@ def main(argv=None) -> Path:
     p.add_argument("--scores", type=Path, help="with --refresh-review: the bundle's scores table")
     p.add_argument("--labels", help="with --refresh-review: a labels CSV or a PTB-XL root")
     p.add_argument("--task", default=None, help="with --refresh-review and a PTB-XL root")
+    p.add_argument("--by", action="append", default=[], metavar="COLUMN[:EDGES]",
+                   help="with --refresh-review: groups the band's bound must hold in too, as "
+                        "`ecgrisk evaluate --by` takes them (repeatable)")
     p.add_argument("--source-attribution", action="append", default=[], metavar="SOURCE=TEXT",
                    help="an encoder's card: the citation and licence of a pretraining source "
                         f"(needed for sources other than {', '.join(SOURCE_ATTRIBUTION)}); repeatable")
@@ -476,7 +492,7 @@ def main(argv=None) -> Path:
     if args.refresh_review:
         if args.scores is None or args.labels is None:
             p.error("--refresh-review NAME needs --scores and --labels")
-        target = refresh_review(args.refresh_review, args.scores, args.labels, args.task)
+        target = refresh_review(args.refresh_review, args.scores, args.labels, args.task, args.by)
         print(f"refitted the review band of {target} and rewrote its card")
         return target
     if args.refresh_card:

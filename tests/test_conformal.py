@@ -126,3 +126,22 @@ def test_scores_table_routes_uncertain_and_flagged_records_to_review(caplog):
     assert [r["needs_review"] for r in rows] == [False, False, True]
     warned = [r.getMessage() for r in caplog.records if "earlier ecgrisk" in r.getMessage()]
     assert len(warned) == 1 and "ecgrisk recalibrate" in warned[0]
+
+
+def test_groups_widen_the_band_until_the_bound_holds_in_each():
+    from ecgrisk.conformal import MIN_GROUP
+
+    rng = np.random.default_rng(1)
+    n = 600
+    y = rng.random((n, 2)) < 0.3
+    noise = np.where(np.arange(n) < 300, 0.8, 2.5)[:, None]  # group b is read far worse
+    p = 1 / (1 + np.exp(-(np.where(y, 1.5, -1.5) + rng.normal(0, 1, y.shape) * noise)))
+    g = np.array(["a"] * 300 + ["b"] * 280 + ["c"] * 20)  # c: too small for a band of its own
+    band = fit_review(y, p, 0.1, {"g": g})
+    lows = [fit_review(y, p, 0.1).low] + [fit_review(y[g == v], p[g == v], 0.1).low for v in "ab"]
+    assert band.low == min(lows) < lows[0]  # b needed a wider band than all ECGs together
+    assert band.groups == ["g=a (300)", "g=b (280)"] and 20 < MIN_GROUP
+    held = split_review(y, p, 0.1, splits=3, groups={"g": g})
+    assert set(held["by_group"]) == {"g=a", "g=b"} and held["worst_group"][0] in held["by_group"]
+    with pytest.raises(ValueError, match="has 3 values for 600 ECGs"):
+        fit_review(y, p, 0.1, {"g": g[:3]})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from script_support import load_script
@@ -228,13 +229,22 @@ def test_a_shipped_bundles_review_band_is_refitted_on_its_own_validation_scores(
     scores = tmp_path / "scores.csv"
     score_files([str(manifest)], tmp_path / "sd.pt", scores, workers=0, progress=False)
 
+    import ecgrisk.conformal
+
+    monkeypatch.setattr(ecgrisk.conformal, "MIN_GROUP", 20)  # the subset's fold 9 is small
     ship.main(["--refresh-review", "sd", "--scores", str(scores), "--labels", str(ptbxl_root),
-               "--task", "superdiagnostic"])
+               "--task", "superdiagnostic", "--by", "sex"])
     new = Bundle.load(tmp_path / "sd.pt")  # the digest is the new file's own
     fold9 = join_scores(scores, ptbxl_root, "superdiagnostic", ["fold=9"])  # fold 8 left out
-    assert new.extra["review"] == fit_review(fold9.y, fold9.p, 0.1).to_dict()
+    sex = [fold9.labels.columns["sex"][k] for k in fold9.keys]
+    want = fit_review(fold9.y, fold9.p, 0.1, {"sex": sex})
+    assert new.extra["review"] == want.to_dict() and len(want.groups) == 2  # both >= 20 ECGs
+    # the widest of the bands fitted over all and in each group
+    each = [fit_review(fold9.y[m], fold9.p[m], 0.1).low
+            for m in (np.array(sex) == v for v in sorted(set(sex)))]
+    assert want.low == min([fit_review(fold9.y, fold9.p, 0.1).low, *each])
     assert new.extra["review"]["n"] == len(fold9.keys) and "conformal" not in new.extra
-    assert new.version.startswith(old.version + "+review-")
+    assert new.version.startswith(old.version.split("+review-")[0] + "+review-")
     for k, v in old.model.state_dict().items():  # the same weights and calibration
         torch.testing.assert_close(new.model.state_dict()[k], v, rtol=0, atol=0)
     assert (new.temperature == old.temperature).all() and (new.bias == old.bias).all()
@@ -243,6 +253,7 @@ def test_a_shipped_bundles_review_band_is_refitted_on_its_own_validation_scores(
     review = card.split("\n## Which ECGs need review\n")[1].split("\n## ")[0]
     low = new.extra["review"]["low"]
     assert f"lies in the band {low:.3f}-{1 - low:.3f}" in review and "split-conformal" not in review
+    assert f"within each group of fold 9 of at least 20 ECGs too: {', '.join(want.groups)}" in review
     # scores that are not this bundle's own are refused
     with pytest.raises(SystemExit, match="not this bundle's own scores"):
         ship.main(["--refresh-review", "sd", "--scores", str(scores), "--labels", str(ptbxl_root),

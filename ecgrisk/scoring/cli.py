@@ -156,7 +156,7 @@ def _recalibrate(args) -> int:
                                   f"write the recalibrated one beside it")
         bundle = Bundle.load(path)
         joined = join_scores(args.scores, args.labels, args.task, args.only)
-        new, summary = recalibrate_bundle(bundle, path, joined)
+        new, summary = recalibrate_bundle(bundle, path, joined, args.by)
     except (BundleError, EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -187,8 +187,12 @@ def _recalibrate(args) -> int:
               f"{own['review_rate']:.1%} and leaves {own['unreviewed_misread']:.1%} unflagged and "
               f"misread (its bound: {own['alpha']:.0%})")
     held = r["held_out"]
-    print(f"review band refitted: {r['low']:.3f}-{1 - r['low']:.3f}; on held-out halves it flags "
-          f"{held['review_rate']:.1%} and leaves {held['unreviewed_misread']:.1%} unflagged and misread")
+    print(f"review band refitted: {r['low']:.3f}-{1 - r['low']:.3f}"
+          + (f" (its bound held in each of {len(r['groups'])} groups too)" if r["groups"] else "")
+          + f"; on held-out halves it flags {held['review_rate']:.1%} and leaves "
+            f"{held['unreviewed_misread']:.1%} unflagged and misread"
+          + (f", {held['worst_group'][1]:.1%} in the worst group ({held['worst_group'][0]})"
+             if "worst_group" in held else ""))
     print(f"recalibrated bundle written to {args.out}")
     return 0
 
@@ -270,6 +274,10 @@ def add_parsers(subparsers) -> None:
     r.add_argument("--model", default=DEFAULT_BUNDLE, help="the bundle that wrote the scores "
                    f"(model.pt or a shipped name; default {DEFAULT_BUNDLE})")
     r.add_argument("--out", required=True, help="the recalibrated bundle to write (.pt)")
+    r.add_argument("--by", action="append", default=[], metavar="COLUMN[:EDGES]",
+                   help="fit the review band so its bound holds in each group of this labels or "
+                        "scores column too (groups of 150 ECGs or more), e.g. sex or age:40,60,80 "
+                        "(repeatable; more ECGs flagged)")
     r.set_defaults(func=_recalibrate)
 
     e = subparsers.add_parser("export", help="export a model bundle's network to ONNX")

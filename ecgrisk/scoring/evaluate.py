@@ -31,8 +31,8 @@ from ecgrisk.metrics import evaluate, reliability, wilson_interval
 from ecgrisk.scoring.table import read_rows, table_format
 
 __all__ = ["EvaluationError", "Joined", "Labels", "load_scores", "labels_from_csv",
-           "labels_from_ptbxl", "parse_by", "join_scores", "evaluate_scores", "write_evaluation",
-           "to_markdown"]
+           "labels_from_ptbxl", "parse_by", "join_scores", "groups_of", "evaluate_scores",
+           "write_evaluation", "to_markdown"]
 
 _TRUE, _FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}
 _NOT_GROUPS = ("record", "path", "error")  # score columns no ECG shares with another
@@ -287,11 +287,8 @@ def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = N
     flagged = _flags(j.rows)
     groups = [{"by": "all", "group": "all", "n": len(keys),
                **_group_metrics(y, p, classes, bootstrap, seed, flagged)}]
-    for spec in by:
-        name, cuts = parse_by(spec)
-        get = _column(name, f"--by {spec!r}", j.labels, list(j.rows[0]))
-        values = [get(k, r) for k, r in zip(keys, j.rows, strict=True)]
-        names = [_band(v, cuts, spec) for v in values] if cuts is not None else [_text(v) for v in values]
+    for spec, names in groups_of(j, by).items():
+        cuts = parse_by(spec)[1]
         for g in sorted(set(names), key=lambda g: _order(g, cuts)):
             idx = np.array([i for i, v in enumerate(names) if v == g])
             row = {"by": spec, "group": g, "n": int(idx.size)}
@@ -304,6 +301,19 @@ def evaluate_scores(scores: str | Path, labels: str | Path, task: str | None = N
             "only": list(only), "scored_and_labelled": len(keys), "failed": j.failed,
             "unlabelled": j.unlabelled, "left_out_by_only": j.left_out,
             "bootstrap": bootstrap, "min_group": min_group, "groups": groups}
+
+
+def groups_of(joined: Joined, by: list[str]) -> dict[str, list[str]]:
+    """Each ``--by`` spec's group name for every joined ECG: a labels or scores column's value,
+    or its band (``age:40,60,80``), ``missing`` where it has none."""
+    out = {}
+    for spec in by:
+        name, cuts = parse_by(spec)
+        get = _column(name, f"--by {spec!r}", joined.labels, list(joined.rows[0]))
+        values = [get(k, r) for k, r in zip(joined.keys, joined.rows, strict=True)]
+        out[spec] = ([_band(v, cuts, spec) for v in values] if cuts is not None
+                     else [_text(v) for v in values])
+    return out
 
 
 def _text(value) -> str:

@@ -31,7 +31,7 @@ from ecgrisk.calibration import apply_temperature, fit_calibration, prob_to_logi
 from ecgrisk.conformal import ReviewBand, fit_review, review_risk, split_review
 from ecgrisk.files import file_sha256
 from ecgrisk.metrics import brier, ece, reliability
-from ecgrisk.scoring.evaluate import EvaluationError, Joined
+from ecgrisk.scoring.evaluate import EvaluationError, Joined, groups_of
 
 __all__ = ["FORMS", "fit_recalibration", "recalibrated", "halvings", "held_out_check",
            "choose_and_fit", "recalibrate_bundle"]
@@ -88,9 +88,12 @@ def choose_and_fit(p: np.ndarray, y: np.ndarray, groups=None) -> tuple[np.ndarra
     return (*fit_recalibration(p, y, check["chosen"]), check)
 
 
-def recalibrate_bundle(bundle: Bundle, bundle_path: str | Path, joined: Joined) -> tuple[Bundle, dict]:
+def recalibrate_bundle(bundle: Bundle, bundle_path: str | Path, joined: Joined,
+                       by: list[str] = ()) -> tuple[Bundle, dict]:
     """The bundle with its calibration refitted on ``joined`` (scores it wrote, with labels),
-    and a summary: how many ECGs, (T2, b2), Brier and ECE before and after on those ECGs."""
+    and a summary: how many ECGs, (T2, b2), Brier and ECE before and after on those ECGs. The
+    review band is refitted too, so that its bound holds in each group of ``by`` (``--by``
+    specs, as ``ecgrisk evaluate`` takes them) as well as over all."""
     if joined.classes != list(bundle.classes):
         raise EvaluationError(f"the scores give {joined.classes}, the bundle {bundle_path} "
                               f"{list(bundle.classes)}: score the ECGs with this bundle first")
@@ -115,10 +118,12 @@ def recalibrate_bundle(bundle: Bundle, bundle_path: str | Path, joined: Joined) 
         "positives": y.sum(axis=0).tolist(),
         "form": check["chosen"], "held_out": check,
     }
-    band = fit_review(y, after, alpha)
+    groups = groups_of(joined, list(by))
+    band = fit_review(y, after, alpha, groups)
     # what the bundle's own band does on these ECGs (it was not fitted on them), and what the
     # refitted one does on halves of them it was not fitted on
-    summary["review"] = {"alpha": alpha, "low": band.low, "held_out": split_review(y, after, alpha)}
+    summary["review"] = {"alpha": alpha, "low": band.low, "groups": band.groups,
+                         "held_out": split_review(y, after, alpha, groups=groups)}
     if "review" in bundle.extra:
         own = ReviewBand.from_dict(bundle.extra["review"])
         summary["review"]["bundle"] = {"low": own.low, **review_risk(own, y, p)}
