@@ -98,6 +98,26 @@ def test_the_recalibrated_bundle_scores_what_the_refit_predicts(scored, tmp_path
     assert r["brier_after"] < r["brier_before"]
 
 
+def test_the_review_band_is_refitted_in_each_group_asked_for(scored, tmp_path, capsys, monkeypatch):
+    import ecgrisk.conformal
+
+    _, scores, labels, classes, y = scored
+    monkeypatch.setattr(ecgrisk.conformal, "MIN_GROUP", 20)  # 60 ECGs here
+    out = tmp_path / "grouped.pt"
+    assert cli_main(["recalibrate", str(scores), "--labels", str(labels), "--out", str(out),
+                     "--by", "risk_band"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    new = Bundle.load(out)
+    r = new.extra["recalibration"]
+    rows = pd.read_csv(scores)
+    p_new = recalibrated(rows[[f"prob/{c}" for c in classes]].to_numpy(),
+                         np.array(r["temperature_factor"]), np.array(r["bias_shift"]))
+    want = fit_review(y, p_new, 0.1, {"risk_band": rows["risk_band"].astype(str).to_numpy()})
+    assert new.extra["review"] == want.to_dict() and want.groups
+    assert f"its bound held in each of {len(want.groups)} groups too" in said
+    assert "in the worst group (risk_band=" in said
+
+
 def test_scores_of_another_model_and_overwriting_the_bundle_are_refused(scored, tmp_path, capsys):
     _, scores, labels, *_ = scored
     other = tmp_path / "other.csv"
