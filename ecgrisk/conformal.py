@@ -5,10 +5,13 @@ least 0.5, as the review app shows it. An ECG goes to review when some statement
 lies inside the band ``(low, 1 - low)``, the statements too close to call. ``low`` is chosen on a
 calibration fold (the validation fold the bundle's calibration was fitted on) by conformal risk
 control (Angelopoulos, Bates, Fisch, Lei & Schuster, ICLR 2024): the narrowest band (the
-largest ``low``), so the fewest ECGs flagged, whose loss on the fold, counted with the conformal
-correction, stays at or under ``alpha``. The loss of an ECG is 1 when it is not flagged and its reading misreads a
-statement, else 0. For a new ECG exchangeable with the fold, the chance that it passes without
-review while its reading is wrong is then at most ``alpha``.
+largest ``low``), so the fewest ECGs flagged, whose loss on the fold, counted with the
+conformal correction, stays at or under ``alpha``. The loss of an ECG is 1 when it is not
+flagged and its reading misreads a statement, else 0. For a new ECG exchangeable with the fold,
+the chance that it passes without review while its reading is wrong is then at most ``alpha``.
+That holds on average over the fold; fitted in each group of a column as well (age band, sex,
+device: ``fit_review(groups=...)``), it holds within each of them too, at the price of more
+ECGs flagged.
 
 This replaced per-statement split-conformal sets (each statement's label in its set with
 probability 0.9), which flagged every ECG of the 71-statement ``ptbxl-all`` bundle and, for the
