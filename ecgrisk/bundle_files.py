@@ -42,10 +42,9 @@ def resolve(path_or_name: str | os.PathLike, kind: str = "bundle") -> Path:
     """
     path = Path(path_or_name)
     found = path if path.is_file() else shipped_path(str(path_or_name))
-    if found is not None:
-        check_kind(found, (peek_meta(found) or {}).get("kind", kind), kind)
+    if found is not None:  # its kind is checked where its metadata is read (load, peek_meta)
         return found
-    names = ", ".join(shipped_names(kind)) or "none in this installation"
+    names = ", ".join(_shipped_names(kind)) or "none in this installation"
     raise BundleError(f"{path}: no such file, and no shipped {kind} has that name "
                       f"(shipped {kind}s: {names})")
 
@@ -67,7 +66,7 @@ def _a(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
-def shipped_names(kind: str) -> list[str]:
+def _shipped_names(kind: str) -> list[str]:
     """The shipped names whose file holds ``kind`` (an unreadable file is no candidate; loading
     it by name says why)."""
     return [name for name in list_shipped()

@@ -3,6 +3,7 @@ known real record."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,10 +122,15 @@ def test_an_encoder_file_shipped_under_a_name_loads_by_that_name(tmp_path, monke
         Bundle.load("tiny-encoder")
     # scoring reads the bundle's metadata before torch loads it: the same refusal, not a KeyError
     # on a field encoders lack
+    import wfdb
+
     from ecgrisk.cli import main as cli_main
 
-    rc = cli_main(["score", str(tmp_path), "--model", "tiny-encoder", "--out",
-                   str(tmp_path / "s.csv"), "--quiet"])
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    wfdb.wrsamp("r1", fs=100, units=["mV"] * 12, sig_name=leads, write_dir=str(tmp_path),
+                p_signal=np.random.default_rng(0).standard_normal((1000, 12)) * 0.3, fmt=["16"] * 12)
+    rc = cli_main(["score", str(tmp_path / "r1.hea"), "--model", "tiny-encoder", "--out",
+                   str(tmp_path / "s.csv"), "--quiet", "--workers", "0"])
     assert rc == 2 and not (tmp_path / "s.csv").exists()
     err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
     assert "tiny-encoder.pt: is an encoder file, not a model bundle (fine-tune it" in err

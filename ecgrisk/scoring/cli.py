@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ecgrisk.bundle_files import shipped_names
 from ecgrisk.shipped import DEFAULT_BUNDLE
 from ecgrisk.signals import stop_on_signals
 
@@ -222,9 +221,8 @@ def add_parsers(subparsers) -> None:
     s.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="ECG files, folders (recursive), globs or manifest .csv with a path column")
     s.add_argument("--model", default=DEFAULT_BUNDLE,
-                   help=f"model bundle: a model.pt or a shipped name "
-                        f"({', '.join(shipped_names('bundle')) or 'none shipped'}; "
-                        f"default {DEFAULT_BUNDLE})")
+                   help=f"model bundle: a model.pt or a shipped bundle's name, e.g. ptbxl-all "
+                        f"(default {DEFAULT_BUNDLE}; a name it does not know lists them)")
     s.add_argument("--out", default="scores.csv", help="output table: .csv or .parquet (default scores.csv)")
     s.add_argument("--workers", type=int, default=2, help="reader processes (0: none)")
     s.add_argument("--batch-size", type=int, default=512, help="windows per model call")

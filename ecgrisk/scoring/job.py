@@ -21,7 +21,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from ecgrisk.bundle_files import BundleError, peek_meta, resolve
+from ecgrisk.bundle_files import BundleError, check_kind, peek_meta, resolve
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io.inputs import collect_records
 from ecgrisk.progress import progress_bar
@@ -109,6 +109,8 @@ def _score(records, bundle_path: Path, readers, out: Path, resume: bool, bands, 
     # what the readers and the resumed rows need comes from the bundle's metadata, read
     # without torch; a file it cannot read is loaded first, and Bundle.load says what is wrong
     meta = peek_meta(bundle_path)
+    if meta is not None:  # an encoder peeked has no windows: refuse it by name, as loading does
+        check_kind(bundle_path, meta.get("kind"), "bundle")
     predictor = None if meta is not None else load()
     meta = meta if meta is not None else predictor.bundle.meta()
     spec = InputSpec.from_meta(meta)
