@@ -51,7 +51,8 @@ from ecgrisk.calibration import prob_to_logit
 from ecgrisk.conformal import fit_review, split_review
 from ecgrisk.files import atomic_path, atomic_write_text, file_sha256
 from ecgrisk.metrics import brier, ece, reliability
-from ecgrisk.scoring.evaluate import groups_of, join_scores
+from ecgrisk.scoring.evaluate import EvaluationError, groups_of, join_scores
+from ecgrisk.scoring.recalibrate import check_own_scores
 from ecgrisk.shipped import SHIPPED_DIR
 
 MAX_MB = 25.0
@@ -399,11 +400,10 @@ def refresh_review(name: str, scores: Path, labels: str, task: str | None,
     # a config from before the fold keys was trained with the benchmark's folds, fold 9 validating
     val_folds = yaml.safe_load(bundle.config)["data"].get("val_folds", [9])
     joined = join_scores(scores, labels, task, [f"fold={','.join(map(str, val_folds))}"])
-    other = {(r.get("model_name"), str(r.get("model_version"))) for r in joined.rows} - {
-        (bundle.name, str(bundle.version))}
-    if other or joined.classes != list(bundle.classes):
-        raise SystemExit(f"{scores}: not this bundle's own scores ({bundle.name} {bundle.version}; "
-                         f"found {sorted(map(str, other))[:1] or joined.classes})")
+    try:
+        check_own_scores(joined, bundle, target)
+    except EvaluationError as e:
+        raise SystemExit(f"{scores}: {e}") from e
     alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
     extra = {k: v for k, v in bundle.extra.items() if k != "conformal"}
     groups = groups_of(joined, list(by))

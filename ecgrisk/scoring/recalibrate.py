@@ -33,8 +33,8 @@ from ecgrisk.files import file_sha256
 from ecgrisk.metrics import brier, ece, reliability
 from ecgrisk.scoring.evaluate import EvaluationError, Joined, groups_of
 
-__all__ = ["FORMS", "fit_recalibration", "recalibrated", "halvings", "held_out_check",
-           "choose_and_fit", "recalibrate_bundle"]
+__all__ = ["FORMS", "check_own_scores", "fit_recalibration", "recalibrated", "halvings",
+           "held_out_check", "choose_and_fit", "recalibrate_bundle"]
 
 
 FORMS = ("shift", "temperature and shift")
@@ -88,25 +88,30 @@ def choose_and_fit(p: np.ndarray, y: np.ndarray, groups=None) -> tuple[np.ndarra
     return (*fit_recalibration(p, y, check["chosen"]), check)
 
 
+def check_own_scores(joined: Joined, bundle: Bundle, bundle_path: str | Path) -> None:
+    """Refuse scores ``bundle`` did not write: what is refitted is its own probabilities."""
+    if joined.classes != list(bundle.classes):
+        raise EvaluationError(f"the scores give {joined.classes}, the bundle {bundle_path} "
+                              f"{list(bundle.classes)}: score the ECGs with this bundle first")
+    other = {(r.get("model_name"), str(r.get("model_version"))) for r in joined.rows} - {
+        (bundle.name, str(bundle.version))}
+    if other:
+        raise EvaluationError(f"the scores come from {sorted(map(str, other))[0]}, not from "
+                              f"{bundle_path} ({bundle.name} {bundle.version}): its own "
+                              f"probabilities are what is refitted")
+
+
 def recalibrate_bundle(bundle: Bundle, bundle_path: str | Path, joined: Joined,
                        by: list[str] = ()) -> tuple[Bundle, dict]:
     """The bundle with its calibration refitted on ``joined`` (scores it wrote, with labels),
     and a summary: how many ECGs, (T2, b2), Brier and ECE before and after on those ECGs. The
     review band is refitted too, so that its bound holds in each group of ``by`` (``--by``
     specs, as ``ecgrisk evaluate`` takes them) as well as over all."""
-    if joined.classes != list(bundle.classes):
-        raise EvaluationError(f"the scores give {joined.classes}, the bundle {bundle_path} "
-                              f"{list(bundle.classes)}: score the ECGs with this bundle first")
-    other = {(r.get("model_name"), r.get("model_version")) for r in joined.rows} - {
-        (bundle.name, bundle.version)}
-    if other:
-        raise EvaluationError(f"the scores come from {sorted(map(str, other))[0]}, not from "
-                              f"{bundle_path} ({bundle.name} {bundle.version}): its own "
-                              f"probabilities are what is recalibrated")
+    check_own_scores(joined, bundle, bundle_path)
     y, p = joined.y, joined.p
     patient = joined.labels.columns.get("patient")  # a patient's ECGs stay in one half
-    groups = [str(patient.get(k, k)) for k in joined.keys] if patient else None
-    t2, b2, check = choose_and_fit(p, y, groups)
+    patients = [str(patient.get(k, k)) for k in joined.keys] if patient else None
+    t2, b2, check = choose_and_fit(p, y, patients)
     after = recalibrated(p, t2, b2)
     alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
     summary = {
