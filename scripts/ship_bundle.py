@@ -113,6 +113,13 @@ def _fmt_ci(m: dict, key: str) -> str:
     return f"{m[key]:.4f}{ci}"
 
 
+def _usage_line(name: str, bundle: Bundle, target: Path) -> str:
+    """A bundle card's third line: how to use it, and which file and version it describes."""
+    return (f"`Bundle.load(\"{name}\")`, `ecgrisk score DIR --model {name}`. File "
+            f"`ecgrisk/shipped/{name}.pt`, {target.stat().st_size / 2**20:.1f} MB, SHA-256 "
+            f"`{file_sha256(target)}`; bundle `{bundle.name}` version `{bundle.version}`.")
+
+
 def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
     m = json.loads((run / "metrics.json").read_text())
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
@@ -124,15 +131,12 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
     # best first; statements fold 9 cannot score (no positives) last
     per_class = sorted(((c, m.get(f"{split}/auroc/{c}")) for c in classes),
                        key=lambda t: 2.0 if t[1] is None else -t[1])
-    size_mb = target.stat().st_size / 2**20
     reproduce = (f"`python scripts/benchmark_ptbxl.py --root <PTB-XL 1.0.1> --models {model['name']} --tasks "
                  f"{data['task']} --val-every {trainer.get('check_val_every_n_epoch', 1)} --no-throughput`")
     lines = [
         f"# Model card: `{name}`",
         "",
-        f"`Bundle.load(\"{name}\")`, `ecgrisk score DIR --model {name}`. File "
-        f"`ecgrisk/shipped/{name}.pt`, {size_mb:.1f} MB, SHA-256 `{file_sha256(target)}`; bundle "
-        f"`{bundle.name}` version `{bundle.version}`.",
+        _usage_line(name, bundle, target),
         "",
         "## What it does",
         f"Reads a 12-lead resting ECG (any length; resampled to {bundle.preprocessing.fs:g} Hz) and gives a "
@@ -411,15 +415,14 @@ def refresh_review(name: str, scores: Path, labels: str, task: str | None,
     base_version = bundle.version.split("+review-")[0]  # a refit replaces the last one's stamp
     new = dataclasses.replace(bundle, version=f"{base_version}+review-{time.strftime('%Y%m%d-%H%M%S')}",
                               extra=extra)
+    lines = card_path.read_text().split("\n")  # refused before the bundle is replaced
+    usage = [n for n, line in enumerate(lines) if line.startswith("`Bundle.load(")]
+    if not usage:
+        raise SystemExit(f"{card_path}: no usage line to rewrite")
     with atomic_path(target) as tmp:
         new.save(tmp)
-    head, sep, rest = card_path.read_text().partition("File `ecgrisk/shipped/")
-    if not sep:
-        raise SystemExit(f"{card_path}: no file line to rewrite")
-    tail = rest.partition("\n")[2]
-    line = (f"{name}.pt`, {target.stat().st_size / 2**20:.1f} MB, SHA-256 `{file_sha256(target)}`; "
-            f"bundle `{new.name}` version `{new.version}`.")
-    text = _with_section(card_path, f"{head}{sep}{line}\n{tail}", "Which ECGs need review",
+    lines[usage[0]] = _usage_line(name, new, target)
+    text = _with_section(card_path, "\n".join(lines), "Which ECGs need review",
                          _review_lines(new, joined.y, joined.p, groups), None)
     atomic_write_text(card_path, text)
     return target

@@ -72,13 +72,14 @@ def _refined_bundle(bundle: Bundle, policy: BernoulliPolicy, cfg: DictConfig, ve
     """The refined model as a bundle; ``review``, when given, replaces the base's review band
     (and any per-statement sets of an older base)."""
     temperature, bias = policy.calibration()
-    kept = {k: v for k, v in bundle.extra.items() if review is None or k not in ("conformal", "review")}
+    extra = {**bundle.extra, "refine": extra}
+    if review is not None:
+        extra.pop("conformal", None)
+        extra["review"] = review.to_dict()
     return dataclasses.replace(bundle, model=policy.model, version=version,
                                temperature=temperature, bias=bias,
                                base=str(Path(cfg.base).resolve()),
-                               config=OmegaConf.to_yaml(cfg, resolve=True),
-                               extra={**kept, "refine": extra,
-                                      **({"review": review.to_dict()} if review else {})})
+                               config=OmegaConf.to_yaml(cfg, resolve=True), extra=extra)
 
 
 def _reliability(bundle: Bundle, refined: BernoulliPolicy, sets) -> dict:

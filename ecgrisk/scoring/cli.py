@@ -1,14 +1,9 @@
 """``ecgrisk score``, ``evaluate``, ``recalibrate`` and ``export``, registered on the ``ecgrisk``
-command line by :func:`add_parsers`.
+command line by :func:`add_parsers` (``score``'s examples and exit status: ``_SCORE_EPILOG``).
 
-    ecgrisk score data/ecgs/                      # shipped ptbxl-superdiagnostic -> scores.csv
-    ecgrisk score data/ecgs/ more/*.hea manifest.csv --model ptbxl-all --out scores.csv
-    ecgrisk score data/ --model model.pt --out scores.parquet --resume --report report/
     ecgrisk evaluate scores.csv --labels labels.csv --by sex --by age:40,60,80 --out eval/
     ecgrisk recalibrate scores.csv --labels labels.csv --model ptbxl-superdiagnostic --out local.pt
     ecgrisk export model.pt --onnx model.onnx
-
-Exit codes of ``score``: see ``_SCORE_EPILOG``.
 """
 
 from __future__ import annotations
