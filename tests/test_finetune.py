@@ -276,28 +276,3 @@ def test_every_stage_pooling_trains_a_bundle_that_scores_as_the_run_did(tmp_path
         ecg = read_ecg(path[str(row["record"])])
         np.testing.assert_allclose(predict_proba(bundle, ecg.signal, ecg.fs),
                                    [row[f"prob/{c}"] for c in bundle.classes], rtol=0, atol=1e-6)
-
-
-def test_finetune_augment_reaches_the_training_batch_only(tmp_path, ptbxl_root):
-    from omegaconf import OmegaConf
-
-    from ecgrisk.finetune.app import _augment, build_classifier
-    from ecgrisk.finetune.module import ClassifierModule
-
-    cfg = _cfg(tmp_path, ptbxl_root, "finetune.augment={amplitude_scale:{low:2.0,high:2.0}}")
-    module = ClassifierModule(build_classifier(cfg.model, 5),
-                              augment=_augment(cfg.finetune.augment, cfg.data.preprocessing.fs))
-    module.log = lambda *a, **k: None  # no trainer to log to
-    seen = []
-    module.model.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
-    x = torch.randn(4, 12, 250)
-    module.training_step((x, torch.zeros(4, 5)), 0)
-    torch.testing.assert_close(seen[-1], 2 * x)  # every sample scaled by exactly 2
-    module.eval()
-    module(x)  # evaluation and scoring see the ECG as it is
-    torch.testing.assert_close(seen[-1], x)
-    assert _augment(None, 100) is None
-    with pytest.raises(ValueError, match="crop"):
-        _augment(OmegaConf.create({"crop": {"seconds": 1.0}}), 100)
-    with pytest.raises(ValueError, match="unknown augmentation 'mixup'"):
-        _augment(OmegaConf.create({"mixup": {}}), 100)

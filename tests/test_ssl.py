@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ecgrisk import augment as A
 from ecgrisk.models import create_encoder
+from ecgrisk.pretrain import augment as A
 from ecgrisk.pretrain.contrastive import ContrastiveModel, nt_xent
 from ecgrisk.pretrain.masked import MaskedAutoencoder, MaskedSignalModel, n_masked
 from ecgrisk.pretrain.objectives import build_objective

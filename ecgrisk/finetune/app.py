@@ -22,7 +22,6 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from scipy.special import expit
 
-from ecgrisk.augment import build_augment
 from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
 from ecgrisk.bundle_files import resolve
 from ecgrisk.calibration import apply_temperature, fit_calibration
@@ -57,17 +56,6 @@ def build_classifier(model_cfg: DictConfig, num_classes: int) -> ECGClassifier:
     return ECGClassifier(encoder, num_classes, dropout=model_cfg.dropout, head=model_cfg.get("head", "linear"))
 
 
-def _augment(spec, fs: float):
-    """``finetune.augment`` (the mapping ``ssl.augment`` takes, without ``crop``) as a module."""
-    if not spec:
-        return None
-    spec = OmegaConf.to_container(spec, resolve=True)
-    if "crop" in spec:
-        raise ValueError("finetune.augment: 'crop' would change the window the model is scored on; "
-                         "training crops are data.crop_s")
-    return build_augment(spec, float(fs))
-
-
 def train(cfg: DictConfig) -> dict:
     """Fit, pick the best epoch on validation, calibrate on validation, test once, write the run."""
     out = run_dir(cfg)
@@ -91,8 +79,7 @@ def train(cfg: DictConfig) -> dict:
     module = ClassifierModule(model, lr=ft.lr, weight_decay=ft.weight_decay,
                               encoder_lr_mult=ft.encoder_lr_mult, mode=ft.mode,
                               partial_blocks=ft.partial_blocks, pos_weight=pos_weight,
-                              aggregation=ft.aggregation, pct_start=ft.pct_start,
-                              augment=_augment(ft.get("augment"), cfg.data.preprocessing.fs))
+                              aggregation=ft.aggregation, pct_start=ft.pct_start)
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:02d}",
                            monitor="val/macro_auroc", mode="max")
     # last.ckpt after every epoch, so a killed run loses at most one epoch however rarely it

@@ -38,21 +38,18 @@ class ClassifierModule(L.LightningModule):
         'partial' freezes all but the last ``partial_blocks`` of the encoder's layer groups.
     pos_weight : optional ``[C]`` BCE positive weights.
     aggregation : 'max' (benchmark) or 'mean' over a record's windows.
-    augment : applied to each training batch ``x [B, L, T]`` (`ecgrisk.augment.build_augment`);
-        None trains on the crops as loaded (benchmark).
     """
 
     def __init__(self, model: ECGClassifier, lr: float = 1e-2, weight_decay: float = 1e-2,
                  encoder_lr_mult: float = 1.0, mode: str = "full", partial_blocks: int = 2,
                  pos_weight: torch.Tensor | None = None, aggregation: str = "max",
-                 pct_start: float = 0.3, augment: torch.nn.Module | None = None):
+                 pct_start: float = 0.3):
         super().__init__()
         if mode not in FINETUNE_MODES:
             raise ValueError(f"finetune mode must be one of {FINETUNE_MODES}, got {mode!r}")
         self.model = model
         self.lr, self.weight_decay, self.encoder_lr_mult = lr, weight_decay, encoder_lr_mult
         self.mode, self.aggregation, self.pct_start = mode, aggregation, pct_start
-        self.augment = augment
         self.register_buffer("pos_weight", pos_weight if pos_weight is not None else torch.empty(0))
         self._freeze(partial_blocks)
         self._frozen_norms = [m for m in model.encoder.modules()
@@ -95,8 +92,6 @@ class ClassifierModule(L.LightningModule):
     # -- training -----------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         x, y = batch
-        if self.augment is not None:
-            x = self.augment(x)
         logits = self(x)
         loss = F.binary_cross_entropy_with_logits(
             logits, y, pos_weight=self.pos_weight if self.pos_weight.numel() else None)

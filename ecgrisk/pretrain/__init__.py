@@ -2,7 +2,7 @@
 
 Modules: ``app`` (the Hydra app, ``train(cfg)``), ``module`` (the LightningModule), ``objectives``
 (``build_objective``), ``masked``, ``contrastive``, ``cpc`` and ``jepa`` (one objective a file),
-``probe`` (the linear probe logged during pretraining).
+``augment`` (views), ``probe`` (the linear probe logged during pretraining).
 
 Run it as ``ecgrisk-pretrain`` or ``python -m ecgrisk.pretrain``.
 """

@@ -55,7 +55,7 @@ class ContrastiveModel(nn.Module):
         Used through ``embed`` only (``[B, L, T] -> [B, embed_dim]``).
     augment : nn.Module
         ``augment(x [B, L, T], generator) -> [B, L, T']``, called once per view (e.g.
-        `ecgrisk.augment.Compose`); a random crop in it makes the CLOCS positive pair.
+        `ecgrisk.pretrain.augment.Compose`); a random crop in it makes the CLOCS positive pair.
     proj_dim, hidden_dim : int
         Output and hidden width of the two-layer projection head (SimCLR's g).
     temperature : float

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from ecgrisk.augment import build_augment
 from ecgrisk.models.vit1d import ViT1d
+from ecgrisk.pretrain.augment import build_augment
 from ecgrisk.pretrain.contrastive import ContrastiveModel
 from ecgrisk.pretrain.cpc import CPCModel
 from ecgrisk.pretrain.jepa import LatentPredictionModel

@@ -1,4 +1,4 @@
-"""Batch augmentations of ECG batches ``x [B, L, T]``: contrastive views and fine-tuning.
+"""Batch augmentations for contrastive pretraining, on ECG batches ``x [B, L, T]``.
 
 Each augmentation is a small function (``random_crop``, ``baseline_wander``, ``gaussian_noise``,
 ``amplitude_scale``, ``time_warp``, ``lead_dropout``) plus an ``nn.Module`` wrapper that applies
