@@ -20,7 +20,7 @@ LAYERS = {
     "shared": ["files", "paths", "progress", "config", "runs", "preprocess", "metrics",
                "calibration", "plotting", "io", "models", "data", "bundle", "bundle_files",
                "windowing", "shipped", "signals", "conformal", "input_spec", "hardware",
-               "provenance"],
+               "provenance", "groups"],
     "feedback": ["feedback"],  # the judgements both refinement and review use
     "stages": ["pretrain", "finetune", "refine", "scoring"],
     "apps": ["review"],

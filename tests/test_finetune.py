@@ -276,3 +276,27 @@ def test_every_stage_pooling_trains_a_bundle_that_scores_as_the_run_did(tmp_path
         ecg = read_ecg(path[str(row["record"])])
         np.testing.assert_allclose(predict_proba(bundle, ecg.signal, ecg.fs),
                                    [row[f"prob/{c}"] for c in bundle.classes], rtol=0, atol=1e-6)
+
+
+def test_review_band_is_fitted_within_the_review_by_groups(tmp_path, ptbxl_root, monkeypatch):
+    """The bundle's band is fit_review's with the validation records' sex and device groups
+    read from the database by hand; an attribute the records lack is refused before training."""
+    import ecgrisk.conformal as conformal
+
+    monkeypatch.setattr(conformal, "MIN_GROUP", 8)  # this validation fold is small
+    with pytest.raises(ValueError, match="review_by 'height'.*'device'"):
+        train(_cfg(tmp_path, ptbxl_root, "review_by=[sex,height]", out="refused"))
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+    metrics = train(_cfg(tmp_path, ptbxl_root, "trainer.max_epochs=1", "review_by=[sex,device]"))
+    preds = pd.read_csv(tmp_path / "run" / "predictions" / "val.csv")
+    y, p = preds.filter(like="true/").to_numpy(), preds.filter(like="prob/").to_numpy()
+    meta = pd.read_csv(ptbxl_root / "ptbxl_database.csv", index_col="ecg_id").loc[preds["record"]]
+    groups = {"sex": meta["sex"].map({0: "male", 1: "female"}).to_numpy(),
+              "device": meta["device"].str.strip().to_numpy()}
+    want = conformal.fit_review(y, p, 0.1, groups)
+    band = Bundle.load(tmp_path / "run" / "model.pt").extra["review"]
+    assert band["groups"] == want.groups and any(g.startswith("device=") for g in band["groups"])
+    assert band["low"] == pytest.approx(want.low)
+    assert band["low"] <= conformal.fit_review(y, p, 0.1).low  # the widest band wins
+    worst, share = metrics["val/review/worst_group"]
+    assert metrics["val/review/by_group"][worst] == share == max(metrics["val/review/by_group"].values())

@@ -67,6 +67,10 @@ def test_superdiagnostic_subset_figures(real_ptbxl_root):
     first = ds.record_ids.index("1")
     assert ds.labels[first].tolist() == [0, 0, 0, 1, 0]  # ecg_id 1 is NORM only
     assert ds.meta.loc[first, "scp_codes"] == {"NORM": 100.0, "LVOLT": 0.0, "SR": 0.0}
+    # ecg_id 1: a 56-year-old woman (sex 1) recorded on a CS-12 E at site 0; ecg_id 2: a man of 19
+    attrs = {k: v[first] for k, v in ds.attributes.items()}
+    assert attrs == {"age": 56.0, "sex": "female", "site": 0.0, "device": "CS-12   E"}
+    assert ds.attributes["sex"][ds.record_ids.index("2")] == "male"
 
 
 def test_split_sizes_of_the_shared_subset_are_the_readmes(real_ptbxl_root, ptbxl_split_sizes):

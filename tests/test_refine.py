@@ -348,6 +348,7 @@ def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root
         return {"loss": 0.0}
 
     monkeypatch.setitem(rf.REFINERS, "dpo", harmful)
+    monkeypatch.setattr("ecgrisk.conformal.MIN_GROUP", 8)  # groups of this small guard half count
     metrics = refine(_cfg(base, ptbxl_root, tmp_path / "run", "rounds=2",
                           "queries_per_round=8"))
     assert metrics["round_1/accepted"] is False and metrics["round_2/accepted"] is False
@@ -361,6 +362,8 @@ def test_refine_run_keeps_the_base_when_every_round_is_rejected(base, ptbxl_root
     # the review band refitted on the guard half (half the validation fold the base's was fitted on)
     band, base_band = refined.extra["review"], original.extra["review"]
     assert band["alpha"] == base_band["alpha"] and band["n"] == base_band["n"] // 2
+    # ... within the groups the base's fine-tuning named (review_by: age bands, sex, device)
+    assert {g.split("=")[0] for g in band["groups"]} == {"age", "sex", "device"}
     # no round kept: the refined model's reliability diagram is the base's, point for point
     curves = refined.extra["refine"]["reliability"]
     assert (tmp_path / "run" / "reliability.png").is_file()

@@ -22,6 +22,9 @@ class RecordSet:
     missing : ids listed by the source whose files are absent (already excluded above).
     groups : ``[n]`` group id of each record (PTB-XL: the patient), so that a training fraction
         keeps or drops a patient's records together; None: each record is its own group.
+    attributes : per record, what a model is checked within where the source knows it
+        (PTB-XL: ``age``, ``sex``, ``site``, ``device``), ``name -> [n]`` values, None where a
+        record has none; the review band is fitted within their groups (``review_by``).
     """
 
     name: str
@@ -32,6 +35,7 @@ class RecordSet:
     folds: np.ndarray | None = None
     missing: list[str] = field(default_factory=list)
     groups: np.ndarray | None = None
+    attributes: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -46,3 +50,6 @@ class RecordSet:
             raise ValueError(f"{self.name}: {len(self.folds)} folds for {n} records")
         if self.groups is not None and len(self.groups) != n:
             raise ValueError(f"{self.name}: {len(self.groups)} group ids for {n} records")
+        for name, values in self.attributes.items():
+            if len(values) != n:
+                raise ValueError(f"{self.name}: {len(values)} values of {name!r} for {n} records")

@@ -187,6 +187,7 @@ class PTBXL(RecordSet):
             folds=meta["strat_fold"].astype(int).to_numpy(),
             missing=missing,
             groups=meta["patient_id"].astype(int).astype(str).to_numpy(),
+            attributes=attributes(meta),
         )
 
     def labels_under(self, min_likelihood: float, classes: list[str] | None = None) -> np.ndarray:
@@ -220,6 +221,23 @@ class PTBXL(RecordSet):
             f"min_likelihood={self.min_likelihood}, "
             f"records={len(self)}, classes={len(self.classes)}, missing={len(self.missing)})"
         )
+
+
+def attributes(meta: pd.DataFrame, with_folds: bool = False) -> dict[str, list]:
+    """Per row of ``ptbxl_database.csv``, what a model is checked within: ``sex`` (male,
+    female), ``age`` (90 for PTB-XL's ages over 89), ``site`` and ``device``; with
+    ``with_folds`` also ``fold`` and ``patient``. None where the database has no value."""
+    sex = {0: "male", 1: "female"}
+    read = {
+        "sex": ("sex", lambda s: sex.get(int(s))),
+        "age": ("age", lambda a: min(float(a), 90.0)),  # PTB-XL stores ages over 89 as 300
+        "site": ("site", float),
+        "device": ("device", lambda d: str(d).strip()),
+    }
+    if with_folds:
+        read.update(fold=("strat_fold", float), patient=("patient_id", float))
+    return {name: [None if v != v else f(v) for v in meta[col]]
+            for name, (col, f) in read.items() if col in meta}
 
 
 def task_labels(root: str | Path, task: str) -> tuple[pd.DataFrame, list[str], np.ndarray]:

@@ -30,6 +30,7 @@ from ecgrisk.conformal import fit_review, split_review
 from ecgrisk.data.datamodule import ECGDataModule, build_datamodule
 from ecgrisk.files import atomic_path, file_sha256
 from ecgrisk.finetune.module import ClassifierModule
+from ecgrisk.groups import record_groups, usable_specs
 from ecgrisk.metrics import evaluate, reliability
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
@@ -69,6 +70,7 @@ def train(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg.data, cfg.seed, scaler=scaler)
     dm.setup()
     classes = dm.classes
+    review_by = usable_specs(dm.sources[0], list(cfg.review_by))
     ft = cfg.finetune
     teacher = _label_with_teacher(dm, ft.teacher, cfg.trainer.enable_progress_bar) if ft.get("teacher") else {}
     model = build_classifier(cfg.model, len(classes))
@@ -127,13 +129,14 @@ def train(cfg: DictConfig) -> dict:
                     "val/records": int(len(val["labels"])), "test/records": 0,
                     **{f"{k}/folds": [int(f) for f in v] for k, v in dm.folds.items()}})
     val_prob = apply_temperature(val["logits"], temps, bias)
-    _write_predictions(out / "predictions" / "val.csv", _seen_ids(dm, "val", val), classes,
-                       val["labels"], val_prob)
-    # which readings need a human: the band fitted on the whole fold goes into the bundle; what
-    # it does is measured on halves it was not fitted on
-    review = fit_review(val["labels"], val_prob, cfg.review_alpha)
-    metrics.update({f"val/review/{k}": v for k, v in
-                    split_review(val["labels"], val_prob, cfg.review_alpha, cfg.seed).items()})
+    val_ids = _seen_ids(dm, "val", val)
+    _write_predictions(out / "predictions" / "val.csv", val_ids, classes, val["labels"], val_prob)
+    # which readings need a human: the band fitted on the whole fold (and within each group of
+    # review_by) goes into the bundle; what it does is measured on halves it was not fitted on
+    groups = record_groups(dm.sources[0], val_ids, review_by)
+    review = fit_review(val["labels"], val_prob, cfg.review_alpha, groups)
+    metrics.update({f"val/review/{k}": v for k, v in split_review(
+        val["labels"], val_prob, cfg.review_alpha, cfg.seed, groups=groups).items()})
     curves = {"uncalibrated, validation": reliability(val["labels"], expit(val["logits"])),
               "calibrated, validation (fitted here)": reliability(val["labels"], val_prob)}
     if has_test:

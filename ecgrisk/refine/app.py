@@ -33,11 +33,12 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ecgrisk.bundle import Bundle
+from ecgrisk.bundle import Bundle, config_value
 from ecgrisk.config import run_app
 from ecgrisk.conformal import ReviewBand, fit_review
 from ecgrisk.data.datamodule import build_datamodule
 from ecgrisk.feedback.store import FeedbackStore
+from ecgrisk.groups import record_groups, usable_specs
 from ecgrisk.metrics import reliability
 from ecgrisk.plotting import plot_reliability
 from ecgrisk.refine.loop import make_feedback, run_loop
@@ -121,6 +122,8 @@ def refine(cfg: DictConfig) -> dict:
         raise ValueError("pool=folder has no labels for a simulated cardiologist to judge by: "
                          "use feedback=store feedback.store=PATH|URL (judgements made in the "
                          "review app on the same folder)")
+    # the base's band groups (its fine-tuning's review_by), checked before the loop runs
+    review_by = usable_specs(dm.sources[0], list(config_value(bundle.config, "review_by", [])))
     sets = prepare_sets(bundle, dm, cfg.pool, cfg.seed, cfg.data.batch_size,
                         keep_inputs=cfg.refine.train == "all", cache_dir=cfg.data.cache_dir,
                         own=cfg.refine.get("replay", 0.0) > 0)
@@ -150,7 +153,8 @@ def refine(cfg: DictConfig) -> dict:
     # the base's review band was fitted to the base's probabilities: refit it to the refined
     # model's, on the guard half (where its rounds were judged and any recalibration fitted)
     alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
-    review = fit_review(sets.guard.labels, result.policy.probs(sets.guard), alpha)
+    review = fit_review(sets.guard.labels, result.policy.probs(sets.guard), alpha,
+                        record_groups(dm.sources[0], sets.guard.record_ids, review_by))
     plot_reliability(curves, path=out / "reliability.png",
                      title=f"{cfg.refine.method} refinement: reliability, all statements pooled")
     _refined_bundle(bundle, result.policy, cfg, f"{bundle.version}+refine.{stamp}",

@@ -26,6 +26,7 @@ import numpy as np
 
 from ecgrisk.conformal import misread
 from ecgrisk.files import atomic_path, atomic_write_text
+from ecgrisk.groups import MISSING, group_names, parse_group
 from ecgrisk.io.inputs import as_record
 from ecgrisk.metrics import bootstrap_ci, evaluate, macro_auroc, reliability, wilson_interval
 from ecgrisk.scoring.table import read_rows, table_format
@@ -36,7 +37,6 @@ __all__ = ["EvaluationError", "Joined", "Labels", "load_scores", "labels_from_cs
 
 _TRUE, _FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}
 _NOT_GROUPS = ("record", "path", "error")  # score columns no ECG shares with another
-MISSING = "missing"
 
 
 class EvaluationError(ValueError):
@@ -124,7 +124,7 @@ def labels_from_ptbxl(root: str | Path, task: str) -> Labels:
     """A PTB-XL task's labels keyed by both file names of each record (``00102_lr`` and
     ``00102_hr``), with ``sex``, ``age`` (90 for PTB-XL's ages over 89), ``fold``, ``patient``,
     ``site`` and ``device`` to group by where the database has them."""
-    from ecgrisk.data.ptbxl import FILENAME_COLUMN, task_labels
+    from ecgrisk.data.ptbxl import FILENAME_COLUMN, attributes, task_labels
 
     try:
         meta, classes, y = task_labels(root, task)
@@ -132,50 +132,17 @@ def labels_from_ptbxl(root: str | Path, task: str) -> Labels:
         raise EvaluationError(str(e)) from e
     names = [[Path(str(f)).name for f in meta[col]] for col in FILENAME_COLUMN.values()]
     keyed = lambda values: {k: v for ks in names for k, v in zip(ks, values, strict=True)}  # noqa: E731
-    sex = {0: "male", 1: "female"}
-    attributes = {
-        "sex": lambda s: sex.get(int(s)),
-        "age": lambda a: min(float(a), 90.0),  # PTB-XL stores ages over 89 as 300
-        "strat_fold": float,
-        "patient_id": float,
-        "site": float,
-        "device": lambda d: str(d).strip(),
-    }
-    short = {"strat_fold": "fold", "patient_id": "patient"}
-    columns = {short.get(c, c): keyed([None if v != v else f(v) for v in meta[c]])
-               for c, f in attributes.items() if c in meta}
+    columns = {c: keyed(v) for c, v in attributes(meta, with_folds=True).items()}
     rows = [dict(zip(classes, map(int, r), strict=True)) for r in y]
     return Labels(f"PTB-XL {root} ({task})", classes, keyed(rows), columns)
 
 
 def parse_by(text: str) -> tuple[str, list[float] | None]:
     """``--by`` as (column, band edges or None): ``sex``, or ``age:40,60,80`` for bands."""
-    name, _, edges = text.partition(":")
-    if not name:
-        raise EvaluationError(f"--by {text!r}: name a column, e.g. sex or age:40,60,80")
-    if not edges:
-        return name, None
     try:
-        cuts = [float(v) for v in edges.split(",")]
-    except ValueError:
-        raise EvaluationError(f"--by {text!r}: band edges must be numbers, e.g. age:40,60,80") from None
-    if cuts != sorted(set(cuts)):
-        raise EvaluationError(f"--by {text!r}: band edges must increase")
-    return name, cuts
-
-
-def _band(value, cuts: list[float], spec: str) -> str:
-    if value is None:
-        return MISSING
-    if isinstance(value, str):
-        raise EvaluationError(f"--by {spec!r}: bands need numbers, and this column holds {value!r}")
-    fmt = lambda v: f"{v:g}"  # noqa: E731
-    i = int(np.searchsorted(cuts, value, side="right"))
-    if i == 0:
-        return f"<{fmt(cuts[0])}"
-    if i == len(cuts):
-        return f">={fmt(cuts[-1])}"
-    return f"{fmt(cuts[i - 1])}-<{fmt(cuts[i])}"
+        return parse_group(text)
+    except ValueError as e:
+        raise EvaluationError(f"--by {e}") from None
 
 
 def _group_metrics(y: np.ndarray, p: np.ndarray, classes: list[str], bootstrap: int, seed: int,
@@ -314,16 +281,15 @@ def groups_of(joined: Joined, by: list[str]) -> dict[str, list[str]]:
     or its band (``age:40,60,80``), ``missing`` where it has none."""
     out = {}
     for spec in by:
-        name, cuts = parse_by(spec)
+        name = parse_by(spec)[0]
         get = _column(name, f"--by {spec!r}", joined.labels, list(joined.rows[0]))
-        values = [get(k, r) for k, r in zip(joined.keys, joined.rows, strict=True)]
-        out[spec] = ([_band(v, cuts, spec) for v in values] if cuts is not None
-                     else [_text(v) for v in values])
+        try:
+            out[spec] = group_names([get(k, r) for k, r in zip(joined.keys, joined.rows, strict=True)], spec)
+        except ValueError as e:
+            raise EvaluationError(f"--by {e}") from None
     return out
 
 
-def _text(value) -> str:
-    return MISSING if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _only(only: list[str], labels: Labels, score_columns: list[str]):
@@ -333,8 +299,10 @@ def _only(only: list[str], labels: Labels, score_columns: list[str]):
         name, sep, values = spec.partition("=")
         if not sep or not name or not values:
             raise EvaluationError(f"--only {spec!r}: expected COLUMN=VALUE[,VALUE...], e.g. fold=9")
-        tests.append((_column(name, f"--only {spec!r}", labels, score_columns), set(values.split(","))))
-    return lambda key, row: all(_text(get(key, row)) in wanted for get, wanted in tests)
+        tests.append((name, _column(name, f"--only {spec!r}", labels, score_columns),
+                      set(values.split(","))))
+    return lambda key, row: all(group_names([get(key, row)], name)[0] in wanted
+                                for name, get, wanted in tests)
 
 
 def _column(name: str, what: str, labels: Labels, score_columns: list[str]):

@@ -1,0 +1,87 @@
+"""Subgroups of ECGs by one attribute: ``sex``, or ``age:40,60,80`` for bands of a number.
+
+A model is checked within each group (``ecgrisk evaluate --by``), and the review band is fitted
+within each so that its bound holds there too (fine-tuning's ``review_by``, ``ecgrisk
+recalibrate --by``): one spelling and one naming of groups for both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = ["MISSING", "group_names", "parse_group", "record_groups", "usable_specs"]
+
+log = logging.getLogger(__name__)
+
+MISSING = "missing"
+
+
+def parse_group(spec: str) -> tuple[str, list[float] | None]:
+    """``spec`` as (attribute, band edges or None): ``sex``, or ``age:40,60,80`` for bands."""
+    name, _, edges = spec.partition(":")
+    if not name:
+        raise ValueError(f"{spec!r}: name a column, e.g. sex or age:40,60,80")
+    if not edges:
+        return name, None
+    try:
+        cuts = [float(v) for v in edges.split(",")]
+    except ValueError:
+        raise ValueError(f"{spec!r}: band edges must be numbers, e.g. age:40,60,80") from None
+    if cuts != sorted(set(cuts)):
+        raise ValueError(f"{spec!r}: band edges must increase")
+    return name, cuts
+
+
+def group_names(values, spec: str) -> list[str]:
+    """Each value's group under ``spec``: its band (``<40``, ``40-<60``, ``>=80``) or its text,
+    :data:`MISSING` where it has none (None or NaN)."""
+    cuts = parse_group(spec)[1]
+    return [_band(v, cuts, spec) if cuts is not None else _text(v) for v in values]
+
+
+def usable_specs(records, by: list[str]) -> list[str]:
+    """The ``review_by`` specs a :class:`~ecgrisk.data.base.RecordSet`'s records can be grouped
+    by: all of them where it has attributes (PTB-XL), none where it has none (folders,
+    Challenge files: the band is then fitted over all records); a name it lacks is refused."""
+    attrs = records.attributes
+    if by and not attrs:
+        log.info("review_by: %s records carry no %s; the review band is fitted over all of them",
+                 records.name, ", ".join(by))
+        return []
+    for spec in by:
+        name = parse_group(spec)[0]
+        if name not in attrs:
+            raise ValueError(f"review_by {spec!r}: {records.name} records carry {sorted(attrs)}, "
+                             f"not {name!r}")
+    return list(by)
+
+
+def record_groups(records, ids: list[str], by: list[str]) -> dict[str, list[str]]:
+    """Each spec's group of every record in ``ids`` (record ids of ``records``)."""
+    row = {r: i for i, r in enumerate(records.record_ids)}
+    return {spec: group_names([records.attributes[parse_group(spec)[0]][row[r]] for r in ids], spec)
+            for spec in by}
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _text(value) -> str:
+    return MISSING if _missing(value) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _band(value, cuts: list[float], spec: str) -> str:
+    if _missing(value):
+        return MISSING
+    if isinstance(value, str):
+        raise ValueError(f"{spec!r}: bands need numbers, and this column holds {value!r}")
+    fmt = lambda v: f"{v:g}"  # noqa: E731
+    i = int(np.searchsorted(cuts, value, side="right"))
+    if i == 0:
+        return f"<{fmt(cuts[0])}"
+    if i == len(cuts):
+        return f">={fmt(cuts[-1])}"
+    return f"{fmt(cuts[i - 1])}-<{fmt(cuts[i])}"
