@@ -43,19 +43,18 @@ def group_names(values, spec: str) -> list[str]:
 
 def usable_specs(records, by: list[str]) -> list[str]:
     """The ``review_by`` specs a :class:`~ecgrisk.data.base.RecordSet`'s records can be grouped
-    by: all of them where it has attributes (PTB-XL), none where it has none (folders,
-    Challenge files: the band is then fitted over all records); a name it lacks is refused."""
-    attrs = records.attributes
-    if by and not attrs:
-        log.info("review_by: %s records carry no %s; the review band is fitted over all of them",
-                 records.name, ", ".join(by))
-        return []
+    by. A spec naming an attribute the records lack (a folder has none; Challenge headers give
+    age and sex, not the device) is dropped with a warning, so one default serves every source."""
+    kept = []
     for spec in by:
         name = parse_group(spec)[0]
-        if name not in attrs:
-            raise ValueError(f"review_by {spec!r}: {records.name} records carry {sorted(attrs)}, "
-                             f"not {name!r}")
-    return list(by)
+        if name in records.attributes:
+            kept.append(spec)
+        else:
+            log.warning("review_by %r: %s records carry %s, not %r; the review band is fitted "
+                        "without it", spec, records.name, sorted(records.attributes) or "no attributes",
+                        name)
+    return kept
 
 
 def record_groups(records, ids: list[str], by: list[str]) -> dict[str, list[str]]:

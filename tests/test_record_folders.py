@@ -39,6 +39,8 @@ def test_shared_challenge_sample_figures(shared):
     i = ds.record_ids.index("E07500")
     assert {ds.classes[j] for j in np.flatnonzero(ds.labels[i])} == {"67741000119109", "426177001"}
     assert ds.meta.loc[i, "age"] == 78.0 and ds.meta.loc[i, "sex"] == "M"
+    # E07500's header: "# Age: 78", "# Sex: Male"; what the review band's groups read
+    assert {k: v[i] for k, v in ds.attributes.items()} == {"age": 78.0, "sex": "male"}
 
 
 def test_challenge_fixed_classes_and_missing(challenge_root, tmp_path):

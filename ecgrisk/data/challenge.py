@@ -92,4 +92,6 @@ class ChallengeFolder(RecordSet):
         self.root = root
         self.meta = pd.DataFrame(rows)
         super().__init__(name="challenge", record_ids=ids, paths=paths, classes=classes,
-                         labels=labels, folds=None, missing=missing)
+                         labels=labels, folds=None, missing=missing,
+                         attributes={"age": [r["age"] for r in rows],
+                                     "sex": [{"M": "male", "F": "female"}.get(r["sex"]) for r in rows]})
