@@ -25,6 +25,7 @@ check by eye.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -62,6 +63,7 @@ class ReviewBand:
     low: float
     n: int
     groups: list[str] = field(default_factory=list)  # "column=value (n)" the bound was fitted in
+    by: list[str] = field(default_factory=list)  # the specs they came from ("sex", "age:40,60,80")
 
     def flags(self, probs: np.ndarray) -> np.ndarray:
         """``probs [N, C]`` calibrated -> ``[N, C]`` bool, True for the statements in the band."""
@@ -83,8 +85,28 @@ class ReviewBand:
 
     @classmethod
     def from_dict(cls, d: dict) -> ReviewBand:
-        return cls(alpha=float(d["alpha"]), low=float(d["low"]), n=int(d["n"]),
-                   groups=[str(g) for g in d.get("groups", [])])
+        groups = [str(g) for g in d.get("groups", [])]
+        by = d.get("by")
+        return cls(alpha=float(d["alpha"]), low=float(d["low"]), n=int(d["n"]), groups=groups,
+                   by=[str(b) for b in by] if by is not None else _by_from_groups(groups))
+
+
+_BAND = re.compile(r"^(?:<(?P<below>[\d.]+)|>=(?P<above>[\d.]+)|(?P<lo>[\d.]+)-<(?P<hi>[\d.]+))$")
+
+
+def _by_from_groups(groups: list[str]) -> list[str]:
+    """The specs of a band stored before ``by`` was (the shipped bundles'), read back from its
+    group labels: ``age=40-<60 (512)`` gives ``age`` with edges 40 and 60, ``sex=male (990)``
+    gives ``sex``."""
+    edges: dict[str, set[float]] = {}
+    for label in groups:
+        name, _, rest = label.partition("=")
+        m = _BAND.match(rest.rsplit(" (", 1)[0])
+        found = edges.setdefault(name, set())
+        if m:
+            found.update(float(v) for v in m.groupdict().values() if v is not None)
+    return [f"{name}:{','.join(f'{e:g}' for e in sorted(cuts))}" if cuts else name
+            for name, cuts in edges.items()]
 
 
 def fit_review(labels: np.ndarray, probs: np.ndarray, alpha: float = 0.1,
@@ -108,7 +130,7 @@ def fit_review(labels: np.ndarray, probs: np.ndarray, alpha: float = 0.1,
     p = np.asarray(probs, dtype=np.float64)
     if y.shape != p.shape or y.ndim != 2:
         raise ValueError(f"labels {y.shape} and probs {p.shape} must both be [N, C]")
-    band = ReviewBand(alpha=float(alpha), low=_fit_low(y, p, alpha), n=len(y))
+    band = ReviewBand(alpha=float(alpha), low=_fit_low(y, p, alpha), n=len(y), by=list(groups or {}))
     for name, values in (groups or {}).items():
         values = np.asarray(values, dtype=object)
         if len(values) != len(y):

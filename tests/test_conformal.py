@@ -145,3 +145,22 @@ def test_groups_widen_the_band_until_the_bound_holds_in_each():
     assert set(held["by_group"]) == {"g=a", "g=b"} and held["worst_group"][0] in held["by_group"]
     with pytest.raises(ValueError, match="has 3 values for 600 ECGs"):
         fit_review(y, p, 0.1, {"g": g[:3]})
+
+
+def test_a_band_keeps_the_specs_it_was_fitted_by_and_an_older_one_gives_them_back():
+    rng = np.random.default_rng(1)
+    y = rng.random((400, 2)) < 0.3
+    p = np.clip(y + rng.normal(0, 0.3, y.shape), 0, 1)
+    ages = rng.choice([30.0, 50.0, 70.0], 400)
+    groups = {"age:40,60": np.where(ages < 40, "<40", np.where(ages < 60, "40-<60", ">=60")),
+              "sex": rng.choice(["male", "female"], 400)}
+    band = fit_review(y, p, 0.1, groups)
+    assert band.by == ["age:40,60", "sex"]
+    assert ReviewBand.from_dict(band.to_dict()) == band
+    assert fit_review(y, p, 0.1).by == []
+    # a band stored before `by` (the shipped bundles'): the specs read back from its group labels
+    stored = {"alpha": 0.1, "low": 0.25, "n": 2156,
+              "groups": ["age=40-<60 (667)", "age=<40 (284)", "age=>=80 (272)", "sex=female (1038)",
+                         "device=CS-12 E (453)", "site=0 (900)"]}
+    assert ReviewBand.from_dict(stored).by == ["age:40,60,80", "sex", "device", "site"]
+    assert ReviewBand.from_dict({**stored, "groups": []}).by == []

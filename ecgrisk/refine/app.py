@@ -33,7 +33,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ecgrisk.bundle import Bundle, config_value
+from ecgrisk.bundle import Bundle
 from ecgrisk.config import run_app
 from ecgrisk.conformal import ReviewBand, fit_review
 from ecgrisk.data.datamodule import build_datamodule
@@ -122,8 +122,9 @@ def refine(cfg: DictConfig) -> dict:
         raise ValueError("pool=folder has no labels for a simulated cardiologist to judge by: "
                          "use feedback=store feedback.store=PATH|URL (judgements made in the "
                          "review app on the same folder)")
-    # the base's band groups (its fine-tuning's review_by), checked before the loop runs
-    review_by = usable_specs(dm.sources[0], list(config_value(bundle.config, "review_by", [])))
+    # the groups the base's band was fitted within, checked before the loop runs
+    base_band = bundle.extra.get("review")
+    review_by = usable_specs(dm.sources[0], ReviewBand.from_dict(base_band).by if base_band else [])
     sets = prepare_sets(bundle, dm, cfg.pool, cfg.seed, cfg.data.batch_size,
                         keep_inputs=cfg.refine.train == "all", cache_dir=cfg.data.cache_dir,
                         own=cfg.refine.get("replay", 0.0) > 0)
