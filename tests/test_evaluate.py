@@ -127,6 +127,25 @@ def test_a_scores_column_groups_too(tables):
         evaluate_scores(scores, labels, by=["path"])
 
 
+def test_age_and_sex_the_scores_carry_group_where_the_labels_have_none(tables, tmp_path):
+    """`ecgrisk score` writes age and sex where the files state them; labels without them (a
+    clinic's diagnosis export) still group by them, and the labels' own win where they have them."""
+    scores, labels, y, p, sex, age = tables
+    rows = list(csv.DictReader(scores.open()))
+    with_patient = _write(tmp_path / "scored.csv", [*rows[0], "age", "sex"],
+                          [[*r.values(), "70" if i % 2 else "30", "male" if i % 2 else "female"]
+                           for i, r in enumerate(rows)])
+    bare = _write(tmp_path / "bare.csv", ["record", "MI", "NORM"],
+                  [[f"r{i:02d}", y[i, 0], y[i, 1]] for i in range(60)])
+    r = evaluate_scores(with_patient, bare, by=["sex", "age:50"], bootstrap=0)
+    got = {(g["by"], g["group"]): g["n"] for g in r["groups"]}
+    assert got == {("all", "all"): 60, ("sex", "female"): 30, ("sex", "male"): 30,
+                   ("age:50", "<50"): 30, ("age:50", ">=50"): 30}
+    by_labels = evaluate_scores(with_patient, labels, by=["sex"], bootstrap=0)
+    assert {g["group"]: g["n"] for g in by_labels["groups"] if g["by"] == "sex"} == {
+        "female": int((sex == "female").sum()), "male": int((sex == "male").sum())}
+
+
 def test_only_keeps_the_named_values_and_counts_the_rest(tables):
     scores, labels, y, p, sex, _ = tables
     r = evaluate_scores(scores, labels, only=["sex=male"], bootstrap=0)

@@ -154,6 +154,12 @@ def test_broken_files_are_rows_not_crashes(ptbxl_root, challenge_record, bundle_
     assert table["00001_hr"]["resampled"] == "True" and table["00001_hr"]["fs_in"] == "500.0"
     assert table[mat.name]["resampled"] == "True"
     assert table["00001_lr"]["resampled"] == "False"
+    # age and sex where the file states them (the Challenge header's comments), empty elsewhere
+    said = dict(line[2:].split(": ", 1) for line in mat.with_suffix(".hea").read_text().splitlines()
+                if line.startswith("# ") and ": " in line)
+    assert float(table[mat.name]["age"]) == float(said["Age"])
+    assert table[mat.name]["sex"] == {"Male": "male", "Female": "female"}[said["Sex"]]
+    assert table["00001_lr"]["age"] == table["00001_lr"]["sex"] == table["garbage"]["sex"] == ""
     # nothing scorable at all -> exit 1, and the table still lists every failure
     bad = tmp_path / "bad"
     bad.mkdir()

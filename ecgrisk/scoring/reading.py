@@ -51,6 +51,8 @@ class ReadRecord:
     flags : the quality columns of :func:`~ecgrisk.scoring.quality.quality_flags`; empty when
         the file could not be read.
     error : ``""``, or ``"<ErrorClass>: <reason>"`` when the record cannot be scored.
+    patient : ``age`` (years) and ``sex`` (``male``, ``female``) where the file states them
+        (DICOM, MUSE, Challenge headers, ...), for checking scores by subgroup; empty otherwise.
     """
 
     record: str
@@ -59,6 +61,10 @@ class ReadRecord:
     length: int | None = None
     flags: dict = field(default_factory=dict)
     error: str = ""
+    patient: dict = field(default_factory=dict)
+
+
+_SEX = {"M": "male", "F": "female"}  # as the PTB-XL labels name them, so either side groups alike
 
 
 def _clean(msg: str) -> str:
@@ -75,10 +81,11 @@ def read_chunk(jobs: list[tuple[str, str]], spec: InputSpec, missing_leads: str 
     """
     out = []
     for rec, path in jobs:
-        x, flags, error = None, {}, ""
+        x, flags, error, patient = None, {}, "", {}
         try:
             fs = npy_fs if str(path).lower().endswith((".npy", ".npz")) else None
             ecg = read_ecg(path, fs=fs, missing_leads=missing_leads)
+            patient = {"age": ecg.meta.get("age"), "sex": _SEX.get(ecg.meta.get("sex"))}
             flags = quality_flags(ecg.signal, ecg.fs, ecg.lead_mask, spec.preprocessing.fs,
                                   ecg.meta.get("derived_leads", ()))
             prepared = spec.prepare(ecg.signal, ecg.fs)
@@ -89,7 +96,7 @@ def read_chunk(jobs: list[tuple[str, str]], spec: InputSpec, missing_leads: str 
             error = _clean(f"{type(e).__name__}: {e.reason}")
         except Exception as e:  # a filter failing on one pathological record must not stop the run
             error = _clean(f"{type(e).__name__}: {e}")
-        out.append(ReadRecord(rec, path, x, None if x is None else x.shape[1], flags, error))
+        out.append(ReadRecord(rec, path, x, None if x is None else x.shape[1], flags, error, patient))
     return out
 
 

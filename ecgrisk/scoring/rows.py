@@ -1,6 +1,7 @@
 """Output rows: the columns of the scores table and one row per read record.
 
-Columns (see :func:`output_columns`): ``record``, ``path``, ``prob/<class>`` per statement
+Columns (see :func:`output_columns`): ``record``, ``path``, ``age`` and ``sex`` where the file
+states them (to check scores by subgroup, ``ecgrisk evaluate --by sex``), ``prob/<class>`` per statement
 (calibrated), ``risk`` (1 - P(NORM) when NORM is a class, else the max probability),
 ``risk_band``, ``reading`` (the statements at p >= 0.5, most probable first: the reading the
 review band's bound speaks of, as the review app shows it), ``needs_review`` and ``review_reason``, the quality columns of
@@ -34,7 +35,7 @@ _WARNED: set = set()  # bundles already warned about, once per process
 
 def output_columns(classes: list[str]) -> list[str]:
     """Column order of the output table for a bundle with ``classes``."""
-    return ["record", "path", *[f"prob/{c}" for c in classes], "risk", "risk_band", "reading",
+    return ["record", "path", "age", "sex", *[f"prob/{c}" for c in classes], "risk", "risk_band", "reading",
             "needs_review", "review_reason", *QUALITY_COLUMNS, "n_windows", "model_name", "model_version", "error"]
 
 
@@ -69,7 +70,8 @@ def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSp
     band = review_band(bundle)
     rows, k = [], 0
     for rec in records:
-        row = {"record": rec.record, "path": rec.path, "model_name": bundle.name,
+        row = {"record": rec.record, "path": rec.path, "age": rec.patient.get("age"),
+               "sex": rec.patient.get("sex"), "model_name": bundle.name,
                "model_version": bundle.version, "error": rec.error}
         row.update({c: rec.flags.get(c) for c in QUALITY_COLUMNS})
         if rec.length is None:

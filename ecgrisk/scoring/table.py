@@ -26,7 +26,7 @@ class OutputError(ValueError):
     """The output path or an existing output cannot be used."""
 
 
-_FLOAT_COLS = ("risk", "fs_in", "duration_s")
+_FLOAT_COLS = ("age", "risk", "fs_in", "duration_s")
 
 
 def table_format(out: Path) -> str:
