@@ -339,6 +339,13 @@ def test_mixed_folder_scores_and_converts(tmp_path):
         assert table[rec]["error"] == "" and 0 <= float(table[rec]["risk"]) <= 1
     assert table["muse"]["derived_leads"] == "III;aVR;aVL;aVF"
     assert "derived" in table["cart"]["quality"] and table["philips"]["derived_leads"] == ""
+    # the patient's age and sex as each file states them, for evaluate --by
+    assert [(table[r]["age"], table[r]["sex"]) for r in ("cart", "philips")] == [
+        ("70.0", "female"), ("44.0", "male")]
+    for rec in ("dicom/IM0001", "muse"):
+        ecg = read_ecg(d / ("dicom/IM0001" if rec.startswith("dicom") else "muse.xml"))
+        assert table[rec]["sex"] == {"M": "male", "F": "female", None: ""}[ecg.meta["sex"]]
+        assert table[rec]["age"] == ("" if ecg.meta["age"] is None else str(ecg.meta["age"]))
 
     out = tmp_path / "converted"
     assert cli_main(["convert", str(d), "--to", "wfdb", "--out", str(out), "--quiet"]) == 1
