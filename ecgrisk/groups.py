@@ -47,7 +47,10 @@ def usable_specs(records, by: list[str]) -> list[str]:
     age and sex, not the device) is dropped with a warning, so one default serves every source."""
     kept = []
     for spec in by:
-        name = parse_group(spec)[0]
+        try:
+            name = parse_group(spec)[0]
+        except ValueError as e:
+            raise ValueError(f"review_by {e}") from None
         if name in records.attributes:
             kept.append(spec)
         else:

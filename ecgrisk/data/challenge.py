@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ecgrisk.data.base import RecordSet
+from ecgrisk.io.ecg import SEX_WORDS
 from ecgrisk.io.header import parse_comments, parse_header
 
 log = logging.getLogger(__name__)
@@ -94,4 +95,4 @@ class ChallengeFolder(RecordSet):
         super().__init__(name="challenge", record_ids=ids, paths=paths, classes=classes,
                          labels=labels, folds=None, missing=missing,
                          attributes={"age": [r["age"] for r in rows],
-                                     "sex": [{"M": "male", "F": "female"}.get(r["sex"]) for r in rows]})
+                                     "sex": [SEX_WORDS.get(r["sex"]) for r in rows]})

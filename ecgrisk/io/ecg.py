@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ECG", "LEAD_INDEX", "STANDARD_LEADS", "normalise_lead_name", "normalise_sex"]
+__all__ = ["ECG", "LEAD_INDEX", "SEX_WORDS", "STANDARD_LEADS", "normalise_lead_name", "normalise_sex"]
 
 # fmt: off
 STANDARD_LEADS: tuple[str, ...] = (
@@ -86,3 +86,6 @@ def normalise_sex(value) -> str | None:
     """A file's sex field as ``"M"``/``"F"`` (first letter, any case), else None."""
     s = str(value or "").strip().upper()[:1]
     return s if s in ("M", "F") else None
+
+
+SEX_WORDS = {"M": "male", "F": "female"}  # in tables and groups, as PTB-XL's labels name them

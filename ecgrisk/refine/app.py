@@ -153,7 +153,7 @@ def refine(cfg: DictConfig) -> dict:
     curves = _reliability(bundle, result.policy, sets)
     # the base's review band was fitted to the base's probabilities: refit it to the refined
     # model's, on the guard half (where its rounds were judged and any recalibration fitted)
-    alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
+    alpha = float((base_band or {}).get("alpha", 0.1))
     review = fit_review(sets.guard.labels, result.policy.probs(sets.guard), alpha,
                         record_groups(dm.sources[0], sets.guard.record_ids, review_by))
     plot_reliability(curves, path=out / "reliability.png",

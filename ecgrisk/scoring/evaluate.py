@@ -290,8 +290,6 @@ def groups_of(joined: Joined, by: list[str]) -> dict[str, list[str]]:
     return out
 
 
-
-
 def _only(only: list[str], labels: Labels, score_columns: list[str]):
     """A test of a (record key, score row) against every ``--only COLUMN=V1,V2``."""
     tests = []

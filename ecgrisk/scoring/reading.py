@@ -24,6 +24,7 @@ import numpy as np
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io import ECGReadError, read_ecg
 from ecgrisk.io.clinical import CLINICAL_IMPORTS, CLINICAL_SUFFIXES
+from ecgrisk.io.ecg import SEX_WORDS
 from ecgrisk.scoring.quality import quality_flags
 from ecgrisk.signals import worker_pool
 
@@ -64,9 +65,6 @@ class ReadRecord:
     patient: dict = field(default_factory=dict)
 
 
-_SEX = {"M": "male", "F": "female"}  # as the PTB-XL labels name them, so either side groups alike
-
-
 def _clean(msg: str) -> str:
     return " ".join(str(msg).split())  # one line: CSV rows stay one line each
 
@@ -85,7 +83,7 @@ def read_chunk(jobs: list[tuple[str, str]], spec: InputSpec, missing_leads: str 
         try:
             fs = npy_fs if str(path).lower().endswith((".npy", ".npz")) else None
             ecg = read_ecg(path, fs=fs, missing_leads=missing_leads)
-            patient = {"age": ecg.meta.get("age"), "sex": _SEX.get(ecg.meta.get("sex"))}
+            patient = {"age": ecg.meta.get("age"), "sex": SEX_WORDS.get(ecg.meta.get("sex"))}
             flags = quality_flags(ecg.signal, ecg.fs, ecg.lead_mask, spec.preprocessing.fs,
                                   ecg.meta.get("derived_leads", ()))
             prepared = spec.prepare(ecg.signal, ecg.fs)
