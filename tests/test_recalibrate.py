@@ -82,6 +82,9 @@ def test_the_recalibrated_bundle_scores_what_the_refit_predicts(scored, tmp_path
     own = review_risk(band, y, pd.read_csv(scores)[[f"prob/{c}" for c in classes]].to_numpy())
     assert r["review"]["bundle"]["unreviewed_misread"] == pytest.approx(own["unreviewed_misread"])
     assert f"leaves {own['unreviewed_misread']:.1%} unflagged and misread (its bound: 10%)" in said
+    # the shipped band was fitted within age, sex and device groups; without --by, the run says so
+    assert ("pass --by age:40,60,80 --by sex --by device (columns of the labels or the scores)"
+            in " ".join(said.split()))
     h = r["held_out"]
     assert r["form"] == h["chosen"] == min(h["forms"], key=lambda f: h["forms"][f]["brier"])
     if r["form"] == "shift":
@@ -115,7 +118,7 @@ def test_the_review_band_is_refitted_in_each_group_asked_for(scored, tmp_path, c
     want = fit_review(y, p_new, 0.1, {"risk_band": rows["risk_band"].astype(str).to_numpy()})
     assert new.extra["review"] == want.to_dict() and want.groups
     assert f"its bound held in each of {len(want.groups)} groups too" in said
-    assert "in the worst group (risk_band=" in said
+    assert "in the worst group (risk_band=" in said and "note: the bundle's band" not in said
 
 
 def test_scores_of_another_model_and_overwriting_the_bundle_are_refused(scored, tmp_path, capsys):

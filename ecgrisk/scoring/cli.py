@@ -187,6 +187,10 @@ def _recalibrate(args) -> int:
             f"{held['unreviewed_misread']:.1%} unflagged and misread"
           + (f", {held['worst_group'][1]:.1%} in the worst group ({held['worst_group'][0]})"
              if "worst_group" in held else ""))
+    if own and own.get("by") and not args.by:
+        print(f"note: the bundle's band was fitted within groups by {', '.join(own['by'])} too, "
+              f"this one over all of these ECGs; to keep a bound in each group, pass "
+              + " ".join(f"--by {b}" for b in own["by"]) + " (columns of the labels or the scores)")
     print(f"recalibrated bundle written to {args.out}")
     return 0
 

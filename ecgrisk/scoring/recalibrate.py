@@ -131,7 +131,7 @@ def recalibrate_bundle(bundle: Bundle, bundle_path: str | Path, joined: Joined,
                          "held_out": split_review(y, after, alpha, groups=groups)}
     if "review" in bundle.extra:
         own = ReviewBand.from_dict(bundle.extra["review"])
-        summary["review"]["bundle"] = {"low": own.low, **review_risk(own, y, p)}
+        summary["review"]["bundle"] = {"low": own.low, "by": own.by, **review_risk(own, y, p)}
     extra = {**{k: v for k, v in bundle.extra.items() if k != "conformal"},  # an old rule goes
              "review": band.to_dict(),
              "reliability": {"before, local ECGs": reliability(y, p),
