@@ -6,7 +6,7 @@
 Each run is a point per folder size: x is that run's model-only rate (the host's speed), y the
 pipeline's share of it (left) and its speed-up over the per-file loop (right), with the targets
 as lines. The host moves these figures as much as the code does, and a figure shows that
-better than a table of eleven rows. A run is labelled by the commit in its file name
+better than a table of a dozen rows. A run is labelled by the commit in its file name
 (``bench_scoring_<commit>.json``); ``bench_scoring.json`` is "latest".
 """
 
