@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["MIN_GROUP", "READ_AT", "ReviewBand", "fit_review", "misread", "review_risk", "split_review"]
+__all__ = ["MIN_GROUP", "READ_AT", "ReviewBand", "fit_review", "misread", "review_risk", "split_review",
+           "with_band"]
 
 READ_AT = 0.5  # a statement is read as present at or above this calibrated probability
 # the smallest group fit_review fits a band in: on PTB-XL's fold-9 halves, groups of 150 or more
@@ -109,6 +110,12 @@ def _by_from_groups(groups: list[str]) -> list[str]:
             for name, cuts in edges.items()]
 
 
+def with_band(extra: dict, band: ReviewBand) -> dict:
+    """A bundle's ``extra`` with ``band`` as its review rule; the per-statement sets an earlier
+    ecgrisk stored (``conformal``) go, as scoring no longer reads them."""
+    return {**{k: v for k, v in extra.items() if k != "conformal"}, "review": band.to_dict()}
+
+
 def fit_review(labels: np.ndarray, probs: np.ndarray, alpha: float = 0.1,
                groups: dict[str, np.ndarray] | None = None) -> ReviewBand:
     """The band conformal risk control chooses on a calibration fold: ``labels`` 0/1 and
@@ -132,11 +139,11 @@ def fit_review(labels: np.ndarray, probs: np.ndarray, alpha: float = 0.1,
         raise ValueError(f"labels {y.shape} and probs {p.shape} must both be [N, C]")
     band = ReviewBand(alpha=float(alpha), low=_fit_low(y, p, alpha), n=len(y), by=list(groups or {}))
     for name, values in (groups or {}).items():
-        values = np.asarray(values, dtype=object)
+        values = np.asarray(values).astype(str)
         if len(values) != len(y):
             raise ValueError(f"groups[{name!r}] has {len(values)} values for {len(y)} ECGs")
-        for v in sorted({str(x) for x in values}):
-            member = np.array([str(x) == v for x in values])
+        for v in np.unique(values):
+            member = values == v
             if member.sum() >= MIN_GROUP:
                 band.low = min(band.low, _fit_low(y[member], p[member], alpha))
                 band.groups.append(f"{_label(name, v)} ({int(member.sum())})")
@@ -183,7 +190,7 @@ def split_review(labels: np.ndarray, probs: np.ndarray, alpha: float = 0.1, seed
     :func:`fit_review` fits them), ``by_group`` holds each group's mean share left unflagged and
     misread, and ``worst_group`` the highest."""
     y, p = np.asarray(labels), np.asarray(probs)
-    groups = {k: np.asarray(v, dtype=object) for k, v in (groups or {}).items()}
+    groups = {k: np.asarray(v).astype(str) for k, v in (groups or {}).items()}
     rng = np.random.default_rng(seed)
     runs, by_group = [], {}
     for _ in range(splits):
@@ -194,8 +201,8 @@ def split_review(labels: np.ndarray, probs: np.ndarray, alpha: float = 0.1, seed
             runs.append({**review_risk(band, y[b], p[b]), "low": band.low})
             left = ~band.flags(p[b]).any(axis=1) & misread(y[b], p[b])
             for name, values in groups.items():
-                for v in {str(x) for x in values}:
-                    member = np.array([str(x) == v for x in values[b]])
+                for v in np.unique(values):
+                    member = values[b] == v
                     if member.sum() >= MIN_GROUP / 2:  # half a fitted group's size, measured
                         by_group.setdefault(_label(name, v), []).append(float(left[member].mean()))
     means = {k: float(np.mean([r[k] for r in runs])) for k in runs[0] if k not in ("alpha", "records")}

@@ -84,15 +84,15 @@ def _val_predictions(run: Path, classes: list[str]):
 
 
 def review_flags(run: Path, bundle: Bundle, alpha: float) -> dict:
-    """What fine-tuning now stores in a bundle, rebuilt from an older run's fold-9 predictions:
-    the review band and the reliability curves before and after calibration."""
+    """The bundle's ``extra`` with what fine-tuning now stores, rebuilt from an older run's fold-9
+    predictions: the review band and the reliability curves before and after calibration."""
     y, p_cal = _val_predictions(run, list(bundle.classes))
     # undo sigmoid(z / T + b) to get the model's own probabilities back
     bias = bundle.bias if bundle.bias is not None else 0.0
     raw = (prob_to_logit(p_cal) - bias) * bundle.temperature
-    return {"review": fit_review(y, p_cal, alpha).to_dict(),
-            "reliability": {"uncalibrated, validation": reliability(y, 1 / (1 + np.exp(-raw))),
-                            "calibrated, validation (fitted here)": reliability(y, p_cal)}}
+    curves = {"uncalibrated, validation": reliability(y, 1 / (1 + np.exp(-raw))),
+              "calibrated, validation (fitted here)": reliability(y, p_cal)}
+    return conformal.with_band({**bundle.extra, "reliability": curves}, fit_review(y, p_cal, alpha))
 
 
 def _device(name: str) -> str:
@@ -409,9 +409,8 @@ def refresh_review(name: str, scores: Path, labels: str, task: str | None,
     except EvaluationError as e:
         raise SystemExit(f"{scores}: {e}") from e
     alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
-    extra = {k: v for k, v in bundle.extra.items() if k != "conformal"}
     groups = groups_of(joined, list(by))
-    extra["review"] = fit_review(joined.y, joined.p, alpha, groups).to_dict()
+    extra = conformal.with_band(bundle.extra, fit_review(joined.y, joined.p, alpha, groups))
     base_version = bundle.version.split("+review-")[0]  # a refit replaces the last one's stamp
     new = dataclasses.replace(bundle, version=f"{base_version}+review-{time.strftime('%Y%m%d-%H%M%S')}",
                               extra=extra)
@@ -456,7 +455,7 @@ def ship_bundle(run: Path, name: str) -> Path:
     target = SHIPPED_DIR / f"{name}.pt"
     if "review" not in bundle.extra:
         cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-        bundle.extra.update(review_flags(run, bundle, cfg.get("review_alpha", 0.1)))
+        bundle = dataclasses.replace(bundle, extra=review_flags(run, bundle, cfg.get("review_alpha", 0.1)))
         with atomic_path(target) as tmp:
             bundle.save(tmp)
     else:

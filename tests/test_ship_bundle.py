@@ -115,6 +115,20 @@ def test_a_fine_tuning_run_ships_as_a_bundle_with_its_card(ship, tmp_path, monke
     assert ("## Reproduce\n`ecgrisk-finetune data.task=superdiagnostic model.pretrained=cpc-xresnet1d101`, "
             "then `python scripts/ship_bundle.py <run> --name tiny-superdiagnostic`.") in \
         (tmp_path / "tiny-superdiagnostic.md").read_text()
+    # a run older than the review band (per-statement sets instead) ships with the band fitted
+    # on its validation predictions, and without the sets
+    import dataclasses
+
+    import pandas as pd
+
+    from ecgrisk.conformal import fit_review
+
+    old = {k: v for k, v in bundle.extra.items() if k != "review"} | {"conformal": {"alpha": 0.1}}
+    dataclasses.replace(Bundle.load(run / "model.pt"), extra=old).save(run / "model.pt")
+    shipped = Bundle.load(ship.main([str(run), "--name", "tiny-superdiagnostic"]))
+    val = pd.read_csv(run / "predictions" / "val.csv")
+    want = fit_review(val.filter(like="true/").to_numpy(), val.filter(like="prob/").to_numpy(), 0.1)
+    assert "conformal" not in shipped.extra and shipped.extra["review"]["low"] == pytest.approx(want.low)
 
 
 def test_a_folder_source_needs_its_attribution_before_the_encoder_ships(ship, pretrain_run, tmp_path,

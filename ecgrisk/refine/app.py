@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.config import run_app
-from ecgrisk.conformal import ReviewBand, fit_review
+from ecgrisk.conformal import ReviewBand, fit_review, with_band
 from ecgrisk.data.datamodule import build_datamodule
 from ecgrisk.feedback.store import FeedbackStore
 from ecgrisk.groups import record_groups, usable_specs
@@ -75,8 +75,7 @@ def _refined_bundle(bundle: Bundle, policy: BernoulliPolicy, cfg: DictConfig, ve
     temperature, bias = policy.calibration()
     extra = {**bundle.extra, "refine": extra}
     if review is not None:
-        extra.pop("conformal", None)
-        extra["review"] = review.to_dict()
+        extra = with_band(extra, review)
     return dataclasses.replace(bundle, model=policy.model, version=version,
                                temperature=temperature, bias=bias,
                                base=str(Path(cfg.base).resolve()),

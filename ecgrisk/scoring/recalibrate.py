@@ -28,7 +28,7 @@ import numpy as np
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.calibration import apply_temperature, fit_calibration, prob_to_logit
-from ecgrisk.conformal import ReviewBand, fit_review, review_risk, split_review
+from ecgrisk.conformal import ReviewBand, fit_review, review_risk, split_review, with_band
 from ecgrisk.files import file_sha256
 from ecgrisk.metrics import brier, ece, reliability
 from ecgrisk.scoring.evaluate import EvaluationError, Joined, groups_of
@@ -132,8 +132,7 @@ def recalibrate_bundle(bundle: Bundle, bundle_path: str | Path, joined: Joined,
     if "review" in bundle.extra:
         own = ReviewBand.from_dict(bundle.extra["review"])
         summary["review"]["bundle"] = {"low": own.low, "by": own.by, **review_risk(own, y, p)}
-    extra = {**{k: v for k, v in bundle.extra.items() if k != "conformal"},  # an old rule goes
-             "review": band.to_dict(),
+    extra = {**with_band(bundle.extra, band),
              "reliability": {"before, local ECGs": reliability(y, p),
                              "after, the same ECGs (in-sample)": reliability(y, after)},
              "recalibration": summary}
