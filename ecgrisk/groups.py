@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["MISSING", "group_names", "parse_group", "record_groups", "usable_specs"]
+__all__ = ["MISSING", "as_text", "group_names", "parse_group", "record_groups", "usable_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def group_names(values, spec: str) -> list[str]:
     """Each value's group under ``spec``: its band (``<40``, ``40-<60``, ``>=80``) or its text,
     :data:`MISSING` where it has none (None or NaN)."""
     cuts = parse_group(spec)[1]
-    return [_band(v, cuts, spec) if cuts is not None else _text(v) for v in values]
+    return [_band(v, cuts, spec) if cuts is not None else as_text(v) for v in values]
 
 
 def usable_specs(records, by: list[str]) -> list[str]:
@@ -71,7 +71,8 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+    """A value as its group is named: ``70`` for 70.0, :data:`MISSING` for None or NaN."""
     return MISSING if _missing(value) else f"{value:g}" if isinstance(value, float) else str(value)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ecgrisk.conformal import misread
 from ecgrisk.files import atomic_path, atomic_write_text
-from ecgrisk.groups import MISSING, group_names, parse_group
+from ecgrisk.groups import MISSING, as_text, group_names, parse_group
 from ecgrisk.io.inputs import as_record
 from ecgrisk.metrics import bootstrap_ci, evaluate, macro_auroc, reliability, wilson_interval
 from ecgrisk.scoring.table import read_rows, table_format
@@ -297,10 +297,8 @@ def _only(only: list[str], labels: Labels, score_columns: list[str]):
         name, sep, values = spec.partition("=")
         if not sep or not name or not values:
             raise EvaluationError(f"--only {spec!r}: expected COLUMN=VALUE[,VALUE...], e.g. fold=9")
-        tests.append((name, _column(name, f"--only {spec!r}", labels, score_columns),
-                      set(values.split(","))))
-    return lambda key, row: all(group_names([get(key, row)], name)[0] in wanted
-                                for name, get, wanted in tests)
+        tests.append((_column(name, f"--only {spec!r}", labels, score_columns), set(values.split(","))))
+    return lambda key, row: all(as_text(get(key, row)) in wanted for get, wanted in tests)
 
 
 def _column(name: str, what: str, labels: Labels, score_columns: list[str]):
