@@ -24,6 +24,7 @@ from ecgrisk.bundle_files import KINDS, BundleError, check_kind, resolve
 from ecgrisk.files import atomic_path
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
+from ecgrisk.models.ensemble import EnsembleClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
 
 BUNDLE_FORMAT = 1
@@ -119,11 +120,25 @@ def _trained_precision(config: str) -> str:
 
 
 # -- model bundles (fine-tuning/refinement -> scoring) -----------------------------------------
+def _architecture(model: ECGClassifier | EnsembleClassifier) -> dict:
+    if isinstance(model, EnsembleClassifier):
+        return {"members": model.spec}
+    return {"encoder": dict(model.encoder.spec), "head": dict(model.config)}
+
+
+def _build(meta: dict) -> ECGClassifier | EnsembleClassifier:
+    """The architecture a bundle's metadata names, to load its state dict into."""
+    if "members" in meta:
+        return EnsembleClassifier.from_spec(meta["members"])
+    spec = dict(meta["encoder"])
+    return ECGClassifier(create_encoder(spec.pop("name"), **spec), **meta["head"])
+
+
 @dataclass
 class Bundle:
     """Everything scoring needs to turn an ECG into calibrated per-statement risk."""
 
-    model: ECGClassifier
+    model: ECGClassifier | EnsembleClassifier
     classes: list[str]
     preprocessing: Preprocessing
     scaler: Scaler
@@ -149,8 +164,7 @@ class Bundle:
 
     def meta(self) -> dict:
         return {
-            "kind": "bundle", "format": BUNDLE_FORMAT, "encoder": dict(self.model.encoder.spec),
-            "head": dict(self.model.config),
+            "kind": "bundle", "format": BUNDLE_FORMAT, **_architecture(self.model),
             "classes": list(self.classes), "preprocessing": self.preprocessing.to_dict(),
             "scaler": {"mean": self.scaler.mean, "std": self.scaler.std},
             "temperature": [float(t) for t in self.temperature],
@@ -179,9 +193,8 @@ class Bundle:
         if m.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{path}: bundle format {m.get('format')} is not supported "
                               f"(this ecgrisk reads format {BUNDLE_FORMAT})")
-        spec = dict(m["encoder"])
         try:
-            model = ECGClassifier(create_encoder(spec.pop("name"), **spec), **m["head"])
+            model = _build(m)
             model.load_state_dict(obj["state_dict"])
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
             raise BundleError(f"{path}: weights do not match the architecture it names: {e}") from e

@@ -50,7 +50,17 @@ from ecgrisk.bundle import Bundle, encoder_meta
 from ecgrisk.calibration import prob_to_logit
 from ecgrisk.conformal import fit_review, split_review
 from ecgrisk.files import atomic_path, atomic_write_text, file_sha256
-from ecgrisk.metrics import brier, ece, reliability
+from ecgrisk.metrics import (
+    bootstrap_ci,
+    brier,
+    ece,
+    fmax,
+    macro_auprc,
+    macro_auroc,
+    per_class_auroc,
+    reliability,
+)
+from ecgrisk.scoring.compare import table_lines
 from ecgrisk.scoring.evaluate import EvaluationError, groups_of, join_scores
 from ecgrisk.scoring.recalibrate import check_own_scores
 from ecgrisk.shipped import SHIPPED_DIR
@@ -70,6 +80,20 @@ SOURCE_ATTRIBUTION = {
                   "Will Two Do? Varying Dimensions in Electrocardiography: the PhysioNet/Computing in "
                   "Cardiology Challenge 2021), CC BY 4.0."),
 }
+
+
+LIMITS = [
+    "## Intended use and limits",
+    "- Research use: benchmarking, triage research, a base for fine-tuning or refinement from "
+    "cardiologist feedback. **Not a medical device; its outputs must not drive clinical decisions on "
+    "their own.**",
+    "- PTB-XL comes from one German centre (Schiller devices, 1989-1996) with labels from the "
+    "original reports: other populations, devices, filters and label conventions will shift both "
+    "discrimination and calibration. Re-check calibration on local data before using probabilities.",
+    "- Figures are fold-9 (validation) figures on which the epoch and the calibration were "
+    "chosen, so they are slightly optimistic; the test fold is scored outside the project.",
+    "- Rare statements have few positives on fold 9; their AUROC intervals are wide.",
+]
 
 
 def _precision(m: dict, trainer: dict) -> str:
@@ -120,6 +144,16 @@ def _usage_line(name: str, bundle: Bundle, target: Path) -> str:
             f"`{file_sha256(target)}`; bundle `{bundle.name}` version `{bundle.version}`.")
 
 
+def _what_it_does(bundle: Bundle, task: str) -> str:
+    classes = list(bundle.classes)
+    return (f"Reads a 12-lead resting ECG (any length; resampled to {bundle.preprocessing.fs:g} Hz) "
+            f"and gives a calibrated probability for each of {len(classes)} PTB-XL `{task}` "
+            f"statements: {', '.join(classes) if len(classes) <= 12 else ', '.join(classes[:12]) + ', ...'}. "
+            f"Windows of {bundle.window_s:g} s at {bundle.stride_s:g} s stride, aggregated per ECG by "
+            f"{bundle.aggregation}; risk bands low < {bundle.risk_bands[0]:g} <= moderate < "
+            f"{bundle.risk_bands[1]:g} <= high.")
+
+
 def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
     m = json.loads((run / "metrics.json").read_text())
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
@@ -139,12 +173,7 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
         _usage_line(name, bundle, target),
         "",
         "## What it does",
-        f"Reads a 12-lead resting ECG (any length; resampled to {bundle.preprocessing.fs:g} Hz) and gives a "
-        f"calibrated probability for each of {len(classes)} PTB-XL `{data['task']}` statements: "
-        f"{', '.join(classes) if len(classes) <= 12 else ', '.join(classes[:12]) + ', ...'}. "
-        f"Windows of {bundle.window_s:g} s at {bundle.stride_s:g} s stride, aggregated per ECG by "
-        f"{bundle.aggregation}; risk bands low < {bundle.risk_bands[0]:g} <= moderate < "
-        f"{bundle.risk_bands[1]:g} <= high.",
+        _what_it_does(bundle, data["task"]),
         "",
         "## Data",
         f"PTB-XL 1.0.1 at 100 Hz (the release of the published benchmark), labels built with the "
@@ -186,16 +215,7 @@ def card(run: Path, name: str, bundle: Bundle, target: Path) -> str:
         "## Which ECGs need review",
         *_review_lines(bundle, y, p_cal),
         "",
-        "## Intended use and limits",
-        "- Research use: benchmarking, triage research, a base for fine-tuning or refinement from "
-        "cardiologist feedback. **Not a medical device; its outputs must not drive clinical decisions on "
-        "their own.**",
-        "- PTB-XL comes from one German centre (Schiller devices, 1989-1996) with labels from the "
-        "original reports: other populations, devices, filters and label conventions will shift both "
-        "discrimination and calibration. Re-check calibration on local data before using probabilities.",
-        "- Figures are fold-9 (validation) figures on which the epoch and the calibration were "
-        "chosen, so they are slightly optimistic; the test fold is scored outside the project.",
-        "- Rare statements have few positives on fold 9; their AUROC intervals are wide.",
+        *LIMITS,
         "",
         "## Reproduce",
         f"{_run_command(run, 'ecgrisk-finetune') or reproduce}, then "
@@ -449,6 +469,99 @@ def _subgroup_lines(path: Path, bundle: Bundle) -> list[str]:
     return lines
 
 
+def _member_lines(bundle: Bundle) -> list[str]:
+    lines = []
+    for m in bundle.extra["ensemble"]:
+        member = Bundle.load(m["path"])
+        cfg = yaml.safe_load(member.config)
+        model, ft, trainer = cfg["model"], cfg["finetune"], cfg["trainer"]
+        start = f"`{model['pretrained']}`" if model.get("pretrained") else "random initialisation"
+        lines.append(f"- `{m['name']}` version `{m['version']}` (SHA-256 `{m['sha256'][:16]}...`): "
+                     f"{model['name']} ({sum(q.numel() for q in member.model.parameters()):,} "
+                     f"parameters), head `{model['head']}`, {ft['mode']} fine-tuning from {start}, "
+                     f"lr {ft['lr']:g}, {trainer['max_epochs']} epochs, its calibration fitted on "
+                     f"fold {', '.join(map(str, cfg['data'].get('val_folds', [9])))}.")
+    return lines
+
+
+def _comparison_lines(path: Path) -> list[str]:
+    r = json.loads(path.read_text())
+    return [f"Each member alone and the ensemble on the same {r['ecgs']:,} fold-9 ECGs "
+            f"(`{path}`; {r['bootstrap']} resamples, the differences paired):", "", *table_lines(r)]
+
+
+def ensemble_card(name: str, bundle: Bundle, target: Path, joined, task: str,
+                  compare: Path | None) -> str:
+    """The card of an ensemble bundle (``ecgrisk ensemble``, then ``ecgrisk recalibrate`` on
+    fold 9), its figures read from its own fold-9 scores ``joined`` and its recalibration."""
+    y, p = joined.y, joined.p
+    auroc = bootstrap_ci(macro_auroc, y, p, n=100)
+    f_max = bootstrap_ci(fmax, y, p, n=100)
+    per_class = sorted(zip(bundle.classes, per_class_auroc(y, p), strict=True),
+                       key=lambda t: 2.0 if np.isnan(t[1]) else -t[1])
+    r = bundle.extra["recalibration"]
+    members = bundle.extra["ensemble"]
+    lines = [
+        f"# Model card: `{name}`", "", _usage_line(name, bundle, target), "",
+        "## What it does", _what_it_does(bundle, task), "",
+        "## Members",
+        f"An ensemble of {len(members)} fine-tuned models (`ecgrisk ensemble`): each window's "
+        f"logits are each member's calibrated logits (its own temperature and bias), averaged; "
+        f"then aggregated per ECG by {bundle.aggregation} and calibrated again as one model. It "
+        f"scores at about 1/{len(members)} of a member's speed. Every member was trained on "
+        f"PTB-XL 1.0.1 strat_folds 1-8 at 100 Hz with the benchmark's label rules; fold 10 was "
+        f"withheld from this project and is scored independently.",
+        *_member_lines(bundle), "",
+        "## Performance on fold 9 (validation)",
+        f"{len(joined.keys):,} records, 100 bootstrap resamples; ranking metrics on the bundle's "
+        f"calibrated probabilities (a monotone map per statement, so AUROC is the model's own).", "",
+        "| metric | value |", "|---|---|",
+        f"| macro AUROC | {auroc['point']:.4f} (90% CI {auroc['lower']:.4f}-{auroc['upper']:.4f}) |",
+        f"| F-max | {f_max['point']:.4f} (90% CI {f_max['lower']:.4f}-{f_max['upper']:.4f}) |",
+        f"| macro AUPRC | {macro_auprc(y, p):.4f} |", "",
+        *(_comparison_lines(compare) + [""] if compare else []),
+        "Per-statement AUROC: " + ", ".join(
+            f"{c} {a:.3f}" if not np.isnan(a) else f"{c} n/a" for c, a in per_class) + ".", "",
+        "## Calibration",
+        f"The ensemble's per-statement calibration ({r['form']}, chosen on held-out halves of "
+        f"fold 9 by `ecgrisk recalibrate`) fitted on fold 9 ({r['ecgs']:,} ECGs) on top of the mean "
+        f"of the members' calibrated logits. On fold 9 itself, Brier {r['brier_before']:.4f} -> "
+        f"{r['brier_after']:.4f} and ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f} (before -> "
+        f"after that refit). In-sample: expect somewhat worse calibration elsewhere.", "",
+        "## Which ECGs need review",
+        *_review_lines(bundle, y, p, groups_of(joined, list(bundle.extra["review"].get("by", [])))),
+        "", *LIMITS, "",
+        "## Reproduce",
+        f"`ecgrisk ensemble {' '.join(m['path'] for m in members)} --out ensemble.pt`; score fold 9 "
+        f"with it; `ecgrisk recalibrate SCORES --labels <PTB-XL 1.0.1> --task {task} --only fold=9 "
+        f"--model ensemble.pt "
+        + " ".join(f"--by {b}" for b in bundle.extra["review"].get("by", []))
+        + f" --out {name}.pt`; `python scripts/ship_bundle.py --ensemble {name}.pt --name {name} "
+          f"--scores SCORES --labels <PTB-XL 1.0.1> --task {task}`.", "",
+        "## Licence and attribution", ATTRIBUTION,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def ship_ensemble(path: Path, name: str, scores: Path, labels: str, task: str,
+                  compare: Path | None) -> Path:
+    bundle = Bundle.load(path)
+    if "ensemble" not in bundle.extra or "recalibration" not in bundle.extra:
+        raise SystemExit(f"{path}: not an ensemble recalibrated on its validation fold (`ecgrisk "
+                         f"ensemble`, then `ecgrisk recalibrate`)")
+    val_folds = yaml.safe_load(bundle.config)["data"].get("val_folds", [9])
+    joined = join_scores(scores, labels, task, [f"fold={','.join(map(str, val_folds))}"])
+    try:
+        check_own_scores(joined, bundle, path)
+    except EvaluationError as e:
+        raise SystemExit(f"{scores}: {e}") from e
+    target = SHIPPED_DIR / f"{name}.pt"
+    with atomic_path(target) as tmp:
+        shutil.copyfile(path, tmp)
+    atomic_write_text(SHIPPED_DIR / f"{name}.md", ensemble_card(name, bundle, target, joined, task, compare))
+    return target
+
+
 def ship_bundle(run: Path, name: str) -> Path:
     src = run / "model.pt"
     bundle = Bundle.load(src)  # refuses a damaged file before it is shipped
@@ -481,9 +594,15 @@ def main(argv=None) -> Path:
     p.add_argument("--refresh-review", metavar="NAME",
                    help="refit shipped bundle NAME's review band on --scores it wrote for its "
                         "validation fold, with --labels (and --task for a PTB-XL root)")
-    p.add_argument("--scores", type=Path, help="with --refresh-review: the bundle's scores table")
-    p.add_argument("--labels", help="with --refresh-review: a labels CSV or a PTB-XL root")
-    p.add_argument("--task", default=None, help="with --refresh-review and a PTB-XL root")
+    p.add_argument("--ensemble", type=Path, metavar="BUNDLE",
+                   help="ship an ensemble bundle (`ecgrisk ensemble`, recalibrated on its "
+                        "validation fold) as --name, its card from its --scores of that fold")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="with --ensemble: scripts/compare_scores.py's JSON of its members and it")
+    p.add_argument("--scores", type=Path,
+                   help="with --refresh-review or --ensemble: the bundle's scores table")
+    p.add_argument("--labels", help="with --refresh-review or --ensemble: a labels CSV or a PTB-XL root")
+    p.add_argument("--task", default=None, help="with --refresh-review or --ensemble and a PTB-XL root")
     p.add_argument("--by", action="append", default=[], metavar="COLUMN[:EDGES]",
                    help="with --refresh-review: groups the band's bound must hold in too, as "
                         "`ecgrisk evaluate --by` takes them (repeatable)")
@@ -496,6 +615,13 @@ def main(argv=None) -> Path:
             p.error("--refresh-review NAME needs --scores and --labels")
         target = refresh_review(args.refresh_review, args.scores, args.labels, args.task, args.by)
         print(f"refitted the review band of {target} and rewrote its card")
+        return target
+    if args.ensemble:
+        if args.name is None or args.scores is None or args.labels is None or args.task is None:
+            p.error("--ensemble BUNDLE needs --name, --scores, --labels and --task")
+        target = ship_ensemble(args.ensemble, args.name, args.scores, args.labels, args.task,
+                               args.compare)
+        print(f"shipped {target} and its card {target.with_suffix('.md')}")
         return target
     if args.refresh_card:
         target = refresh_card(args.refresh_card, args.label_efficiency, args.subgroups)

@@ -272,3 +272,65 @@ def test_a_shipped_bundles_review_band_is_refitted_on_its_own_validation_scores(
     with pytest.raises(SystemExit, match="the scores come from .*, not from"):
         ship.main(["--refresh-review", "sd", "--scores", str(scores), "--labels", str(ptbxl_root),
                    "--task", "superdiagnostic"])
+
+
+def test_an_ensemble_ships_with_a_card_read_from_its_own_validation_scores(
+        ship, ptbxl_root, tmp_path, monkeypatch):
+    import pandas as pd
+    from test_ensemble import _member
+
+    import ecgrisk.conformal
+    import ecgrisk.shipped
+    from ecgrisk.bundle import Bundle
+    from ecgrisk.cli import main as cli_main
+    from ecgrisk.metrics import bootstrap_ci, macro_auroc
+    from ecgrisk.preprocess import Scaler
+    from ecgrisk.scoring.evaluate import join_scores
+    from ecgrisk.scoring.job import score_files
+
+    monkeypatch.setattr(ecgrisk.conformal, "MIN_GROUP", 20)  # the subset's fold 9 is small
+    a = _member(tmp_path / "a.pt", 0, "xresnet1d18", Scaler(0.01, 0.2), np.ones(5), np.zeros(5))
+    b = _member(tmp_path / "b.pt", 1, "inception1d", Scaler(0.0, 0.15), np.full(5, 2.0), np.zeros(5))
+    db = pd.read_csv(ptbxl_root / "ptbxl_database.csv")
+    manifest = tmp_path / "fold9.csv"
+    pd.DataFrame({"path": [str(ptbxl_root / f) for f in db.filename_lr[db.strat_fold == 9]]}
+                 ).to_csv(manifest, index=False)
+
+    def scored(bundle, name):
+        score_files([str(manifest)], bundle, tmp_path / name, workers=0, progress=False)
+        return tmp_path / name
+
+    assert cli_main(["ensemble", str(a), str(b), "--out", str(tmp_path / "e.pt")]) == 0
+    labels = ["--labels", str(ptbxl_root), "--task", "superdiagnostic"]
+    assert cli_main(["recalibrate", str(scored(tmp_path / "e.pt", "e.csv")), *labels, "--only",
+                     "fold=9", "--model", str(tmp_path / "e.pt"), "--by", "sex",
+                     "--out", str(tmp_path / "final.pt")]) == 0
+    final = scored(tmp_path / "final.pt", "final.csv")
+    compare = load_script("compare_scores")
+    compare.main([str(scored(a, "a.csv")), str(final), *labels, "--bootstrap", "20",
+                  "--out", str(tmp_path / "cmp")])
+    monkeypatch.setattr(ship, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(ecgrisk.shipped, "SHIPPED_DIR", tmp_path / "shipped")
+    (tmp_path / "shipped").mkdir()
+    with pytest.raises(SystemExit, match="not an ensemble recalibrated"):
+        ship.main(["--ensemble", str(tmp_path / "e.pt"), "--name", "ens", "--scores",
+                   str(tmp_path / "e.csv"), *labels])
+    ship.main(["--ensemble", str(tmp_path / "final.pt"), "--name", "ens", "--scores", str(final),
+               *labels, "--compare", str(tmp_path / "cmp.json")])
+
+    target = tmp_path / "shipped" / "ens.pt"
+    assert file_sha256(target) == file_sha256(tmp_path / "final.pt") == file_sha256(resolve("ens"))
+    bundle = Bundle.load("ens")
+    card = (tmp_path / "shipped" / "ens.md").read_text()
+    fold9 = join_scores(final, ptbxl_root, "superdiagnostic", ["fold=9"])
+    auroc = bootstrap_ci(macro_auroc, fold9.y, fold9.p, n=100)
+    assert (f"| macro AUROC | {auroc['point']:.4f} (90% CI {auroc['lower']:.4f}-"
+            f"{auroc['upper']:.4f}) |") in card
+    members = card.split("\n## Members\n")[1].split("\n## ")[0]
+    assert "- `xresnet1d18-tiny` version `0`" in members and "- `inception1d-tiny` version `1`" in members
+    assert "inception1d (" in members and "random initialisation" in members
+    r = bundle.extra["recalibration"]
+    assert f"Brier {r['brier_before']:.4f} -> {r['brier_after']:.4f}" in card
+    low = bundle.extra["review"]["low"]
+    assert f"lies in the band {low:.3f}-{1 - low:.3f}" in card and "--by sex" in card
+    assert "| `a.csv` | xresnet1d18-tiny 0 |" in card and "| `final.csv` |" in card

@@ -40,6 +40,7 @@ from ecgrisk.data.datamodule import build_datamodule
 from ecgrisk.feedback.store import FeedbackStore
 from ecgrisk.groups import record_groups, usable_specs
 from ecgrisk.metrics import reliability
+from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.plotting import plot_reliability
 from ecgrisk.refine.loop import make_feedback, run_loop
 from ecgrisk.refine.policy import BernoulliPolicy
@@ -105,6 +106,11 @@ def refine(cfg: DictConfig) -> dict:
         raise ValueError(f"rounds and queries_per_round must be >= 1, got {cfg.rounds} and "
                          f"{cfg.queries_per_round}")
     bundle = Bundle.load(cfg.base)
+    if not isinstance(bundle.model, ECGClassifier):
+        # the refiners move one head on one encoder's embeddings
+        raise ValueError(f"base={cfg.base} is an ensemble: refine one of its members "
+                         f"({', '.join(m['path'] for m in bundle.extra.get('ensemble', []))}), "
+                         f"then build the ensemble again with `ecgrisk ensemble`")
     out = run_dir(cfg)
     if (out / "feedback.db").exists():
         raise FileExistsError(f"{out / 'feedback.db'} exists: a refine run needs a fresh run "

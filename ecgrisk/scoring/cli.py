@@ -1,8 +1,9 @@
-"""``ecgrisk score``, ``evaluate``, ``recalibrate`` and ``export``, registered on the ``ecgrisk``
+"""``ecgrisk score``, ``evaluate``, ``recalibrate``, ``ensemble`` and ``export``, registered on the ``ecgrisk``
 command line by :func:`add_parsers` (``score``'s examples and exit status: ``_SCORE_EPILOG``).
 
     ecgrisk evaluate scores.csv --labels labels.csv --by sex --by age:40,60,80 --out eval/
     ecgrisk recalibrate scores.csv --labels labels.csv --model ptbxl-superdiagnostic --out local.pt
+    ecgrisk ensemble runs/a/model.pt runs/b/model.pt --out ensemble.pt
     ecgrisk export model.pt --onnx model.onnx
 """
 
@@ -195,6 +196,25 @@ def _recalibrate(args) -> int:
     return 0
 
 
+def _ensemble(args) -> int:
+    from ecgrisk.bundle_files import BundleError
+    from ecgrisk.scoring.ensemble import ensemble_bundles
+
+    try:
+        bundle = ensemble_bundles(args.bundles, name=args.name)
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bundle.save(args.out)
+    print(f"ensemble of {len(args.bundles)} bundles written to {args.out} ({bundle.name}).\n"
+          f"It has no review band and its calibration is the identity on the mean of the members' "
+          f"calibrated logits; refit both on the validation fold the members were calibrated on:\n"
+          f"  ecgrisk score VALIDATION_ECGS --model {args.out} --out val.csv\n"
+          f"  ecgrisk recalibrate val.csv --labels LABELS --model {args.out} --out FINAL.pt "
+          f"[--by sex --by age:40,60,80 ...]")
+    return 0
+
+
 def _labelled_scores(p, only_verb: str) -> None:
     """The arguments ``evaluate`` and ``recalibrate`` share: a scores table and its labels."""
     p.add_argument("scores", help="the scores table (.csv or .parquet) `ecgrisk score` wrote")
@@ -209,8 +229,8 @@ def _labelled_scores(p, only_verb: str) -> None:
 
 
 def add_parsers(subparsers) -> None:
-    """Register ``score``, ``evaluate``, ``recalibrate`` and ``export`` on the ``ecgrisk`` CLI's
-    sub-parsers."""
+    """Register ``score``, ``evaluate``, ``recalibrate``, ``ensemble`` and ``export``
+    on the ``ecgrisk`` CLI's sub-parsers."""
     s = subparsers.add_parser(
         "score", help="score ECG files with a model bundle into a table",
         description="Score ECG files with a model bundle: one row per ECG of calibrated\n"
@@ -276,6 +296,17 @@ def add_parsers(subparsers) -> None:
                         "scores column too (groups of 150 ECGs or more), e.g. sex or age:40,60,80 "
                         "(repeatable; more ECGs flagged)")
     r.set_defaults(func=_recalibrate)
+
+    n = subparsers.add_parser(
+        "ensemble", help="combine fine-tuned bundles into one that scores as their ensemble",
+        description="Combine fine-tuned bundles (same statements, preprocessing, windows, "
+                    "aggregation and precision) into one bundle whose model is the mean of the "
+                    "members' calibrated logits. Then refit its calibration and review band with "
+                    "`ecgrisk recalibrate` on the validation fold.")
+    n.add_argument("bundles", nargs="+", metavar="BUNDLE", help="model.pt files or shipped names")
+    n.add_argument("--out", required=True, help="the ensemble bundle to write (.pt)")
+    n.add_argument("--name", default=None, help="its name (default: the members' joined by +)")
+    n.set_defaults(func=_ensemble)
 
     e = subparsers.add_parser("export", help="export a model bundle's network to ONNX")
     e.add_argument("model", help="model bundle (model.pt or a shipped name)")

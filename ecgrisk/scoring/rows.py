@@ -48,14 +48,18 @@ def check_bands(bands) -> tuple[float, float]:
 
 def review_band(bundle) -> ReviewBand | None:
     """The bundle's review band; None, with a warning, for a bundle made before it existed
-    (its per-statement conformal sets are no longer read)."""
+    (its per-statement conformal sets are no longer read) or not yet given one (an ensemble
+    before ``ecgrisk recalibrate``)."""
     if "review" in bundle.extra:
         return ReviewBand.from_dict(bundle.extra["review"])
-    if "conformal" in bundle.extra and (bundle.name, bundle.version) not in _WARNED:
+    why = ("carries the per-statement review sets of an earlier ecgrisk, no longer read"
+           if "conformal" in bundle.extra else
+           "is an ensemble not yet recalibrated" if "ensemble" in bundle.extra else None)
+    if why and (bundle.name, bundle.version) not in _WARNED:
         _WARNED.add((bundle.name, bundle.version))
-        log.warning("%s %s carries the per-statement review sets of an earlier ecgrisk, no longer "
-                    "read: needs_review follows the quality flags only. `ecgrisk recalibrate` on "
-                    "labelled ECGs it scored gives it a review band.", bundle.name, bundle.version)
+        log.warning("%s %s %s: needs_review follows the quality flags only. `ecgrisk recalibrate` "
+                    "on labelled ECGs it scored gives it a review band.", bundle.name,
+                    bundle.version, why)
     return None
 
 
