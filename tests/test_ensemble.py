@@ -143,3 +143,17 @@ def test_refinement_refuses_an_ensemble_base_and_names_its_members(members, tmp_
     cfg = compose("refine", [f"base={ens}", f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(ValueError, match=r"is an ensemble: refine one of its members \(.*a\.pt"):
         refine(cfg)
+
+
+def test_an_ensemble_exports_to_onnx_and_scores_the_same_there(members, ptbxl_root, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    ens = tmp_path / "ens.pt"
+    ensemble_bundles(list(members)).save(ens)
+    assert cli_main(["export", str(ens), "--onnx", str(tmp_path / "ens.onnx")]) == 0
+    rec = str(ptbxl_root / "records100" / "00000" / "00002_lr.hea")
+    a, b = tmp_path / "torch.csv", tmp_path / "onnx.csv"
+    score_files([rec], ens, a, workers=0, progress=False)
+    score_files([rec], ens, b, workers=0, progress=False, backend="onnx", onnx_path=tmp_path / "ens.onnx")
+    cols = [f"prob/{c}" for c in CLASSES]
+    np.testing.assert_allclose(pd.read_csv(a)[cols].to_numpy(), pd.read_csv(b)[cols].to_numpy(), atol=1e-5)
