@@ -71,6 +71,7 @@ def test_the_ensemble_is_the_mean_of_its_members_calibrated_logits(members):
     np.testing.assert_array_equal(ens.bias, 0.0)
     assert [m["name"] for m in ens.extra["ensemble"]] == ["xresnet1d18-tiny", "inception1d-tiny"]
     assert "task: superdiagnostic" in ens.config and "review" not in ens.extra
+    assert "train_records" not in ens.extra  # the members do not say what they trained on
 
 
 def test_an_ensemble_bundle_round_trips_and_scores_as_the_hand_computation(members, ptbxl_root, tmp_path,
@@ -157,3 +158,14 @@ def test_an_ensemble_exports_to_onnx_and_scores_the_same_there(members, ptbxl_ro
     score_files([rec], ens, b, workers=0, progress=False, backend="onnx", onnx_path=tmp_path / "ens.onnx")
     cols = [f"prob/{c}" for c in CLASSES]
     np.testing.assert_allclose(pd.read_csv(a)[cols].to_numpy(), pd.read_csv(b)[cols].to_numpy(), atol=1e-5)
+
+
+def test_an_ensemble_records_every_record_its_members_trained_on(members, tmp_path):
+    paths = []
+    for i, (path, ids) in enumerate(zip(members, (["1", "2", "5"], ["2", "3"]), strict=True)):
+        b = Bundle.load(path)
+        b.extra["train_records"] = ids
+        b.save(tmp_path / f"m{i}.pt")
+        paths.append(tmp_path / f"m{i}.pt")
+    # as a self-training teacher it is refused for any record a member learned the labels of
+    assert ensemble_bundles(paths).extra["train_records"] == ["1", "2", "3", "5"]

@@ -66,6 +66,11 @@ def ensemble_bundles(paths: list[str | Path], name: str | None = None) -> Bundle
     data = (yaml.safe_load(first.config) or {}).get("data", {}) if first.config else {}
     config = yaml.safe_dump({"ensemble": {"members": listed}, "data": data,
                              "trainer": {"precision": first.precision}}, sort_keys=False)
+    extra = {"ensemble": listed}
+    if all("train_records" in b.extra for b in members):
+        # every record a member learned from: a self-training run refuses the ensemble as a
+        # teacher of any of them, as it refuses a single model
+        extra["train_records"] = sorted({str(r) for b in members for r in b.extra["train_records"]})
     return Bundle(model=model, classes=list(first.classes), preprocessing=first.preprocessing,
                   scaler=s0, temperature=np.ones(len(first.classes)),
                   bias=np.zeros(len(first.classes)), window_s=first.window_s,
@@ -73,5 +78,5 @@ def ensemble_bundles(paths: list[str | Path], name: str | None = None) -> Bundle
                   risk_bands=first.risk_bands,
                   name=name or "+".join(b.name for b in members),
                   version=time.strftime("%Y%m%d-%H%M%S"), config=config,
-                  extra={"ensemble": listed}, precision=first.precision)
+                  extra=extra, precision=first.precision)
 
