@@ -507,8 +507,8 @@ def ensemble_card(name: str, bundle: Bundle, target: Path, joined, task: str,
         "## Members",
         f"An ensemble of {len(members)} fine-tuned models (`ecgrisk ensemble`): each window's "
         f"logits are each member's calibrated logits (its own temperature and bias), averaged; "
-        f"then aggregated per ECG by {bundle.aggregation} and calibrated again as one model. It "
-        f"scores at about 1/{len(members)} of a member's speed. Every member was trained on "
+        f"then aggregated per ECG by {bundle.aggregation} and calibrated again as one model. "
+        f"Scoring runs every member on every window. Every member was trained on "
         f"PTB-XL 1.0.1 strat_folds 1-8 at 100 Hz with the benchmark's label rules; fold 10 was "
         f"withheld from this project and is scored independently.",
         *_member_lines(bundle), "",

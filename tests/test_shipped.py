@@ -14,7 +14,7 @@ from ecgrisk.io import read_ecg
 from ecgrisk.scoring.predict import predict_proba
 from ecgrisk.shipped import DEFAULT_BUNDLE, SHIPPED_DIR, list_shipped
 
-SHIPPED = ["ptbxl-superdiagnostic", "ptbxl-all"]
+SHIPPED = ["ptbxl-superdiagnostic", "ptbxl-all", "ptbxl-all-ensemble"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -37,7 +37,7 @@ def test_the_default_bundle_is_shipped():
 
 
 def test_an_unknown_name_is_a_clear_error():
-    with pytest.raises(BundleError, match="no shipped bundle has that name.*ptbxl-all, ptbxl-superdiagnostic"):
+    with pytest.raises(BundleError, match="no shipped bundle has that name.*ptbxl-all, ptbxl-all-ensemble, ptbxl-superdiagnostic"):
         Bundle.load("ptbxl-nonexistent")
 
 
@@ -53,8 +53,9 @@ def test_superdiagnostic_bundle_reads_a_normal_ecg_as_normal(record_00001):
     assert max(p, key=p.get) == "NORM" and p["NORM"] > 0.5
 
 
-def test_all_statements_bundle_finds_normal_and_sinus_rhythm(record_00001):
-    bundle = Bundle.load("ptbxl-all")
+@pytest.mark.parametrize("name", ["ptbxl-all", "ptbxl-all-ensemble"])
+def test_all_statements_bundle_finds_normal_and_sinus_rhythm(record_00001, name):
+    bundle = Bundle.load(name)
     p = dict(zip(bundle.classes, predict_proba(bundle, record_00001.signal, record_00001.fs), strict=True))
     top = sorted(p, key=p.get, reverse=True)[:3]
     assert {"NORM", "SR"} <= set(top) and p["NORM"] > 0.5 and p["SR"] > 0.5
