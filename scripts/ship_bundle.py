@@ -412,6 +412,19 @@ def _with_section(card_path: Path, text: str, section: str, body: list[str], bef
     raise SystemExit(f"{card_path}: no '## {section}' section to rewrite")
 
 
+def _own_validation_scores(bundle: Bundle, path: Path, scores: Path, labels: str, task: str | None):
+    """``scores`` of ``bundle``'s validation fold joined to their labels; scores another bundle
+    wrote are refused."""
+    # a config from before the fold keys was trained with the benchmark's folds, fold 9 validating
+    val_folds = yaml.safe_load(bundle.config)["data"].get("val_folds", [9])
+    joined = join_scores(scores, labels, task, [f"fold={','.join(map(str, val_folds))}"])
+    try:
+        check_own_scores(joined, bundle, path)
+    except EvaluationError as e:
+        raise SystemExit(f"{scores}: {e}") from e
+    return joined
+
+
 def refresh_review(name: str, scores: Path, labels: str, task: str | None,
                    by: list[str] = ()) -> Path:
     """Refit shipped bundle ``name``'s review band on its own scores of its validation fold (the
@@ -421,13 +434,7 @@ def refresh_review(name: str, scores: Path, labels: str, task: str | None,
     of those groups too."""
     target, card_path = _shipped(name)
     bundle = Bundle.load(target)
-    # a config from before the fold keys was trained with the benchmark's folds, fold 9 validating
-    val_folds = yaml.safe_load(bundle.config)["data"].get("val_folds", [9])
-    joined = join_scores(scores, labels, task, [f"fold={','.join(map(str, val_folds))}"])
-    try:
-        check_own_scores(joined, bundle, target)
-    except EvaluationError as e:
-        raise SystemExit(f"{scores}: {e}") from e
+    joined = _own_validation_scores(bundle, target, scores, labels, task)
     alpha = float(bundle.extra.get("review", {}).get("alpha", 0.1))
     groups = groups_of(joined, list(by))
     extra = conformal.with_band(bundle.extra, fit_review(joined.y, joined.p, alpha, groups))
@@ -549,12 +556,7 @@ def ship_ensemble(path: Path, name: str, scores: Path, labels: str, task: str,
     if "ensemble" not in bundle.extra or "recalibration" not in bundle.extra:
         raise SystemExit(f"{path}: not an ensemble recalibrated on its validation fold (`ecgrisk "
                          f"ensemble`, then `ecgrisk recalibrate`)")
-    val_folds = yaml.safe_load(bundle.config)["data"].get("val_folds", [9])
-    joined = join_scores(scores, labels, task, [f"fold={','.join(map(str, val_folds))}"])
-    try:
-        check_own_scores(joined, bundle, path)
-    except EvaluationError as e:
-        raise SystemExit(f"{scores}: {e}") from e
+    joined = _own_validation_scores(bundle, path, scores, labels, task)
     target = SHIPPED_DIR / f"{name}.pt"
     with atomic_path(target) as tmp:
         shutil.copyfile(path, tmp)
