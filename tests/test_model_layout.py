@@ -129,3 +129,48 @@ def test_fidelity_scores_fold_9_with_the_bundle_before_now_and_folded(tmp_path):
         assert f["macro_auroc"][variant] == pytest.approx(expected, abs=1e-6, nan_ok=True)
     assert set(f["abs_diff"]) == {"before", "folded"}
     assert all(d["max"] < 1e-5 for d in f["abs_diff"].values())
+
+
+def _inception(seed: int = 0) -> ECGClassifier:
+    torch.manual_seed(seed)
+    model = ECGClassifier(create_encoder("inception1d", nb_filters=8, bottleneck_size=8), num_classes=3,
+                          head="benchmark")
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _inception_one_d(enc, x: torch.Tensor) -> torch.Tensor:
+    """The inception1d's features with every module on ``[B, C, T]``, torch's max pooling in its
+    pool branch: the model as it ran before the row image."""
+    residual = x
+    for d, block in enumerate(enc.blocks):
+        bottled = block.bottleneck(x)
+        pooled = block.pool_branch[1](F.max_pool1d(x, 3, stride=1, padding=1))
+        x = block.bn_relu(torch.cat([conv(bottled) for conv in block.convs] + [pooled], dim=1))
+        if d % 3 == 2:
+            x = enc.shortcuts[d // 3](residual, x)
+            residual = x
+    return x
+
+
+@pytest.mark.parametrize("length", [250, 1000])
+def test_the_inception1d_row_image_gives_the_features_of_the_one_d_layout(length):
+    model = _inception().eval().double()
+    x = torch.randn(4, 12, length, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder.forward_features(x), _inception_one_d(model.encoder, x),
+                                   rtol=1e-10, atol=1e-10)
+    # and in training: the same gradients through the neighbour maximum as through max pooling
+    model.train()
+    grads = []
+    for features in (model.encoder.forward_features, lambda v: _inception_one_d(model.encoder, v)):
+        model.zero_grad()
+        features(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.encoder.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    keys = set(model.state_dict())
+    assert {"encoder.blocks.0.pool_branch.1.weight", "encoder.blocks.0.bn_relu.0.running_mean"} <= keys
