@@ -9,37 +9,22 @@ kernels 39, 19 and 9 (even sizes are decremented to keep 'same' padding).
 
 There is no downsampling: ``T' = T``. `embed` is concat max+mean pooling, as in the benchmark
 head, so ``embed_dim = 2 * feature_dim = 2 * 4 * nb_filters``.
-
-The blocks run on a row image ``[B, C, 1, T]`` in channels-last memory, as the xresnet1d's do
-(:class:`~ecgrisk.models.layers.RowConv1d`; the state dict stays that of ``Conv1d`` and
-``BatchNorm1d``), and the pool branch takes each sample's maximum with its two neighbours by two
-elementwise maxima: torch's max pooling on that layout took a third of the model's time.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ecgrisk.models.layers import AdaptiveConcatPool1d, Encoder, RowBatchNorm1d, RowConv1d
+from ecgrisk.models.layers import AdaptiveConcatPool1d, Encoder
 
 __all__ = ["Inception1d", "InceptionBlock1d"]
 
 
-def _conv(c_in: int, c_out: int, kernel_size: int, stride: int = 1) -> RowConv1d:
-    return RowConv1d(
+def _conv(c_in: int, c_out: int, kernel_size: int, stride: int = 1) -> nn.Conv1d:
+    return nn.Conv1d(
         c_in, c_out, kernel_size, stride=stride, padding=(kernel_size - 1) // 2, bias=False
     )
-
-
-class NeighbourMax(nn.Module):
-    """``MaxPool1d(3, stride=1, padding=1)`` over the last dimension, on ``[B, C, T]`` or a row
-    image ``[B, C, 1, T]``: the same values, 3x as fast as torch's pooling on the row image."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        pad = F.pad(x, (1, 1), value=float("-inf"))
-        return torch.maximum(torch.maximum(pad[..., :-2], pad[..., 1:-1]), pad[..., 2:])
 
 
 class InceptionBlock1d(nn.Module):
@@ -60,10 +45,10 @@ class InceptionBlock1d(nn.Module):
             c_branch = c_in
         self.convs = nn.ModuleList([_conv(c_branch, nb_filters, k) for k in kernel_sizes])
         self.pool_branch = nn.Sequential(
-            NeighbourMax(), _conv(c_in, nb_filters, 1)
+            nn.MaxPool1d(3, stride=1, padding=1), _conv(c_in, nb_filters, 1)
         )
         self.bn_relu = nn.Sequential(
-            RowBatchNorm1d((len(kernel_sizes) + 1) * nb_filters), nn.ReLU()
+            nn.BatchNorm1d((len(kernel_sizes) + 1) * nb_filters), nn.ReLU()
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -78,7 +63,7 @@ class _Shortcut1d(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.conv = _conv(c_in, c_out, 1)
-        self.bn = RowBatchNorm1d(c_out)
+        self.bn = nn.BatchNorm1d(c_out)
         self.act = nn.ReLU()
 
     def forward(self, inp: Tensor, out: Tensor) -> Tensor:
@@ -147,14 +132,13 @@ class Inception1d(Encoder):
     def forward_features(self, x: Tensor) -> Tensor:
         """``x [B, in_leads, T] -> [B, feature_dim, T]``."""
         self.check_input(x)
-        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         residual = x
         for d, block in enumerate(self.blocks):
             x = block(x)
             if self.use_residual and d % 3 == 2:
                 x = self.shortcuts[d // 3](residual, x)
                 residual = x
-        return x.squeeze(2)
+        return x
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """One group per residual unit of three blocks (with its shortcut), input first."""
