@@ -50,9 +50,8 @@ def ensemble_bundles(paths: list[str | Path], name: str | None = None) -> Bundle
             raise BundleError(f"{path}: is an ensemble already; list its members instead")
         for what, get in _SAME.items():
             if get(b) != get(first):
-                raise BundleError(f"{path}: its {what} differ from {paths[0]}'s "
-                                  f"({get(b)} against {get(first)}): the members must read an "
-                                  f"ECG the same way")
+                raise BundleError(f"{path}: {what} {get(b)} against {get(first)} in {paths[0]}: "
+                                  f"the members must read an ECG the same way")
     # member i sees its own scaling of the ECG the bundle scales with the first's scaler
     s0 = first.scaler
     scale = [s0.std / b.scaler.std for b in members]
