@@ -534,7 +534,11 @@ def ensemble_card(name: str, bundle: Bundle, target: Path, joined, task: str,
         f"fold 9 by `ecgrisk recalibrate`) fitted on fold 9 ({r['ecgs']:,} ECGs) on top of the mean "
         f"of the members' calibrated logits. On fold 9 itself, Brier {r['brier_before']:.4f} -> "
         f"{r['brier_after']:.4f} and ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f} (before -> "
-        f"after that refit). In-sample: expect somewhat worse calibration elsewhere.", "",
+        f"after that refit). In-sample: expect somewhat worse calibration elsewhere. On held-out "
+        f"halves ({r['held_out']['splits']} draws) the refit gave Brier "
+        f"{r['held_out']['forms'][r['form']]['brier']:.4f} against "
+        f"{r['held_out']['brier_bundle']:.4f} for the mean as it stood (lower in "
+        f"{r['held_out']['forms'][r['form']]['better_in']} draws).", "",
         "## Which ECGs need review",
         *_review_lines(bundle, y, p, groups_of(joined, list(bundle.extra["review"].get("by", [])))),
         "", *LIMITS, "",
