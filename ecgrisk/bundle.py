@@ -22,7 +22,6 @@ import torch
 
 from ecgrisk.bundle_files import KINDS, BundleError, check_kind, resolve
 from ecgrisk.files import atomic_path
-from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.models.ensemble import EnsembleClassifier
 from ecgrisk.preprocess import Preprocessing, Scaler
@@ -121,17 +120,14 @@ def _trained_precision(config: str) -> str:
 
 # -- model bundles (fine-tuning/refinement -> scoring) -----------------------------------------
 def _architecture(model: ECGClassifier | EnsembleClassifier) -> dict:
-    if isinstance(model, EnsembleClassifier):
-        return {"members": model.spec}
-    return {"encoder": dict(model.encoder.spec), "head": dict(model.config)}
+    return {"members": model.spec} if isinstance(model, EnsembleClassifier) else model.spec
 
 
 def _build(meta: dict) -> ECGClassifier | EnsembleClassifier:
     """The architecture a bundle's metadata names, to load its state dict into."""
     if "members" in meta:
         return EnsembleClassifier.from_spec(meta["members"])
-    spec = dict(meta["encoder"])
-    return ECGClassifier(create_encoder(spec.pop("name"), **spec), **meta["head"])
+    return ECGClassifier.from_spec(meta)
 
 
 @dataclass

@@ -25,6 +25,8 @@ def test_each_shipped_bundle_is_small_weights_only_intact_and_has_its_card(name)
     obj = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
     bundle = Bundle.load(name)  # checks the stored digest
     assert bundle.classes == obj["meta"]["classes"]
+    # rebuilt from the file, it describes itself as it was stored (architecture spec included)
+    assert bundle.digest() == obj["sha256"]
     # stored, or (ptbxl-superdiagnostic, saved before bundles stored it) read from the
     # fine-tuning config the bundle carries
     assert obj["meta"].get("precision", "bf16-mixed") == bundle.precision == "bf16-mixed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ecgrisk.models.layers import Encoder
+from ecgrisk.models.registry import create_encoder
 
 __all__ = ["ECGClassifier", "HEAD_TYPES"]
 
@@ -109,6 +110,18 @@ class ECGClassifier(nn.Module):
             "head": self.head_type,
             "hidden": self.hidden,
         }
+
+    @property
+    def spec(self) -> dict:
+        """The architecture, ``{"encoder": <registry spec>, "head": <config>}``, as a bundle
+        stores it; :meth:`from_spec` rebuilds it."""
+        return {"encoder": dict(self.encoder.spec), "head": dict(self.config)}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> ECGClassifier:
+        """A freshly initialised classifier of the architecture :attr:`spec` names."""
+        encoder = dict(spec["encoder"])
+        return cls(create_encoder(encoder.pop("name"), **encoder), **spec["head"])
 
     def embed(self, x: Tensor) -> Tensor:
         """``x [B, leads, T] -> [B, encoder.embed_dim]``."""

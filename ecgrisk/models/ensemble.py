@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from ecgrisk.models.classifier import ECGClassifier
-from ecgrisk.models.registry import create_encoder
 
 __all__ = ["EnsembleClassifier"]
 
@@ -56,18 +55,15 @@ class EnsembleClassifier(nn.Module):
 
     @property
     def spec(self) -> list[dict]:
-        """Each member's architecture; :meth:`from_spec` rebuilds the ensemble from it."""
-        return [{"encoder": dict(m.encoder.spec), "head": dict(m.config)} for m in self.members]
+        """Each member's :attr:`ECGClassifier.spec`; :meth:`from_spec` rebuilds the ensemble."""
+        return [m.spec for m in self.members]
 
     @classmethod
     def from_spec(cls, spec: list[dict]) -> EnsembleClassifier:
         """The architecture :attr:`spec` names, with placeholder calibrations (the state dict
         holds the real ones)."""
-        members = []
-        for s in spec:
-            enc = dict(s["encoder"])
-            members.append(ECGClassifier(create_encoder(enc.pop("name"), **enc), **s["head"]))
-        shape = (len(members), members[0].num_classes if members else 0)
+        members = [ECGClassifier.from_spec(s) for s in spec]
+        shape = (len(members), members[0].num_classes)
         return cls(members, np.ones(shape), np.zeros(shape))
 
     def forward(self, x: Tensor) -> Tensor:
