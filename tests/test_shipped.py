@@ -14,7 +14,7 @@ from ecgrisk.io import read_ecg
 from ecgrisk.scoring.predict import predict_proba
 from ecgrisk.shipped import DEFAULT_BUNDLE, SHIPPED_DIR, list_shipped
 
-SHIPPED = ["ptbxl-superdiagnostic", "ptbxl-all", "ptbxl-all-ensemble"]
+SHIPPED = ["ptbxl-superdiagnostic", "ptbxl-all", "ptbxl-all-ensemble", "ptbxl-superdiagnostic-ensemble"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -39,7 +39,8 @@ def test_the_default_bundle_is_shipped():
 
 
 def test_an_unknown_name_is_a_clear_error():
-    with pytest.raises(BundleError, match="no shipped bundle has that name.*ptbxl-all, ptbxl-all-ensemble, ptbxl-superdiagnostic"):
+    with pytest.raises(BundleError, match="no shipped bundle has that name.*ptbxl-all, ptbxl-all-ensemble, ptbxl-superdiagnostic, "
+                       "ptbxl-superdiagnostic-ensemble"):
         Bundle.load("ptbxl-nonexistent")
 
 
@@ -49,8 +50,9 @@ def record_00001(shared):
     return read_ecg(shared / "ptb-xl" / "records100" / "00000" / "00001_lr")
 
 
-def test_superdiagnostic_bundle_reads_a_normal_ecg_as_normal(record_00001):
-    bundle = Bundle.load("ptbxl-superdiagnostic")
+@pytest.mark.parametrize("name", ["ptbxl-superdiagnostic", "ptbxl-superdiagnostic-ensemble"])
+def test_superdiagnostic_bundle_reads_a_normal_ecg_as_normal(record_00001, name):
+    bundle = Bundle.load(name)
     p = dict(zip(bundle.classes, predict_proba(bundle, record_00001.signal, record_00001.fs), strict=True))
     assert max(p, key=p.get) == "NORM" and p["NORM"] > 0.5
 
