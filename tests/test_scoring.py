@@ -304,6 +304,13 @@ def test_bands_quality_and_inputs(ptbxl_root, bundle_path, tmp_path):
     assert (q["flat_leads"], q["saturated_leads"], q["noisy_leads"], q["missing_leads"]) == (
         "I", "II", "III", "V6")
     assert q["quality"] == "flat,saturated,noisy,missing" and q["resampled"] is True
+    # length: the bundles were calibrated on 10-s records; 9-11 s passes
+    clean = np.tile(0.5 * np.sin(2 * np.pi * 1.1 * np.arange(6000) / 100.0), (12, 1))
+    lengths = {seconds: quality_flags(clean[:, :round(seconds * 100)], 100.0, np.ones(12, bool),
+                                      model_fs=100.0) for seconds in (2.5, 8.9, 9.0, 10.0, 11.0, 11.1, 60.0)}
+    assert {s: q["quality"] for s, q in lengths.items()} == {
+        2.5: "length", 8.9: "length", 9.0: "ok", 10.0: "ok", 11.0: "ok", 11.1: "length", 60.0: "length"}
+    assert lengths[60.0]["duration_s"] == 60.0
     # inputs: a glob matching .hea and .dat names each record once; a manifest with relative paths
     src = ptbxl_root / "records100" / "00000"
     recs = collect_records([str(src / "0000[12]_lr.*")])

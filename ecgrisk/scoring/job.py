@@ -25,6 +25,7 @@ from ecgrisk.bundle_files import BundleError, check_kind, peek_meta, resolve
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io.inputs import collect_records
 from ecgrisk.progress import progress_bar
+from ecgrisk.scoring.quality import RESTING_ECG_S
 from ecgrisk.scoring.reading import ReadRecord, read_records, reader_pool
 from ecgrisk.scoring.report import ScoreSummary
 from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
@@ -38,7 +39,6 @@ __all__ = ["record_groups", "score_files"]
 
 T = TypeVar("T")
 
-RESTING_ECG_S = 10.0  # the length of a resting 12-lead ECG, to size the read-ahead
 # model batches of resting ECGs in flight beyond the readers' own queue. One would keep the
 # readers a batch ahead of the model; more let them read through the 1-2 s the main process
 # spends importing torch and loading the weights, which is one core's work. 2,000 mixed files

@@ -9,7 +9,7 @@ review band's bound speaks of, as the review app shows it), ``needs_review`` and
 (empty when the record scored; otherwise ``"<ErrorClass>: <reason>"`` and empty probabilities).
 
 ``needs_review`` is true when a quality flag is raised (flat, noisy, saturated, missing or
-derived leads) or, for a bundle that carries a review band (:mod:`ecgrisk.conformal`), when a
+derived leads, or a record far from 10 s long) or, for a bundle that carries a review band (:mod:`ecgrisk.conformal`), when a
 statement's probability is inside it, too close to call; ``review_reason`` names them. Records
 that failed to read are not scored and have no review flag: their ``error`` says why.
 """
