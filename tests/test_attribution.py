@@ -62,6 +62,12 @@ def test_report_and_inspect_draw_the_attribution(sample, tmp_path):
                      str(report), "--quiet"]) == 0
     drawn = sorted(p.name for p in report.glob("*_attribution.png"))
     assert len(drawn) == 3 and all(p.startswith("top0") for p in drawn)
+    index = (report / "index.md").read_text()  # one page showing every plot, highest risk first
+    shown = [line[line.index("(") + 1:-1] for line in index.splitlines() if line.startswith("![")]
+    assert sorted(shown) == sorted(p.name for p in report.glob("*.png"))
+    ranked = [name for name in shown if name.startswith("top")]
+    assert ranked == sorted(ranked) and len(ranked) == 6  # each record's plot, then its evidence
+    assert "# Scores of 3 records" in index and "3 scored, 0 failed" in index
     png = tmp_path / "why.png"
     assert cli_main(["inspect", str(records[0].with_suffix("")), "--explain", str(png),
                      "--top", "2"]) == 0

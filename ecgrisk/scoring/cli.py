@@ -61,7 +61,7 @@ def _score(args) -> int:
 
         bundle = Bundle.load(args.model)
         files = write_report(summary, args.report, args.bands or bundle.risk_bands, bundle)
-        console.print(f"report: {len(files)} files in {args.report}")
+        console.print(f"report: {files[-1]} shows its {len(files) - 1} plots")
     if summary.scored == 0 and summary.resumed == 0:
         console.print("[red]no record could be scored[/red]")
         return 1

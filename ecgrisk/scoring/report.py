@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgrisk.files import atomic_write_text
+
 __all__ = ["ScoreSummary", "print_summary", "risk_band", "write_report"]
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,8 @@ class ScoreSummary:
         if self.top_n > 0:
             probs = sorted(((float(row[f"prob/{c}"]), c) for c in classes), reverse=True)[:3]
             title = ", ".join(f"{c} {p:.2f}" for p, c in probs)
+            if str(row.get("quality") or "ok") != "ok":  # the plot says why it may deserve less trust
+                title += f"  |  quality: {row['quality']}"
             self._seq += 1  # tie-breaker so equal risks never compare the strings after them
             item = (risk, -self._seq, str(row["record"]), str(row["path"]), title)
             if len(self.top) < self.top_n:
@@ -144,11 +148,13 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
                  bundle=None) -> list[Path]:
     """``risk_hist.png``, and per highest-risk record a 12-lead plot and, given the ``bundle``
     (and captum, in the ``review`` extra), ``*_attribution.png``: where the evidence for its top
-    statements lies. Returns the files written."""
+    statements lies; ``index.md`` shows them all on one page, with the run's counts. Returns
+    the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from ecgrisk.io import ECGReadError, read_ecg
     from ecgrisk.plotting import plot_12lead, plot_attribution, plot_reliability
@@ -163,10 +169,12 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
     ax.bar(edges[:-1], summary.hist, width=np.diff(edges), align="edge", color="0.35")
     for b in bands:
         ax.axvline(b, color="tab:red", ls="--", lw=1)
-    ax.set_xlabel("risk")
+    ax.set_xlabel("risk (dashed: the risk bands)")
     ax.set_ylabel("records")
-    model_name = f"({bundle.name} {bundle.version})" if bundle is not None else ""
-    ax.set_title(f"risk of {summary.scored} records {model_name}".strip())
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    # the name and version on a line of their own: one line was wider than the figure
+    model_name = f"\n{bundle.name} {bundle.version}" if bundle is not None else ""
+    ax.set_title(f"risk of {summary.scored} records{model_name}", fontsize=9)
     fig.tight_layout()
     fig.savefig(report_dir / "risk_hist.png", dpi=100)
     plt.close(fig)
@@ -175,22 +183,50 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
         # the model's calibration as measured when it was made: scores carry no labels
         png = report_dir / "reliability.png"
         plot_reliability(bundle.extra["reliability"], path=png,
-                         title=f"{model_name}: reliability on its own validation/test folds")
+                         title=f"reliability on its own validation/test folds\n{bundle.name}")
         written.append(png)
+    top = []
     for rank, (risk, record, path, title) in enumerate(summary.highest(), start=1):
         try:
             ecg = read_ecg(path)
         except ECGReadError:  # the file changed since it was scored; the table still stands
             continue
+        drawn = []
+        top.append((rank, record, path, risk, title, drawn))
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in record)
         png = report_dir / f"top{rank:02d}_{safe}.png"
         plot_12lead(ecg.signal, ecg.fs, title=f"#{rank} {record}  risk {risk:.2f}  |  {title}",
                     path=png, lead_mask=ecg.lead_mask)
-        written.append(png)
+        drawn.append(png)
         if predictor is not None:
             png = report_dir / f"top{rank:02d}_{safe}_attribution.png"
             plot_attribution(explain(predictor, ecg.signal, ecg.fs), path=png,
                              title=f"#{rank} {record}: where the evidence lies (integrated gradients)")
-            written.append(png)
-    return written
+            drawn.append(png)
+        written += drawn
+    index = report_dir / "index.md"
+    atomic_write_text(index, _index(summary, model_name.strip(), report_dir / "reliability.png" in written,
+                                    top))
+    return [*written, index]
+
+
+def _index(summary: ScoreSummary, model: str, reliability: bool, top: list) -> str:
+    counts = ", ".join(f"{n} {what}" for what, n in (
+        ("scored", summary.scored), ("failed", summary.failed), ("need review", summary.review)))
+    lines = [f"# Scores of {summary.total} records", "", f"{model + ': ' if model else ''}{counts}.",
+             "", "![risk](risk_hist.png)", ""]
+    if reliability:
+        lines += ["![reliability](reliability.png)", ""]
+    if summary.failures:
+        lines += ["Not scored: " + ", ".join(f"{k} {n}" for k, n in summary.failures.most_common())
+                  + " (the table's `error` column names each file).", ""]
+    if summary.quality:
+        lines += ["Quality issues: " + ", ".join(f"{k} {n}" for k, n in summary.quality.most_common())
+                  + ".", ""]
+    if top:
+        lines += [f"## The {len(top)} highest-risk records", ""]
+    for rank, record, path, risk, title, drawn in top:
+        lines += [f"### #{rank} {record}: risk {risk:.2f}", "", f"`{path}`: {title}", "",
+                  *[f"![{p.stem}]({p.name})" for p in drawn], ""]
+    return "\n".join(lines)
 
