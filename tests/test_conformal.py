@@ -90,30 +90,34 @@ def test_scores_table_routes_uncertain_and_flagged_records_to_review(caplog):
     ok = {"quality": "ok"}
     recs = [ReadRecord(record="a", path="a", x=None, flags=ok, error="", length=1000),
             ReadRecord(record="b", path="b", x=None, flags=ok, error="", length=1000),
-            ReadRecord(record="c", path="c", x=None, flags={"quality": "noisy"}, error="",
+            ReadRecord(record="c", path="c", x=None, flags={"quality": "noisy,derived"}, error="",
+                       length=1000),
+            # an 8-lead export: its derived limb leads are what the electrocardiograph computes
+            ReadRecord(record="d", path="d", x=None, flags={"quality": "derived"}, error="",
                        length=1000)]
-    probs = np.array([[0.9, 0.1], [0.4, 0.8], [0.9, 0.1]])
+    probs = np.array([[0.9, 0.1], [0.4, 0.8], [0.9, 0.1], [0.9, 0.1]])
     rows = make_rows(recs, probs, _Spec(), (0.2, 0.5), _Bundle())
     assert make_rows(recs[:1], np.array([[0.6, 0.7]]), _Spec(), (0.2, 0.5), _Bundle())[0][
         "reading"] == "NORM MI"
     assert {"needs_review", "review_reason"} <= set(output_columns(["MI", "NORM"]))
-    assert [r["needs_review"] for r in rows] == [False, True, True]
+    assert [r["needs_review"] for r in rows] == [False, True, True, False]
+    assert rows[3]["quality"] == "derived" and rows[3]["review_reason"] == ""
     assert rows[1]["review_reason"] == "uncertain MI"
-    assert [r["reading"] for r in rows] == ["MI", "NORM", "MI"]  # p >= .5, most probable first
+    assert [r["reading"] for r in rows] == ["MI", "NORM", "MI", "MI"]  # p >= .5, most probable first
     # the run's summary counts them, from fresh rows and from rows read back as text (--resume)
     from rich.console import Console
 
     from ecgrisk.scoring.report import ScoreSummary, print_summary
 
     summary = ScoreSummary()
-    for r in rows + [{**r, "needs_review": str(r["needs_review"])} for r in rows]:
+    for r in rows[:3] + [{**r, "needs_review": str(r["needs_review"])} for r in rows[:3]]:
         summary.add(r, ["MI", "NORM"])
     assert (summary.review, summary.uncertain) == (4, 2)
     console = Console(record=True, width=100)
     print_summary(summary, "s.csv", console)
     text = console.export_text()
     assert "needs review" in text and "of them an uncertain reading" in text
-    assert rows[2]["review_reason"] == "quality noisy"
+    assert rows[2]["review_reason"] == "quality noisy"  # the derived leads are not a reason
 
     # a bundle with the per-statement sets of an earlier version: quality flags only, one warning
     class _Old(_Bundle):
@@ -123,7 +127,7 @@ def test_scores_table_routes_uncertain_and_flagged_records_to_review(caplog):
     with caplog.at_level(logging.WARNING):
         rows = make_rows(recs, probs, _Spec(), (0.2, 0.5), _Old())
         make_rows(recs, probs, _Spec(), (0.2, 0.5), _Old())
-    assert [r["needs_review"] for r in rows] == [False, False, True]
+    assert [r["needs_review"] for r in rows] == [False, False, True, False]
     warned = [r.getMessage() for r in caplog.records if "earlier ecgrisk" in r.getMessage()]
     assert len(warned) == 1 and "ecgrisk recalibrate" in warned[0]
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from ecgrisk.io import STANDARD_LEADS
 
-__all__ = ["FLAT_STD_MV", "LENGTH_TOLERANCE_S", "NOISE_HF_FRACTION", "QUALITY_COLUMNS",
-           "RESTING_ECG_S", "SATURATION_FRACTION", "quality_flags"]
+__all__ = ["FLAT_STD_MV", "LENGTH_TOLERANCE_S", "NOISE_HF_FRACTION", "NOT_FOR_REVIEW",
+           "QUALITY_COLUMNS", "RESTING_ECG_S", "SATURATION_FRACTION", "quality_flags"]
 
 FLAT_STD_MV = 0.01  # a lead moving less than this (std, mV) carries no ECG
 SATURATION_FRACTION = 0.02  # share of samples pinned at the lead's extreme values (clipping)
@@ -31,6 +31,11 @@ NOISE_CUTOFF_HZ = 35.0
 # exports a sample short or long do.
 RESTING_ECG_S = 10.0
 LENGTH_TOLERANCE_S = 1.0
+# Issues listed in ``quality`` that are no reason to review a score. Leads derived from I and II
+# (Einthoven's and Goldberger's relations) are what a 12-lead electrocardiograph computes for
+# its own display: it records 8 channels, and GE MUSE stores only those. Flagging them sent
+# every record of a MUSE archive to review.
+NOT_FOR_REVIEW = ("derived",)
 
 QUALITY_COLUMNS = ("quality", "flat_leads", "saturated_leads", "noisy_leads", "missing_leads",
                    "derived_leads", "resampled", "fs_in", "duration_s")  # "length" has no column: duration_s

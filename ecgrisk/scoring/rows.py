@@ -8,8 +8,8 @@ review band's bound speaks of, as the review app shows it), ``needs_review`` and
 :mod:`ecgrisk.scoring.quality`, ``n_windows``, ``model_name``, ``model_version``, ``error``
 (empty when the record scored; otherwise ``"<ErrorClass>: <reason>"`` and empty probabilities).
 
-``needs_review`` is true when a quality flag is raised (flat, noisy, saturated, missing or
-derived leads, or a record far from 10 s long) or, for a bundle that carries a review band (:mod:`ecgrisk.conformal`), when a
+``needs_review`` is true when a quality flag is raised (flat, noisy, saturated or missing
+leads, or a record far from 10 s long; leads derived from I and II are listed, not a reason) or, for a bundle that carries a review band (:mod:`ecgrisk.conformal`), when a
 statement's probability is inside it, too close to call; ``review_reason`` names them. Records
 that failed to read are not scored and have no review flag: their ``error`` says why.
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from ecgrisk.conformal import READ_AT, ReviewBand
 from ecgrisk.input_spec import InputSpec
-from ecgrisk.scoring.quality import QUALITY_COLUMNS
+from ecgrisk.scoring.quality import NOT_FOR_REVIEW, QUALITY_COLUMNS
 from ecgrisk.scoring.reading import ReadRecord
 from ecgrisk.scoring.report import risk_band
 from ecgrisk.windowing import evaluation_windows
@@ -86,7 +86,9 @@ def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSp
             k += 1
             risk = float(1.0 - p[norm]) if norm is not None else float(p.max())
             n_win = len(evaluation_windows([rec.length], spec.window, spec.stride)[0])
-            reasons = [f"quality {rec.flags['quality']}"] if rec.flags.get("quality", "ok") != "ok" else []
+            issues = [q for q in str(rec.flags.get("quality", "ok")).split(",")
+                      if q not in ("ok", *NOT_FOR_REVIEW)]
+            reasons = [f"quality {','.join(issues)}"] if issues else []
             if band is not None:
                 reasons += [r for r in band.review(p, classes) if r]
             reading = " ".join(classes[i] for i in np.argsort(-p, kind="stable") if p[i] >= READ_AT)
