@@ -346,6 +346,10 @@ def test_mixed_folder_scores_and_converts(tmp_path):
         ecg = read_ecg(d / ("dicom/IM0001" if rec.startswith("dicom") else "muse.xml"))
         assert table[rec]["sex"] == {"M": "male", "F": "female", None: ""}[ecg.meta["sex"]]
         assert table[rec]["age"] == ("" if ecg.meta["age"] is None else str(ecg.meta["age"]))
+    # when each was recorded, where the file says: pydicom's example in January 2013
+    assert table["dicom/IM0001"]["acquired"].startswith("2013-01-25T10:59")
+    assert table["muse"]["acquired"] == (read_ecg(d / "muse.xml").meta["acquired"] or "")
+    assert table["philips"]["acquired"] == (read_ecg(d / "philips.xml").meta["acquired"] or "")
 
     out = tmp_path / "converted"
     assert cli_main(["convert", str(d), "--to", "wfdb", "--out", str(out), "--quiet"]) == 1

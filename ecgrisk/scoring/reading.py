@@ -53,7 +53,8 @@ class ReadRecord:
         the file could not be read.
     error : ``""``, or ``"<ErrorClass>: <reason>"`` when the record cannot be scored.
     patient : ``age`` (years) and ``sex`` (``male``, ``female``) where the file states them
-        (DICOM, MUSE, Challenge headers, ...), for checking scores by subgroup; empty otherwise.
+        (DICOM, MUSE, Challenge headers, ...), for checking scores by subgroup, and ``acquired``
+        (ISO 8601, where a clinical export states when it was recorded); empty otherwise.
     """
 
     record: str
@@ -83,7 +84,8 @@ def read_chunk(jobs: list[tuple[str, str]], spec: InputSpec, missing_leads: str 
         try:
             fs = npy_fs if str(path).lower().endswith((".npy", ".npz")) else None
             ecg = read_ecg(path, fs=fs, missing_leads=missing_leads)
-            patient = {"age": ecg.meta.get("age"), "sex": SEX_WORDS.get(ecg.meta.get("sex"))}
+            patient = {"age": ecg.meta.get("age"), "sex": SEX_WORDS.get(ecg.meta.get("sex")),
+                       "acquired": ecg.meta.get("acquired")}
             flags = quality_flags(ecg.signal, ecg.fs, ecg.lead_mask, spec.preprocessing.fs,
                                   ecg.meta.get("derived_leads", ()))
             prepared = spec.prepare(ecg.signal, ecg.fs)

@@ -1,7 +1,9 @@
 """Output rows: the columns of the scores table and one row per read record.
 
 Columns (see :func:`output_columns`): ``record``, ``path``, ``age`` and ``sex`` where the file
-states them (to check scores by subgroup, ``ecgrisk evaluate --by sex``), ``prob/<class>`` per statement
+states them (to check scores by subgroup, ``ecgrisk evaluate --by sex``), ``acquired`` where a
+clinical export states when it was recorded (ISO 8601: to order a patient's ECGs, or join them
+to other records by time), ``prob/<class>`` per statement
 (calibrated), ``risk`` (1 - P(NORM) when NORM is a class, else the max probability),
 ``risk_band``, ``reading`` (the statements at p >= 0.5, most probable first: the reading the
 review band's bound speaks of, as the review app shows it), ``needs_review`` and ``review_reason``, the quality columns of
@@ -35,8 +37,9 @@ _WARNED: set = set()  # bundles already warned about, once per process
 
 def output_columns(classes: list[str]) -> list[str]:
     """Column order of the output table for a bundle with ``classes``."""
-    return ["record", "path", "age", "sex", *[f"prob/{c}" for c in classes], "risk", "risk_band", "reading",
-            "needs_review", "review_reason", *QUALITY_COLUMNS, "n_windows", "model_name", "model_version", "error"]
+    return ["record", "path", "age", "sex", "acquired", *[f"prob/{c}" for c in classes], "risk",
+            "risk_band", "reading", "needs_review", "review_reason", *QUALITY_COLUMNS, "n_windows",
+            "model_name", "model_version", "error"]
 
 
 def check_bands(bands) -> tuple[float, float]:
@@ -75,7 +78,8 @@ def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSp
     rows, k = [], 0
     for rec in records:
         row = {"record": rec.record, "path": rec.path, "age": rec.patient.get("age"),
-               "sex": rec.patient.get("sex"), "model_name": bundle.name,
+               "sex": rec.patient.get("sex"), "acquired": rec.patient.get("acquired"),
+               "model_name": bundle.name,
                "model_version": bundle.version, "error": rec.error}
         row.update({c: rec.flags.get(c) for c in QUALITY_COLUMNS})
         if rec.length is None:
