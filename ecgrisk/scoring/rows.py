@@ -11,9 +11,10 @@ review band's bound speaks of, as the review app shows it), ``needs_review`` and
 (empty when the record scored; otherwise ``"<ErrorClass>: <reason>"`` and empty probabilities).
 
 ``needs_review`` is true when a quality flag is raised (flat, noisy, saturated or missing
-leads, or a record far from 10 s long; leads derived from I and II are listed, not a reason) or, for a bundle that carries a review band (:mod:`ecgrisk.conformal`), when a
-statement's probability is inside it, too close to call; ``review_reason`` names them. Records
-that failed to read are not scored and have no review flag: their ``error`` says why.
+leads, or a record far from 10 s long; leads derived from I and II are listed, not a reason)
+or, for a bundle that carries a review band (:mod:`ecgrisk.conformal`), when a statement's
+probability is inside it, too close to call; ``review_reason`` names them. Records that failed
+to read are not scored and have no review flag: their ``error`` says why.
 """
 
 from __future__ import annotations
@@ -79,8 +80,7 @@ def make_rows(records: list[ReadRecord], probs: np.ndarray | None, spec: InputSp
     for rec in records:
         row = {"record": rec.record, "path": rec.path, "age": rec.patient.get("age"),
                "sex": rec.patient.get("sex"), "acquired": rec.patient.get("acquired"),
-               "model_name": bundle.name,
-               "model_version": bundle.version, "error": rec.error}
+               "model_name": bundle.name, "model_version": bundle.version, "error": rec.error}
         row.update({c: rec.flags.get(c) for c in QUALITY_COLUMNS})
         if rec.length is None:
             row.update({f"prob/{c}": None for c in classes}, risk=None, risk_band="", reading="",
