@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"{time.perf_counter() - t0:.0f} s in all; outputs in {out.resolve()}:")
     for rel in ("pretrain/encoder.pt", "finetune/model.pt", "finetune/metrics.json",
                 "finetune/curves.png", "refine/model.pt", "refine/feedback.db", "refine/metrics.json",
-                "scores.csv", "report/", "scores_shipped.csv"):
+                "scores.csv", "report/index.md", "scores_shipped.csv"):
         console.print(f"  {out / rel}")
 
 

@@ -29,7 +29,7 @@ def test_the_demo_runs_offline_on_the_shipped_sample_and_reports_what_its_files_
     assert "cannot reach physionet.org" in said and "the real PTB-XL sample shipped" in said
     (out,) = (tmp_path / "runs" / "demo").iterdir()
     for rel in ("pretrain/encoder.pt", "finetune/model.pt", "finetune/metrics.json",
-                "refine/model.pt", "refine/feedback.db", "refine/metrics.json", "report"):
+                "refine/model.pt", "refine/feedback.db", "refine/metrics.json", "report/index.md"):
         assert (out / rel).exists(), rel
 
     root = tmp_path / "data" / "ptbxl-demo-sample"
