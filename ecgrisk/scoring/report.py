@@ -149,7 +149,7 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
     """``risk_hist.png``, and per highest-risk record a 12-lead plot and, given the ``bundle``
     (and captum, in the ``review`` extra), ``*_attribution.png``: where the evidence for its top
     statements lies; ``index.md`` shows them all on one page, with the run's counts. Returns
-    the files written."""
+    the files written, ``index.md`` last."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,9 +172,9 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
     ax.set_xlabel("risk (dashed: the risk bands)")
     ax.set_ylabel("records")
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    model = f"{bundle.name} {bundle.version}" if bundle is not None else ""
     # the name and version on a line of their own: one line was wider than the figure
-    model_name = f"\n{bundle.name} {bundle.version}" if bundle is not None else ""
-    ax.set_title(f"risk of {summary.scored} records{model_name}", fontsize=9)
+    ax.set_title(f"risk of {summary.scored} records" + (f"\n{model}" if model else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(report_dir / "risk_hist.png", dpi=100)
     plt.close(fig)
@@ -205,8 +205,7 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
             drawn.append(png)
         written += drawn
     index = report_dir / "index.md"
-    atomic_write_text(index, _index(summary, model_name.strip(), report_dir / "reliability.png" in written,
-                                    top))
+    atomic_write_text(index, _index(summary, model, report_dir / "reliability.png" in written, top))
     return [*written, index]
 
 
