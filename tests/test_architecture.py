@@ -114,3 +114,10 @@ def test_each_training_stage_is_one_package_runnable_with_python_m(stage):
     pkg = PACKAGE / stage
     assert (pkg / "__init__.py").is_file() and (pkg / "__main__.py").is_file()
     assert "main" in (pkg / "__main__.py").read_text()
+
+
+def test_finding_and_reading_files_stands_on_no_dataset():
+    # io is what a reader process, `ecgrisk convert` and every dataset stand on: the folder scan
+    # lives in io (io/scan.py), so finding and reading ECG files never pulls in datasets
+    reach = {dep for mod, deps in _graph().items() if _part(mod) == "io" for dep in deps}
+    assert {_part(d) for d in reach} <= {"io", "files", "preprocess"}, sorted(reach)

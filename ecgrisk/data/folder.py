@@ -2,76 +2,15 @@
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from ecgrisk.data.base import RecordSet
-from ecgrisk.io.clinical import CLINICAL_SUFFIXES, sniff
-
-NUMPY_SUFFIXES = (".npy", ".npz")
+from ecgrisk.io.scan import scan_folder
 
 log = logging.getLogger(__name__)
-
-
-def _candidates(root: Path, pattern: str | None) -> tuple[list[tuple[str, Path]], list[Path]]:
-    """``(id, path)`` of every ECG under ``root`` (WFDB records once, by their header), and the
-    files named like a clinical ECG export whose content is none."""
-    found: list[tuple[str, str, Path]] = []  # (relative stem, suffix, path given to read_ecg)
-    unknown: list[Path] = []
-    for parts, path in _files(root):
-        rel = "/".join(parts)
-        if pattern is not None and not fnmatch.fnmatch(rel, pattern):
-            continue
-        f = Path(path)
-        suffix = f.suffix.lower()
-        stem = rel[: len(rel) - len(suffix)]
-        if suffix == ".hea":
-            # the signal file (.dat, .mat, ...) is named inside the header: one entry per record
-            found.append((stem, suffix, f.with_suffix("")))
-        elif suffix in NUMPY_SUFFIXES or (
-                (suffix in CLINICAL_SUFFIXES or not suffix) and sniff(f) is not None):
-            found.append((stem, suffix, f))
-        elif suffix in CLINICAL_SUFFIXES:
-            unknown.append(f)
-    counts = Counter(stem for stem, _, _ in found)
-    # a stem shared by two files (x.hea and x.npy) keeps its suffix so both ids stay unique
-    return [
-        (stem if counts[stem] == 1 else stem + suffix, path) for stem, suffix, path in found
-    ], unknown
-
-
-def _files(root: Path) -> list[tuple[tuple[str, ...], str]]:
-    """``(path parts relative to root, path)`` of every file under ``root``, sorted as paths
-    sort; hidden files and folders (caches, checkpoints) and symlinked folders left out.
-
-    ``os.scandir`` rather than ``Path.rglob``: its entries know their type, so only symlinks
-    cost a ``stat``, and no Path is made for what is skipped.
-    """
-    out = []
-    stack: list[tuple[tuple[str, ...], str]] = [((), str(root))]
-    while stack:
-        parts, folder = stack.pop()
-        try:
-            with os.scandir(folder) as it:
-                entries = list(it)
-        except OSError:  # unreadable folder: skipped, as rglob skips it
-            continue
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append((parts + (e.name,), e.path))
-                elif e.is_file():
-                    out.append((parts + (e.name,), e.path))
-            except OSError:
-                continue
-    out.sort()
-    return out
 
 
 class ECGFolder(RecordSet):
@@ -115,17 +54,16 @@ class ECGFolder(RecordSet):
         paths: list[str] = []
         unrecognised: list[tuple[str, str]] = []
         for r in roots:
-            found, unknown = _candidates(r, pattern)
+            found, unknown = scan_folder(r, pattern)
             prefix = f"{r.name}/" if len(roots) > 1 else ""
             for rid, path in found:
                 ids.append(prefix + rid)
-                paths.append(str(path))
-            names = [p.relative_to(r).as_posix() for p in unknown]
-            unrecognised += [(prefix + n, str(p)) for n, p in zip(names, unknown, strict=True)]
-            if names:  # e.g. image DICOMs or report XML beside the ECGs of an export
+                paths.append(path)
+            unrecognised += [(prefix + n, p) for n, p in unknown]
+            if unknown:  # e.g. image DICOMs or report XML beside the ECGs of an export
                 log.warning("%s: %d file(s) named like an ECG export hold no ECG format ecgrisk "
-                            "reads (%s%s)", r, len(names), ", ".join(names[:3]),
-                            ", ..." if len(names) > 3 else "")
+                            "reads (%s%s)", r, len(unknown), ", ".join(n for n, _ in unknown[:3]),
+                            ", ..." if len(unknown) > 3 else "")
         dupes = [i for i, n in Counter(ids).items() if n > 1]
         if dupes:
             raise ValueError(

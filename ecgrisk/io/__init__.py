@@ -26,7 +26,8 @@ A record path may be given with or without extension (``00001_lr``, ``00001_lr.h
 
 Modules: ``ecg`` (the ``ECG`` record and lead names), ``read`` (``read_ecg``, ``read_header``),
 ``wfdb_signal``, ``arrays`` and ``clinical`` (one per kind of file), ``header``, ``errors``;
-``write`` and ``inputs`` for the other direction and for finding records.
+``write`` for the other direction; ``scan`` (which files in a folder are ECGs) and ``inputs``
+(what ``ecgrisk score``'s INPUT arguments name) for finding records.
 Every failure raises a subclass of ``ECGReadError`` naming the file and the reason.
 """
 

@@ -11,7 +11,7 @@ import glob
 import os
 from pathlib import Path
 
-from ecgrisk.data.folder import ECGFolder
+from ecgrisk.io.scan import scan_folder
 
 __all__ = ["InputError", "as_record", "collect_records"]
 
@@ -49,12 +49,9 @@ def _manifest(path: Path) -> list[tuple[str, str]]:
 def _expand(arg: str) -> list[tuple[str, str]]:
     p = Path(arg).expanduser()
     if p.is_dir():
-        try:
-            folder = ECGFolder(p)
-        except FileNotFoundError:
-            return []
+        found, unrecognised = scan_folder(p.resolve())
         # files named like an export but holding none: rows with their error, not dropped
-        return list(zip(folder.record_ids, folder.paths, strict=True)) + folder.unrecognised
+        return found + unrecognised if found else []
     if p.is_file() and p.suffix.lower() == ".csv":
         return _manifest(p)
     if not p.exists() and _GLOB_CHARS & set(arg):
@@ -70,11 +67,11 @@ def collect_records(inputs: list[str]) -> list[tuple[str, str]]:
     """``(record id, path)`` of every record INPUT names, in order, each path once.
 
     INPUT items are files (any format ``read_ecg`` reads; ``.hea``/``.dat``/``.mat`` name their
-    record), folders (searched recursively like :class:`ECGFolder`), globs (``**`` recursive)
+    record), folders (searched recursively by :func:`~ecgrisk.io.scan.scan_folder`), globs (``**`` recursive)
     or manifest ``.csv`` files with a ``path`` column (relative to the manifest) and an optional
     ``record`` column. A path that does not exist is kept: it becomes a row with its error, as
     does a file in a folder named like a clinical export whose content is none
-    (``ECGFolder.unrecognised``).
+    (its ``unrecognised``).
     """
     if not inputs:
         raise InputError("no INPUT given")
