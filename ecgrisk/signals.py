@@ -259,6 +259,11 @@ class _Pool(ProcessPoolExecutor):
 
 def _pool_init(parent_pid: int, nice: int) -> None:
     reader_init(parent_pid)
+    # SIGTERM to the whole process group (timeout, a service manager, a container stop) would
+    # otherwise kill a worker half-way through sending a result larger than a pipe's buffer, and
+    # the pool's manager thread would wait for the rest forever, holding up the exit; the parent
+    # gets the same signal and stops its workers between results (stop_workers)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if nice and hasattr(os, "nice"):  # POSIX only
         os.nice(nice)
 

@@ -370,8 +370,10 @@ def _rows(path: Path) -> int:
 
 
 @pytest.mark.parametrize("sig,point,group", [(SIGKILL, "early", False), (SIGTERM, "mid", False),
-                                             (SIGINT, "final", False), (SIGINT, "mid", True)],
-                         ids=["SIGKILL-early", "SIGTERM-mid", "SIGINT-final", "Ctrl-C-group-mid"])
+                                             (SIGINT, "final", False), (SIGINT, "mid", True),
+                                             (SIGTERM, "mid", True)],
+                         ids=["SIGKILL-early", "SIGTERM-mid", "SIGINT-final", "Ctrl-C-group-mid",
+                              "SIGTERM-group-mid"])
 def test_score(zygote, data, tiny_bundle, score_base, tmp_path, sig, point, group):
     from ecgrisk.scoring.job import score_files
 
@@ -393,6 +395,7 @@ def test_score(zygote, data, tiny_bundle, score_base, tmp_path, sig, point, grou
     assert not out.exists(), "the output is only ever replaced whole"
     if sig != SIGKILL:
         assert "--resume" in _hint(run)
+        assert f"kept in {_partials(out)[0]};" in _hint(run), "the hint names where the rows are"
     kept = sum(_rows(p) for p in _partials(out))
     if point == "final":
         assert kept == N_RECORDS
@@ -922,6 +925,34 @@ with stop_on_signals(command="probe"), worker_pool(2, Context()) as ex:
     list(ex.map(abs, range(100)))
 """
 
+
+_GROUP_SIGTERM_MID_TASK = r"""
+import os, signal, sys, time
+from ecgrisk.signals import stop_on_signals, worker_pool
+
+def task(marker):
+    os.killpg(0, signal.SIGTERM)  # as `timeout` or a container stop sends it: to every process
+    time.sleep(0.5)
+    open(marker, "w").close()  # the worker lived through it and finished its task
+    return bytes(64 << 20)  # a result larger than a pipe's buffer
+
+with stop_on_signals(command="probe"), worker_pool(1) as ex:
+    ex.submit(task, sys.argv[1]).result()
+    time.sleep(30)
+"""
+
+
+def test_sigterm_to_the_process_group_leaves_a_reader_its_task(tmp_path):
+    """Found by a new user's `timeout ... ecgrisk score`: the group's SIGTERM killed a reader
+    half-way through sending its chunk, the pool's manager thread waited for the rest of it,
+    and the command hung at exit (1 run in 5 on the 500-record subset). Reader pools now leave
+    SIGTERM to their parent, which stops them between tasks, as it does on Ctrl-C."""
+    marker = tmp_path / "finished"
+    proc = subprocess.run([sys.executable, "-c", _GROUP_SIGTERM_MID_TASK, str(marker)],
+                          capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert proc.returncode == EXIT[SIGTERM], proc.stderr
+    assert proc.stderr.count("interrupted by SIGTERM") == 1, proc.stderr
+    assert marker.exists(), "the reader was killed in the middle of its task"
 
 def test_a_signal_while_the_pool_forks_a_worker_stops_the_command():
     """Seen once in CI (test_finetune[SIGTERM-early]): SIGTERM between a worker's fork and the

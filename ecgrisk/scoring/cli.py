@@ -45,12 +45,19 @@ def _score(args) -> int:
     from ecgrisk.scoring.report import print_summary, write_report
 
     console = Console(stderr=True)
-    if args.devices:
-        hint = "rerun the same command (a scale-out run starts over; the output is replaced whole)"
-    elif args.resume or "--resume" in sys.argv:
-        hint = "the rows scored so far are kept; rerun the same command to continue"
-    else:
-        hint = "the rows scored so far are kept; rerun the same command with --resume to continue"
+    def hint() -> str:
+        if args.devices:
+            return "rerun the same command (a scale-out run starts over; the output is replaced whole)"
+        from pathlib import Path
+
+        from ecgrisk.scoring.table import stale_partials
+
+        # --out appears only when a run completes: say where the rows are meanwhile
+        kept = stale_partials(Path(args.out))
+        where = f" in {kept[-1]}" if kept else ""
+        again = "" if args.resume or "--resume" in sys.argv else " with --resume"
+        return f"the rows scored so far are kept{where}; rerun the same command{again} to continue"
+
     with stop_on_signals(hint, command="ecgrisk score"):
         summary = _run_score(args, console)
     if isinstance(summary, int):
