@@ -109,7 +109,8 @@ def _convert(args) -> int:
         print(f"failed: {r['source']}: {r['error']}", file=sys.stderr)
     print(f"{len(rows) - len(failed)} of {len(rows)} records written to {args.out} "
           f"(manifest: {Path(args.out) / 'manifest.csv'})")
-    return 1 if failed else 0
+    # as ecgrisk score: a batch with some broken files is done, and the manifest names them
+    return 1 if len(failed) == len(rows) else 0
 
 
 def _explain(ecg, args) -> None:
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("download", help="download a PhysioNet dataset (resumable, checksummed)")
-    d.add_argument("dataset", choices=["ptbxl"])
+    d.add_argument("dataset", choices=["ptbxl"], help="ptbxl: PTB-XL (PhysioNet)")
     d.add_argument("--root", required=True, help="destination folder")
     d.add_argument("--records", type=int, default=None, help="only the first N records (default: all)")
     d.add_argument("--fs", type=int, choices=[100, 500], default=100)
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_download)
 
     i = sub.add_parser("inspect", help="read ECG files and print what ecgrisk sees")
-    i.add_argument("files", nargs="+")
+    i.add_argument("files", nargs="+", help="ECG files or WFDB record names, any format score reads")
     i.add_argument("--fs", type=float, default=None, help="resample to / rate of a raw array")
     i.add_argument("--plot", default=None, help="write a 12-lead PNG")
     i.add_argument("--explain", default=None, metavar="PNG",
@@ -157,9 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--top", type=int, default=3, help="statements --explain shows")
     i.set_defaults(func=_inspect)
 
-    c = sub.add_parser("convert", help="convert ECG files (DICOM, XML, SCP, EDF, ...) to WFDB or npz")
+    c = sub.add_parser("convert", help="convert ECG files (DICOM, XML, SCP, EDF, ...) to WFDB or npz",
+                       epilog="exit status: 0 when at least one record was written (manifest.csv "
+                              "names each failure with its reason), 1 when none was, 2 for invalid "
+                              "arguments, 130/143 when stopped by SIGINT/SIGTERM.")
     c.add_argument("inputs", nargs="+", help="files, folders, globs or manifest .csv files")
-    c.add_argument("--to", choices=["wfdb", "npz"], default="wfdb")
+    c.add_argument("--to", choices=["wfdb", "npz"], default="wfdb",
+                   help="WFDB records (.hea + 16-bit .dat) or .npz arrays (default wfdb)")
     c.add_argument("--out", required=True, help="output folder (gets manifest.csv)")
     c.add_argument("--fs", type=float, default=None, help="resample to this rate (default: keep)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")

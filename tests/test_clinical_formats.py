@@ -352,7 +352,10 @@ def test_mixed_folder_scores_and_converts(tmp_path):
     assert table["philips"]["acquired"] == (read_ecg(d / "philips.xml").meta["acquired"] or "")
 
     out = tmp_path / "converted"
-    assert cli_main(["convert", str(d), "--to", "wfdb", "--out", str(out), "--quiet"]) == 1
+    # a batch with a broken file is done (0), the manifest naming it; nothing written is 1
+    assert cli_main(["convert", str(d), "--to", "wfdb", "--out", str(out), "--quiet"]) == 0
+    assert cli_main(["convert", str(d / "broken.dcm"), "--to", "wfdb", "--out",
+                     str(tmp_path / "none"), "--quiet"]) == 1
     with open(out / "manifest.csv", newline="") as f:
         manifest = {r["record"]: r for r in csv.DictReader(f)}
     assert manifest["broken"]["status"] == "failed" and "broken.dcm" in manifest["broken"]["source"]

@@ -17,7 +17,7 @@ from ecgrisk.bundle_files import BundleError, peek_meta
 from ecgrisk.cli import main as cli_main
 from ecgrisk.input_spec import InputSpec
 from ecgrisk.io import read_ecg
-from ecgrisk.io.inputs import collect_records
+from ecgrisk.io.inputs import InputError, collect_records
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.models.layers import fold_batchnorm
@@ -174,7 +174,8 @@ def test_broken_files_are_rows_not_crashes(ptbxl_root, challenge_record, bundle_
 def test_interrupted_run_resumes_without_duplicates(ptbxl_root, bundle_path, tmp_path,
                                                     monkeypatch):
     inputs = [str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr") for i in range(1, 13)]
-    inputs.append(str(tmp_path / "missing_record"))  # an error row, scored again on resume
+    (tmp_path / "broken.npy").write_bytes(b"")
+    inputs.append(str(tmp_path / "broken.npy"))  # an error row, scored again on resume
     full = tmp_path / "full.csv"
     score_files(inputs, bundle_path, full, workers=0, batch_size=8, progress=False)
     want = read_table(full)
@@ -319,6 +320,17 @@ def test_bands_quality_and_inputs(ptbxl_root, bundle_path, tmp_path):
     rel = src.relative_to(tmp_path.anchor)
     man.write_text(f"record,path\na,{'../' * (len(tmp_path.parts) - 1)}{rel}/00001_lr.hea\n")
     assert collect_records([str(man)]) == [("a", str(src / "00001_lr"))]
+    # an INPUT naming nothing is a typo, refused before the model loads; a manifest's missing
+    # path is a record whose row says so; a record named without its extension is found
+    with pytest.raises(InputError, match="no such file, folder or record"):
+        collect_records([str(src / "00001_l")])
+    man.write_text("path\nnot_there.hea\n")
+    assert collect_records([str(man)]) == [("not_there", str(tmp_path / "not_there"))]
+    assert collect_records([str(src / "00001_lr"), str(src / "00001_lr.dat")]) == [
+        ("00001_lr", str(src / "00001_lr"))]
+    assert cli_main(["score", str(tmp_path / "typo"), "--model", str(bundle_path),
+                     "--out", str(tmp_path / "x.csv"), "--quiet"]) == 2
+    assert not (tmp_path / "x.csv").exists()
     # --bands overrides the bundle's thresholds
     out = tmp_path / "s.csv"
     assert cli_main(["score", str(src / "00001_lr"), str(src / "00002_lr"), "--model",

@@ -1,7 +1,8 @@
 """The INPUT arguments of ``ecgrisk score``: files, folders, globs and manifests -> records.
 
 :func:`collect_records` turns them into ``(record id, path)`` pairs in input order, each path
-once; a path that does not exist is kept and becomes an error row when it is read.
+once; a path a manifest lists that does not exist is kept and becomes an error row when it is read;
+an INPUT argument that names nothing is refused (a typo, most likely).
 """
 
 from __future__ import annotations
@@ -59,8 +60,21 @@ def _expand(arg: str) -> list[tuple[str, str]]:
         for match in sorted(glob.glob(os.path.expanduser(arg), recursive=True)):
             out += _expand(match)
         return out
-    # a file, a WFDB name without extension, or a missing path (it becomes an error row)
+    if not _names_something(p):
+        # most likely a typo: said before the model loads, not as one failed row
+        raise InputError(f"INPUT {arg!r}: no such file, folder or record")
+    # a file, or a record named without its extension
     return [as_record(p)]
+
+
+def _names_something(p: Path) -> bool:
+    """Whether ``p`` is a file or folder, or names a record whose header or array exists
+    (``00001_lr`` for ``00001_lr.hea``; ``00001_lr.dat`` whose header is missing is a file)."""
+    if p.exists():
+        return True
+    if p.suffix.lower() in _WFDB_SUFFIXES and p.with_suffix(".hea").is_file():
+        return True
+    return any(p.with_name(p.name + ext).is_file() for ext in (".hea", ".npy", ".npz"))
 
 
 def collect_records(inputs: list[str]) -> list[tuple[str, str]]:
@@ -69,9 +83,9 @@ def collect_records(inputs: list[str]) -> list[tuple[str, str]]:
     INPUT items are files (any format ``read_ecg`` reads; ``.hea``/``.dat``/``.mat`` name their
     record), folders (searched recursively by :func:`~ecgrisk.io.scan.scan_folder`), globs (``**`` recursive)
     or manifest ``.csv`` files with a ``path`` column (relative to the manifest) and an optional
-    ``record`` column. A path that does not exist is kept: it becomes a row with its error, as
-    does a file in a folder named like a clinical export whose content is none
-    (its ``unrecognised``).
+    ``record`` column. An INPUT that names nothing is an :class:`InputError`; a path in a
+    manifest that does not exist is kept: it becomes a row with its error, as does a file in a
+    folder named like a clinical export whose content is none (its ``unrecognised``).
     """
     if not inputs:
         raise InputError("no INPUT given")
