@@ -25,6 +25,18 @@ from ecgrisk.hardware import resolve_precision
 from ecgrisk.signals import raise_if_interrupted
 
 
+def check_positive(cfg: DictConfig, *keys: str, whole: tuple[str, ...] = ()) -> None:
+    """Refuse a config whose ``keys`` are not positive numbers (``whole``: positive integers)
+    before any work: a negative learning rate otherwise trains to chance without a word, and a
+    word where a number belongs fails deep inside Lightning without naming its key."""
+    for key in (*keys, *whole):
+        v = OmegaConf.select(cfg, key)
+        kinds = (int,) if key in whole else (int, float)
+        if isinstance(v, bool) or not isinstance(v, kinds) or v <= 0:
+            raise ValueError(f"{key}={v!r}: expected a positive "
+                             f"{'whole number' if key in whole else 'number'}")
+
+
 def run_dir(cfg: DictConfig) -> Path:
     """``cfg.output_dir`` when set (tests, scripts), else Hydra's run directory."""
     if cfg.get("output_dir"):
@@ -61,9 +73,14 @@ def write_metrics(path: Path, metrics: dict) -> None:
 
 def make_loggers(cfg: DictConfig, out: Path) -> list:
     """CSV always (the curves PNG reads it); TensorBoard or MLflow on top when configured."""
+    import warnings
+
     from lightning.pytorch.loggers import CSVLogger
 
     _keep_history(out / "logs")
+    # a resumed run's logs folder is not empty, and Lightning warns that earlier logs will be
+    # deleted; it deletes metrics.csv alone, which _keep_history has just set aside
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     loggers = [CSVLogger(save_dir=str(out), name="logs", version="")]
     extra = cfg.logger.get("extra")
     if extra == "tensorboard":

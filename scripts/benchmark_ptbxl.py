@@ -167,32 +167,43 @@ def _table(rows: list[dict], header: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_root = (shared_data() or Path("data")) / "ptb-xl"
-    p.add_argument("--root", default=str(default_root))
-    p.add_argument("--models", nargs="*", default=["xresnet1d50", "vit1d"])
-    p.add_argument("--tasks", nargs="+", default=["superdiagnostic", "all"])
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--root", default=str(default_root),
+                   help="a PTB-XL copy with records100/ (default: %(default)s)")
+    p.add_argument("--models", nargs="*", default=["xresnet1d50", "vit1d"],
+                   help="model configs (conf/model/); none: throughput only (default: %(default)s)")
+    p.add_argument("--tasks", nargs="+", default=["superdiagnostic", "all"],
+                   help="PTB-XL label sets (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=50, help="one-cycle length (default: %(default)s)")
     p.add_argument("--precision", default="auto",
                    help="Lightning precision; auto: bf16-mixed where bf16 is native (ecgrisk/hardware.py)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (the best of those is kept)")
     p.add_argument("--max-minutes", type=int, default=0, help="per-run wall-clock cap (0: none)")
-    p.add_argument("--accelerator", default="cpu")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default: %(default)s)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rerun", action="store_true", help="train again even where a run finished or left a checkpoint")
-    p.add_argument("--no-throughput", action="store_true")
-    p.add_argument("--runs-dir", default="runs/benchmark_ptbxl")
-    p.add_argument("--out", default="results")
-    p.add_argument("--name", default="benchmark_ptbxl", help="results/<name>.{json,md}")
+    p.add_argument("--no-throughput", action="store_true",
+                   help="skip the encoder throughput table (<out>/encoder_throughput.{json,md})")
+    p.add_argument("--runs-dir", default="runs/benchmark_ptbxl", help="run directories (default: %(default)s)")
+    p.add_argument("--out", default="results", help="folder of the tables (default: %(default)s)")
+    p.add_argument("--name", default="benchmark_ptbxl",
+                   help="<out>/<name>.{json,md}; a table another command wrote is never replaced "
+                        "(default: %(default)s)")
     args = p.parse_args()
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     machine = describe()
     out = Path(args.out)
+    command = command_line(__file__)
+    for name, written in ((args.name, bool(args.models)), ("encoder_throughput", not args.no_throughput)):
+        if written:
+            _refuse_other_commands(out / f"{name}.json", command)
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_throughput:
         tp = {name: throughput(name) for name in list_encoders()}
         atomic_write_text(out / "encoder_throughput.json",
-                          json.dumps({"started": started, "machine": machine, "encoders": tp}, indent=1))
+                          json.dumps({"started": started, "machine": machine, "command": command,
+                                      "encoders": tp}, indent=1))
         md = [f"Encoder throughput at default size on {machine} (batch 64 of 2.5 s crops at 100 Hz, "
               f"median of 3; started {started}):", "",
               "| encoder | params | train samples/s | inference samples/s |", "|---|---|---|---|"]
@@ -205,11 +216,11 @@ def main() -> None:
     budget = (f"{args.epochs} epochs per run, {resolve_precision(args.precision, args.accelerator)}, validation every {args.val_every} epoch(s), "
               f"best validated epoch kept") + (f", {args.max_minutes} min cap" if args.max_minutes else "")
     header = (f"PTB-XL benchmark protocol on `{args.root}` ({machine}; {budget}; {args.accelerator}). "
-              f"Started {started}. Command: `{command_line(__file__)}`. "
+              f"Started {started}. Command: `{command}`. "
               f"Where the test fold is absent the row is scored on fold 9, the fold the best epoch and the "
               f"calibration were chosen on.")
     meta = {"started": started, "root": str(args.root), "accelerator": args.accelerator,
-            "machine": machine, "budget": budget, "command": command_line(__file__)}
+            "machine": machine, "budget": budget, "command": command}
     rows = []
     for t in args.tasks:
         for m in args.models:
@@ -220,6 +231,19 @@ def main() -> None:
             rows.append(ens)
             _write(out, args.name, rows, header, meta)
     print(_table(rows, header))
+
+
+def _refuse_other_commands(path: Path, command: str) -> None:
+    """Stop before a table another command wrote is replaced: the results are records (a
+    one-epoch smoke run once replaced the committed fifty-epoch table). The same command
+    again resumes and rewrites its own table."""
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text()).get("command")
+    if before != command:
+        raise SystemExit(f"{path} holds the results of another command ({before or 'not recorded'}); "
+                         f"write elsewhere (--out DIR; --name for the runs table, --no-throughput to skip the "
+                         f"throughput one) or delete it to replace it")
 
 
 def _write(out: Path, name: str, rows: list[dict], header: str, meta: dict) -> None:

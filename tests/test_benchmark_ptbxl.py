@@ -1,8 +1,9 @@
 """scripts/benchmark_ptbxl.py's ensemble row: the mean of its members' calibrated probabilities,
-scored like a run."""
+scored like a run; and the tables it never replaces."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +52,15 @@ def test_an_ensemble_of_runs_scored_on_different_records_is_refused(bench, tmp_p
     rows = [_run(tmp_path, "m1", y, p, [1, 2, 3, 4]), _run(tmp_path, "m2", y, p, [1, 2, 3, 5])]
     with pytest.raises(SystemExit, match="scored different records"):
         bench.ensemble("t", rows, bootstrap=0, seed=0)
+
+
+def test_a_table_another_command_wrote_is_never_replaced(bench, tmp_path):
+    table = tmp_path / "benchmark_ptbxl.json"
+    bench._refuse_other_commands(table, "python scripts/benchmark_ptbxl.py --epochs 1")  # no file yet
+    table.write_text(json.dumps({"command": "python scripts/benchmark_ptbxl.py --epochs 50", "runs": []}))
+    bench._refuse_other_commands(table, "python scripts/benchmark_ptbxl.py --epochs 50")  # resuming
+    with pytest.raises(SystemExit, match="another command .*--epochs 50.*--out DIR"):
+        bench._refuse_other_commands(table, "python scripts/benchmark_ptbxl.py --epochs 1")
+    table.write_text(json.dumps({"runs": []}))  # tables from before commands were recorded
+    with pytest.raises(SystemExit, match="not recorded"):
+        bench._refuse_other_commands(table, "python scripts/benchmark_ptbxl.py --epochs 50")

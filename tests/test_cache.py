@@ -96,15 +96,19 @@ def test_cache_is_reused_then_rebuilt_when_damaged_or_stale(tiny):
     assert cache_key(rs, Preprocessing(fs=100, bandpass=(0.5, 40.0))) != cache_key(rs, prep)
 
 
-def test_unreadable_records_are_recorded_and_left_out(tiny):
+def test_unreadable_records_are_recorded_and_left_out(tiny, caplog):
     rs, root = tiny
     with open(rs.paths[2] + ".dat", "r+b") as f:
         f.truncate(10)
-    cache = build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False)
+    with caplog.at_level("WARNING", logger="ecgrisk.data.cache"):
+        cache = build_cache(rs, root, Preprocessing(fs=100), workers=1, progress=False)
     assert len(cache) == 11 and "2" not in cache.record_ids
     failures = json.loads((cache.path / "meta.json").read_text())["failures"]
     assert list(failures) == ["2"]
     assert "r002" in failures["2"]
+    # the warning names the record and why, as well as where the full list is
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert f"(2: {failures['2']}; every one in {cache.path}/meta.json)" in msg
 
 
 def test_parallel_build_matches_serial(tiny, tmp_path):

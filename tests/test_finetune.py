@@ -302,3 +302,22 @@ def test_review_band_is_fitted_within_the_review_by_groups(tmp_path, ptbxl_root,
     assert band["low"] <= conformal.fit_review(y, p, 0.1).low  # the widest band wins
     worst, share = metrics["val/review/worst_group"]
     assert metrics["val/review/by_group"][worst] == share == max(metrics["val/review/by_group"].values())
+
+
+@pytest.mark.parametrize("app,override,said", [
+    ("finetune", "finetune.lr=-1", "finetune.lr=-1: expected a positive number"),
+    ("finetune", "trainer.max_epochs=abc", "trainer.max_epochs='abc': expected a positive whole number"),
+    ("pretrain", "data.batch_size=0", "data.batch_size=0: expected a positive whole number"),
+    ("refine", "rounds=1.5", "rounds=1.5: expected a positive whole number"),
+])
+def test_a_config_that_cannot_train_is_refused_before_any_work(tmp_path, app, override, said):
+    # a negative learning rate trained to chance without a word; a word for a number failed
+    # deep in Lightning without naming its key
+    from ecgrisk.pretrain.app import train as pretrain
+    from ecgrisk.refine.app import refine
+
+    run = {"finetune": train, "pretrain": pretrain, "refine": refine}[app]
+    extra = ["base=never-loaded.pt"] if app == "refine" else []
+    with pytest.raises(ValueError, match=said.replace("(", r"\(")):
+        run(compose(app, [override, f"output_dir={tmp_path / 'run'}", *extra]))
+    assert not (tmp_path / "run").exists()

@@ -443,3 +443,10 @@ def test_store_feedback_reads_judgements_imported_from_jsonl(base, ptbxl_root, p
     with pytest.raises(FileNotFoundError, match="no-such.db"):
         refine(_cfg(base, ptbxl_root, tmp_path / "run2", "feedback=store",
                     f"feedback.store={tmp_path / 'no-such.db'}"))
+    # a store with nothing about this pool is an error, not a refined copy of the base
+    with FeedbackStore(tmp_path / "other.db") as other:
+        other.add_many(records[10:])
+    with pytest.raises(ValueError, match=r"holds no judgements about the \d+ ECGs of this pool "
+                                         r"\(1 are about other ECGs\)"):
+        refine(_cfg(base, ptbxl_root, tmp_path / "run3", "feedback=store",
+                    f"feedback.store={tmp_path / 'other.db'}", "pool=val"))

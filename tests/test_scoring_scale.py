@@ -147,7 +147,8 @@ def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_p
     every record once."""
     src = ptbxl_root / "records100" / "00000"
     inputs = [str(src / f"{i:05d}_lr") for i in range(1, 11)]
-    inputs.append(str(tmp_path / "nope"))  # an error row travels through the shards too
+    (tmp_path / "nope.npy").write_bytes(b"")
+    inputs.append(str(tmp_path / "nope.npy"))  # an error row travels through the shards too
     # 11 records on 2 ranks: Lightning's predict sampler splits them 6 + 5, repeating none
     out = tmp_path / "ddp.csv"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -159,7 +160,7 @@ def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(out)
     assert [r["path"] for r in rows] == inputs  # input order, each record once
-    assert rows[-1]["error"].startswith("MissingSignalFileError")
+    assert rows[-1]["error"].startswith("EmptyFileError")
     assert not (tmp_path / ".ddp.csv.shards").exists()  # shards merged and removed
     # both ranks wrote their shard
     counts = dict(re.findall(r"rows in (shard-\d+\.csv)\W+(\d+)", proc.stderr))

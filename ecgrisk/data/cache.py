@@ -215,8 +215,10 @@ def build_cache(records: RecordSet, cache_root: str | os.PathLike, prep: Preproc
             first = next(iter(failures.values()), "no records given")
             raise CacheError(f"no record of {records.name} could be read (first failure: {first})")
         if failures:
-            log.warning("%d of %d records of %s could not be read and are left out of the cache; "
-                        "see %s/meta.json", len(failures), len(records), records.name, final)
+            named = "; ".join(f"{rid}: {err}" for rid, err in list(failures.items())[:3])
+            log.warning("%d of %d records of %s could not be read and are left out of the cache "
+                        "(%s%s; every one in %s/meta.json)", len(failures), len(records),
+                        records.name, named, "; ..." if len(failures) > 3 else "", final)
         keep_a = np.asarray(keep, dtype=np.int64)
         labels = records.labels[keep_a] if records.labels is not None else np.zeros((len(keep), 0), np.uint8)
         folds = records.folds[keep_a] if records.folds is not None else np.zeros(len(keep), np.int64)

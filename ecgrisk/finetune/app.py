@@ -37,6 +37,7 @@ from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.plotting import plot_reliability
 from ecgrisk.preprocess import Scaler
 from ecgrisk.runs import (
+    check_positive,
     make_trainer,
     plot_curves,
     resume_hint,
@@ -59,6 +60,7 @@ def build_classifier(model_cfg: DictConfig, num_classes: int) -> ECGClassifier:
 
 def train(cfg: DictConfig) -> dict:
     """Fit, pick the best epoch on validation, calibrate on validation, test once, write the run."""
+    check_positive(cfg, "finetune.lr", whole=("trainer.max_epochs", "data.batch_size"))
     out = run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     # a pretrained encoder learnt on inputs scaled by its own scaler: keep it, rather than

@@ -32,6 +32,7 @@ from ecgrisk.preprocess import Preprocessing
 from ecgrisk.pretrain.module import PretrainModule
 from ecgrisk.pretrain.objectives import build_objective
 from ecgrisk.runs import (
+    check_positive,
     make_trainer,
     plot_curves,
     resume_hint,
@@ -142,6 +143,7 @@ def build_module(cfg: DictConfig) -> PretrainModule:
 
 def train(cfg: DictConfig) -> dict:
     """Pretrain, write ``encoder.pt``, ``metrics.json`` and the loss curves; return the metrics."""
+    check_positive(cfg, "optim.lr", whole=("trainer.max_epochs", "data.batch_size"))
     out = run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     progress = bool(cfg.trainer.get("enable_progress_bar", True))

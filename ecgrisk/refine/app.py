@@ -46,7 +46,7 @@ from ecgrisk.refine.loop import make_feedback, run_loop
 from ecgrisk.refine.policy import BernoulliPolicy
 from ecgrisk.refine.pools import prepare_sets
 from ecgrisk.refine.refiners import REFINERS
-from ecgrisk.runs import run_dir, write_metrics
+from ecgrisk.runs import check_positive, run_dir, write_metrics
 from ecgrisk.signals import raise_if_interrupted, set_resume_hint, stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,7 @@ def refine(cfg: DictConfig) -> dict:
     if cfg.refine.method not in REFINERS:
         raise ValueError(f"refine.method must be one of {sorted(REFINERS)}, "
                          f"got {cfg.refine.method!r}")
-    if cfg.rounds < 1 or cfg.queries_per_round < 1:
-        raise ValueError(f"rounds and queries_per_round must be >= 1, got {cfg.rounds} and "
-                         f"{cfg.queries_per_round}")
+    check_positive(cfg, "refine.lr", whole=("rounds", "queries_per_round", "refine.batch_size"))
     bundle = Bundle.load(cfg.base)
     if not isinstance(bundle.model, ECGClassifier):
         # the refiners move one head on one encoder's embeddings
@@ -132,7 +130,7 @@ def refine(cfg: DictConfig) -> dict:
     review_by = usable_specs(dm.sources[0], ReviewBand.from_dict(base_band).by if base_band else [])
     sets = prepare_sets(bundle, dm, cfg.pool, cfg.seed, cfg.data.batch_size,
                         keep_inputs=cfg.refine.train == "all", cache_dir=cfg.data.cache_dir,
-                        own=cfg.refine.get("replay", 0.0) > 0)
+                        own=cfg.refine.get("replay", 0.0) > 0, progress=cfg.progress)
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def save_round(k: int, policy: BernoulliPolicy, accepted: bool) -> None:
@@ -196,9 +194,13 @@ def _restart_hint(cfg: DictConfig) -> str:
     in one transaction)."""
     from hydra.core.hydra_config import HydraConfig
 
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(
-        HydraConfig.get().runtime.output_dir)
-    new_dir = "with another output_dir " if cfg.get("output_dir") else ""
+    hydra_cfg = HydraConfig.get()
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else Path(hydra_cfg.runtime.output_dir)
+    # a run refuses a directory whose store holds judgements already: one that was named must
+    # be named anew
+    named = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+    new_dir = ("with another output_dir " if cfg.get("output_dir") else
+               "with another hydra.run.dir " if named else "")
     return (f"the judgements of finished rounds are in {out / 'feedback.db'} and their models in "
             f"{out / 'checkpoints'}; rerun the same command {new_dir}to refine again "
             "(seeded: the same rounds, the same result)")

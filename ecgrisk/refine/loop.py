@@ -420,6 +420,12 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
         new = feedback.collect(k, idx, a, b, current)
         asked.extend(int(i) for i in idx)
         if new == 0:
+            if k == 1 and isinstance(feedback, StoreFeedback):
+                who = f" by {feedback.annotator}" if feedback.annotator else ""
+                raise ValueError(
+                    f"feedback store {feedback.source.url} holds no judgements{who} about the "
+                    f"{len(sets.pool)} ECGs of this pool ({feedback.skipped} are about other "
+                    f"ECGs): nothing to refine from; judge them with `ecgrisk review` first")
             log.info("round %d: no new feedback; stopping", k)
             break
         data = read_feedback(store, sets.pool, classes, cfg.reward, cfg.seed)
@@ -462,6 +468,8 @@ def run_loop(cfg: Any, bundle: Bundle, sets: Sets, store: FeedbackStore,
                     "guard/records": len(sets.guard),
                     "report/records": 0 if sets.report is None else len(sets.report),
                     "report/split": sets.report_split if sets.report is not None else "none"})
-    if not result.accepted:
+    if not completed:
+        log.warning("no round was completed: the kept model is the base model")
+    elif not result.accepted:
         log.warning("no refinement passed the guard: the kept model is the base model")
     return result

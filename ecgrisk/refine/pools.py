@@ -60,6 +60,10 @@ def _halves(ws: WindowSet, seed: int) -> tuple[WindowSet, WindowSet]:
     return ws.subset(np.sort(order[:half])), ws.subset(np.sort(order[half:]))
 
 
+_WHAT = {"own": "the base's training ECGs", "folds": "the pool's ECGs", "folder": "the folder's ECGs",
+         "val": "the validation ECGs", "test": "the test ECGs"}
+
+
 class Embedder:
     """Embeds windows with the frozen base model, through an on-disk cache.
 
@@ -73,11 +77,14 @@ class Embedder:
         Windows per forward pass.
     keep_inputs
         Keep the window signals too (``refine.train=all``); such sets are not cached.
+    progress
+        A progress bar while windows are embedded.
     """
 
     def __init__(self, bundle: Any, cache_dir: str | Path | None, batch_size: int = 256,
-                 keep_inputs: bool = False):
+                 keep_inputs: bool = False, progress: bool = False):
         self.model, self.batch_size, self.keep_inputs = bundle.model, batch_size, keep_inputs
+        self.progress = progress
         self.cache_dir = None if cache_dir is None or keep_inputs else Path(cache_dir) / "embeddings"
         self.digest = bundle.digest()
 
@@ -96,7 +103,8 @@ class Embedder:
                 return WindowSet(list(record_ids), np.asarray(labels), d["positions"].numpy(),
                                  d["embeddings"])
         ws = embed_windows(self.model, dataset, labels, record_ids, self.batch_size,
-                           self.keep_inputs)
+                           self.keep_inputs,
+                           f"embedding {_WHAT.get(tag.split(':')[0], 'ECGs')}" if self.progress else None)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
@@ -121,7 +129,9 @@ def _fold_pool(bundle: Any, dm: Any, folds: list[int], embed: Embedder) -> Windo
         keep = np.asarray([i for i in in_folds if cache.record_ids[i] not in seen], dtype=np.int64)
     if len(keep) == 0:
         raise ValueError(f"pool=folds: no record of folds {list(folds)} is left that the base "
-                         f"({bundle.name}@{bundle.version}) was not trained on")
+                         f"({bundle.name}@{bundle.version}) was not trained on; fine-tune it on part "
+                         f"of the labels (data.train_fraction=0.05, as the scarce-labels benchmark "
+                         f"does), or ask about another pool (pool=val_half, pool=folder pool.root=DIR)")
     overlap = set(folds) & set(dm.folds["val"])
     if overlap:
         raise ValueError(f"pool.folds {list(folds)} overlap the validation folds {sorted(overlap)}, "
@@ -182,7 +192,7 @@ def _folder_pool(bundle: Any, root: str, embed: Embedder, num_classes: int) -> W
 
 def prepare_sets(bundle: Any, dm: Any, pool: Any, seed: int = 0, batch_size: int = 256,
                  keep_inputs: bool = False, cache_dir: str | Path | None = None,
-                 own: bool = False) -> Sets:
+                 own: bool = False, progress: bool = False) -> Sets:
     """Embed the pool, guard and report sets a ``pool`` config node describes.
 
     Parameters
@@ -200,11 +210,13 @@ def prepare_sets(bundle: Any, dm: Any, pool: Any, seed: int = 0, batch_size: int
     own
         Embed the base's own training records too (:attr:`Sets.own`, for ``refine.replay``),
         with the labels the base learned them under.
+    progress
+        Progress bars while the sets are embedded.
     """
     kind = pool.kind if hasattr(pool, "kind") else pool
     if kind not in KINDS:
         raise ValueError(f"pool.kind must be one of {KINDS}, got {kind!r}")
-    embed = Embedder(bundle, cache_dir, batch_size, keep_inputs)
+    embed = Embedder(bundle, cache_dir, batch_size, keep_inputs, progress)
 
     def split(name: str) -> WindowSet:
         return embed(dm.eval_dataset(name), dm.labels(name), dm.record_ids(name),

@@ -83,8 +83,8 @@ class WindowSet:
 
 @torch.no_grad()
 def embed_windows(model: torch.nn.Module, dataset: Any, labels: np.ndarray,
-                  record_ids: Sequence[str], batch_size: int = 256, keep_inputs: bool = False
-                  ) -> WindowSet:
+                  record_ids: Sequence[str], batch_size: int = 256, keep_inputs: bool = False,
+                  progress: str | None = None) -> WindowSet:
     """Embed every window of a :class:`~ecgrisk.data.windows.WindowDataset` once.
 
     Parameters
@@ -95,16 +95,23 @@ def embed_windows(model: torch.nn.Module, dataset: Any, labels: np.ndarray,
         The windows (``(x [leads, T], y, k)`` items and ``positions``).
     labels, record_ids
         ``[N, C]`` labels and ``N`` ids of the dataset's records.
+    progress
+        A progress bar's description (None: no bar): a pool of thousands of ECGs takes minutes.
     """
     from torch.utils.data import DataLoader
 
+    from ecgrisk.progress import progress_bar
+
     model.eval()
     embs, inputs, ks = [], [], []
-    for x, _, k in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        embs.append(model.embed(x).float())
-        ks.append(k.numpy())
-        if keep_inputs:
-            inputs.append(x)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with progress_bar(len(loader), progress or "", progress is not None) as tick:
+        for x, _, k in loader:
+            embs.append(model.embed(x).float())
+            ks.append(k.numpy())
+            if keep_inputs:
+                inputs.append(x)
+            tick()
     k = np.concatenate(ks)
     return WindowSet(list(record_ids), np.asarray(labels), np.asarray(dataset.positions)[k],
                      torch.cat(embs), torch.cat(inputs) if keep_inputs else None)

@@ -67,7 +67,8 @@ def _score(args) -> int:
         from ecgrisk.bundle import Bundle
 
         bundle = Bundle.load(args.model)
-        files = write_report(summary, args.report, args.bands or bundle.risk_bands, bundle)
+        files = write_report(summary, args.report, args.bands or bundle.risk_bands, bundle,
+                             progress=not args.quiet)
         console.print(f"report: {files[-1]} shows its {len(files) - 1} plots")
     if summary.scored == 0 and summary.resumed == 0:
         console.print("[red]no record could be scored[/red]")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgrisk.files import atomic_write_text
+from ecgrisk.progress import progress_bar
 
 __all__ = ["ScoreSummary", "print_summary", "risk_band", "write_report"]
 
@@ -145,20 +146,20 @@ def print_summary(summary: ScoreSummary, out: str | Path, console=None) -> None:
 
 
 def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[float, float],
-                 bundle=None) -> list[Path]:
+                 bundle=None, progress: bool = False) -> list[Path]:
     """``risk_hist.png``, and per highest-risk record a 12-lead plot and, given the ``bundle``
     (and captum, in the ``review`` extra), ``*_attribution.png``: where the evidence for its top
     statements lies; ``index.md`` shows them all on one page, with the run's counts. Returns
-    the files written, ``index.md`` last."""
+    the files written, ``index.md`` last. ``progress``: a bar over the highest-risk records
+    (their attributions take seconds each on a CPU)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from ecgrisk.io import ECGReadError, read_ecg
-    from ecgrisk.plotting import plot_12lead, plot_attribution, plot_reliability
-    from ecgrisk.scoring.attribution import explain, explainer
+    from ecgrisk.plotting import plot_reliability
+    from ecgrisk.scoring.attribution import explainer
 
     predictor = explainer(bundle) if bundle is not None else None
     report_dir = Path(report_dir)
@@ -186,27 +187,42 @@ def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[flo
                          title=f"reliability on its own validation/test folds\n{bundle.name}")
         written.append(png)
     top = []
-    for rank, (risk, record, path, title) in enumerate(summary.highest(), start=1):
-        try:
-            ecg = read_ecg(path)
-        except ECGReadError:  # the file changed since it was scored; the table still stands
-            continue
-        drawn = []
-        top.append((rank, record, path, risk, title, drawn))
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in record)
-        png = report_dir / f"top{rank:02d}_{safe}.png"
-        plot_12lead(ecg.signal, ecg.fs, title=f"#{rank} {record}  risk {risk:.2f}  |  {title}",
-                    path=png, lead_mask=ecg.lead_mask)
-        drawn.append(png)
-        if predictor is not None:
-            png = report_dir / f"top{rank:02d}_{safe}_attribution.png"
-            plot_attribution(explain(predictor, ecg.signal, ecg.fs), path=png,
-                             title=f"#{rank} {record}: where the evidence lies (integrated gradients)")
-            drawn.append(png)
-        written += drawn
+    highest = summary.highest()
+    with progress_bar(len(highest), "report: the highest-risk ECGs", progress) as tick:
+        for rank, (risk, record, path, title) in enumerate(highest, start=1):
+            drawn = _draw_top(rank, risk, record, path, title, report_dir, predictor)
+            tick()
+            if drawn is not None:
+                top.append((rank, record, path, risk, title, drawn))
+                written += drawn
     index = report_dir / "index.md"
     atomic_write_text(index, _index(summary, model, report_dir / "reliability.png" in written, top))
     return [*written, index]
+
+
+def _draw_top(rank: int, risk: float, record: str, path: str, title: str, report_dir: Path,
+              predictor) -> list[Path] | None:
+    """One highest-risk record's 12-lead plot and, given a predictor, its attribution plot; None
+    when its file no longer reads."""
+    from ecgrisk.io import ECGReadError, read_ecg
+    from ecgrisk.plotting import plot_12lead, plot_attribution
+    from ecgrisk.scoring.attribution import explain
+
+    try:
+        ecg = read_ecg(path)
+    except ECGReadError:  # the file changed since it was scored; the table still stands
+        return None
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in record)
+    png = report_dir / f"top{rank:02d}_{safe}.png"
+    plot_12lead(ecg.signal, ecg.fs, title=f"#{rank} {record}  risk {risk:.2f}  |  {title}",
+                path=png, lead_mask=ecg.lead_mask)
+    drawn = [png]
+    if predictor is not None:
+        png = report_dir / f"top{rank:02d}_{safe}_attribution.png"
+        plot_attribution(explain(predictor, ecg.signal, ecg.fs), path=png,
+                         title=f"#{rank} {record}: where the evidence lies (integrated gradients)")
+        drawn.append(png)
+    return drawn
 
 
 def _index(summary: ScoreSummary, model: str, reliability: bool, top: list) -> str:
