@@ -1,6 +1,12 @@
-"""Compose the shipped Hydra configs from Python (tests, the demo, benchmark scripts)."""
+"""Compose the shipped Hydra configs from Python (tests, the demo, benchmark scripts), and run
+the three training commands as Hydra apps."""
 
 from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from omegaconf import DictConfig
 
@@ -37,3 +43,19 @@ def run_app(hydra_main) -> None:
         # Hydra leaves the finished app's config set; a run started later in this process
         # (compose + train) would otherwise record this app's overrides as its own command
         HydraConfig.instance().cfg = None
+
+
+@contextmanager
+def plain_errors(command: str) -> Iterator[None]:
+    """What a user got wrong (a bad value, a missing file, a run directory in use: the
+    ``ValueError``, ``FileNotFoundError`` and ``FileExistsError`` the apps raise after checking)
+    as one line and exit status 2, where Hydra would print a traceback; ``HYDRA_FULL_ERROR=1``
+    keeps the traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{command}: error: {e}\n(HYDRA_FULL_ERROR=1 shows where it was raised)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

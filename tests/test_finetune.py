@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -321,3 +322,13 @@ def test_a_config_that_cannot_train_is_refused_before_any_work(tmp_path, app, ov
     with pytest.raises(ValueError, match=said.replace("(", r"\(")):
         run(compose(app, [override, f"output_dir={tmp_path / 'run'}", *extra]))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_command_says_what_is_wrong_in_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "ecgrisk.finetune.app", "finetune.lr=-1", f"output_dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "ecgrisk-finetune: error: finetune.lr=-1: expected a positive number" in proc.stderr
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr  # where it was raised, on request

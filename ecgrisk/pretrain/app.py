@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ecgrisk.bundle import save_encoder
-from ecgrisk.config import run_app
+from ecgrisk.config import plain_errors, run_app
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.datamodule import ECGDataModule
 from ecgrisk.data.sources import load_source
@@ -217,7 +217,8 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=None, config_name="pretrain")
 def _hydra_main(cfg: DictConfig) -> float:
     set_resume_hint(resume_hint(cfg, "ecgrisk-pretrain"))
-    metrics = train(cfg)
+    with plain_errors("ecgrisk-pretrain"):
+        metrics = train(cfg)
     return float(metrics.get("val/loss_end", metrics.get("train/loss_end", float("nan"))))
 
 

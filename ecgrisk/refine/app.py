@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ecgrisk.bundle import Bundle
-from ecgrisk.config import run_app
+from ecgrisk.config import plain_errors, run_app
 from ecgrisk.conformal import ReviewBand, fit_review, with_band
 from ecgrisk.data.datamodule import build_datamodule
 from ecgrisk.feedback.store import FeedbackStore
@@ -209,7 +209,8 @@ def _restart_hint(cfg: DictConfig) -> str:
 @hydra.main(version_base="1.3", config_path=None, config_name="refine")
 def _hydra_main(cfg: DictConfig) -> float:
     set_resume_hint(_restart_hint(cfg))
-    metrics = refine(cfg)
+    with plain_errors("ecgrisk-refine"):
+        metrics = refine(cfg)
     return float(metrics.get("val/macro_auroc", float("nan")))
 
 

@@ -53,8 +53,8 @@ def _score(args) -> int:
         from ecgrisk.scoring.table import stale_partials
 
         # --out appears only when a run completes: say where the rows are meanwhile
-        kept = stale_partials(Path(args.out))
-        where = f" in {kept[-1]}" if kept else ""
+        kept = stale_partials(Path(args.out))  # this run's is the one written last
+        where = f" in {max(kept, key=lambda f: f.stat().st_mtime)}" if kept else ""
         again = "" if args.resume or "--resume" in sys.argv else " with --resume"
         return f"the rows scored so far are kept{where}; rerun the same command{again} to continue"
 
