@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -175,12 +176,13 @@ def main() -> None:
                    help="PTB-XL label sets (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=50, help="one-cycle length (default: %(default)s)")
     p.add_argument("--precision", default="auto",
-                   help="Lightning precision; auto: bf16-mixed where bf16 is native (ecgrisk/hardware.py)")
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (the best of those is kept)")
-    p.add_argument("--max-minutes", type=int, default=0, help="per-run wall-clock cap (0: none)")
+                   help="Lightning precision; auto (the default): bf16-mixed where bf16 is native (ecgrisk/hardware.py)")
+    p.add_argument("--val-every", type=int, default=1,
+                   help="validate every N epochs (the best of those is kept; default: %(default)s)")
+    p.add_argument("--max-minutes", type=int, default=0, help="per-run wall-clock cap (default 0: none)")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--rerun", action="store_true", help="train again even where a run finished or left a checkpoint")
     p.add_argument("--no-throughput", action="store_true",
                    help="skip the encoder throughput table (<out>/encoder_throughput.{json,md})")
@@ -241,9 +243,11 @@ def _refuse_other_commands(path: Path, command: str) -> None:
         return
     before = json.loads(path.read_text()).get("command")
     if before != command:
-        raise SystemExit(f"{path} holds the results of another command ({before or 'not recorded'}); "
-                         f"write elsewhere (--out DIR; --name for the runs table, --no-throughput to skip the "
-                         f"throughput one) or delete it to replace it")
+        what = f"another command ({before})" if before else "an earlier run (its command was not recorded)"
+        print(f"error: {path} holds the results of {what}; write elsewhere (--out DIR; --name for "
+              f"the runs table, --no-throughput to skip the throughput one) or delete it to replace "
+              f"it", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _write(out: Path, name: str, rows: list[dict], header: str, meta: dict) -> None:

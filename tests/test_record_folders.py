@@ -153,6 +153,11 @@ def test_export_files_holding_no_ecg_are_named_and_become_error_rows_when_scored
     spec = InputSpec(Preprocessing(fs=100.0), Scaler(0.0, 1.0), window=250, stride=125)
     rows = read_chunk(records[4:], spec)
     assert [r.error.split(";")[0] for r in rows] == ["UnknownFormatError: unsupported content"] * 2
+    # a folder of such files alone is rows with their errors too, not "no ECG record found"
+    only = ecg_tree.parent / "only-broken"
+    only.mkdir()
+    shutil.copy(ecg_tree / "arrays" / "report.xml", only / "report.xml")
+    assert collect_records([str(only)]) == [("report.xml", str((only / "report.xml").resolve()))]
 
 
 def test_ecg_folder_errors(tmp_path):

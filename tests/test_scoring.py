@@ -504,3 +504,16 @@ def test_ecgrisk_score_starts_its_readers_before_torch_is_imported(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(tmp_path / "s.csv") as f:
         assert [r["error"] for r in csv.DictReader(f)] == [""]
+
+
+def test_the_summary_rate_counts_only_what_this_run_read():
+    from rich.console import Console
+
+    from ecgrisk.scoring.report import ScoreSummary, print_summary
+
+    # a resumed run: 512 rows carried over took no time; 488 read in 3.2 s is 152.5 a second
+    s = ScoreSummary(total=1000, scored=480, failed=8, resumed=512)
+    s.wall_s = 3.2
+    console = Console(record=True, width=120)
+    print_summary(s, "scores.csv", console)
+    assert "3.2 s, 152.5 records/s (488 read in this run)" in console.export_text()

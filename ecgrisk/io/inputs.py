@@ -52,7 +52,7 @@ def _expand(arg: str) -> list[tuple[str, str]]:
     if p.is_dir():
         found, unrecognised = scan_folder(p.resolve())
         # files named like an export but holding none: rows with their error, not dropped
-        return found + unrecognised if found else []
+        return found + unrecognised
     if p.is_file() and p.suffix.lower() == ".csv":
         return _manifest(p)
     if not p.exists() and _GLOB_CHARS & set(arg):

@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -188,10 +189,11 @@ def _print_summary(m: dict, out: Path) -> None:
     Console().print(f"run directory: {out}")
 
 
-def _restart_hint(cfg: DictConfig) -> str:
-    """Refinement does not resume: its rounds are seeded, so a fresh run repeats the finished
-    ones exactly. The store keeps every judgement of a finished round (each round's are stored
-    in one transaction)."""
+def _restart_hint(cfg: DictConfig) -> Callable[[], str]:
+    """What an interrupted refinement kept and how to run it again, said when the signal comes.
+    Refinement does not resume: its rounds are seeded, so a fresh run repeats the finished ones
+    exactly. The store keeps every judgement of a finished round (each round's are stored in
+    one transaction)."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
@@ -201,9 +203,15 @@ def _restart_hint(cfg: DictConfig) -> str:
     named = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
     new_dir = ("with another output_dir " if cfg.get("output_dir") else
                "with another hydra.run.dir " if named else "")
-    return (f"the judgements of finished rounds are in {out / 'feedback.db'} and their models in "
-            f"{out / 'checkpoints'}; rerun the same command {new_dir}to refine again "
-            "(seeded: the same rounds, the same result)")
+    again = f"rerun the same command {new_dir}to refine again (seeded: the same rounds, the same result)"
+
+    def hint() -> str:
+        if not any((out / "checkpoints").glob("round_*.pt")):
+            return f"no round had finished; {again}"
+        return (f"the judgements of finished rounds are in {out / 'feedback.db'} and their models "
+                f"in {out / 'checkpoints'}; {again}")
+
+    return hint
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="refine")

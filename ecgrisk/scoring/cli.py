@@ -54,9 +54,11 @@ def _score(args) -> int:
 
         # --out appears only when a run completes: say where the rows are meanwhile
         kept = stale_partials(Path(args.out))  # this run's is the one written last
-        where = f" in {max(kept, key=lambda f: f.stat().st_mtime)}" if kept else ""
+        if not kept:
+            return "no row was written yet; rerun the same command"
+        where = max(kept, key=lambda f: f.stat().st_mtime)
         again = "" if args.resume or "--resume" in sys.argv else " with --resume"
-        return f"the rows scored so far are kept{where}; rerun the same command{again} to continue"
+        return f"the rows scored so far are kept in {where}; rerun the same command{again} to continue"
 
     with stop_on_signals(hint, command="ecgrisk score"):
         summary = _run_score(args, console)

@@ -117,7 +117,8 @@ def print_summary(summary: ScoreSummary, out: str | Path, console=None) -> None:
     from rich.table import Table
 
     console = console or Console(stderr=True)
-    rate = summary.total / summary.wall_s if summary.wall_s > 0 else float("nan")
+    done = summary.total - summary.resumed  # rows carried over with --resume took no time
+    rate = done / summary.wall_s if summary.wall_s > 0 else float("nan")
     t = Table(title=f"scored {summary.scored} of {summary.total} records -> {out}")
     t.add_column("what")
     t.add_column("count", justify="right")
@@ -142,7 +143,8 @@ def print_summary(summary: ScoreSummary, out: str | Path, console=None) -> None:
         lines = [f"{edges[i]:.2f}-{edges[i + 1]:.2f} {'#' * round(30 * n / peak)} {n}"
                  for i, n in enumerate(summary.hist) if n]
         console.print("risk distribution\n" + "\n".join(lines))
-    console.print(f"{summary.wall_s:.1f} s, {rate:.1f} records/s")
+    console.print(f"{summary.wall_s:.1f} s, {rate:.1f} records/s"
+                  + (f" ({done} read in this run)" if summary.resumed else ""))
 
 
 def write_report(summary: ScoreSummary, report_dir: str | Path, bands: tuple[float, float],
