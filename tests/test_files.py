@@ -23,3 +23,13 @@ def test_file_sha256_matches_hashlib_on_a_file_larger_than_one_block(tmp_path):
     data = bytes(range(256)) * 5000  # 1.28 MB: more than one 1 MiB block
     (tmp_path / "f.bin").write_bytes(data)
     assert file_sha256(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
+
+
+def test_progress_bars_go_to_stderr_and_leave_stdout_to_results(capsys):
+    from ecgrisk.progress import progress_bar
+
+    with progress_bar(3, "caching tiny") as tick:
+        for _ in range(3):
+            tick()
+    out, err = capsys.readouterr()
+    assert out == "" and "caching tiny" in err and "3/3" in err
