@@ -12,6 +12,8 @@ import glob
 import os
 from pathlib import Path
 
+from ecgrisk.io.errors import ECGReadError
+from ecgrisk.io.read import locate_record
 from ecgrisk.io.scan import scan_folder
 
 __all__ = ["InputError", "as_record", "collect_records"]
@@ -68,13 +70,15 @@ def _expand(arg: str) -> list[tuple[str, str]]:
 
 
 def _names_something(p: Path) -> bool:
-    """Whether ``p`` is a file or folder, or names a record whose header or array exists
-    (``00001_lr`` for ``00001_lr.hea``; ``00001_lr.dat`` whose header is missing is a file)."""
-    if p.exists():
+    """Whether ``p`` is a file or folder, or names a record ``read_ecg`` would find
+    (``00001_lr`` for ``00001_lr.hea``)."""
+    if p.exists():  # a .dat without its header too: a file, whose row says what is wrong
         return True
-    if p.suffix.lower() in _WFDB_SUFFIXES and p.with_suffix(".hea").is_file():
-        return True
-    return any(p.with_name(p.name + ext).is_file() for ext in (".hea", ".npy", ".npz"))
+    try:
+        locate_record(p)
+    except ECGReadError:
+        return False
+    return True
 
 
 def collect_records(inputs: list[str]) -> list[tuple[str, str]]:

@@ -1,6 +1,6 @@
 """``read_ecg`` and ``read_header``: any supported file -> 12 standard leads in mV, or one error.
 
-The format is found from the path (:func:`_resolve`), the signal read by its reader
+The format is found from the path (:func:`locate_record`), the signal read by its reader
 (:mod:`ecgrisk.io.wfdb_signal`, :mod:`ecgrisk.io.arrays`, :mod:`ecgrisk.io.clinical`), then one
 assembly for all (:func:`_assemble`): leads into standard order, 8-lead storage completed,
 NaN and flat leads handled, resampled on request.
@@ -28,12 +28,12 @@ from ecgrisk.io.errors import (
 from ecgrisk.io.header import header_meta, parse_header
 from ecgrisk.io.wfdb_signal import read_wfdb_signal
 
-__all__ = ["MIN_FS", "read_ecg", "read_header"]
+__all__ = ["MIN_FS", "locate_record", "read_ecg", "read_header"]
 
 MIN_FS = 50.0
 
 
-def _resolve(path) -> tuple[str, Path]:
+def locate_record(path) -> tuple[str, Path]:
     """-> (kind, file): kind is wfdb/npy/npz or a clinical format; ``file`` is the .hea for WFDB."""
     p = Path(os.fspath(path))
     suffix = p.suffix.lower()
@@ -106,7 +106,7 @@ def read_header(path, fs: float | None = None) -> dict:
     validated; None when the header or array file has none and no ``fs``), ``n_samples``, ``leads`` (recognised standard
     names in file order), ``raw_leads`` (names as written), ``lead_mask`` (bool ``[12]``), ``meta``.
     """
-    kind, file = _resolve(path)
+    kind, file = locate_record(path)
     if kind == "wfdb":
         h = parse_header(file)
         names, rec_fs, n = h.names, h.fs, h.n_samples
@@ -155,7 +155,7 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         raise ValueError(f"missing_leads must be 'pad' or 'refuse', got {missing_leads!r}")
     if fs is not None:
         fs = _check_fs(path, fs, "requested sampling rate")
-    kind, file = _resolve(path)
+    kind, file = locate_record(path)
     if kind == "wfdb":
         h = parse_header(file)
         if h.fs is None:
