@@ -328,6 +328,8 @@ def test_bands_quality_and_inputs(ptbxl_root, bundle_path, tmp_path):
     assert collect_records([str(man)]) == [("not_there", str(tmp_path / "not_there"))]
     assert collect_records([str(src / "00001_lr"), str(src / "00001_lr.dat")]) == [
         ("00001_lr", str(src / "00001_lr"))]
+    (tmp_path / "orphan.dat").write_bytes(b"\0" * 24)  # a file, though no header names it: a row
+    assert collect_records([str(tmp_path / "orphan.dat")]) == [("orphan", str(tmp_path / "orphan"))]
     assert cli_main(["score", str(tmp_path / "typo"), "--model", str(bundle_path),
                      "--out", str(tmp_path / "x.csv"), "--quiet"]) == 2
     assert not (tmp_path / "x.csv").exists()
