@@ -3,6 +3,7 @@ import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,7 @@ import torch
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.bundle_files import BundleError
-from ecgrisk.config import compose
+from ecgrisk.config import check_override_kinds, compose
 from ecgrisk.finetune.app import train
 from ecgrisk.hardware import resolve_precision
 
@@ -324,6 +325,50 @@ def test_a_config_that_cannot_train_is_refused_before_any_work(tmp_path, app, ov
     assert not (tmp_path / "run").exists()
 
 
+@contextmanager
+def _as_the_app_sees_it(name: str, overrides: list[str]):
+    """The config and Hydra's record of its command line, as inside a running app."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from ecgrisk.paths import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = hydra_compose(name, overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        try:
+            yield cfg
+        finally:
+            HydraConfig.instance().cfg = None
+
+
+@pytest.mark.parametrize("app,overrides,said", [
+    ("finetune", ["finetune.weight_decay=abc"],
+     "finetune.weight_decay='abc': expected a number (default: 0.01)"),
+    ("finetune", ["data.crop_s=abc"], "data.crop_s='abc': expected a number (default: 2.5)"),
+    ("finetune", ["finetune.pos_weight=1"], "finetune.pos_weight=1: expected true or false (default: False)"),
+    ("finetune", ["data.train_folds=3"], "data.train_folds=3: expected a list, e.g. [a,b] (default: [1, 2, 3, 4, 5, 6, 7, 8])"),
+    ("refine", ["reward.epochs=abc"], "reward.epochs='abc': expected a whole number (default: 100)"),
+    ("pretrain", ["ssl=cpc", "ssl.steps=2.5"], "ssl.steps=2.5: expected a whole number (default: 4)"),
+])
+def test_an_override_of_the_wrong_kind_is_refused_naming_its_key(app, overrides, said):
+    # these failed deep in training with a traceback; refine's after a round of judgements
+    with _as_the_app_sees_it(app, overrides) as cfg, pytest.raises(ValueError) as err:
+        check_override_kinds(cfg)
+    assert str(err.value) == said
+
+
+@pytest.mark.parametrize("overrides", [
+    ["finetune.lr=3e-3", "data.train_fraction=1", "early_stopping_patience=null"],  # int for float; null
+    ["trainer.devices=auto", "model=xresnet1d18", "model.kwargs.base_channels=32"],  # Lightning's own kinds; a group
+    ["review_by=[]", "data.root=/data/ptb-xl", "+extra.note=abc", "~risk_bands"],  # added, removed
+])
+def test_overrides_of_the_right_kind_pass(overrides):
+    with _as_the_app_sees_it("finetune", overrides) as cfg:
+        check_override_kinds(cfg)
+
+
 def test_the_command_says_what_is_wrong_in_one_line(tmp_path):
     cmd = [sys.executable, "-m", "ecgrisk.finetune.app", "finetune.lr=-1", f"output_dir={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -332,3 +377,6 @@ def test_the_command_says_what_is_wrong_in_one_line(tmp_path):
     full = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and "Traceback" in full.stderr  # where it was raised, on request
+    # a key Hydra cannot override is the user's mistake too (Hydra's own line says which)
+    typo = subprocess.run(cmd[:3] + ["finetune.lrr=1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert typo.returncode == 2 and "Could not override 'finetune.lrr'" in typo.stderr, typo.stderr

@@ -25,7 +25,7 @@ from scipy.special import expit
 from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
 from ecgrisk.bundle_files import resolve
 from ecgrisk.calibration import apply_temperature, fit_calibration
-from ecgrisk.config import plain_errors, run_app
+from ecgrisk.config import check_override_kinds, plain_errors, run_app
 from ecgrisk.conformal import fit_review, split_review
 from ecgrisk.data.datamodule import ECGDataModule, build_datamodule
 from ecgrisk.files import atomic_path, file_sha256
@@ -244,6 +244,7 @@ def _print_table(m: dict, classes: list[str], out: Path) -> None:
 def _hydra_main(cfg: DictConfig) -> float:
     set_resume_hint(resume_hint(cfg, "ecgrisk-finetune"))
     with plain_errors("ecgrisk-finetune"):
+        check_override_kinds(cfg)
         metrics = train(cfg)
     return float(metrics.get("val/macro_auroc", float("nan")))
 
