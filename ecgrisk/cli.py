@@ -54,9 +54,20 @@ def _download(args) -> int:
 def _inspect(args) -> int:
     import numpy as np
 
+    from ecgrisk.bundle_files import BundleError
     from ecgrisk.io import ECGReadError, read_ecg
+    from ecgrisk.io.inputs import names_something
     from ecgrisk.scoring.quality import quality_flags
 
+    for path in args.files:
+        if not names_something(Path(path)):  # a typo: said before any file is read, as by score
+            print(f"error: {path!r}: no such file or record", file=sys.stderr)
+            return 2
+    try:
+        explainer = _explainer(args.model) if args.explain else None
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     status = 0
     for path in args.files:
         try:
@@ -80,8 +91,8 @@ def _inspect(args) -> int:
             "meta": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ecg.meta.items()},
         }
         print(json.dumps(summary, indent=1, default=str))
-        if args.explain:
-            _explain(ecg, args)
+        if explainer:
+            explainer(ecg, args)
         if args.plot:
             from ecgrisk.plotting import plot_12lead
 
@@ -113,25 +124,31 @@ def _convert(args) -> int:
     return 1 if len(failed) == len(rows) else 0
 
 
-def _explain(ecg, args) -> None:
-    """The model's top statements for ``ecg`` and where their evidence lies, as a PNG."""
+def _explainer(model: str):
+    """A function writing, for one ECG, where the evidence for ``model``'s top statements lies
+    (a PNG); the bundle is loaded once for all the files."""
     from ecgrisk.bundle import Bundle
     from ecgrisk.plotting import plot_attribution
     from ecgrisk.scoring.attribution import explain
     from ecgrisk.scoring.predict import Predictor
 
-    bundle = Bundle.load(args.model)
-    explanations = explain(Predictor(bundle), ecg.signal, ecg.fs, top=args.top)
-    out = Path(args.explain)
-    if len(args.files) > 1:
-        out = out.with_name(f"{ecg.record_id}_{out.name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    plot_attribution(explanations, path=out, title=f"{ecg.record_id}: {bundle.name} "
-                     f"{bundle.version}, integrated gradients")
-    for e in explanations:
-        print(f"{e.statement}: p={e.probability:.3f}, evidence in {e.start_s:.2f}-"
-              f"{e.start_s + e.window.shape[1] / e.fs:.2f} s")
-    print(f"attribution written to {out}")
+    bundle = Bundle.load(model)
+    predictor = Predictor(bundle)
+
+    def write(ecg, args) -> None:
+        explanations = explain(predictor, ecg.signal, ecg.fs, top=args.top)
+        out = Path(args.explain)
+        if len(args.files) > 1:
+            out = out.with_name(f"{ecg.record_id}_{out.name}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plot_attribution(explanations, path=out, title=f"{ecg.record_id}: {bundle.name} "
+                         f"{bundle.version}, integrated gradients")
+        for e in explanations:
+            print(f"{e.statement}: p={e.probability:.3f}, evidence in {e.start_s:.2f}-"
+                  f"{e.start_s + e.window.shape[1] / e.fs:.2f} s")
+        print(f"attribution written to {out}")
+
+    return write
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_download)
 
-    i = sub.add_parser("inspect", help="read ECG files and print what ecgrisk sees")
+    i = sub.add_parser("inspect", help="read ECG files and print what ecgrisk sees",
+                       epilog="exit status: 0 when every file was read, 1 when one could not be "
+                              "(the error names it), 2 for a path that names no file or record "
+                              "or an unusable --model.")
     i.add_argument("files", nargs="+", help="ECG files or WFDB record names, any format score reads")
     i.add_argument("--fs", type=float, default=None, help="resample to / rate of a raw array")
     i.add_argument("--plot", default=None, help="write a 12-lead PNG")

@@ -26,6 +26,17 @@ def test_inspect_names_a_bad_file_and_fails(tmp_path, capsys):
     assert "junk.hea" in capsys.readouterr().err
 
 
+def test_inspect_refuses_a_path_that_names_nothing_before_reading_any(ptbxl_root, tmp_path, capsys):
+    record = str(ptbxl_root / "records100/00000/00001_lr")
+    assert main(["inspect", record, str(tmp_path / "0001_lr")]) == 2  # a typo: exit 2, as score
+    captured = capsys.readouterr()
+    assert "0001_lr'" in captured.err and "no such file or record" in captured.err
+    assert captured.out == ""
+    assert main(["inspect", record, "--explain", str(tmp_path / "e.png"),
+                 "--model", str(tmp_path / "no-model.pt")]) == 2
+    assert "no-model.pt" in capsys.readouterr().err
+
+
 def test_download_offline_is_a_clear_error(tmp_path, capsys):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

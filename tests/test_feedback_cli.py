@@ -82,12 +82,15 @@ def test_bad_file_gives_nonzero_exit_and_names_the_file(tmp_path, capsys):
 
 def test_stats_and_export_of_a_missing_store_fail_clearly(tmp_path, capsys):
     missing = tmp_path / "nowhere.db"
-    assert _run(["feedback", "stats", "--store", str(missing)]) == 1
+    # arguments that cannot be used: exit 2, as ecgrisk score (1 is a file that failed)
+    assert _run(["feedback", "stats", "--store", str(missing)]) == 2
     assert f"{missing}: no such feedback store" in capsys.readouterr().err
-    assert _run(["feedback", "export", str(tmp_path / "o.jsonl"), "--store", str(missing)]) == 1
+    assert _run(["feedback", "export", str(tmp_path / "o.jsonl"), "--store", str(missing)]) == 2
     assert not missing.exists()
-    assert _run(["feedback", "export", str(tmp_path / "o.txt"), "--store", str(missing)]) == 1
+    assert _run(["feedback", "export", str(tmp_path / "o.txt"), "--store", str(missing)]) == 2
     assert "o.txt" in capsys.readouterr().err
+    assert _run(["feedback", "stats", "--store", str(missing), "--model", str(tmp_path / "no.pt")]) == 2
+    assert "no.pt" in capsys.readouterr().err
 
 
 def test_subcommand_is_required():

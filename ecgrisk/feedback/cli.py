@@ -6,7 +6,10 @@
     ecgrisk feedback stats --store feedback.db [--model model.pt | --classes NORM,MI,STTC]
 
 ``--store`` takes a path (SQLite) or an SQLAlchemy URL. Each command prints one JSON object on
-stdout; errors go to stderr, naming the file, with exit status 1.
+stdout; errors go to stderr, naming the file. Exit status: 1 when a file could not be imported
+or written (the other files of an import still go in), 2 for an argument that cannot be used (a
+store that does not exist, an unknown export format, an unusable ``--model``), as ``ecgrisk
+score``.
 """
 
 from __future__ import annotations
@@ -59,9 +62,9 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     return fb
 
 
-def _error(message: str) -> int:
+def _error(message: str, status: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 1
+    return status
 
 
 def _classes(args: argparse.Namespace) -> list[str] | None:
@@ -74,11 +77,15 @@ def _classes(args: argparse.Namespace) -> list[str] | None:
     return None
 
 
+class _NoStore(FileNotFoundError):
+    """--store names no store: the user's argument, not a failed read (exit 2)."""
+
+
 def _open(args: argparse.Namespace, must_exist: bool) -> Any:
     from ecgrisk.feedback.store import FeedbackStore
 
     if must_exist and "://" not in args.store and not Path(args.store).is_file():
-        raise FileNotFoundError(f"{args.store}: no such feedback store")
+        raise _NoStore(f"{args.store}: no such feedback store")
     return FeedbackStore(args.store)
 
 
@@ -89,7 +96,7 @@ def _import(args: argparse.Namespace) -> int:
     try:
         classes = _classes(args)
     except BundleError as err:
-        return _error(str(err))
+        return _error(str(err), 2)
     summaries, status = [], 0
     with _open(args, must_exist=False) as store:
         for path in args.files:
@@ -114,11 +121,13 @@ def _export(args: argparse.Namespace) -> int:
 
     suffix = Path(args.out).suffix.lower()
     if suffix not in EXPORT_FORMATS:
-        return _error(f"{args.out}: unknown export format {suffix!r} (use .jsonl or .csv)")
+        return _error(f"{args.out}: unknown export format {suffix!r} (use .jsonl or .csv)", 2)
     try:
         with _open(args, must_exist=True) as store:
             n = store.export(args.out, kind=args.kind, annotator=args.annotator,
                              model_version=args.model_version)
+    except _NoStore as err:
+        return _error(str(err), 2)
     except OSError as err:
         return _error(str(err))
     print(json.dumps({"store": args.store, "file": args.out, "records": n}))
@@ -132,7 +141,9 @@ def _stats(args: argparse.Namespace) -> int:
         classes = _classes(args)
         with _open(args, must_exist=True) as store:
             stats = store.stats(classes)
-    except (OSError, BundleError) as err:
+    except (_NoStore, BundleError) as err:
+        return _error(str(err), 2)
+    except OSError as err:
         return _error(str(err))
     print(json.dumps({"store": args.store, **stats}, indent=1, default=str))
     return 0

@@ -16,7 +16,7 @@ from ecgrisk.io.errors import ECGReadError
 from ecgrisk.io.read import locate_record
 from ecgrisk.io.scan import scan_folder
 
-__all__ = ["InputError", "as_record", "collect_records"]
+__all__ = ["InputError", "as_record", "collect_records", "names_something"]
 
 _GLOB_CHARS = set("*?[")
 _WFDB_SUFFIXES = (".hea", ".dat", ".mat")
@@ -62,14 +62,14 @@ def _expand(arg: str) -> list[tuple[str, str]]:
         for match in sorted(glob.glob(os.path.expanduser(arg), recursive=True)):
             out += _expand(match)
         return out
-    if not _names_something(p):
+    if not names_something(p):
         # most likely a typo: said before the model loads, not as one failed row
         raise InputError(f"INPUT {arg!r}: no such file, folder or record")
     # a file, or a record named without its extension
     return [as_record(p)]
 
 
-def _names_something(p: Path) -> bool:
+def names_something(p: Path) -> bool:
     """Whether ``p`` is a file or folder, or names a record ``read_ecg`` would find
     (``00001_lr`` for ``00001_lr.hea``)."""
     if p.exists():  # a .dat without its header too: a file, whose row says what is wrong
