@@ -126,7 +126,11 @@ def stop_on_signals(hint: str | Callable[[], str] = "rerun the command to start 
     if outer:
         _state.signum, _state.reported = None, False
         if threading.current_thread() is threading.main_thread():
-            saved = {s: signal.signal(s, _handler) for s in HANDLED}
+            # a signal the command was started ignoring stays ignored, as Python itself does for
+            # SIGINT: a shell script's background job must not stop on the Ctrl-C that its
+            # terminal sends to the foreground command beside it
+            saved = {s: signal.signal(s, _handler) for s in HANDLED
+                     if signal.getsignal(s) is not signal.SIG_IGN}
         if _local_rank() > 0:
             die_with_parent()  # a rank whose launcher died would wait in a collective forever
     _state.depth += 1

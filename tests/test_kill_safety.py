@@ -964,6 +964,52 @@ def test_a_signal_while_the_pool_forks_a_worker_stops_the_command():
     assert proc.stderr.count("interrupted by SIGTERM") == 1, proc.stderr
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_130():
+    """A new user's Ctrl-C in the first seconds of `ecgrisk-finetune` (torch and Lightning
+    importing) printed a KeyboardInterrupt traceback: the console script imported the app before
+    its handlers were in. Python catches SIGINT from the start, so the handlers' arrival shows
+    as SIGTERM caught; the signal comes then, while the app is still importing."""
+    proc = subprocess.Popen([sys.executable, "-c", "from ecgrisk.entry import finetune; finetune()",
+                             "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _catches(proc.pid, SIGTERM):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.002)
+    proc.send_signal(SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT[SIGINT], err
+    assert err == "ecgrisk-finetune: interrupted by SIGINT; rerun the command to start again\n"
+    assert out == ""  # stopped before Hydra printed the help
+
+
+def test_a_command_started_ignoring_ctrl_c_keeps_ignoring_it():
+    """A shell script's background job starts with SIGINT ignored, so that the Ctrl-C its
+    terminal sends to the foreground command does not stop it; ecgrisk's handlers kept it
+    ignored only where Python's default was in force, and stopped such a job with 130."""
+    def ignore_sigint():
+        signal.signal(SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, "-c", "from ecgrisk.entry import finetune; finetune()",
+                             "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore_sigint)
+    deadline = time.monotonic() + 60
+    while not _catches(proc.pid, SIGTERM):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.002)
+    assert not _catches(proc.pid, SIGINT)
+    proc.send_signal(SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "ecgrisk-finetune" in out, err
+
+
 class _SignalProbe(L.Callback):
     """Records the SIGTERM handler in force at each phase, then sends SIGTERM mid-training."""
 
