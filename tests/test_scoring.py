@@ -219,6 +219,54 @@ def test_interrupted_run_resumes_without_duplicates(ptbxl_root, bundle_path, tmp
     assert again.resumed == 12 and len(read_table(out)) == len(inputs)
 
 
+def test_a_resumed_run_keeps_only_rows_read_as_it_reads_them(ptbxl_root, bundle_path, tmp_path):
+    # found in review: carried rows kept the bands, the lead padding and the .npy rate of the
+    # run that wrote them
+    ecg = read_ecg(ptbxl_root / "records100" / "00000" / "00001_lr")
+    np.save(tmp_path / "a.npy", ecg.signal)
+    limbless = ecg.signal.copy()
+    limbless[1:6] = np.nan  # II, III, aVR, aVL, aVF absent (all-NaN): nothing to derive them from
+    np.save(tmp_path / "limbless.npy", limbless)
+    wfdb = [str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr") for i in (2, 3)]
+    inputs = [*wfdb, str(tmp_path / "a.npy"), str(tmp_path / "limbless.npy")]
+    out = tmp_path / "scores.csv"
+    score_files(inputs, bundle_path, out, workers=0, progress=False, npy_fs=100.0)
+    first = read_table(out)
+    assert first["limbless"]["missing_leads"] and not first["limbless"]["error"]
+
+    summary = score_files(inputs, bundle_path, out, resume=True, workers=0, progress=False,
+                          npy_fs=500.0, missing_leads="refuse", bands=(0.0, 0.0))
+    got = read_table(out)
+    assert summary.resumed == 2  # the two WFDB records; a.npy at 500 Hz and limbless.npy again
+    assert {k: r["risk_band"] for k, r in got.items() if not r["error"]} == {
+        "00002_lr": "high", "00003_lr": "high", "a": "high"}  # every row under this run's bands
+    assert got["a"]["fs_in"] == "500.0" and first["a"]["fs_in"] == "100.0"
+    assert got["limbless"]["error"].startswith("MissingLeadsError")
+    for k in ("00002_lr", "00003_lr"):
+        np.testing.assert_allclose(probs_of(got[k]), probs_of(first[k]))
+
+
+def test_npy_fs_is_the_rate_of_arrays_that_carry_none_and_nothing_more(ptbxl_root, bundle_path,
+                                                                       tmp_path):
+    # found in review: an .npy named without its suffix ignored --npy-fs; an .npz with its own
+    # rate was resampled to --npy-fs and reported at that rate
+    ecg = read_ecg(ptbxl_root / "records100" / "00000" / "00001_lr")
+    np.save(tmp_path / "bare.npy", ecg.signal)
+    np.savez(tmp_path / "own.npz", signal=ecg.signal, fs=100.0)
+    out = tmp_path / "scores.csv"
+    score_files([str(tmp_path / "bare"), str(tmp_path / "own.npz")], bundle_path, out, workers=0,
+                progress=False, npy_fs=100.0)
+    got = read_table(out)
+    assert got["bare"]["error"] == "" and got["bare"]["fs_in"] == "100.0"
+    score_files([str(tmp_path / "own.npz")], bundle_path, tmp_path / "own.csv", workers=0,
+                progress=False, npy_fs=500.0)
+    own = read_table(tmp_path / "own.csv")["own"]
+    assert own["fs_in"] == "100.0" and own["resampled"] == "False"
+    np.testing.assert_allclose(probs_of(own), probs_of(got["own"]), atol=1e-6)
+    np.testing.assert_allclose(probs_of(own), direct_probs(Bundle.load(bundle_path), ecg.path),
+                               atol=1e-5)
+
+
 class NotAWeight:  # a custom class: torch.load(weights_only=True) must refuse it
     def __init__(self):
         self.payload = "code could run here"

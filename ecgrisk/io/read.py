@@ -132,7 +132,8 @@ def _described(file: Path, kind: str, names: list[str], rec_fs, n, meta: dict) -
                 meta=meta)
 
 
-def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> ECG:
+def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad",
+             array_fs: float | None = None) -> ECG:
     """Read one ECG file into 12 standard leads in mV.
 
     Parameters
@@ -142,6 +143,8 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         ``meta["resampled"]``); the rate *of the file* for a ``.npy`` or an ``.npz`` without one.
     missing_leads : ``"pad"`` zero-fills absent leads (``lead_mask`` False, listed in
         ``meta["missing_leads"]``); ``"refuse"`` raises ``MissingLeadsError``.
+    array_fs : the rate of a ``.npy`` or ``.npz`` that carries none, and nothing else: unlike
+        ``fs``, never a rate to resample to (``ecgrisk score --npy-fs``).
 
     Returns
     -------
@@ -155,6 +158,8 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         raise ValueError(f"missing_leads must be 'pad' or 'refuse', got {missing_leads!r}")
     if fs is not None:
         fs = _check_fs(path, fs, "requested sampling rate")
+    if array_fs is not None:
+        array_fs = _check_fs(path, array_fs, "sampling rate given for arrays")
     kind, file = locate_record(path)
     if kind == "wfdb":
         h = parse_header(file)
@@ -170,9 +175,11 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad") -> EC
         rec_fs = _check_fs(file, rec_fs, "sampling rate in file")
     else:
         raw, file_fs, names = read_array(kind, file, header_only=False)
-        if file_fs is None and fs is None:
-            raise SamplingRateError(file, f"a .{kind} file carries no sampling rate; pass fs=")
-        rec_fs = _check_fs(file, file_fs, "sampling rate in file") if file_fs is not None else fs
+        given = array_fs if array_fs is not None else fs
+        if file_fs is None and given is None:
+            raise SamplingRateError(file, f"a .{kind} file carries no sampling rate; give it "
+                                          "(ecgrisk score --npy-fs, read_ecg(fs=...))")
+        rec_fs = _check_fs(file, file_fs, "sampling rate in file") if file_fs is not None else given
         meta = header_meta(kind, None)
     return _assemble(file, raw, names, rec_fs, fs, missing_leads, meta)
 

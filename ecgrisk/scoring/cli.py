@@ -263,7 +263,7 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--onnx", default=None, help="ONNX file from `ecgrisk export` (backend onnx)")
     s.add_argument("--missing-leads", choices=["pad", "refuse"], default="pad",
                    help="pad: score records with absent leads (flagged); refuse: fail them")
-    s.add_argument("--npy-fs", type=float, default=None, help="sampling rate of bare .npy files")
+    s.add_argument("--npy-fs", type=float, default=None, help="sampling rate of .npy (and .npz) files that carry none")
     s.add_argument("--report", default=None, metavar="DIR",
                    help="write a risk histogram and 12-lead plots of the highest-risk ECGs")
     s.add_argument("--report-top", type=int, default=5, metavar="N",

@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -27,7 +28,7 @@ from ecgrisk.io.inputs import collect_records
 from ecgrisk.progress import progress_bar
 from ecgrisk.scoring.quality import RESTING_ECG_S
 from ecgrisk.scoring.reading import ReadRecord, read_records, reader_pool
-from ecgrisk.scoring.report import ScoreSummary
+from ecgrisk.scoring.report import ScoreSummary, risk_band
 from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
 from ecgrisk.scoring.table import TableWriter, read_rows, stale_partials, table_format
 from ecgrisk.signals import fault_point, raise_if_interrupted
@@ -66,11 +67,13 @@ def score_files(inputs: list[str], bundle_path: str | os.PathLike, out: str | os
     batch_size : windows per model call.
     chunk_size : records per reader task.
     resume : keep rows already scored in ``out`` (and in an interrupted run's partial file) by
-        the same model; failed rows and rows of another model version are scored again.
+        the same model; failed rows, rows of another model version and rows read otherwise
+        than this run reads them (padded leads when ``missing_leads="refuse"``, a ``.npy`` at
+        another ``npy_fs``) are scored again. Kept rows take this run's ``bands``.
     bands : ``(low, high)`` risk thresholds; default ``bundle.risk_bands``.
     backend, onnx_path : ``"torch"`` or ``"onnx"`` (see :class:`Predictor`).
     missing_leads : ``"pad"`` scores records with absent leads (flagged); ``"refuse"`` fails them.
-    npy_fs : sampling rate of bare ``.npy`` files (they carry none).
+    npy_fs : sampling rate of ``.npy`` (and ``.npz``) files that carry none.
     progress : show a progress bar with rate and ETA.
     top_n : highest-risk records the summary keeps for the report.
 
@@ -120,7 +123,8 @@ def _score(records, bundle_path: Path, readers, out: Path, resume: bool, bands, 
     old = [out] + stale_partials(out)
     model = (meta["name"], str(meta["version"]))
     wanted = {path for _, path in records}
-    done = {row["path"] for row in _carried(old, columns, out, model, wanted)} if resume else set()
+    carried = partial(_carried, old, columns, out, model, wanted, missing_leads, npy_fs)
+    done = {row["path"] for row in carried()} if resume else set()
     todo = [r for r in records if r[1] not in done]
     per_record = max(1, round(RESTING_ECG_S * spec.preprocessing.fs) // spec.stride)
     stream = read_records(todo, spec, readers, chunk_size, missing_leads, npy_fs,
@@ -136,7 +140,8 @@ def _score(records, bundle_path: Path, readers, out: Path, resume: bool, bands, 
         writer = TableWriter(out, columns)
         try:
             if resume:
-                for row in _carried(old, columns, out, model, wanted):
+                for row in carried():
+                    row["risk_band"] = risk_band(row["risk"], bands)  # this run's --bands
                     writer.write([row])
                     summary.add(row, classes, resumed=True)
             with progress_bar(len(todo), "scoring", enabled=progress) as advance:
@@ -155,9 +160,12 @@ def _score(records, bundle_path: Path, readers, out: Path, resume: bool, bands, 
 
 
 def _carried(old: list[Path], columns: list[str], out: Path, model: tuple[str, str],
-             wanted: set[str]) -> Iterator[dict]:
+             wanted: set[str], missing_leads: str, npy_fs: float | None) -> Iterator[dict]:
     """The rows of earlier outputs and partials a resumed run keeps: scored without error by
-    the same model name and version, of a record asked for now, one per record.
+    the same model name and version, of a record asked for now, one per record, and read as
+    this run would read it: not a record whose absent leads were padded when this run refuses
+    them, nor a ``.npy`` read at another ``npy_fs``. (Their ``risk_band`` follows this run's
+    bands: the caller sets it.)
 
     A resumed run reads them twice, streamed: once for what is left to read (before the model
     loads), once to copy them into the new table (after it loaded, so a bundle that fails to
@@ -165,7 +173,10 @@ def _carried(old: list[Path], columns: list[str], out: Path, model: tuple[str, s
     seen: set[str] = set()
     for row in read_rows(old, columns, table_format(out)):
         if (row["error"] or (row["model_name"], str(row["model_version"])) != model
-                or row["path"] in seen or row["path"] not in wanted):
+                or row["path"] in seen or row["path"] not in wanted
+                or (missing_leads == "refuse" and row["missing_leads"])
+                or (npy_fs is not None and row["path"].lower().endswith(".npy")
+                    and row["fs_in"] != npy_fs)):
             continue
         seen.add(row["path"])
         yield row

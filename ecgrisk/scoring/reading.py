@@ -82,8 +82,7 @@ def read_chunk(jobs: list[tuple[str, str]], spec: InputSpec, missing_leads: str 
     for rec, path in jobs:
         x, flags, error, patient = None, {}, "", {}
         try:
-            fs = npy_fs if str(path).lower().endswith((".npy", ".npz")) else None
-            ecg = read_ecg(path, fs=fs, missing_leads=missing_leads)
+            ecg = read_ecg(path, missing_leads=missing_leads, array_fs=npy_fs)
             patient = {"age": ecg.meta.get("age"), "sex": SEX_WORDS.get(ecg.meta.get("sex")),
                        "acquired": ecg.meta.get("acquired")}
             flags = quality_flags(ecg.signal, ecg.fs, ecg.lead_mask, spec.preprocessing.fs,
