@@ -146,6 +146,20 @@ def test_age_and_sex_the_scores_carry_group_where_the_labels_have_none(tables, t
         "female": int((sex == "female").sum()), "male": int((sex == "male").sum())}
 
 
+def test_scored_ecgs_without_an_age_are_the_missing_group(tables, tmp_path):
+    # found in review: an empty age in the scores read as the text 'None', which age bands refused
+    scores, _, y, *_ = tables
+    rows = list(csv.DictReader(scores.open()))
+    scored = _write(tmp_path / "scored.csv", [*rows[0], "age"],
+                    [[*r.values(), "" if i % 3 == 0 else "70"] for i, r in enumerate(rows)])
+    bare = _write(tmp_path / "bare.csv", ["record", "MI", "NORM"],
+                  [[f"r{i:02d}", y[i, 0], y[i, 1]] for i in range(60)])
+    for by in ("age:50", "age"):
+        r = evaluate_scores(scored, bare, by=[by], bootstrap=0)
+        got = {g["group"]: g["n"] for g in r["groups"] if g["by"] == by}
+        assert got == {">=50" if by == "age:50" else "70": 40, "missing": 20}
+
+
 def test_only_keeps_the_named_values_and_counts_the_rest(tables):
     scores, labels, y, p, sex, _ = tables
     r = evaluate_scores(scores, labels, only=["sex=male"], bootstrap=0)

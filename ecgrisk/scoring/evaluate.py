@@ -308,7 +308,8 @@ def _column(name: str, what: str, labels: Labels, score_columns: list[str]):
         col = labels.columns[name]
         return lambda key, row: col.get(key)
     if name in score_columns and name not in _NOT_GROUPS and not name.startswith("prob/"):
-        return lambda key, row: _value(str(row.get(name, "")))
+        # typed rows hold None for an empty number (age, fs_in), which str() would make a text
+        return lambda key, row: None if row.get(name) is None else _value(str(row[name]))
     raise EvaluationError(f"{what}: no column {name!r} in {labels.source} (it has "
                           f"{sorted(labels.columns)}) nor in the scores")
 
