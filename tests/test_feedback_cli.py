@@ -80,6 +80,24 @@ def test_bad_file_gives_nonzero_exit_and_names_the_file(tmp_path, capsys):
     assert "notes.txt" in capsys.readouterr().err
 
 
+def test_import_with_a_label_list_refuses_a_file_naming_other_statements(tmp_path, capsys):
+    # found in review: such records went in, and the refinement reading them stopped later
+    odd_verdict = Verdict(ecg_id="30", reading={"NORM": 1}, missed=["BAR"], annotator="dr-a",
+                          created_at="2024-05-03T09:00:00+00:00")
+    odd_preference = Preference(ecg_id="31", reading_a=["FOO"], reading_b=["MI"], choice="b",
+                                annotator="dr-a", created_at="2024-05-03T10:00:00+00:00")
+    store = tmp_path / "fb.db"
+    for i, odd in enumerate((odd_verdict, odd_preference)):
+        path = tmp_path / f"batch{i}.jsonl"
+        _write_jsonl(path, [*_records(), odd])
+        assert _run(["feedback", "import", str(path), "--store", str(store), "--classes", CLASSES]) == 1
+        err = capsys.readouterr().err
+        assert f"{path}:4:" in err and ("'BAR'" in err or "'FOO'" in err), err
+    # without a label list there is nothing to check them against: they go in
+    assert _run(["feedback", "import", str(path), "--store", str(store)]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 4
+
+
 def test_stats_and_export_of_a_missing_store_fail_clearly(tmp_path, capsys):
     missing = tmp_path / "nowhere.db"
     # arguments that cannot be used: exit 2, as ecgrisk score (1 is a file that failed)

@@ -370,8 +370,10 @@ def record_from_dict(data: Mapping[str, Any]) -> Verdict | Preference:
 # --------------------------------------------------------------------------- files
 
 
-def read_feedback_file(path: str | os.PathLike) -> list[Verdict | Preference]:
-    """Parse a JSONL (``.jsonl``/``.ndjson``) or CSV (``.csv``) feedback file.
+def read_feedback_file(path: str | os.PathLike, classes: Sequence[str] | None = None
+                       ) -> list[Verdict | Preference]:
+    """Parse a JSONL (``.jsonl``/``.ndjson``) or CSV (``.csv``) feedback file; with ``classes``
+    (a model's label list), a record naming a statement outside it is a bad record too.
 
     Raises
     ------
@@ -391,9 +393,21 @@ def read_feedback_file(path: str | os.PathLike) -> list[Verdict | Preference]:
     for line_no, data in (_jsonl_rows(path, text) if suffix != ".csv" else _csv_rows(path, text)):
         try:
             records.append(record_from_dict(data))
+            if classes is not None:
+                check_statements(records[-1], classes)
         except FeedbackError as err:
             raise FeedbackImportError(f"{path}:{line_no}: {err}") from err
     return records
+
+
+def check_statements(record: Verdict | Preference, classes: Sequence[str]) -> None:
+    """Raise :class:`FeedbackError` when ``record`` names a statement outside ``classes``: the
+    refinement that reads it later would stop there."""
+    if isinstance(record, Verdict):
+        record.corrected_reading(classes)
+    else:
+        reading_vector(record.reading_a, classes, "reading_a")
+        reading_vector(record.reading_b, classes, "reading_b")
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:

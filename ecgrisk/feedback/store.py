@@ -288,10 +288,11 @@ class FeedbackStore:
         Raises
         ------
         FeedbackImportError
-            Unknown extension, unreadable file, or a bad record (naming file and line).
+            Unknown extension, unreadable file, or a bad record (naming file and line), such
+            as one naming a statement outside ``classes`` where they are given.
         """
         path = Path(path)
-        records = read_feedback_file(path)
+        records = read_feedback_file(path, classes)
         ecg_ids = sorted({r.ecg_id for r in records})
         # a long IN list would hit the database's parameter limit: then read all and filter
         wanted = set(ecg_ids)
