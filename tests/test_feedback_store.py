@@ -287,6 +287,12 @@ def test_filters(store_url):
         assert [v.ecg_id for v in store.verdicts(annotator="dr-b")] == ["11"]
         assert [p.ecg_id for p in store.preferences(ecg_id=["10", "12"])] == ["10", "12"]
         assert [v.ecg_id for v in store.verdicts(since="2024-03-01T10:30:00+00:00")] == ["11"]
+        # bounds in another zone or form compare as times (found in review: they were text)
+        assert [v.ecg_id for v in store.verdicts(since="2024-03-01T12:30:00+02:00")] == ["11"]
+        assert [v.ecg_id for v in store.verdicts(since="2024-03-01T11:00:00Z")] == ["11"]  # inclusive
+        assert [v.ecg_id for v in store.verdicts(until="2024-03-01T06:00:00-05:00")] == ["10"]
+        with pytest.raises(ValueError, match="since '2024-03-01' has no time zone"):
+            store.verdicts(since="2024-03-01")
         assert store.verdicts(model_version="m1")[0].note.startswith("ST depression")
         assert store.count("preference") == 2 and store.count() == 4
 

@@ -58,15 +58,16 @@ def _check_text(name: str, value: Any, *, allow_empty: bool = False) -> str:
     return value
 
 
-def _check_time(value: Any) -> str:
-    value = _check_text("created_at", value)
+def canonical_time(value: Any, name: str = "created_at") -> str:
+    """An ISO-8601 time with its zone as the store keeps every time: UTC, one form, so that
+    text order is time order (a stored record's ``created_at``; a ``since``/``until`` bound)."""
+    value = _check_text(name, value)
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as err:
-        raise FeedbackError(f"created_at {value!r} is not an ISO-8601 time") from err
+        raise FeedbackError(f"{name} {value!r} is not an ISO-8601 time") from err
     if parsed.tzinfo is None:
-        raise FeedbackError(f"created_at {value!r} has no time zone; give UTC, e.g. '+00:00'")
-    # one canonical form, so that text order is time order in the store and in sorting
+        raise FeedbackError(f"{name} {value!r} has no time zone; give UTC, e.g. '+00:00'")
     return parsed.astimezone(timezone.utc).isoformat()
 
 
@@ -134,7 +135,7 @@ def _check_common(item) -> None:
     item.ecg_id = _check_text("ecg_id", item.ecg_id)
     item.ecg_path = _check_text("ecg_path", item.ecg_path or "", allow_empty=True)
     item.annotator = _check_text("annotator", item.annotator)
-    item.created_at = _check_time(item.created_at)
+    item.created_at = canonical_time(item.created_at)
     item.model_version = _check_text("model_version", item.model_version or "", allow_empty=True)
     if item.note is not None:
         item.note = _check_text("note", item.note, allow_empty=True)

@@ -29,6 +29,7 @@ from ecgrisk.feedback.records import (
     FeedbackImportError,
     Preference,
     Verdict,
+    canonical_time,
     read_feedback_file,
 )
 from ecgrisk.files import atomic_path
@@ -179,7 +180,7 @@ class FeedbackStore:
         source
             Exact provenance (e.g. ``"import:batch1.jsonl"``).
         since, until
-            ISO times; ``since <= created_at < until``.
+            ISO-8601 times with a zone, any offset; ``since <= created_at < until``.
         limit
             At most this many rows.
         """
@@ -196,12 +197,13 @@ class FeedbackStore:
             keys = [f"{name}{i}" for i in range(len(values))]
             params.update({k: str(v) for k, v in zip(keys, values, strict=True)})
             where.append(f"{name} IN ({', '.join(':' + k for k in keys)})" if keys else "1 = 0")
+        # compared as text with the stored canonical times: the bounds take the same form
         if since is not None:
             where.append("created_at >= :since")
-            params["since"] = since
+            params["since"] = canonical_time(since, "since")
         if until is not None:
             where.append("created_at < :until")
-            params["until"] = until
+            params["until"] = canonical_time(until, "until")
         sql = f"SELECT id, source, {', '.join(columns)} FROM {table}"
         if where:
             sql += " WHERE " + " AND ".join(where)
