@@ -175,6 +175,13 @@ def test_an_eight_lead_dicom_in_millivolts_gets_its_limb_leads_derived(tmp_path)
                                full.signal[IDX["II"]] - full.signal[IDX["I"]] / 2, atol=1e-5)
 
 
+def test_a_dicom_age_past_130_is_none(tmp_path):
+    def ancient(ds):
+        ds.PatientAge = "999Y"
+
+    assert read_ecg(_edited_dicom(tmp_path, "old.dcm", ancient)).meta["age"] is None
+
+
 @pytest.mark.parametrize("edit", [
     lambda ds: ds.WaveformSequence[0].add_new(0x5400100A, "OW", b"\x00\x80"),  # padding value
     lambda ds: setattr(ds.WaveformSequence[0].ChannelDefinitionSequence[3]

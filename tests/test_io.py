@@ -82,6 +82,17 @@ def test_ptbxl_500hz_resampled_to_100_matches_100hz_version(ptbxl_root):
     assert r.min() > 0.95 and np.median(r) > 0.98
 
 
+@pytest.mark.parametrize("comment,age", [("Age: 54", 54.0), ("Age: -1", None), ("Age: 200", None),
+                                         ("Age: NaN", None), ("Age: unknown", None),
+                                         ("69 M 1085 1629 x1", 69.0), ("230 F", None)])
+def test_a_header_age_outside_0_to_130_is_none_as_in_every_clinical_reader(tmp_path, comment, age):
+    # found in review: WFDB headers kept any number, and it landed in the age bands of evaluate
+    path = _write(tmp_path, "r", _distinct(200, 12), STANDARD_LEADS)
+    hea = path.with_suffix(".hea")
+    hea.write_text(hea.read_text() + f"# {comment}\n")
+    assert read_ecg(path).meta["age"] == age
+
+
 def test_challenge_mat_record(shared):
     ecg = read_ecg(shared / "cinc2021-sample/E07500")
     assert ecg.signal.shape == (12, 5000) and ecg.fs == 500.0 and ecg.lead_mask.all()

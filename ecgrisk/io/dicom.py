@@ -301,7 +301,7 @@ def _age(ds) -> float | None:
     text = str(ds.get("PatientAge") or "").strip().upper()
     if len(text) == 4 and text[:3].isdigit() and text[3] in "YMWD":
         n = int(text[:3])
-        return float({"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[text[3]])
+        return normalise_age({"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[text[3]])
     born, at = _date(ds.get("PatientBirthDate")), _acquired_datetime(ds)
     if born is None or at is None:
         return None

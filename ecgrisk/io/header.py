@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ecgrisk.io.ecg import normalise_age
 from ecgrisk.io.errors import EmptyFileError, HeaderParseError, UnknownFormatError
 
 
@@ -132,11 +132,7 @@ def parse_comments(comments: list[str]) -> dict:
             key, value = (s.strip() for s in c.split(":", 1))
             key = key.lower()
             if key == "age":
-                try:
-                    age = float(value)
-                    meta["age"] = age if math.isfinite(age) else None
-                except ValueError:
-                    meta["age"] = None
+                meta["age"] = normalise_age(value)  # as every clinical reader: None outside [0, 130)
             elif key == "sex":
                 meta["sex"] = {"m": "M", "male": "M", "f": "F", "female": "F"}.get(value.lower())
             elif key == "dx":
@@ -144,7 +140,7 @@ def parse_comments(comments: list[str]) -> dict:
             elif key and key not in meta:
                 meta[key] = value
         elif m := re.match(r"^(\d+|\?)\s+([MF?])(?:\s|$)", c):  # MIT-BIH: "69 M 1085 ..."
-            meta["age"] = float(m.group(1)) if m.group(1).isdigit() else meta["age"]
+            meta["age"] = normalise_age(m.group(1)) if m.group(1).isdigit() else meta["age"]
             meta["sex"] = m.group(2) if m.group(2) in "MF" else meta["sex"]
     meta["comments"] = list(comments)
     return meta
