@@ -93,6 +93,18 @@ def test_a_header_age_outside_0_to_130_is_none_as_in_every_clinical_reader(tmp_p
     assert read_ecg(path).meta["age"] == age
 
 
+def test_an_upper_case_header_is_found_wherever_a_lower_case_one_is(tmp_path):
+    # found in review: the folder scan listed 'r.HEA', and reading it then looked for 'r.hea'
+    from ecgrisk.io.inputs import collect_records
+
+    path = _write(tmp_path, "r", _distinct(200, 12), STANDARD_LEADS)
+    path.with_suffix(".hea").rename(path.with_suffix(".HEA"))
+    want = _distinct(200, 12).T
+    assert collect_records([str(tmp_path)]) == [("r", str(path))]
+    for name in (path, path.with_suffix(".HEA"), path.with_suffix(".dat")):
+        np.testing.assert_allclose(read_ecg(name).signal, want, atol=1e-3)
+
+
 def test_challenge_mat_record(shared):
     ecg = read_ecg(shared / "cinc2021-sample/E07500")
     assert ecg.signal.shape == (12, 5000) and ecg.fs == 500.0 and ecg.lead_mask.all()

@@ -41,26 +41,23 @@ class CacheError(RuntimeError):
     """A cache entry is missing, stale or damaged."""
 
 
-_FILE_SUFFIXES = (".hea", ".dat", ".mat", ".npy", ".npz")
-
-
 def _source_files(path: str) -> list[Path]:
-    """The files a record's signal comes from: an array file, or a header and the files it names.
-
-    Record names may contain dots (``rec.v2``), so only the suffixes ``read_ecg`` reads count.
-    """
+    """The files a record's signal comes from: its file, or a header and the files it names."""
     from ecgrisk.io import ECGReadError
     from ecgrisk.io.header import parse_header
+    from ecgrisk.io.read import locate_record
 
-    p = Path(path)
-    if p.suffix.lower() in (".npy", ".npz"):
-        return [p]
-    hea = p.with_suffix(".hea") if p.suffix.lower() in _FILE_SUFFIXES else p.with_name(p.name + ".hea")
     try:
-        named = parse_header(hea).files
+        kind, file = locate_record(path)  # the file read_ecg reads, found as it finds it
     except ECGReadError:
-        return [hea] if hea.is_file() else []  # the build will record why it is unreadable
-    return [hea, *(hea.parent / f for f in dict.fromkeys(named))]
+        return []  # the build will record why it is unreadable
+    if kind != "wfdb":
+        return [file]
+    try:
+        named = parse_header(file).files
+    except ECGReadError:
+        return [file]
+    return [file, *(file.parent / f for f in dict.fromkeys(named))]
 
 
 def cache_key(records: RecordSet, prep: Preprocessing) -> str:

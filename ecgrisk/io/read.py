@@ -46,13 +46,14 @@ def locate_record(path) -> tuple[str, Path]:
             raise MissingSignalFileError(p, "file does not exist")
         return suffix[1:], p
     if suffix in (".hea", ".dat", ".mat"):
-        hea = p.with_suffix(".hea")
-        if not hea.is_file():
-            why = "file does not exist" if not p.exists() else f"no header {hea.name} beside it"
+        hea = _header(p.with_suffix(""))
+        if hea is None:
+            why = ("file does not exist" if not p.exists() else
+                   f"no header {p.with_suffix('.hea').name} beside it")
             raise MissingSignalFileError(p, why)
         return "wfdb", hea
-    hea = p.with_name(p.name + ".hea")
-    if hea.is_file():
+    hea = _header(p)
+    if hea is not None:
         return "wfdb", hea
     for ext in (".npy", ".npz"):
         if p.with_name(p.name + ext).is_file():
@@ -65,6 +66,15 @@ def locate_record(path) -> tuple[str, Path]:
         what = "content" if suffix in CLINICAL_SUFFIXES or not suffix else f"file type {suffix!r}"
         raise UnknownFormatError(p, f"unsupported {what}; ecgrisk reads {kinds}")
     raise MissingSignalFileError(p, "no such record (no file, .hea, .npy or .npz)")
+
+
+def _header(base: Path) -> Path | None:
+    """``base.hea``, or ``base.HEA`` as some systems export it (the folder scan matches either)."""
+    for suffix in (".hea", ".HEA"):
+        hea = base.with_name(base.name + suffix)
+        if hea.is_file():
+            return hea
+    return None
 
 
 def _check_fs(path, fs, what: str) -> float:
