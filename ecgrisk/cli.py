@@ -85,7 +85,8 @@ def _inspect(args) -> int:
                              "std_per_lead": [round(float(s), 4) for s in sig.std(axis=1)]},
             # the same checks scoring flags records with
             "quality": {k: v for k, v in quality_flags(sig, ecg.fs, ecg.lead_mask, ecg.fs,
-                                                       ecg.meta.get("derived_leads", ())).items()
+                                                       ecg.meta.get("derived_leads", ()),
+                                                       bool(ecg.meta.get("units_assumed_mv"))).items()
                         if k in ("quality", "flat_leads", "saturated_leads", "noisy_leads",
                                  "derived_leads")},
             "meta": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ecg.meta.items()},

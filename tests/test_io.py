@@ -181,11 +181,29 @@ def test_microvolt_units_become_millivolts(tmp_path):
     assert "units_assumed_mv" not in ecg.meta
 
 
-def test_a_unit_nobody_knows_is_read_as_millivolts_and_named(tmp_path):
+def test_a_unit_nobody_knows_is_read_as_millivolts_named_and_flagged(tmp_path):
+    from ecgrisk.scoring.quality import quality_flags
+
     x = _distinct(300, 12)
     ecg = read_ecg(_write(tmp_path, "odd", x, STANDARD_LEADS, units="counts"))
     np.testing.assert_allclose(ecg.signal, x.T, atol=2e-3)
     assert ecg.meta["units_assumed_mv"] == ["counts"]
+    # found in review: nothing in the scores showed it (quality "ok"); now a reason to review
+    flags = quality_flags(ecg.signal, ecg.fs, ecg.lead_mask, ecg.fs,
+                          units_assumed=bool(ecg.meta["units_assumed_mv"]))
+    assert flags["quality"].split(",")[-1] == "units"
+
+
+def test_a_latin_1_header_reads_its_microvolts(tmp_path):
+    # found in review: 'µV' written by an older tool as the Latin-1 byte 0xB5 decoded to
+    # U+FFFD, and the record was read as mV, 1,000 times too large
+    x = _distinct(300, 12) * 1000.0
+    path = _write(tmp_path, "uv", x, STANDARD_LEADS, units="uV")
+    hea = path.with_suffix(".hea")
+    hea.write_bytes(hea.read_bytes().replace(b"/uV", b"/\xb5V"))
+    ecg = read_ecg(path)
+    np.testing.assert_allclose(ecg.signal, x.T / 1000.0, atol=2e-3)
+    assert "units_assumed_mv" not in ecg.meta
 
 
 def test_nan_samples_inside_a_lead_become_zero(tmp_path):

@@ -48,7 +48,10 @@ def parse_header(path: Path) -> Header:
         raise EmptyFileError(path, "file is empty (0 bytes)")
     if b"\x00" in data:
         raise HeaderParseError(path, "not a WFDB header (binary content)")
-    text = data.decode("utf-8", errors="replace")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:  # an older tool's Latin-1: 'µV' is the byte 0xB5 there
+        text = data.decode("latin-1")
     comments, lines = [], []
     for raw in text.splitlines():
         line = raw.strip()

@@ -52,7 +52,7 @@ def _cut(n: int, fs: float) -> int:
 
 
 def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs: float,
-                  derived_leads: Sequence[str] = ()) -> dict:
+                  derived_leads: Sequence[str] = (), units_assumed: bool = False) -> dict:
     """Quality flags of one record.
 
     Parameters
@@ -63,14 +63,16 @@ def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs
     model_fs : the model's rate; a record at another rate is resampled before scoring.
     derived_leads : leads computed from I and II because the file did not store them
         (``ECG.meta["derived_leads"]``): not measured, so their noise is I's and II's.
+    units_assumed : the file gave a unit no reader knows, and its values were taken as mV
+        (``ECG.meta["units_assumed_mv"]``): the amplitudes may be off by a factor of 1,000.
 
     Returns
     -------
     dict with ``flat_leads``, ``saturated_leads``, ``noisy_leads``, ``missing_leads``,
     ``derived_leads`` (``;``-joined lead names, ``""`` when none), ``resampled`` (bool),
     ``fs_in``, ``duration_s`` and ``quality``: ``"ok"`` or the ``,``-joined issues among flat,
-    saturated, noisy, missing, derived and length (``duration_s`` outside
-    ``RESTING_ECG_S +- LENGTH_TOLERANCE_S``).
+    saturated, noisy, missing, derived, length (``duration_s`` outside
+    ``RESTING_ECG_S +- LENGTH_TOLERANCE_S``) and units.
     """
     # the comparisons run on the samples as read, the sums in float64: at 1000 Hz that is 1.3
     # against 1.8 ms (pydicom's 12-lead example) with the whole record converted to float64
@@ -101,6 +103,8 @@ def quality_flags(signal: np.ndarray, fs: float, lead_mask: np.ndarray, model_fs
                                    ("missing", ~present), ("derived", derived)) if m.any()]
     if abs(n / fs - RESTING_ECG_S) > LENGTH_TOLERANCE_S:
         issues.append("length")
+    if units_assumed:
+        issues.append("units")
     return {"quality": ",".join(issues) or "ok", "flat_leads": _names(flat),
             "saturated_leads": _names(saturated), "noisy_leads": _names(noisy),
             "missing_leads": _names(~present), "derived_leads": _names(derived), "resampled": bool(fs != model_fs),

@@ -86,7 +86,8 @@ def read_chunk(jobs: list[tuple[str, str]], spec: InputSpec, missing_leads: str 
             patient = {"age": ecg.meta.get("age"), "sex": SEX_WORDS.get(ecg.meta.get("sex")),
                        "acquired": ecg.meta.get("acquired")}
             flags = quality_flags(ecg.signal, ecg.fs, ecg.lead_mask, spec.preprocessing.fs,
-                                  ecg.meta.get("derived_leads", ()))
+                                  ecg.meta.get("derived_leads", ()),
+                                  bool(ecg.meta.get("units_assumed_mv")))
             prepared = spec.prepare(ecg.signal, ecg.fs)
             if not np.isfinite(prepared).all():
                 raise ValueError("preprocessing produced non-finite values")
