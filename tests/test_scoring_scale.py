@@ -142,6 +142,44 @@ def test_records_go_to_the_readers_before_the_model_loads(ptbxl_root, bundle_pat
     assert [r["record"] for r in _rows(tmp_path / "s.csv")] == [f"{i:05d}_lr" for i in range(1, n + 1)]
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_a_scale_out_batch_scores_as_the_single_process_path(ptbxl_root, tmp_path, precision):
+    """Found in review: the ranks ran every bundle in fp32, where the single process runs a
+    bundle calibrated under bf16 autocast in bf16 wherever the hardware does (0.01 apart)."""
+    from ecgrisk.hardware import bf16_is_native
+    from ecgrisk.scoring.distributed import RecordDataset, ScoringModule, _Collate
+
+    torch.manual_seed(0)
+    model = ECGClassifier(create_encoder("xresnet1d18", base_channels=8), num_classes=5).eval()
+    bundle = Bundle(model=model, classes=["NORM", "MI", "STTC", "CD", "HYP"],
+                    preprocessing=Preprocessing(fs=100.0), scaler=Scaler(0.0, 0.2),
+                    temperature=np.ones(5), name="tiny", version="1", precision=precision)
+    records = [(f"{i:05d}_lr", str(ptbxl_root / "records100" / "00000" / f"{i:05d}_lr"))
+               for i in (1, 2, 3)]
+    spec = Predictor(bundle).spec
+    items = [RecordDataset(records, spec)[i] for i in range(len(records))]
+    module = ScoringModule(bundle, (0.2, 0.5))
+    with torch.inference_mode():
+        rows = module.predict_step(_Collate(spec)(items), 0)
+    got = np.array([[r[f"prob/{c}"] for c in bundle.classes] for r in rows])
+    predictor = Predictor(bundle)
+    want = predictor.predict_prepared([rec.x for _, rec in items])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert predictor.bf16 == (precision == "bf16-mixed" and bf16_is_native("cpu"))
+
+
+@pytest.mark.parametrize("option", [["--resume"], ["--backend", "onnx"]])
+def test_scale_out_refuses_the_options_it_cannot_keep(ptbxl_root, bundle_path, tmp_path, option,
+                                                      capsys):
+    from ecgrisk.cli import main as cli_main
+
+    rec = str(ptbxl_root / "records100" / "00000" / "00001_lr")
+    assert cli_main(["score", rec, "--model", str(bundle_path), "--out", str(tmp_path / "s.csv"),
+                     "--devices", "1", *option]) == 2  # they were dropped without a word
+    assert "--devices scores every record again" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_ddp_two_cpu_ranks_write_shards_and_merge(ptbxl_root, bundle_path, tmp_path):
     """``--devices 2`` on CPU (strategy ddp, a subprocess per rank, a reader process each):
     every record once."""

@@ -91,11 +91,16 @@ def _run_score(args, console):
         if args.devices:
             from ecgrisk.scoring.distributed import score_distributed
 
+            if args.resume or args.backend != "torch":
+                # said, not silently dropped: ranks write shards merged at the end, with torch
+                raise ValueError("--devices scores every record again with the torch backend: "
+                                 "it takes neither --resume nor --backend onnx")
             summary = score_distributed(args.inputs, args.model, args.out, devices=args.devices,
                                         num_nodes=args.num_nodes, accelerator=args.accelerator,
                                         strategy=args.strategy, workers=args.workers,
                                         batch_size=args.batch_size, bands=args.bands,
-                                        missing_leads=args.missing_leads, npy_fs=args.npy_fs)
+                                        missing_leads=args.missing_leads, npy_fs=args.npy_fs,
+                                        top_n=args.report_top)
             return 0 if summary is None else summary
         return score_files(args.inputs, args.model, args.out, workers=args.workers,
                            batch_size=args.batch_size, resume=args.resume, bands=args.bands,
@@ -270,7 +275,8 @@ def add_parsers(subparsers) -> None:
                    help="highest-risk ECGs --report plots (default 5)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     g = s.add_argument_group("scale-out (Lightning predict, one shard per rank, then a merge)")
-    g.add_argument("--devices", type=int, default=0, help="run through Lightning on N devices")
+    g.add_argument("--devices", type=int, default=0,
+                   help="run through Lightning on N devices (torch backend, no --resume)")
     g.add_argument("--num-nodes", type=int, default=1)
     g.add_argument("--accelerator", default="auto")
     g.add_argument("--strategy", default="ddp")

@@ -33,7 +33,7 @@ from ecgrisk.input_spec import InputSpec
 from ecgrisk.io.inputs import collect_records
 from ecgrisk.models.layers import fold_batchnorm
 from ecgrisk.runs import lightning_trainer
-from ecgrisk.scoring.predict import aggregate_logits, calibrate
+from ecgrisk.scoring.predict import aggregate_logits, calibrate, scores_in_bf16
 from ecgrisk.scoring.reading import ReadRecord, read_chunk
 from ecgrisk.scoring.report import ScoreSummary
 from ecgrisk.scoring.rows import check_bands, make_rows, output_columns
@@ -96,7 +96,10 @@ class ScoringModule(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         probs = None
         if batch["n_ok"]:
-            logits = self.model(batch["windows"]).float().cpu().numpy()
+            # the autocast of the single-process path (Predictor), so both give the same scores
+            with torch.autocast(self.device.type, torch.bfloat16,
+                                enabled=scores_in_bf16(self.bundle, self.device)):
+                logits = self.model(batch["windows"]).float().cpu().numpy()
             agg = aggregate_logits(logits, batch["positions"].cpu().numpy(), batch["n_ok"],
                                    self.bundle.aggregation)
             probs = calibrate(agg, self.bundle.temperature, self.bundle.bias)

@@ -43,7 +43,7 @@ from ecgrisk.windowing import aggregate_windows
 if TYPE_CHECKING:  # pragma: no cover
     from ecgrisk.bundle import Bundle
 
-__all__ = ["Predictor", "aggregate_logits", "calibrate", "predict_proba"]
+__all__ = ["Predictor", "aggregate_logits", "calibrate", "predict_proba", "scores_in_bf16"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,12 @@ def _one_thread_per_op():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def scores_in_bf16(bundle: Bundle, device) -> bool:
+    """Whether the torch model runs under bf16 autocast on ``device``: where the bundle was
+    validated and calibrated under it and the hardware runs it natively (else fp32)."""
+    return bundle.precision.startswith("bf16") and bf16_is_native(str(device))
 
 
 def aggregate_logits(logits: np.ndarray, positions: np.ndarray, n_records: int,
@@ -116,9 +122,8 @@ class Predictor:
             self.model = fold_batchnorm(bundle.model).to(device)
             if torch.device(device).type == "cpu":
                 keep_freed_memory()
-        calibrated_bf16 = bundle.precision.startswith("bf16")
-        self.bf16 = calibrated_bf16 and bf16_is_native(device)
-        if calibrated_bf16 and not self.bf16 and backend == "torch":
+        self.bf16 = scores_in_bf16(bundle, device)
+        if bundle.precision.startswith("bf16") and not self.bf16 and backend == "torch":
             log.info("%s was calibrated under bf16 autocast, which this %s only emulates (about 10x "
                      "slower than fp32): scoring in fp32, within 0.01 of the bf16 probabilities "
                      "(results/scoring_precision.md)", bundle.name, torch.device(device).type.upper())
