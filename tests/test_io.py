@@ -174,6 +174,18 @@ def test_shuffled_aliased_leads_land_in_their_rows(tmp_path, fmt, atol):
     assert ecg.lead_mask.sum() == 8 and not ecg.signal[~ecg.lead_mask].any()
 
 
+def test_an_inverted_avr_is_not_read_as_avr(tmp_path):
+    # found in review: '-aVR' (Cabrera display) lost its minus and was read upside down as aVR
+    x = _distinct(300, 12)
+    names = [*STANDARD_LEADS]
+    names[IDX["aVR"]] = "-aVR"
+    x[:, IDX["aVR"]] = (x[:, IDX["I"]] + x[:, IDX["II"]]) / 2  # what -aVR holds
+    ecg = read_ecg(_write(tmp_path, "cabrera", x, names))
+    assert ecg.meta["unknown_leads"] == ["-aVR"] and ecg.meta["derived_leads"] == ["aVR"]
+    np.testing.assert_allclose(ecg.signal[IDX["aVR"]], -x[:, IDX["aVR"]], atol=2e-3)
+    assert normalise_lead_name("\u2212aVR") is None and normalise_lead_name("V-1") == "V1"
+
+
 def test_microvolt_units_become_millivolts(tmp_path):
     x = _distinct(300, 12) * 1000.0
     ecg = read_ecg(_write(tmp_path, "uv", x, STANDARD_LEADS, units="uV"))

@@ -58,7 +58,9 @@ class ECG:
 def normalise_lead_name(name: str) -> str | None:
     """Map a lead label to its ``STANDARD_LEADS`` spelling: 'AVR'/'avr' -> 'aVR', 'MLII' -> 'II'.
 
-    Case, spaces, '-'/'_' and a leading 'lead' are ignored; unknown labels give None.
+    Case, spaces, '-'/'_' and a leading 'lead' are ignored; unknown labels give None, and so
+    does an inverted lead ('-aVR' of the Cabrera display): read as aVR it would score the
+    lead upside down, and an absent aVR is derived from I and II where the file has them.
     """
     return _normalised(str(name))
 
@@ -67,6 +69,8 @@ def normalise_lead_name(name: str) -> str | None:
 def _normalised(name: str) -> str | None:
     # the records of a folder spell their leads alike: a PTB-XL record's 12 names take 3 us
     # from here against 11 us through the regular expression each time
+    if name.lstrip().startswith(("-", "\u2212")):
+        return None
     key = re.sub(r"[\s_\-]", "", name).upper()
     if key.startswith("LEAD") and len(key) > 4:
         key = key[4:]
