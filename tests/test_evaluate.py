@@ -217,6 +217,13 @@ def test_bad_input_is_named(tables, tmp_path, capsys):
     twice = _write(tmp_path / "twice.csv", ["record", "MI", "NORM"], [["r00", 1, 0], ["r00", 0, 0]])
     with pytest.raises(EvaluationError, match="twice.csv, line 3: record 'r00' is labelled twice"):
         evaluate_scores(scores, twice)
+    # one ECG scored from two folders would count twice, as two patients
+    rows = list(csv.DictReader(scores.open()))
+    copied = _write(tmp_path / "copied.csv", list(rows[0]),
+                    [list(r.values()) for r in rows] + [["r07", "/elsewhere/r07", "0.5", "0.5", "False", ""]])
+    with pytest.raises(EvaluationError, match=r"1 labelled records match more than one scored row, "
+                                              r"e.g. 'r07': \['/data/sub/r07', '/elsewhere/r07'\]"):
+        evaluate_scores(copied, labels)
     other = _write(tmp_path / "other.csv", ["id", "value"], [["a", 1]])
     with pytest.raises(EvaluationError, match="other.csv: not a scores table"):
         evaluate_scores(other, labels)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,6 +246,14 @@ def join_scores(scores: str | Path, labels: str | Path, task: str | None = None,
     if not keys:
         raise EvaluationError(f"{scores}: none of its {len(rows)} rows matches a labelled record "
                               f"in {labels.source} (by record or file name)")
+    twice = [k for k, n in Counter(keys).items() if n > 1]
+    if twice:
+        # the same ECG scored from two folders (or at 100 and 500 Hz) would count twice, and
+        # narrow every interval as if it were two patients
+        paths = [str(r.get("path", "")) for k, r in zip(keys, matched, strict=True) if k == twice[0]]
+        raise EvaluationError(f"{scores}: {len(twice)} labelled records match more than one scored "
+                              f"row, e.g. {twice[0]!r}: {paths}; evaluate each ECG once (score one "
+                              f"copy, or keep one with --only)")
     y = np.array([[labels.y[k][c] for c in classes] for k in keys], dtype=np.uint8)
     return Joined(classes, labels, keys, matched, y, np.array(probs, dtype=np.float64),
                   failed, unlabelled, left_out)
