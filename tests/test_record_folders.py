@@ -106,12 +106,19 @@ def test_ecg_folder_scan_order_and_what_it_skips(tmp_path):
     for rel in ("a/b.npy", "a-c.npy", "a/.hidden.npy", "a/x.y/z.npy", "B.npy", ".cache/h.npy"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         np.save(root / rel, np.zeros((12, 10)))
-    (root / "linked").symlink_to(root / "a", target_is_directory=True)  # not followed
+    (root / "0linked").symlink_to(root / "a", target_is_directory=True)  # a folder seen already
+    (root / "a/up").symlink_to(root, target_is_directory=True)  # a loop
     (root / "b.npy").symlink_to(root / "B.npy")  # a symlinked file is a file
     (root / "broken.npy").symlink_to(root / "gone.npy")
+    (root / "gone").symlink_to(root / "nowhere", target_is_directory=True)
+    elsewhere = tmp_path / "share"  # found in a walkthrough: linked shares were left out, unsaid
+    (elsewhere / "deep").mkdir(parents=True)
+    np.save(elsewhere / "deep" / "e.npy", np.zeros((12, 10)))
+    (root / "share").symlink_to(elsewhere, target_is_directory=True)
     ds = ECGFolder(root)
-    # sorted as paths sort, part by part: "a/..." before "a-c" although "-" < "/" as characters
-    assert ds.record_ids == ["B", "a/b", "a/x.y/z", "a-c", "b"]
+    # sorted as paths sort, part by part: "a/..." before "a-c" although "-" < "/" as characters;
+    # a folder reached as itself and through a link keeps its own path
+    assert ds.record_ids == ["B", "a/b", "a/x.y/z", "a-c", "b", "share/deep/e"]
     assert sorted(ds.paths) == sorted(str(root / f"{r}.npy") for r in ds.record_ids)
     assert ds.paths[1] == str(root / "a/b.npy")
     assert ECGFolder(root, pattern="a/*").record_ids == ["a/b", "a/x.y/z"]

@@ -22,8 +22,8 @@ NUMPY_SUFFIXES = (".npy", ".npz")
 
 def scan_folder(root: Path, pattern: str | None = None
                 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """``(records, unrecognised)`` under ``root``, searched recursively, hidden files and folders
-    (caches, checkpoints) and symlinked folders left out, in path order.
+    """``(records, unrecognised)`` under ``root``, searched recursively (symlinked folders too,
+    each folder once), hidden files and folders (caches, checkpoints) left out, in path order.
 
     ``records`` are ``(id, path given to read_ecg)``: the id is the path relative to ``root``
     without its suffix (``records100/00000/00001_lr``), or with it where two files share a stem
@@ -55,14 +55,29 @@ def scan_folder(root: Path, pattern: str | None = None
 
 def _files(root: Path) -> list[tuple[tuple[str, ...], str]]:
     """``(path parts relative to root, path)`` of every file under ``root``, sorted as paths
-    sort; hidden entries and symlinked folders left out.
+    sort; hidden entries left out. Symlinked folders are followed (a clinic links its export
+    shares into one folder), after every real folder and each folder once: one reached both
+    ways keeps its real path, and a link back up is not walked again.
 
-    ``os.scandir`` rather than ``Path.rglob``: its entries know their type, so only symlinks
-    cost a ``stat``, and no Path is made for what is skipped.
+    ``os.scandir`` rather than ``Path.rglob``: its entries know their type, so only folders and
+    symlinks cost a ``stat``, and no Path is made for what is skipped.
     """
     out = []
+    seen = {_identity(os.stat(root))}
     stack: list[tuple[tuple[str, ...], str]] = [((), str(root))]
-    while stack:
+    links: list[tuple[tuple[str, ...], str]] = []
+    while stack or links:
+        if not stack:
+            links.sort()
+            parts, path = links.pop(0)
+            try:
+                folder_id = _identity(os.stat(path))
+            except OSError:  # a broken link
+                continue
+            if folder_id not in seen:
+                seen.add(folder_id)
+                stack.append((parts, path))
+            continue
         parts, folder = stack.pop()
         try:
             with os.scandir(folder) as it:
@@ -74,10 +89,17 @@ def _files(root: Path) -> list[tuple[tuple[str, ...], str]]:
                 continue
             try:
                 if e.is_dir(follow_symlinks=False):
+                    seen.add(_identity(e.stat(follow_symlinks=False)))
                     stack.append((parts + (e.name,), e.path))
+                elif e.is_symlink() and e.is_dir():
+                    links.append((parts + (e.name,), e.path))
                 elif e.is_file():
                     out.append((parts + (e.name,), e.path))
             except OSError:
                 continue
     out.sort()
     return out
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
