@@ -20,11 +20,11 @@ LAYERS = {
     "shared": ["files", "paths", "progress", "config", "runs", "preprocess", "metrics",
                "calibration", "plotting", "io", "models", "data", "bundle", "bundle_files",
                "windowing", "shipped", "signals", "conformal", "input_spec", "hardware",
-               "provenance", "groups"],
+               "provenance", "groups", "overrides"],
     "feedback": ["feedback"],  # the judgements both refinement and review use
     "stages": ["pretrain", "finetune", "refine", "scoring"],
     "apps": ["review"],
-    "entry": ["cli", "demo", "convert", "__init__"],
+    "entry": ["cli", "demo", "convert", "entry", "__init__"],
 }
 RANK = {part: rank for rank, parts in enumerate(LAYERS.values()) for part in parts}
 

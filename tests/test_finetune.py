@@ -3,7 +3,6 @@ import logging
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -14,9 +13,10 @@ import torch
 
 from ecgrisk.bundle import Bundle
 from ecgrisk.bundle_files import BundleError
-from ecgrisk.config import check_override_kinds, compose
+from ecgrisk.config import compose
 from ecgrisk.finetune.app import train
 from ecgrisk.hardware import resolve_precision
+from ecgrisk.overrides import check_overrides
 
 SMALL_MODEL = ["model=xresnet1d18", "model.kwargs.base_channels=8"]
 TINY = ["data.batch_size=32",
@@ -325,24 +325,6 @@ def test_a_config_that_cannot_train_is_refused_before_any_work(tmp_path, app, ov
     assert not (tmp_path / "run").exists()
 
 
-@contextmanager
-def _as_the_app_sees_it(name: str, overrides: list[str]):
-    """The config and Hydra's record of its command line, as inside a running app."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    from ecgrisk.paths import config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose(name, overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        try:
-            yield cfg
-        finally:
-            HydraConfig.instance().cfg = None
-
-
 @pytest.mark.parametrize("app,overrides,said", [
     ("finetune", ["finetune.weight_decay=abc"],
      "finetune.weight_decay='abc': expected a number (default: 0.01)"),
@@ -351,22 +333,35 @@ def _as_the_app_sees_it(name: str, overrides: list[str]):
     ("finetune", ["data.train_folds=3"], "data.train_folds=3: expected a list, e.g. [a,b] (default: [1, 2, 3, 4, 5, 6, 7, 8])"),
     ("refine", ["reward.epochs=abc"], "reward.epochs='abc': expected a whole number (default: 100)"),
     ("pretrain", ["ssl=cpc", "ssl.steps=2.5"], "ssl.steps=2.5: expected a whole number (default: 4)"),
+    # every job of a sweep, before the first runs (found in a walkthrough: job 0 trained first)
+    ("finetune", ["finetune.lr=0.01,fast"], "finetune.lr='fast': expected a number (default: 0.01)"),
+    ("finetune", ["data.taks=rhythm"],
+     "data.taks=rhythm: no key 'data.taks' in this command's config; did you mean data.task?"),
+    ("finetune", ["+data.taks=rhythm"],  # Hydra's own hint, which then trained on the default task
+     "+data.taks=rhythm: the config has no 'data.taks', and nothing would read it; did you mean data.task?"),
+    ("finetune", ["model=xresnet1d5"], "model=xresnet1d5: no such model; one of hybrid, inception1d, s4, "
+     "vit1d, xresnet1d101, xresnet1d18, xresnet1d50 (did you mean xresnet1d50?)"),
+    ("finetune", ["ssl=contrastive"],
+     "ssl=contrastive: this command has no config group 'ssl' (its groups: data, logger, model, trainer)"),
+    ("finetune", ["model=xresnet1d18,vit1d", "model.kwargs.base_channels=8"],
+     "model.kwargs.base_channels=8: no key 'model.kwargs.base_channels' in this command's config "
+     "(`--help` lists them) (with model=vit1d)"),
 ])
-def test_an_override_of_the_wrong_kind_is_refused_naming_its_key(app, overrides, said):
-    # these failed deep in training with a traceback; refine's after a round of judgements
-    with _as_the_app_sees_it(app, overrides) as cfg, pytest.raises(ValueError) as err:
-        check_override_kinds(cfg)
+def test_an_override_the_config_cannot_take_is_refused_naming_it(app, overrides, said):
+    with pytest.raises(ValueError) as err:
+        check_overrides(app, overrides)
     assert str(err.value) == said
 
 
 @pytest.mark.parametrize("overrides", [
     ["finetune.lr=3e-3", "data.train_fraction=1", "early_stopping_patience=null"],  # int for float; null
     ["trainer.devices=auto", "model=xresnet1d18", "model.kwargs.base_channels=32"],  # Lightning's own kinds; a group
-    ["review_by=[]", "data.root=/data/ptb-xl", "+extra.note=abc", "~risk_bands"],  # added, removed
+    ["review_by=[]", "data.root=/data/ptb-xl", "+trainer.accumulate_grad_batches=2", "~risk_bands"],
+    ["seed=0,1,2", "model=xresnet1d18,xresnet1d50", "finetune.lr=range(1,3)", "data.crop_s=${data.window_s}"],
+    ["hydra.run.dir=x", "'a b'=1"],  # Hydra's own keys, and a syntax Hydra itself explains
 ])
-def test_overrides_of_the_right_kind_pass(overrides):
-    with _as_the_app_sees_it("finetune", overrides) as cfg:
-        check_override_kinds(cfg)
+def test_overrides_the_config_can_take_pass(overrides):
+    check_overrides("finetune", overrides)
 
 
 def test_the_command_says_what_is_wrong_in_one_line(tmp_path):
@@ -377,6 +372,24 @@ def test_the_command_says_what_is_wrong_in_one_line(tmp_path):
     full = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and "Traceback" in full.stderr  # where it was raised, on request
-    # a key Hydra cannot override is the user's mistake too (Hydra's own line says which)
+    # a misspelled key: one line, before Hydra's several (found in a walkthrough)
     typo = subprocess.run(cmd[:3] + ["finetune.lrr=1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert typo.returncode == 2 and "Could not override 'finetune.lrr'" in typo.stderr, typo.stderr
+    assert typo.returncode == 2 and typo.stderr == (
+        "ecgrisk-finetune: error: finetune.lrr=1: no key 'finetune.lrr' in this command's config; "
+        "did you mean finetune.lr?\n")
+    # what Hydra's parser refuses, Hydra explains; still the user's mistake: exit 2
+    syntax = subprocess.run(cmd[:3] + ["'a b'=1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert syntax.returncode == 2 and "override_grammar" in syntax.stderr, syntax.stderr
+
+
+def test_a_job_of_a_sweep_that_fails_on_a_mistake_fails_alone(tmp_path):
+    # found in a walkthrough: the first job's exit 2 ended the sweep before the second ran
+    cmd = [sys.executable, "-m", "ecgrisk.finetune.app", "-m", "data=synthetic", "data.n_records=40",
+           "model=xresnet1d18", "model.kwargs.base_channels=8", "trainer.max_epochs=1", "bootstrap=0",
+           "trainer.enable_progress_bar=false", "finetune.lr=-1,0.01", f"hydra.sweep.dir={tmp_path / 's'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    line = "ecgrisk-finetune: error: finetune.lr=-1: expected a positive number"
+    assert proc.stderr.count(line) == 2  # when the job failed, and again at the end beside its overrides
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "s" / "1" / "model.pt").is_file()

@@ -25,7 +25,7 @@ from scipy.special import expit
 from ecgrisk.bundle import Bundle, encoder_meta, load_encoder_weights
 from ecgrisk.bundle_files import resolve
 from ecgrisk.calibration import apply_temperature, fit_calibration
-from ecgrisk.config import check_override_kinds, plain_errors, run_app
+from ecgrisk.config import plain_errors, run_app
 from ecgrisk.conformal import fit_review, split_review
 from ecgrisk.data.datamodule import ECGDataModule, build_datamodule
 from ecgrisk.files import atomic_path, file_sha256
@@ -244,7 +244,6 @@ def _print_table(m: dict, classes: list[str], out: Path) -> None:
 def _hydra_main(cfg: DictConfig) -> float:
     set_resume_hint(resume_hint(cfg, "ecgrisk-finetune"))
     with plain_errors("ecgrisk-finetune"):
-        check_override_kinds(cfg)
         metrics = train(cfg)
     return float(metrics.get("val/macro_auroc", float("nan")))
 
@@ -253,7 +252,7 @@ def main() -> None:
     """Console entry point (``ecgrisk-finetune``); SIGINT/SIGTERM keep the last finished epoch's
     checkpoint and exit with 130/143 naming the command that resumes from it."""
     with stop_on_signals(command="ecgrisk-finetune"):
-        run_app(_hydra_main)
+        run_app(_hydra_main, "finetune", "ecgrisk-finetune")
 
 
 if __name__ == "__main__":

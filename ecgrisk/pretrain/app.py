@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ecgrisk.bundle import save_encoder
-from ecgrisk.config import check_override_kinds, plain_errors, run_app
+from ecgrisk.config import plain_errors, run_app
 from ecgrisk.data.base import RecordSet
 from ecgrisk.data.datamodule import ECGDataModule
 from ecgrisk.data.sources import load_source
@@ -218,7 +218,6 @@ def train(cfg: DictConfig) -> dict:
 def _hydra_main(cfg: DictConfig) -> float:
     set_resume_hint(resume_hint(cfg, "ecgrisk-pretrain"))
     with plain_errors("ecgrisk-pretrain"):
-        check_override_kinds(cfg)
         metrics = train(cfg)
     return float(metrics.get("val/loss_end", metrics.get("train/loss_end", float("nan"))))
 
@@ -227,7 +226,7 @@ def main() -> None:
     """Console entry point (``ecgrisk-pretrain``); SIGINT/SIGTERM keep the last finished epoch's
     checkpoint and exit with 130/143 naming the command that resumes from it."""
     with stop_on_signals(command="ecgrisk-pretrain"):
-        run_app(_hydra_main)
+        run_app(_hydra_main, "pretrain", "ecgrisk-pretrain")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ecgrisk.bundle import Bundle
-from ecgrisk.config import check_override_kinds, plain_errors, run_app
+from ecgrisk.config import plain_errors, run_app
 from ecgrisk.conformal import ReviewBand, fit_review, with_band
 from ecgrisk.data.datamodule import build_datamodule
 from ecgrisk.feedback.store import FeedbackStore
@@ -218,7 +218,6 @@ def _restart_hint(cfg: DictConfig) -> Callable[[], str]:
 def _hydra_main(cfg: DictConfig) -> float:
     set_resume_hint(_restart_hint(cfg))
     with plain_errors("ecgrisk-refine"):
-        check_override_kinds(cfg)
         metrics = refine(cfg)
     return float(metrics.get("val/macro_auroc", float("nan")))
 
@@ -226,7 +225,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """Console entry point (``ecgrisk-refine``); SIGINT/SIGTERM exit with 130/143."""
     with stop_on_signals(command="ecgrisk-refine"):
-        run_app(_hydra_main)
+        run_app(_hydra_main, "refine", "ecgrisk-refine")
 
 
 if __name__ == "__main__":
