@@ -4,9 +4,11 @@ the three training commands as Hydra apps."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
@@ -86,10 +88,24 @@ def plain_errors(command: str) -> Iterator[None]:
             raise
         print(f"{command}: error: {e}\n(HYDRA_FULL_ERROR=1 shows where it was raised)",
               file=sys.stderr, flush=True)
+        _drop_unused_run_dir()
         if _in_sweep():
             # a job of a sweep fails alone: the others still run, and Hydra names it at the end
             raise JobFailed(f"{command}: error: {e}") from None
         raise SystemExit(2) from None
+
+
+def _drop_unused_run_dir() -> None:
+    """Remove the run directory Hydra made for a run that stopped on a mistake before writing
+    anything: holding only Hydra's record and log, it would pass for the newest run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    if out.is_dir() and {p.name for p in out.iterdir()} <= {hc.output_subdir, f"{hc.job.name}.log"}:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _in_sweep() -> bool:

@@ -311,6 +311,10 @@ def test_review_band_is_fitted_within_the_review_by_groups(tmp_path, ptbxl_root,
     ("finetune", "trainer.max_epochs=abc", "trainer.max_epochs='abc': expected a positive whole number"),
     ("pretrain", "data.batch_size=0", "data.batch_size=0: expected a positive whole number"),
     ("refine", "rounds=1.5", "rounds=1.5: expected a positive whole number"),
+    # found in a walkthrough: these two came after the data loaded, the second after the run
+    # directory had its own feedback.db
+    ("refine", "pool=folder", "pool=folder has no labels for a simulated cardiologist"),
+    ("refine", "feedback=store feedback.store=/no/such.db", "feedback.store=/no/such.db: no such feedback store"),
 ])
 def test_a_config_that_cannot_train_is_refused_before_any_work(tmp_path, app, override, said):
     # a negative learning rate trained to chance without a word; a word for a number failed
@@ -320,8 +324,8 @@ def test_a_config_that_cannot_train_is_refused_before_any_work(tmp_path, app, ov
 
     run = {"finetune": train, "pretrain": pretrain, "refine": refine}[app]
     extra = ["base=never-loaded.pt"] if app == "refine" else []
-    with pytest.raises(ValueError, match=said.replace("(", r"\(")):
-        run(compose(app, [override, f"output_dir={tmp_path / 'run'}", *extra]))
+    with pytest.raises((ValueError, FileNotFoundError), match=said.replace("(", r"\(")):
+        run(compose(app, [*override.split(), f"output_dir={tmp_path / 'run'}", *extra]))
     assert not (tmp_path / "run").exists()
 
 
@@ -372,6 +376,12 @@ def test_the_command_says_what_is_wrong_in_one_line(tmp_path):
     full = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and "Traceback" in full.stderr  # where it was raised, on request
+    # a run stopped so leaves no directory behind to pass for the newest run (walkthrough)
+    missing = subprocess.run(cmd[:3] + ["model.pretrained=no-such-encoder",
+                                        f"hydra.run.dir={tmp_path / 'runs' / 'x'}"],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert missing.returncode == 2 and "no-such-encoder" in missing.stderr, missing.stderr
+    assert (tmp_path / "runs").is_dir() and not (tmp_path / "runs" / "x").exists()
     # a misspelled key: one line, before Hydra's several (found in a walkthrough)
     typo = subprocess.run(cmd[:3] + ["finetune.lrr=1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert typo.returncode == 2 and typo.stderr == (

@@ -43,7 +43,7 @@ from ecgrisk.groups import record_groups, usable_specs
 from ecgrisk.metrics import reliability
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.plotting import plot_reliability
-from ecgrisk.refine.loop import make_feedback, run_loop
+from ecgrisk.refine.loop import check_store_source, make_feedback, run_loop
 from ecgrisk.refine.policy import BernoulliPolicy
 from ecgrisk.refine.pools import prepare_sets
 from ecgrisk.refine.refiners import REFINERS
@@ -104,6 +104,12 @@ def refine(cfg: DictConfig) -> dict:
         raise ValueError(f"refine.method must be one of {sorted(REFINERS)}, "
                          f"got {cfg.refine.method!r}")
     check_positive(cfg, "refine.lr", whole=("rounds", "queries_per_round", "refine.batch_size"))
+    if cfg.pool.kind == "folder" and cfg.feedback.kind == "simulated":
+        raise ValueError("pool=folder has no labels for a simulated cardiologist to judge by: "
+                         "use feedback=store feedback.store=PATH|URL (judgements made in the "
+                         "review app on the same folder)")
+    if cfg.feedback.kind == "store":
+        check_store_source(cfg.feedback.store)
     bundle = Bundle.load(cfg.base)
     if not isinstance(bundle.model, ECGClassifier):
         # the refiners move one head on one encoder's embeddings
@@ -122,10 +128,6 @@ def refine(cfg: DictConfig) -> dict:
         raise ValueError(f"{cfg.base}: the bundle predicts {bundle.classes} but the data "
                          f"(task={cfg.data.get('task')}) has {dm.classes}; set data.task to the "
                          "bundle's task")
-    if cfg.pool.kind == "folder" and cfg.feedback.kind == "simulated":
-        raise ValueError("pool=folder has no labels for a simulated cardiologist to judge by: "
-                         "use feedback=store feedback.store=PATH|URL (judgements made in the "
-                         "review app on the same folder)")
     # the groups the base's band was fitted within, checked before the loop runs
     base_band = bundle.extra.get("review")
     review_by = usable_specs(dm.sources[0], ReviewBand.from_dict(base_band).by if base_band else [])

@@ -127,6 +127,16 @@ class SimulatedFeedback:
         return len(records)
 
 
+def check_store_source(source: str | None) -> str:
+    """``feedback.store``, refused unless it names a store: a URL, or a SQLite file that exists
+    (the refine app asks before it makes its run directory)."""
+    if not source:
+        raise ValueError("feedback=store needs feedback.store=PATH|URL of the feedback store")
+    if "://" not in str(source) and not Path(source).is_file():
+        raise FileNotFoundError(f"feedback.store={source}: no such feedback store")
+    return str(source)
+
+
 class StoreFeedback:
     """Copies judgements about pool ECGs from another store (``feedback.store``) into the run's
     store, each round only those not copied before.
@@ -141,11 +151,7 @@ class StoreFeedback:
 
     def __init__(self, source: str, pool: WindowSet, store: FeedbackStore,
                  annotator: str | Sequence[str] | None = None):
-        if not source:
-            raise ValueError("feedback=store needs feedback.store=PATH|URL of the feedback store")
-        if "://" not in str(source) and not Path(source).is_file():
-            raise FileNotFoundError(f"feedback.store={source}: no such feedback store")
-        self.source = FeedbackStore(source)
+        self.source = FeedbackStore(check_store_source(source))
         self.pool, self.store, self.annotator = pool, store, annotator
         self.seen: set[tuple[str, int]] = set()
         self.skipped = 0
