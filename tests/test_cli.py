@@ -37,6 +37,19 @@ def test_inspect_refuses_a_path_that_names_nothing_before_reading_any(ptbxl_root
     assert "no-model.pt" in capsys.readouterr().err
 
 
+def test_output_cut_short_by_its_reader_ends_without_a_traceback(ptbxl_root):
+    # found in a walkthrough: `ecgrisk inspect ... | head -3` printed a BrokenPipeError traceback
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "from ecgrisk.entry import ecgrisk; ecgrisk()",
+                             "inspect", str(ptbxl_root / "records100/00000/00001_lr")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and err == "", err
+
+
 def test_download_offline_is_a_clear_error(tmp_path, capsys):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

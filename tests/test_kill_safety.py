@@ -990,6 +990,25 @@ def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_130():
     assert out == ""  # stopped before Hydra printed the help
 
 
+@pytest.mark.parametrize("sig", [SIGINT, SIGTERM])
+def test_a_signal_after_the_command_finished_keeps_its_exit_status(data, tmp_path, sig):
+    """Found in a walkthrough: Ctrl-C a tenth of a second after `ecgrisk score` printed its
+    summary ended it with 130 and no line, while torch tore down; the work was all written."""
+    marker = tmp_path / "at-exit"
+    record = str(next((data["records"]).rglob("*.hea")).with_suffix(""))
+    proc = subprocess.Popen([sys.executable, "-c", "from ecgrisk.entry import ecgrisk; ecgrisk()",
+                             "inspect", record], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **_pause("exit", marker)})
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["samples"] > 0 and "interrupted" not in err
+
+
 def test_a_command_started_ignoring_ctrl_c_keeps_ignoring_it():
     """A shell script's background job starts with SIGINT ignored, so that the Ctrl-C its
     terminal sends to the foreground command does not stop it; ecgrisk's handlers kept it
