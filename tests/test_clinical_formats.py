@@ -380,6 +380,22 @@ def test_mixed_folder_scores_and_converts(tmp_path):
                      "--fs", "100", "--quiet"]) == 0
     cart = read_ecg(npz / "cart.npz")
     assert cart.fs == 100.0 and cart.signal.shape == (12, 1000) and cart.lead_mask.all()
+    # found in a walkthrough: the npz lost what the WFDB header keeps
+    assert cart.meta["derived_leads"] == ["III", "aVR", "aVL", "aVF"]
+    assert (cart.meta["age"], cart.meta["sex"]) == (70.0, "F")
+    assert cli_main(["convert", str(d / "dicom" / "IM0001"), "--to", "npz", "--out", str(npz),
+                     "--quiet"]) == 0
+    assert read_ecg(npz / "IM0001.npz").meta["acquired"] == read_ecg(d / "dicom" / "IM0001").meta["acquired"]
+
+
+def test_a_challenge_records_diagnoses_survive_conversion(shared, tmp_path):
+    src = read_ecg(shared / "cinc2021-sample" / "E07500")
+    for to, name in (("wfdb", "E07500"), ("npz", "E07500.npz")):
+        assert cli_main(["convert", str(shared / "cinc2021-sample" / "E07500"), "--to", to,
+                         "--out", str(tmp_path / to), "--quiet"]) == 0
+        back = read_ecg(tmp_path / to / name)
+        assert back.meta["dx"] == src.meta["dx"] == ["67741000119109", "426177001"]
+        assert (back.meta["age"], back.meta["sex"]) == (78.0, "M")
 
 
 def _annotations_at(path: Path) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """ECGs stored as numpy arrays: ``.npy`` (``[12, samples]`` in mV, standard lead order) and
-``.npz`` (key ``signal``, optional ``fs`` and ``leads``, as ``ecgrisk convert --to npz`` writes)."""
+``.npz`` (key ``signal``, optional ``fs``, ``leads`` and ``comments``, the ``Key: value`` lines a
+WFDB header would carry (age, sex, derived leads), as ``ecgrisk convert --to npz`` writes)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _member_shape(z) -> tuple:
 
 def read_array(kind: str, path: Path, header_only: bool) -> tuple:
     """-> (signal ``[leads, samples]`` float32, or only its shape when ``header_only``;
-    the file's fs or None; lead names in row order)."""
+    the file's fs or None; lead names in row order; its comment lines)."""
     with open(path, "rb") as f:
         magic = f.read(6)
     if not magic:
@@ -51,7 +52,7 @@ def read_array(kind: str, path: Path, header_only: bool) -> tuple:
     if not magic.startswith(b"\x93NUMPY" if kind == "npy" else b"PK"):
         raise HeaderParseError(path, f"not a .{kind} file (wrong magic bytes)")
     try:
-        fs, names = None, list(STANDARD_LEADS)
+        fs, names, comments = None, list(STANDARD_LEADS), []
         if kind == "npy":
             arr = np.load(path, mmap_mode="r", allow_pickle=False)  # mmap: header-only stays cheap
             shape = arr.shape
@@ -61,6 +62,7 @@ def read_array(kind: str, path: Path, header_only: bool) -> tuple:
                     raise InvalidSignalError(path, f"no 'signal' array in the .npz ({z.files})")
                 fs = float(z["fs"]) if "fs" in z.files else None
                 names = [str(n) for n in z["leads"]] if "leads" in z.files else names
+                comments = [str(c) for c in z["comments"]] if "comments" in z.files else comments
                 arr = None if header_only else z["signal"]
                 shape = _member_shape(z) if header_only else arr.shape
     except ECGReadError:
@@ -78,5 +80,5 @@ def read_array(kind: str, path: Path, header_only: bool) -> tuple:
     if header_only:
         if len(shape) == 2 and shape[0] != len(names) and shape[1] == len(names):
             shape = shape[::-1]
-        return shape, fs, names
-    return _orient(path, np.asarray(arr), len(names)), fs, names
+        return shape, fs, names, comments
+    return _orient(path, np.asarray(arr), len(names)), fs, names, comments

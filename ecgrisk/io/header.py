@@ -149,7 +149,6 @@ def parse_comments(comments: list[str]) -> dict:
     return meta
 
 
-def header_meta(kind: str, h: Header | None) -> dict:
-    if h is None:
-        return {"age": None, "sex": None, "dx": [], "source_format": kind}
-    return parse_comments(h.comments) | {"source_format": h.source_format}
+def header_meta(source_format: str, comments: list[str]) -> dict:
+    """A record's meta from its ``Key: value`` comment lines (a WFDB header's, an npz's)."""
+    return parse_comments(comments) | {"source_format": source_format}

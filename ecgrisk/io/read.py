@@ -119,16 +119,16 @@ def read_header(path, fs: float | None = None) -> dict:
     kind, file = locate_record(path)
     if kind == "wfdb":
         h = parse_header(file)
-        names, rec_fs, n = h.names, h.fs, h.n_samples
+        names, rec_fs, n, meta = h.names, h.fs, h.n_samples, header_meta(h.source_format, h.comments)
     elif kind not in ("npy", "npz"):  # clinical files are small and have no separate header
         raw, names, rec_fs, meta = read_clinical(file, kind)
         return _described(file, kind, names, rec_fs, raw.shape[1], meta)
     else:
-        h = None
-        shape, rec_fs, names = read_array(kind, file, header_only=True)
+        shape, rec_fs, names, comments = read_array(kind, file, header_only=True)
         rec_fs = rec_fs if rec_fs is not None else fs
         n = int(shape[1]) if len(shape) == 2 else None
-    return _described(file, kind, names, rec_fs, n, header_meta(kind, h))
+        meta = header_meta(kind, comments)
+    return _described(file, kind, names, rec_fs, n, meta)
 
 
 def _described(file: Path, kind: str, names: list[str], rec_fs, n, meta: dict) -> dict:
@@ -177,20 +177,20 @@ def read_ecg(path, fs: float | None = None, *, missing_leads: str = "pad",
             raise SamplingRateError(file, "header gives no sampling frequency")
         rec_fs = _check_fs(file, h.fs, "header sampling rate")
         raw, odd_units = read_wfdb_signal(h)
-        names, meta = h.names, header_meta(kind, h)
+        names, meta = h.names, header_meta(h.source_format, h.comments)
         if odd_units:
             meta["units_assumed_mv"] = odd_units
     elif kind not in ("npy", "npz"):
         raw, names, rec_fs, meta = read_clinical(file, kind)
         rec_fs = _check_fs(file, rec_fs, "sampling rate in file")
     else:
-        raw, file_fs, names = read_array(kind, file, header_only=False)
+        raw, file_fs, names, comments = read_array(kind, file, header_only=False)
         given = array_fs if array_fs is not None else fs
         if file_fs is None and given is None:
             raise SamplingRateError(file, f"a .{kind} file carries no sampling rate; give it "
                                           "(ecgrisk score --npy-fs, read_ecg(fs=...))")
         rec_fs = _check_fs(file, file_fs, "sampling rate in file") if file_fs is not None else given
-        meta = header_meta(kind, None)
+        meta = header_meta(kind, comments)
     return _assemble(file, raw, names, rec_fs, fs, missing_leads, meta)
 
 

@@ -1,10 +1,11 @@
 """Write an ``ECG`` as files every ecgrisk stage reads: a WFDB record or an ``.npz``.
 
 Only the leads the source held (or that were derived from I and II) are written; a zero-filled
-absent lead would read back as a flat lead. WFDB keeps age, sex, the source file and format, and
-which leads were derived, as ``Key: value`` header comments that ``read_ecg`` reads back; the
-``.npz`` holds ``signal``, ``fs`` and ``leads`` only. Both are written atomically: a reader sees
-no record or the whole record.
+absent lead would read back as a flat lead. Both keep age, sex, the acquisition time, the
+diagnosis codes, the source file and format, and which leads were derived, as the ``Key: value``
+lines that ``read_ecg`` reads back: WFDB as header comments, the ``.npz`` as its ``comments``
+array beside ``signal``, ``fs`` and ``leads``. Both are written atomically: a reader sees no
+record or the whole record.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def write_ecg(ecg: ECG, base: str | os.PathLike, to: str) -> Path:
     if to == "npz":
         out = base.with_name(base.name + ".npz")
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.savez(f, signal=signal, fs=np.float64(ecg.fs), leads=np.array(leads))
+            np.savez(f, signal=signal, fs=np.float64(ecg.fs), leads=np.array(leads),
+                     comments=np.array(_comments(ecg)))
         return out
     _write_wfdb(base, signal, leads, ecg.fs, _comments(ecg))
     return base
@@ -53,6 +55,8 @@ def _comments(ecg: ECG) -> list[str]:
              f"Source: {ecg.path}", f"Source format: {meta.get('source_format', '')}"]
     if meta.get("acquired"):
         lines.append(f"Acquired: {meta['acquired']}")
+    if meta.get("dx"):  # a Challenge record's labels (SNOMED CT codes)
+        lines.append(f"Dx: {','.join(meta['dx'])}")
     if meta.get("derived_leads"):
         lines.append(f"Derived leads: {','.join(meta['derived_leads'])}")
     return lines
