@@ -43,7 +43,9 @@ def _dicom_example() -> Path:
     return Path(get_testdata_file("waveform_ecg.dcm"))
 
 
-def _write_edf(path: Path, signal_mv: np.ndarray, leads: list[str], fs: float) -> Path:
+def _write_edf(path: Path, signal_mv: np.ndarray, leads: list[str], fs: float,
+               plus: bool = True) -> Path:
+    """EDF+ (with an annotation signal), or plain EDF with the same EDF+ style patient field."""
     signals = [edfio.EdfSignal(x, sampling_frequency=fs, label=f"ECG {name}",
                                physical_dimension="mV", physical_range=(-10, 10))
                for x, name in zip(signal_mv, leads, strict=True)]
@@ -51,7 +53,7 @@ def _write_edf(path: Path, signal_mv: np.ndarray, leads: list[str], fs: float) -
                                                    birthdate=datetime.date(1961, 3, 1)),
                     recording=edfio.Recording(startdate=datetime.date(2024, 3, 9)),
                     starttime=datetime.time(14, 30, 5),
-                    annotations=[edfio.EdfAnnotation(0, None, "recording start")])
+                    annotations=[edfio.EdfAnnotation(0, None, "recording start")] if plus else None)
     edf.write(path)
     return path
 
@@ -299,9 +301,12 @@ def test_written_formats_read_by_content(tmp_path, writer, leads, kind):
     assert (full.meta["age"], full.meta["sex"]) == (58.0, "M")
 
 
-def test_edf_written_by_edfio(tmp_path):
+@pytest.mark.parametrize("plus", [True, False], ids=["edf+", "edf"])
+def test_edf_written_by_edfio(tmp_path, plus):
+    # found in a walkthrough: a plain EDF's patient field (sex, birth date) went unread
     mv = synthetic_uv(TWELVE) / 1000.0
-    path = _write_edf(tmp_path / "rec.edf", mv, TWELVE, FS)
+    path = _write_edf(tmp_path / "rec.edf", mv, TWELVE, FS, plus=plus)
+    assert (path.read_bytes()[192:197] == b"EDF+C") == plus
     ecg = read_ecg(path)
     assert ecg.meta["source_format"] == "edf" and ecg.fs == FS and ecg.lead_mask.all()
     # 16-bit EDF over +-10 mV: resolution 20 mV / 65535 = 0.3 uV

@@ -139,7 +139,28 @@ def read_clinical(path: Path, kind: str) -> tuple[np.ndarray, list[str], float, 
             "acquired": _iso(rec.recording.date), "dx": [], "source_format": kind,
             "reader": f"ecgdatakit {__version__}",
             "reader_warnings": sorted({str(w.message) for w in caught})}
+    if kind == "edf" and meta["sex"] is None and meta["age"] is None:
+        meta.update(_edf_patient(path, rec.recording.date))
     return signal, [lead.label for lead in leads], rates.pop(), meta
+
+
+def _edf_patient(path: Path, recorded) -> dict:
+    """Sex and age from an EDF header's patient field written the EDF+ way (``code sex
+    birthdate name``: ``P1 F 01-MAR-1961 X``). ecgdatakit reads it only from files marked
+    EDF+, but writers put it in plain EDF files too."""
+    with open(path, "rb") as f:
+        fields = f.read(88)[8:].decode("ascii", errors="ignore").split()
+    if len(fields) < 3 or fields[1] not in ("M", "F", "X"):
+        return {}
+    out = {"sex": normalise_sex(fields[1])}
+    try:
+        born = datetime.strptime(fields[2].title(), "%d-%b-%Y")
+    except ValueError:
+        return out
+    if isinstance(recorded, datetime):
+        years = recorded.year - born.year - ((recorded.month, recorded.day) < (born.month, born.day))
+        out["age"] = normalise_age(years)
+    return out
 
 
 def _iso(value) -> str | None:
