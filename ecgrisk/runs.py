@@ -106,6 +106,15 @@ def _keep_history(logs: Path) -> None:
         current.rename(logs / f"history-{k}.csv")
 
 
+def settle_logs(logs: Path) -> None:
+    """At the end of a run: where the resumed part logged nothing (it was stopped after its last
+    epoch, in its final test), put the log :func:`_keep_history` set aside back as
+    ``metrics.csv``, which every run directory keeps."""
+    parts = sorted(logs.glob("history-*.csv"), key=lambda f: int(f.stem.split("-")[1]))
+    if parts and not (logs / "metrics.csv").exists():
+        parts[-1].rename(logs / "metrics.csv")
+
+
 def logged_metrics(logs: Path):
     """Every row the CSV logger wrote in ``logs``, earlier (resumed) parts first; None if none.
 

@@ -167,6 +167,22 @@ def test_resume_into_the_same_run_directory_keeps_the_logged_history(tmp_path, p
     assert (tmp_path / "run" / "logs" / "history-0.csv").is_file()
 
 
+def test_a_resumed_run_that_logged_nothing_new_keeps_its_log_as_metrics_csv(tmp_path):
+    # found in a walkthrough: resumed after its last epoch (stopped in its final test), a run
+    # set its log aside as history-0.csv and ended without a logs/metrics.csv
+    from ecgrisk.runs import logged_metrics, settle_logs
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "history-0.csv").write_text("epoch,train/loss_epoch\n0,1.0\n")
+    (logs / "history-1.csv").write_text("epoch,train/loss_epoch\n1,0.5\n")
+    settle_logs(logs)
+    assert sorted(f.name for f in logs.iterdir()) == ["history-0.csv", "metrics.csv"]
+    assert logged_metrics(logs)["epoch"].tolist() == [0, 1]
+    settle_logs(logs)  # a run that logged: nothing moves
+    assert sorted(f.name for f in logs.iterdir()) == ["history-0.csv", "metrics.csv"]
+
+
 def test_override_changes_what_runs(tmp_path, ptbxl_root):
     cfg = _cfg(tmp_path, ptbxl_root, "data.task=rhythm", "trainer.fast_dev_run=true",
                model=["model=inception1d", "model.kwargs.depth=3", "model.kwargs.nb_filters=8"])

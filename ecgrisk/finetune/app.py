@@ -43,6 +43,7 @@ from ecgrisk.runs import (
     resume_hint,
     resumed_wall_s,
     run_dir,
+    settle_logs,
     write_metrics,
 )
 from ecgrisk.signals import set_resume_hint, stop_on_signals
@@ -182,6 +183,7 @@ def train(cfg: DictConfig) -> dict:
                            "teacher_records": [dm.caches[0].record_ids[i] for i in dm.teacher_labelled]})
     bundle.save(out / "model.pt")
     write_metrics(out / "metrics.json", metrics)
+    settle_logs(out / "logs")
     plot_curves(out)
     _print_table(metrics, classes, out)
     return metrics

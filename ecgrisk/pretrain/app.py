@@ -38,6 +38,7 @@ from ecgrisk.runs import (
     resume_hint,
     resumed_wall_s,
     run_dir,
+    settle_logs,
     write_metrics,
 )
 from ecgrisk.signals import set_resume_hint, stop_on_signals
@@ -208,6 +209,7 @@ def train(cfg: DictConfig) -> dict:
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     })
     write_metrics(out / "metrics.json", metrics)
+    settle_logs(out / "logs")
     plot_curves(out, keys=CURVE_KEYS)
     log.info("pretraining done: loss %.4f -> %.4f over %d epochs; encoder at %s",
              metrics["train/loss_start"], metrics["train/loss_end"], len(losses), out / "encoder.pt")
