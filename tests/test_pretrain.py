@@ -272,3 +272,19 @@ def test_a_folder_without_data_root_or_labels_is_a_clear_error(tmp_path, cache):
     folder = _write_folder(tmp_path / "clinic")
     with pytest.raises(ValueError, match=r"data.source=folder .* has no labels"):
         build_datamodule(compose("finetune", ["data=folder", f"data.root={folder}"]).data, seed=0)
+
+
+@pytest.mark.parametrize("model,masking,said", [
+    ("xresnet1d18", "time", "ssl.masking=time chooses what the patch MAE of vit1d hides"),
+    ("vit1d", "tme", "ssl.masking must be one of random, time, lead, got 'tme'"),
+    ("xresnet1d18", "tme", "ssl.masking must be one of random, time, lead, got 'tme'"),
+])
+def test_a_masking_the_objective_would_not_use_is_refused(model, masking, said):
+    # found in a walkthrough: with xresnet1d18, ssl.masking=tme trained with exit 0
+    from ecgrisk.models import create_encoder
+    from ecgrisk.pretrain.objectives import build_objective
+
+    cfg = compose("pretrain", [f"model={model}", "ssl=masked", f"ssl.masking={masking}"])
+    encoder = create_encoder(cfg.model.name, **cfg.model.kwargs)
+    with pytest.raises(ValueError, match=said):
+        build_objective(cfg.ssl, encoder)

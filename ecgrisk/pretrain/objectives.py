@@ -17,7 +17,7 @@ from ecgrisk.pretrain.augment import build_augment
 from ecgrisk.pretrain.contrastive import ContrastiveModel
 from ecgrisk.pretrain.cpc import CPCModel
 from ecgrisk.pretrain.jepa import LatentPredictionModel
-from ecgrisk.pretrain.masked import MaskedAutoencoder, MaskedSignalModel
+from ecgrisk.pretrain.masked import MASKINGS, MaskedAutoencoder, MaskedSignalModel
 
 __all__ = ["OBJECTIVES", "build_objective"]
 
@@ -45,9 +45,17 @@ def build_objective(ssl: Mapping, encoder: nn.Module, fs: float = 100.0) -> nn.M
         kind = ssl.get("kind", "auto")
         if kind == "auto":
             kind = "patch" if isinstance(encoder, ViT1d) else "signal"
+        masking = ssl.get("masking", "random")
+        if masking not in MASKINGS:
+            raise ValueError(f"ssl.masking must be one of {', '.join(MASKINGS)}, got {masking!r}")
+        if kind == "signal" and masking != "random":
+            # said, not ignored: the other encoders hide time spans of each lead (ssl.signal.*)
+            raise ValueError(f"ssl.masking={masking} chooses what the patch MAE of vit1d hides; "
+                             f"{type(encoder).__name__} is pretrained by masked signal spans "
+                             "(ssl.signal.mask_ratio, ssl.signal.span_s)")
         if kind == "patch":
             dec = ssl.get("decoder") or {}
-            return MaskedAutoencoder(encoder, masking=ssl.get("masking", "random"),
+            return MaskedAutoencoder(encoder, masking=masking,
                                      mask_ratio=float(ssl.get("mask_ratio", 0.75)),
                                      decoder_dim=int(dec.get("dim", 64)),
                                      decoder_depth=int(dec.get("depth", 2)),
