@@ -8,6 +8,8 @@ standard leads in mV; 8-lead files with III, aVR, aVL, aVF derived) and written 
 leads. A file that cannot be read is a manifest row with its error and the batch goes on; the
 manifest (``manifest.csv`` in ``--out``: record, source, source_format, output, leads,
 derived_leads, age, sex, status, error) is written atomically at the end and lists every input.
+Converting into a folder that has a manifest adds to it: the rows of files not converted again
+stay, and their record names are not given to new records.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def convert_records(records: list[tuple[str, str]], out: str | Path, to: str,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, used = [], set()
+    again = {path for _, path in records}
+    kept = [r for r in _earlier_rows(out / "manifest.csv") if r["source"] not in again]
+    rows, used = [], {r["record"].lower() for r in kept}
     with progress_bar(len(records), f"converting to {to}", enabled=progress) as advance:
         for record_id, path in records:
             raise_if_interrupted()  # a Ctrl-C whose exception Python dropped stops here
@@ -72,6 +76,15 @@ def convert_records(records: list[tuple[str, str]], out: str | Path, to: str,
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(kept + rows)
     atomic_write_text(out / "manifest.csv", buf.getvalue())
     return rows
+
+
+def _earlier_rows(manifest: Path) -> list[dict]:
+    """The rows of an earlier conversion into the same folder (none if it has no manifest)."""
+    if not manifest.is_file():
+        return []
+    with open(manifest, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [{c: r.get(c) or "" for c in MANIFEST_COLUMNS} for r in rows if r.get("record")]

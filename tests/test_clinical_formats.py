@@ -393,6 +393,29 @@ def test_mixed_folder_scores_and_converts(tmp_path):
     assert read_ecg(npz / "IM0001.npz").meta["acquired"] == read_ecg(d / "dicom" / "IM0001").meta["acquired"]
 
 
+def test_converting_into_a_folder_adds_to_its_manifest(tmp_path):
+    # found in a walkthrough: one more file converted into the folder replaced its 19-row
+    # manifest with a 1-row one, the other records still there
+    signal = synthetic_uv(TWELVE) / 1000.0
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+    np.savez(tmp_path / "first" / "a.npz", signal=signal, fs=FS)
+    np.savez(tmp_path / "first" / "b.npz", signal=signal, fs=FS)
+    np.savez(tmp_path / "second" / "a.npz", signal=signal[::-1], fs=FS)  # another ECG named a
+    out = tmp_path / "out"
+    assert cli_main(["convert", str(tmp_path / "first"), "--to", "wfdb", "--out", str(out), "--quiet"]) == 0
+    assert cli_main(["convert", str(tmp_path / "second" / "a.npz"), "--to", "wfdb", "--out", str(out),
+                     "--quiet"]) == 0
+    assert cli_main(["convert", str(tmp_path / "first" / "b.npz"), "--to", "wfdb", "--out", str(out),
+                     "--quiet"]) == 0  # converted again: its row is replaced, not repeated
+    with open(out / "manifest.csv", newline="") as f:
+        rows = {r["record"]: r["source"] for r in csv.DictReader(f)}
+    assert rows == {"a": str(tmp_path / "first" / "a.npz"), "a_2": str(tmp_path / "second" / "a.npz"),
+                    "b": str(tmp_path / "first" / "b.npz")}
+    np.testing.assert_allclose(read_ecg(out / "a_2").signal, signal[::-1], atol=1e-3)
+    np.testing.assert_allclose(read_ecg(out / "a").signal, signal, atol=1e-3)
+
+
 def test_a_challenge_records_diagnoses_survive_conversion(shared, tmp_path):
     src = read_ecg(shared / "cinc2021-sample" / "E07500")
     for to, name in (("wfdb", "E07500"), ("npz", "E07500.npz")):

@@ -331,6 +331,9 @@ def test_review_band_is_fitted_within_the_review_by_groups(tmp_path, ptbxl_root,
     # directory had its own feedback.db
     ("refine", "pool=folder", "pool=folder has no labels for a simulated cardiologist"),
     ("refine", "feedback=store feedback.store=/no/such.db", "feedback.store=/no/such.db: no such feedback store"),
+    ("refine", "pool=folder feedback=store feedback.store=sqlite:///never.db", "pool=folder needs pool.root=PATH"),
+    ("refine", "pool=folder pool.root=/no/such feedback=store feedback.store=sqlite:///never.db",
+     "pool.root=/no/such: no such file, folder or record"),
 ])
 def test_a_config_that_cannot_train_is_refused_before_any_work(tmp_path, app, override, said):
     # a negative learning rate trained to chance without a word; a word for a number failed

@@ -45,7 +45,7 @@ from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.plotting import plot_reliability
 from ecgrisk.refine.loop import check_store_source, make_feedback, run_loop
 from ecgrisk.refine.policy import BernoulliPolicy
-from ecgrisk.refine.pools import prepare_sets
+from ecgrisk.refine.pools import check_pool_root, prepare_sets
 from ecgrisk.refine.refiners import REFINERS
 from ecgrisk.runs import check_positive, run_dir, write_metrics
 from ecgrisk.signals import raise_if_interrupted, set_resume_hint, stop_on_signals
@@ -110,6 +110,8 @@ def refine(cfg: DictConfig) -> dict:
                          "review app on the same folder)")
     if cfg.feedback.kind == "store":
         check_store_source(cfg.feedback.store)
+    if cfg.pool.kind == "folder":
+        check_pool_root(cfg.pool)
     bundle = Bundle.load(cfg.base)
     if not isinstance(bundle.model, ECGClassifier):
         # the refiners move one head on one encoder's embeddings

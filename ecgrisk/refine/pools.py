@@ -151,6 +151,21 @@ def _embed_rows(dm: Any, idx: np.ndarray, embed: Embedder, tag: str,
                  [cache.record_ids[i] for i in idx], f"{tag}:{cache.path}")
 
 
+def check_pool_root(pool) -> None:
+    """Refuse ``pool=folder`` without a ``pool.root`` that names something, before any data
+    loads (said as ``pool.root``, not as scoring's INPUT)."""
+    from omegaconf import OmegaConf
+
+    from ecgrisk.io.inputs import names_something
+
+    if OmegaConf.is_missing(pool, "root") or not pool.root:
+        raise ValueError("pool=folder needs pool.root=PATH: ECG files, a folder, a glob or a "
+                         "manifest, as `ecgrisk score` takes")
+    root = str(pool.root)
+    if not set("*?[") & set(root) and not names_something(Path(root).expanduser()):
+        raise FileNotFoundError(f"pool.root={root}: no such file, folder or record")
+
+
 def _folder_pool(bundle: Any, root: str, embed: Embedder, num_classes: int) -> WindowSet:
     """The ECG files under ``root`` (anything ``ecgrisk score`` takes), read and prepared as
     scoring does; unreadable files are logged and left out."""
