@@ -559,8 +559,12 @@ def test_finetune(zygote, data, finetune_base, tmp_path, sig, point):
     finished = _finished_epochs(last)
     metrics = train(compose("finetune", [*args, f"resume={last}"]))
     # the resumed run trains only the epochs the killed one had not finished
-    log = run_dir / "logs" / "metrics.csv"  # none when nothing was left to train
-    own = pd.read_csv(log) if log.is_file() else pd.DataFrame({"epoch": []})
+    # the resumed part's log, with the earlier one set aside as history-0.csv; where nothing was
+    # left to train, the earlier log stays metrics.csv and there is no history (runs.settle_logs)
+    log = run_dir / "logs" / "metrics.csv"
+    assert log.is_file()
+    resumed_part = any((run_dir / "logs").glob("history-*.csv"))
+    own = pd.read_csv(log) if resumed_part else pd.DataFrame({"epoch": []})
     own = own.dropna(subset=["train/loss_epoch"]) if "train/loss_epoch" in own else own.iloc[:0]
     assert sorted(own["epoch"].astype(int)) == list(range(finished, EPOCHS))
     # ... exactly as the uninterrupted run did: same losses, same weights, same evaluation
