@@ -376,6 +376,12 @@ def test_bands_quality_and_inputs(ptbxl_root, bundle_path, tmp_path):
     assert collect_records([str(man)]) == [("not_there", str(tmp_path / "not_there"))]
     assert collect_records([str(src / "00001_lr"), str(src / "00001_lr.dat")]) == [
         ("00001_lr", str(src / "00001_lr"))]
+    # one name in two INPUT folders: two ids (found in a walkthrough: one record id, two rows)
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    _copy_record(src / "00001_lr", twin)
+    assert collect_records([str(src / "00001_lr"), str(twin)]) == [
+        ("00001_lr", str(src / "00001_lr")), ("00001_lr_2", str(twin / "00001_lr"))]
     (tmp_path / "orphan.dat").write_bytes(b"\0" * 24)  # a file, though no header names it: a row
     assert collect_records([str(tmp_path / "orphan.dat")]) == [("orphan", str(tmp_path / "orphan"))]
     assert cli_main(["score", str(tmp_path / "typo"), "--model", str(bundle_path),

@@ -82,7 +82,8 @@ def names_something(p: Path) -> bool:
 
 
 def collect_records(inputs: list[str]) -> list[tuple[str, str]]:
-    """``(record id, path)`` of every record INPUT names, in order, each path once.
+    """``(record id, path)`` of every record INPUT names, in order, each path once and each id
+    once (a record whose id an earlier one took gets ``_2``, ``_3``, ...).
 
     INPUT items are files (any format ``read_ecg`` reads; ``.hea``/``.dat``/``.mat`` name their
     record), folders (searched recursively by :func:`~ecgrisk.io.scan.scan_folder`), globs (``**`` recursive)
@@ -101,4 +102,12 @@ def collect_records(inputs: list[str]) -> list[tuple[str, str]]:
                              f".npy, .npz or clinical ECG files; globs must match something)")
         for rec, path in found:
             seen.setdefault(path, rec)
-    return [(rec, path) for path, rec in seen.items()]
+    out, taken = [], set()
+    for path, rec in seen.items():
+        rid, k = rec, 1
+        while rid in taken:  # 00001_lr in two INPUT folders: two rows, told apart as convert does
+            k += 1
+            rid = f"{rec}_{k}"
+        taken.add(rid)
+        out.append((rid, path))
+    return out
