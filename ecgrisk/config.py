@@ -31,8 +31,8 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
 
 def run_app(hydra_main, name: str, command: str) -> None:
     """Console entry of the Hydra app ``command`` on ``conf/<name>.yaml``: check its overrides
-    (:func:`~ecgrisk.overrides.check_overrides`), find the shipped config folder (wheel or
-    checkout), then run.
+    (:func:`~ecgrisk.overrides.check_overrides`; ``--help``: its own groups), find the shipped
+    config folder (wheel or checkout), then run.
 
     The folder goes on the command line rather than in ``@hydra.main(config_path=...)`` because
     an installed wheel and a checkout keep it in different places. A DDP child process inherits
@@ -42,7 +42,7 @@ def run_app(hydra_main, name: str, command: str) -> None:
     from hydra._internal.utils import get_args_parser
     from hydra.core.hydra_config import HydraConfig
 
-    from ecgrisk.overrides import check_overrides
+    from ecgrisk.overrides import check_overrides, help_text
     from ecgrisk.paths import config_dir
 
     global _task_started
@@ -53,6 +53,9 @@ def run_app(hydra_main, name: str, command: str) -> None:
         except ValueError as e:
             print(f"{command}: error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        if args.help:
+            print(help_text(name, args.overrides))
+            raise SystemExit(0)
         sys.argv.insert(1, f"--config-dir={config_dir()}")
     _task_started = False
     try:

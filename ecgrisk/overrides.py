@@ -1,10 +1,13 @@
-"""A training command's overrides, checked before Hydra runs any of it.
+"""What a training command's line can take: its overrides, checked before Hydra runs any of
+it, and its ``--help``.
 
 Hydra reports a misspelled key or option in several lines (17 for an unknown model), takes
 ``+key=value`` for a key nothing reads without a word, and leaves a value of the wrong kind
 (``finetune.lr=fast``) to fail deep inside training; in a sweep, only when that job's turn
 comes, after the jobs before it ran. Here every value of every job is checked against the
-shipped config first, and the first mistake is one line naming the override.
+shipped config first, and the first mistake is one line naming the override. Hydra's ``--help``
+lists every config group of the shipped folder, ``ssl`` and ``pool`` to ``ecgrisk-finetune``
+too; :func:`help_text` lists the command's own.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["check_overrides"]
+__all__ = ["check_overrides", "config_groups", "help_text"]
 
 # Lightning takes a count, a list of device ids or "auto" here, whatever the default's kind
 _ANY_KIND = frozenset({"trainer.devices"})
@@ -45,8 +48,7 @@ def check_overrides(name: str, overrides: list[str]) -> None:
         return
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     every = _all_groups()
-    choices = _compose(name, [], hydra=True).hydra.runtime.choices  # this config's defaults list
-    groups = {g: every[g] for g in choices if g in every}
+    groups = config_groups(name)
     asked: dict[str, list] = {}
     for o in parsed:
         group = o.key_or_group
@@ -167,6 +169,26 @@ def _compose(name: str, overrides: list[str], hydra: bool = False) -> DictConfig
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name=name, overrides=overrides, return_hydra_config=hydra)
+
+
+def config_groups(name: str) -> dict[str, list[str]]:
+    """The config groups of ``conf/<name>.yaml`` (its defaults list), each with its options."""
+    every = _all_groups()
+    return {g: every[g] for g in sorted(_compose(name, [], hydra=True).hydra.runtime.choices)
+            if g in every}
+
+
+def help_text(name: str, overrides: list[str]) -> str:
+    """``--help`` as Hydra writes it (the config's header, its groups, the config as these
+    overrides compose it), less the groups the command cannot take."""
+    cfg = _compose(name, list(overrides), hydra=True)
+    header = str(cfg.hydra.help.header).rstrip("\n")
+    groups = "\n".join(f"{g}: {', '.join(options)}" for g, options in config_groups(name).items())
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    return (f"{header}\n\n== Configuration groups ==\nCompose your configuration from those groups "
+            f"(group=option)\n\n{groups}\n\n== Config ==\nOverride anything in the config "
+            f"(foo.bar=value)\n\n{OmegaConf.to_yaml(cfg)}")
 
 
 def _all_groups() -> dict[str, list[str]]:

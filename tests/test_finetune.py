@@ -387,6 +387,17 @@ def test_overrides_the_config_can_take_pass(overrides):
     check_overrides("finetune", overrides)
 
 
+def test_help_lists_the_commands_own_config_groups():
+    # found in a walkthrough: Hydra's --help offered ssl, pool and refine to ecgrisk-finetune
+    from ecgrisk.overrides import help_text
+
+    text = help_text("finetune", ["model=vit1d"])
+    groups = text.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert [ln.split(":")[0] for ln in groups.splitlines() if ":" in ln] == ["data", "logger", "model", "trainer"]
+    assert text.startswith("ecgrisk-finetune: Fine-tune") and "name: vit1d" in text
+    assert "hydra:" not in text.split("== Config ==")[1]
+
+
 def test_the_command_says_what_is_wrong_in_one_line(tmp_path):
     cmd = [sys.executable, "-m", "ecgrisk.finetune.app", "finetune.lr=-1", f"output_dir={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
