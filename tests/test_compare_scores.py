@@ -53,6 +53,23 @@ def test_the_paired_difference_and_each_tables_figures_match_a_hand_computation(
     assert f"{d['point']:+.4f}" in md and "| `b.csv` | second 1 |" in md
 
 
+def test_a_statement_without_a_positive_is_left_out_as_evaluate_leaves_it(tmp_path):
+    # found in review: a small clinic set with no C positive crashed compare with a ValueError
+    rng = np.random.default_rng(1)
+    n = 120
+    y = (rng.random((n, 3)) < 0.3).astype(int)
+    y[:, 2] = 0
+    p1, p2 = rng.random((n, 3)), np.clip(0.5 * y + 0.5 * rng.random((n, 3)), 0, 1)
+    records = [f"r{i}" for i in range(n)]
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame(y, columns=CLASSES).assign(record=records).to_csv(labels, index=False)
+    a = _table(tmp_path / "a.csv", records, p1, [False] * n, "first")
+    b = _table(tmp_path / "b.csv", records, p2, [False] * n, "second")
+    r = compare_scores.main([str(a), str(b), "--labels", str(labels), "--bootstrap", "20",
+                             "--out", str(tmp_path / "cmp")])
+    assert r["tables"][1]["macro_auroc"]["point"] == pytest.approx(macro_auroc(y[:, :2], p2[:, :2]))
+
+
 def test_tables_of_other_statements_or_a_single_table_are_refused(tmp_path, capsys):
     p = np.full((4, 3), 0.5)
     labels = tmp_path / "labels.csv"

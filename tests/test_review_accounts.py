@@ -285,3 +285,47 @@ def test_login_answers_429_with_retry_after_before_scrypt(tmp_path, queue, monke
         assert try_login(TestClient(app, client=("10.0.0.2", 5000)), "dr-b").status_code == 303
     finally:
         app.state.review.close()
+
+
+def test_a_name_with_a_final_newline_is_refused_and_replace_says_what_it_did(tmp_path, monkeypatch,
+                                                                           capsys):
+    # found in review: 'dr-a\n' passed the name check (an account nobody could sign in to), and
+    # --replace on a misspelled name created a second account while printing "updated"
+    from ecgrisk.review.auth import AuthError, check_name
+
+    with pytest.raises(AuthError):
+        check_name("dr-a\n")
+    db = str(tmp_path / "fb.db")
+    for argv, said in ((["dr-a"], "added"), (["dr-a", "--replace"], "updated"), (["dr-b", "--replace"], "added")):
+        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+        with cheap_hashes():
+            assert review_main(["review", "add-user", *argv, "--db", db, "--password-stdin"]) == 0
+        assert f"annotator {argv[0]!r} {said}" in capsys.readouterr().out
+
+
+def test_an_ecg_whose_file_name_holds_url_characters_still_shows_its_plot(ptbxl_root, tmp_path,
+                                                                         monkeypatch):
+    # found in review: '/plot/b#1.png' was cut at '#', and the cardiologist saw a blank sheet
+    import numpy as np
+
+    from ecgrisk.io import read_ecg
+
+    data = copy_records(ptbxl_root, tmp_path / "data")
+    ecg = read_ecg(data / "00001_lr")
+    np.savez(data / "Patient #1?.npz", signal=ecg.signal, fs=ecg.fs)
+    bundle = Bundle.load(make_bundle(tmp_path / "model.pt", [2.0, -2.0, 1.5, -2.0, -2.0]))
+    queue = ReviewQueue.build(bundle, data, plot_dir=tmp_path / "plots")
+    db = str(tmp_path / "fb.db")
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    with cheap_hashes():
+        assert review_main(["review", "add-user", "dr-a", "--db", db, "--password-stdin"]) == 0
+    app = create_app(db, queue)
+    try:
+        client = TestClient(app)
+        login(client)
+        odd = next(i for i in client.get("/api/queue").json()["items"] if "#" in i["ecg_id"])
+        assert odd["plot_url"] == "/plot/Patient%20%231%3F.png"
+        r = client.get(odd["plot_url"])
+        assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        app.state.review.close()

@@ -26,7 +26,7 @@ from ecgrisk.feedback.store import FeedbackStore
 # machine while still costing an attacker 32 MiB per guess. Stored per hash, so raisable later.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 _SALT_BYTES, _KEY_BYTES = 16, 32
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")  # \Z: '$' lets a final newline in
 MIN_PASSWORD = 8
 
 

@@ -74,12 +74,14 @@ def _add_user(args: argparse.Namespace) -> int:
     if store is None:
         return 2
     with store:
+        existed = args.replace and store.accounts.get(args.name) is not None
         try:
             add_user(store, args.name, password, replace=args.replace)
         except AuthError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-    print(f"annotator {args.name!r} {'updated' if args.replace else 'added'} in {db}")
+    # --replace on a misspelled name makes a new account: say so, not "updated"
+    print(f"annotator {args.name!r} {'updated' if existed else 'added'} in {db}")
     return 0
 
 

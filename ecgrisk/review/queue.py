@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -266,8 +267,9 @@ class ReviewQueue:
             "ecg_id": item.ecg_id, "position": self._position[item.ecg_id],
             "age": item.age, "sex": item.sex, "fs": item.fs,
             "duration_s": round(item.duration_s, 2),
-            "plot_url": f"/plot/{item.ecg_id}.png",
-            "evidence_url": f"/evidence/{item.ecg_id}.png" if self.explainer else None,
+            # ids are file paths: '#', '?' or '%' in a name would cut the URL short
+            "plot_url": f"/plot/{quote(item.ecg_id)}.png",
+            "evidence_url": f"/evidence/{quote(item.ecg_id)}.png" if self.explainer else None,
         }
         if self.compare is None:
             out["statements"] = self._statements(item.probs)
