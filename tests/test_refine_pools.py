@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import numpy as np
@@ -216,3 +217,18 @@ def test_config_value_reads_a_bundles_stored_run_config():
     assert config_value(config, "model.name") is None
     assert config_value("", "data.min_likelihood", 0) == 0
     assert config_value("data: [unclosed", "data.min_likelihood", 0) == 0
+
+
+@pytest.mark.parametrize("folds,said", [([9], "overlap the validation folds [9]"),
+                                        ([8, 10], "overlap the test folds [10]")])
+def test_a_folds_pool_never_asks_about_the_folds_it_is_guarded_or_reported_on(folds, said):
+    # found in review: pool.folds=[10] was taken, then trained on and reported on
+    from types import SimpleNamespace
+
+    from ecgrisk.refine.pools import _fold_pool
+
+    cache = SimpleNamespace(folds=np.array([1, 8, 9, 10, 10]), record_ids=["a", "b", "c", "d", "e"])
+    dm = SimpleNamespace(caches=[cache], folds={"train": (1, 8), "val": (9,), "test": (10,)})
+    bundle = SimpleNamespace(extra={"train_records": ["a"]}, name="base", version="1")
+    with pytest.raises(ValueError, match=re.escape(said)):
+        _fold_pool(bundle, dm, folds, embed=None)

@@ -136,6 +136,10 @@ def _fold_pool(bundle: Any, dm: Any, folds: list[int], embed: Embedder) -> Windo
     if overlap:
         raise ValueError(f"pool.folds {list(folds)} overlap the validation folds {sorted(overlap)}, "
                          "which guard and report")
+    overlap = set(folds) & set(dm.folds["test"])
+    if overlap:  # found in review: only the guard's folds were protected
+        raise ValueError(f"pool.folds {list(folds)} overlap the test folds {sorted(overlap)}, on "
+                         "which the refined model is reported")
     log.info("pool: %d records of folds %s the base was not trained on", len(keep), list(folds))
     return _embed_rows(dm, keep, embed, "folds")
 
