@@ -288,3 +288,14 @@ def test_a_masking_the_objective_would_not_use_is_refused(model, masking, said):
     encoder = create_encoder(cfg.model.name, **cfg.model.kwargs)
     with pytest.raises(ValueError, match=said):
         build_objective(cfg.ssl, encoder)
+
+
+def test_a_challenge_source_leaves_out_the_ptbxl_records_it_holds(shared):
+    # found in review: the Challenge sample's HR06000 and HR06004 are PTB-XL fold-10 records,
+    # read with folds of their own, so pooled pretraining read the test fold
+    cfg = compose("pretrain", [f"data.root={shared / 'ptb-xl'}",
+                               f"+data.sources=[{{source: challenge, root: {shared / 'cinc2021-sample'}}}]"])
+    (challenge,) = build_sources(cfg.data)
+    ids = [rid.rsplit("/", 1)[-1] for rid in challenge.record_ids]
+    assert len(ids) == 40 and not any(i.startswith("HR") for i in ids)
+    assert len(challenge.paths) == len(ids)
