@@ -88,6 +88,20 @@ def test_mismatched_encoder_is_a_clear_error(masked_run, overrides, match):
         build_classifier(cfg.model, 5)
 
 
+def test_an_encoder_pretrained_on_other_input_is_refused_before_any_work(masked_run, tmp_path):
+    # found in review: an encoder pretrained at another rate or filtering was fine-tuned on
+    # this run's input without a word
+    from ecgrisk.finetune.app import train as finetune
+
+    path = masked_run[0] / "run" / "encoder.pt"
+    cfg = compose("finetune", ["model=xresnet1d18", "model.kwargs.base_channels=8",
+                               f"model.pretrained={path}", "data.preprocessing.bandpass=[0.5,40]",
+                               f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match="was pretrained on input .* but data.preprocessing is"):
+        finetune(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
 

@@ -31,7 +31,10 @@ from ecgrisk.signals import worker_pool
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+# in the key: raise it when what read_ecg or preprocessing returns changes, or old entries keep
+# feeding training the old signals (2: an inverted '-aVR' is no longer read as aVR, and a
+# Latin-1 header's uV no longer as mV, 2026-12-08)
+CACHE_VERSION = 2
 N_LEADS = 12
 _CHECK_BLOCKS = 32
 _CHECK_BLOCK_BYTES = 1 << 16

@@ -35,7 +35,7 @@ from ecgrisk.metrics import evaluate, reliability
 from ecgrisk.models import create_encoder
 from ecgrisk.models.classifier import ECGClassifier
 from ecgrisk.plotting import plot_reliability
-from ecgrisk.preprocess import Scaler
+from ecgrisk.preprocess import Preprocessing, Scaler
 from ecgrisk.runs import (
     check_positive,
     make_trainer,
@@ -62,14 +62,15 @@ def build_classifier(model_cfg: DictConfig, num_classes: int) -> ECGClassifier:
 def train(cfg: DictConfig) -> dict:
     """Fit, pick the best epoch on validation, calibrate on validation, test once, write the run."""
     check_positive(cfg, "finetune.lr", whole=("trainer.max_epochs", "data.batch_size"))
-    out = run_dir(cfg)
-    L.seed_everything(cfg.seed, workers=True)
     # a pretrained encoder learnt on inputs scaled by its own scaler: keep it, rather than
     # refitting one on what may be a small labelled fraction
     scaler = None
     if cfg.model.get("pretrained"):
-        saved = encoder_meta(cfg.model.pretrained).get("scaler")
-        scaler = Scaler(**saved) if saved else None
+        meta = encoder_meta(cfg.model.pretrained)
+        _check_encoder_input(cfg, meta)
+        scaler = Scaler(**meta["scaler"]) if meta.get("scaler") else None
+    out = run_dir(cfg)
+    L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg.data, cfg.seed, scaler=scaler)
     dm.setup()
     classes = dm.classes
@@ -187,6 +188,19 @@ def train(cfg: DictConfig) -> dict:
     plot_curves(out)
     _print_table(metrics, classes, out)
     return metrics
+
+
+def _check_encoder_input(cfg: DictConfig, meta: dict) -> None:
+    """Refuse an encoder pretrained on other input (rate, band-pass, notch) than this run feeds
+    it: it would be fine-tuned, without a word, on signals it never learnt (found in review)."""
+    if meta.get("preprocessing") is None:
+        return
+    theirs = Preprocessing.from_dict(meta["preprocessing"]).to_dict()
+    ours = Preprocessing.from_dict(OmegaConf.to_container(cfg.data.preprocessing, resolve=True)).to_dict()
+    if theirs != ours:
+        raise ValueError(f"model.pretrained={cfg.model.pretrained} was pretrained on input "
+                         f"{theirs}, but data.preprocessing is {ours}: set data.preprocessing "
+                         "to the encoder's")
 
 
 def _label_with_teacher(dm: ECGDataModule, ref: str, progress: bool) -> dict:
