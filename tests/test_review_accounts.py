@@ -310,8 +310,9 @@ def test_an_ecg_whose_file_name_holds_url_characters_still_shows_its_plot(ptbxl_
 
     from ecgrisk.io import read_ecg
 
-    data = copy_records(ptbxl_root, tmp_path / "data")
-    ecg = read_ecg(data / "00001_lr")
+    ecg = read_ecg(copy_records(ptbxl_root, tmp_path / "src") / "00001_lr")
+    data = tmp_path / "data"  # the one ECG, whatever the queue would choose among several
+    data.mkdir()
     np.savez(data / "Patient #1?.npz", signal=ecg.signal, fs=ecg.fs)
     bundle = Bundle.load(make_bundle(tmp_path / "model.pt", [2.0, -2.0, 1.5, -2.0, -2.0]))
     queue = ReviewQueue.build(bundle, data, plot_dir=tmp_path / "plots")
