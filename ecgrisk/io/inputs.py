@@ -16,9 +16,9 @@ from ecgrisk.io.errors import ECGReadError
 from ecgrisk.io.read import locate_record
 from ecgrisk.io.scan import scan_folder
 
-__all__ = ["InputError", "as_record", "collect_records", "names_something"]
+__all__ = ["GLOB_CHARS", "InputError", "as_record", "collect_records", "names_something"]
 
-_GLOB_CHARS = set("*?[")
+GLOB_CHARS = set("*?[")
 _WFDB_SUFFIXES = (".hea", ".dat", ".mat")
 
 
@@ -57,7 +57,7 @@ def _expand(arg: str) -> list[tuple[str, str]]:
         return found + unrecognised
     if p.is_file() and p.suffix.lower() == ".csv":
         return _manifest(p)
-    if not p.exists() and _GLOB_CHARS & set(arg):
+    if not p.exists() and GLOB_CHARS & set(arg):
         out = []
         for match in sorted(glob.glob(os.path.expanduser(arg), recursive=True)):
             out += _expand(match)

@@ -160,13 +160,13 @@ def check_pool_root(pool) -> None:
     loads (said as ``pool.root``, not as scoring's INPUT)."""
     from omegaconf import OmegaConf
 
-    from ecgrisk.io.inputs import names_something
+    from ecgrisk.io.inputs import GLOB_CHARS, names_something
 
     if OmegaConf.is_missing(pool, "root") or not pool.root:
         raise ValueError("pool=folder needs pool.root=PATH: ECG files, a folder, a glob or a "
                          "manifest, as `ecgrisk score` takes")
     root = str(pool.root)
-    if not set("*?[") & set(root) and not names_something(Path(root).expanduser()):
+    if not GLOB_CHARS & set(root) and not names_something(Path(root).expanduser()):
         raise FileNotFoundError(f"pool.root={root}: no such file, folder or record")
 
 
